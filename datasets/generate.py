@@ -1,0 +1,158 @@
+"""``modtrain data generate``: a procedural dataset written as a CLEVR v1.0 folder.
+
+No public dataset can be downloaded at run time, so modtrain makes its own: rendered
+2-D scenes in CLEVR's vocabulary and questions sampled as CLEVR programs from the
+families in ``families.py``, answered by the executor and balanced per family by
+rejection sampling. Everything is written to a staging folder first and moved into place
+at the end, so an interrupted run leaves no split that looks complete.
+"""
+from __future__ import annotations
+
+import logging
+import shutil
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from modtrain.errors import ModtrainError
+from modtrain.io import write_json
+from modtrain.progress import progress
+
+from modtrain.datasets.clevr import Question, Scene, image_filename, write_questions, write_scenes
+from modtrain.datasets.executor import ProgramError, execute
+from modtrain.datasets.families import Family, select_families
+from modtrain.datasets.scenes import make_scene, render_scene
+
+log = logging.getLogger(__name__)
+SPLIT_CODES = {"train": 1, "val": 2, "test": 3, "pretrain": 4}
+
+
+@dataclass
+class AnswerBalancer:
+    """Rejects an answer that would become more than ``ratio``× as common as the runner-up.
+
+    ``slack`` lets the first few questions of a family through before ratios mean anything.
+    """
+
+    ratio: float = 1.1
+    slack: int = 2
+    counts: dict[int, Counter] = field(default_factory=dict)
+
+    def accepts(self, family: int, answer: str) -> bool:
+        counts = self.counts.setdefault(family, Counter())
+        runner_up = max((c for a, c in counts.items() if a != answer), default=0)
+        return counts[answer] + 1 <= max(self.ratio * runner_up, runner_up + self.slack)
+
+    def add(self, family: int, answer: str) -> None:
+        self.counts.setdefault(family, Counter())[answer] += 1
+
+
+def split_rng(seed: int, split: str) -> np.random.Generator:
+    """The generator of one split: independent of the other splits' sizes."""
+    code = SPLIT_CODES.get(split, sum(map(ord, split)) + 100)
+    return np.random.default_rng(np.random.SeedSequence([seed, code]))
+
+
+def sample_questions(rng: np.random.Generator, scene: Scene, families: list[Family], count: int,
+                     balancer: AnswerBalancer, tries: int = 40) -> list[tuple[Family, list, str, str]]:
+    """Up to ``count`` distinct (family, program, text, answer) for one scene."""
+    out = []
+    seen: set[str] = set()
+    for _ in range(count):
+        family = families[int(rng.integers(len(families)))]
+        for _ in range(tries):
+            sampled = family.sample(rng, scene)
+            if sampled is None:
+                continue
+            program, text = sampled
+            if text in seen:
+                continue
+            try:
+                answer = execute(program, scene)
+            except ProgramError as e:  # a family bug, not bad input: say so loudly
+                raise AssertionError(f"family {family.name} built an invalid program: {e}") from e
+            if not balancer.accepts(family.index, answer):
+                continue
+            balancer.add(family.index, answer)
+            seen.add(text)
+            out.append((family, program, text, answer))
+            break
+    return out
+
+
+def generate_split(root: Path, split: str, num_images: int, questions_per_image: int,
+                   families: list[Family], seed: int, image_size: int,
+                   combos: str | None) -> tuple[list[Scene], list[Question]]:
+    """Render a split's images into ``root/images/split`` and return its scenes and questions."""
+    rng = split_rng(seed, split)
+    balancer = AnswerBalancer()
+    image_dir = root / "images" / split
+    image_dir.mkdir(parents=True, exist_ok=True)
+    scenes: list[Scene] = []
+    questions: list[Question] = []
+    with progress(range(num_images), label=f"generate {split}") as bar:
+        for index in bar:
+            scene = make_scene(rng, split, index, image_size, combos)
+            render_scene(scene.objects, image_size).save(image_dir / scene.image_filename, compress_level=1)
+            scenes.append(scene)
+            for family, program, text, answer in sample_questions(
+                    rng, scene, families, questions_per_image, balancer):
+                questions.append(Question(
+                    question_index=len(questions), split=split, image_index=index,
+                    image_filename=image_filename(split, index), question=text,
+                    program=program, answer=answer, question_family_index=family.index))
+    return scenes, questions
+
+
+def generate(root: str | Path, images: dict[str, int], questions_per_image: int = 10,
+             families: str = "all", seed: int = 0, image_size: int = 64,
+             combos: str | None = None, force: bool = False) -> dict:
+    """Write a CLEVR v1.0 folder; ``images`` maps split name to image count.
+
+    With a CoGenT condition (``combos`` A or B) split names get its letter, as in
+    CLEVR-CoGenT (trainA, valB, ...).
+    """
+    root = Path(root)
+    selected = select_families(families)
+    if image_size < 32:
+        raise ModtrainError(f"--image-size {image_size} is too small; use at least 32 pixels")
+    splits = {f"{s}{combos or ''}": n for s, n in images.items() if n > 0}
+    if not splits:
+        raise ModtrainError("no images requested: give at least one split a positive count")
+    existing = [s for s in splits if (root / "questions" / f"CLEVR_{s}_questions.json").exists()]
+    if existing and not force:
+        raise ModtrainError(
+            f"{root} already holds split(s) {', '.join(existing)}; pass --force to replace them"
+        )
+    staging = root / ".generate-staging"
+    shutil.rmtree(staging, ignore_errors=True)
+    summary = {"seed": seed, "image_size": image_size, "questions_per_image": questions_per_image,
+               "families": [f.name for f in selected], "combos": combos, "splits": {}}
+    for split, count in splits.items():
+        base = split[:-1] if combos else split
+        scenes, questions = generate_split(staging, split, count, questions_per_image, selected,
+                                           seed, image_size, combos)
+        write_scenes(staging / "scenes" / f"CLEVR_{split}_scenes.json", split, scenes)
+        write_questions(staging / "questions" / f"CLEVR_{split}_questions.json", split, questions)
+        summary["splits"][split] = {"images": count, "questions": len(questions), "seed_split": base}
+        log.info("%s: %d images, %d questions", split, count, len(questions))
+    # Move into place: images and scenes first, the questions file (which marks a split
+    # as present) last, so an interruption never leaves a split that looks complete.
+    for split in splits:
+        (root / "questions" / f"CLEVR_{split}_questions.json").unlink(missing_ok=True)
+        target = root / "images" / split
+        if target.exists():
+            shutil.rmtree(target)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        (staging / "images" / split).replace(target)
+        (root / "scenes").mkdir(exist_ok=True)
+        (staging / "scenes" / f"CLEVR_{split}_scenes.json").replace(root / "scenes" / f"CLEVR_{split}_scenes.json")
+    for split in splits:
+        (root / "questions").mkdir(exist_ok=True)
+        (staging / "questions" / f"CLEVR_{split}_questions.json").replace(
+            root / "questions" / f"CLEVR_{split}_questions.json")
+    shutil.rmtree(staging, ignore_errors=True)
+    write_json(root / "generate.json", summary)
+    return summary

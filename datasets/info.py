@@ -1,0 +1,73 @@
+"""``modtrain data info``: what a CLEVR folder holds, at a glance."""
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from pathlib import Path
+
+from modtrain.datasets.clevr import ClevrFolder
+from modtrain.datasets.executor import program_depth, question_type
+from modtrain.datasets.families import FAMILIES
+from modtrain.datasets.layouts import program_to_layout
+
+FAMILY_NAMES = {f.index: f.name for f in FAMILIES}
+
+
+def data_info(data_dir: str | Path, top_answers: int = 10) -> dict:
+    """Per split: image and question counts, answer distribution, depth histogram,
+    questions per type, and distinct layouts per question family."""
+    folder = ClevrFolder(data_dir)
+    out: dict = {"root": str(folder.root), "splits": {}}
+    for split in folder.splits():
+        questions = folder.load_questions(split)
+        answers = Counter(q.answer for q in questions if q.answer is not None)
+        depths: Counter = Counter()
+        types: Counter = Counter()
+        layouts: dict[str, set[str]] = defaultdict(set)
+        family_counts: Counter = Counter()
+        for q in questions:
+            if q.program is None:
+                continue
+            depths[program_depth(q.program)] += 1
+            types[question_type(q.program)] += 1
+            family = FAMILY_NAMES.get(q.question_family_index, str(q.question_family_index))
+            family_counts[family] += 1
+            layouts[family].add(str(program_to_layout(q.program)))
+        image_dir = folder.image_dir(split)
+        out["splits"][split] = {
+            "images": folder.num_images(split) if image_dir.is_dir() else 0,
+            "questions": len(questions),
+            "unlabelled": sum(q.answer is None for q in questions),
+            "answers": len(answers),
+            "top_answers": answers.most_common(top_answers),
+            "depth_histogram": dict(sorted(depths.items())),
+            "question_types": dict(types.most_common()),
+            "families": {f: {"questions": family_counts[f], "layouts": len(layouts[f])}
+                         for f in sorted(family_counts)},
+            "distinct_layouts": len(set().union(*layouts.values())) if layouts else 0,
+        }
+    return out
+
+
+def format_info(info: dict, bar_width: int = 40) -> str:
+    """A readable report of ``data_info``'s result."""
+    lines = [f"data folder: {info['root']}"]
+    for split, s in info["splits"].items():
+        lines.append("")
+        lines.append(f"[{split}] {s['images']} images, {s['questions']} questions "
+                     f"({s['unlabelled']} unlabelled), {s['answers']} distinct answers, "
+                     f"{s['distinct_layouts']} distinct layouts")
+        if s["top_answers"]:
+            lines.append("  top answers: " + ", ".join(f"{a} {c}" for a, c in s["top_answers"]))
+        if s["question_types"]:
+            lines.append("  question types: " + ", ".join(f"{t} {c}" for t, c in s["question_types"].items()))
+        if s["depth_histogram"]:
+            lines.append("  depth histogram:")
+            peak = max(s["depth_histogram"].values())
+            for depth, count in s["depth_histogram"].items():
+                bar = "#" * max(1, round(bar_width * count / peak))
+                lines.append(f"    {depth:>3} {count:>7} {bar}")
+        if s["families"]:
+            lines.append(f"  {'family':<26}{'questions':>10}{'layouts':>9}")
+            for family, c in s["families"].items():
+                lines.append(f"  {family:<26}{c['questions']:>10}{c['layouts']:>9}")
+    return "\n".join(lines)

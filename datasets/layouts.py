@@ -1,0 +1,60 @@
+"""CLEVR programs to NMN layouts, by the mapping in DESIGN.md.
+
+``filter_X[v]`` → ``find[v]`` ANDed with its input; ``scene`` → the all-ones attention
+(``scene``); ``intersect`` → ``and``; ``union`` → ``or``; ``unique`` → nothing (attention
+passes through); ``query_X`` → ``describe[X]``; ``exist``/``count`` → ``measure[...]``;
+``relate[r]`` → ``relate[r]``; ``same_X`` → ``relate[same_X]``; ``equal_*``,
+``less_than``, ``greater_than`` → ``compare[op]``.
+
+ANDing with the all-ones ``scene`` is the identity in both interfaces (min(m, 1) = m for a
+mask in (0, 1); h · 1 = h for a heatmap), so it is left out: ``filter_color[red](scene)``
+becomes ``find[red]``.
+"""
+from __future__ import annotations
+
+from modtrain.errors import ModtrainError
+from modtrain.layout import Layout
+
+from modtrain.datasets.clevr import ProgramNode
+
+SCENE = Layout("scene")
+
+
+def _and(a: Layout, b: Layout) -> Layout:
+    if a == SCENE:
+        return b
+    if b == SCENE:
+        return a
+    return Layout("and", None, (a, b))
+
+
+def program_to_layout(program: list[ProgramNode]) -> Layout:
+    """The NMN layout of a CLEVR program (the root is the program's last node)."""
+    converted: list[Layout] = []
+    for i, node in enumerate(program):
+        f = node.function
+        kids = [converted[j] for j in node.inputs]
+        if f == "scene":
+            layout = SCENE
+        elif f.startswith("filter_"):
+            layout = _and(Layout("find", node.value_inputs[0]), kids[0])
+        elif f == "intersect":
+            layout = _and(kids[0], kids[1])
+        elif f == "union":
+            layout = Layout("or", None, (kids[0], kids[1]))
+        elif f == "unique":
+            layout = kids[0]
+        elif f.startswith("query_"):
+            layout = Layout("describe", f[len("query_"):], (kids[0],))
+        elif f in ("exist", "count"):
+            layout = Layout("measure", f, (kids[0],))
+        elif f == "relate":
+            layout = Layout("relate", node.value_inputs[0], (kids[0],))
+        elif f.startswith("same_"):
+            layout = Layout("relate", f, (kids[0],))
+        elif f.startswith("equal_") or f in ("less_than", "greater_than"):
+            layout = Layout("compare", f, (kids[0], kids[1]))
+        else:
+            raise ModtrainError(f"program node {i}: no layout rule for function {f!r}")
+        converted.append(layout)
+    return converted[-1]

@@ -1,0 +1,165 @@
+"""``modtrain data prepare``: questions → vocabularies and ``{split}.h5`` arrays.
+
+Vocabularies (question tokens, answers, module instances) are built on train only and
+saved in ``vocab.json``; unknown words become ``<UNK>``. The layout table holds every
+distinct layout of every split, since layouts unseen in training are what compositional
+generalization is tested on. Each ``{split}.h5`` row is aligned with the questions file.
+"""
+from __future__ import annotations
+
+import logging
+import re
+import warnings
+from collections import Counter, defaultdict
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from modtrain.errors import ModtrainError
+from modtrain.io import atomic_path, read_json, sha256_file, sha256_json, write_json
+
+from modtrain.datasets.clevr import ClevrFolder, Question
+from modtrain.datasets.executor import QUESTION_TYPES, program_depth, question_type, relate_hops
+from modtrain.datasets.features import features_path, validate_features
+from modtrain.datasets.layouts import program_to_layout
+
+log = logging.getLogger(__name__)
+SCHEMA_VERSION = 1
+SPECIAL_TOKENS = ("<NULL>", "<UNK>")
+PAD, UNK = 0, 1
+UNK_ANSWER = "<UNK>"
+NO_ANSWER = -1  # unlabelled question: usable for prediction, skipped for accuracy
+CHUNK_ROWS = 1024
+_KEEP = re.compile(r"[;,]")
+_DROP = re.compile(r"[?.!]")
+
+
+def tokenize(text: str) -> list[str]:
+    """Lower-case words; ``;`` and ``,`` are tokens, ``?``, ``.`` and ``!`` are dropped."""
+    text = _DROP.sub(" ", _KEEP.sub(lambda m: f" {m.group(0)} ", text.lower()))
+    return text.split()
+
+
+def build_vocab(train: list[Question]) -> dict:
+    """Token, answer and module-instance vocabularies from the training questions."""
+    tokens = Counter(t for q in train for t in tokenize(q.question))
+    answers = sorted({q.answer for q in train if q.answer is not None})
+    instances: dict[str, set[str]] = defaultdict(set)
+    for q in train:
+        if q.program is not None:
+            for module, instance in program_to_layout(q.program).instances():
+                instances[module].add(instance)
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "question_tokens": {t: i for i, t in enumerate([*SPECIAL_TOKENS, *sorted(tokens)])},
+        "answers": {a: i for i, a in enumerate([UNK_ANSWER, *answers])},
+        "instances": {m: sorted(v) for m, v in sorted(instances.items())},
+        "question_types": list(QUESTION_TYPES),
+        "layouts": [],
+    }
+
+
+def encode_split(questions: list[Question], vocab: dict, layout_ids: dict[str, int]) -> dict[str, np.ndarray]:
+    """Arrays of one split; new layouts are appended to ``layout_ids``."""
+    n = len(questions)
+    token_ids = vocab["question_tokens"]
+    answer_ids = vocab["answers"]
+    encoded = [[token_ids.get(t, UNK) for t in tokenize(q.question)] for q in questions]
+    max_len = max((len(e) for e in encoded), default=1)
+    arrays = {
+        "tokens": np.full((n, max(1, max_len)), PAD, np.int32),
+        "lengths": np.array([len(e) for e in encoded], np.int32),
+        "image_index": np.array([q.image_index for q in questions], np.int32),
+        "question_index": np.array([q.question_index for q in questions], np.int32),
+        "answer": np.full(n, NO_ANSWER, np.int32),
+        "layout": np.full(n, -1, np.int32),
+        "question_type": np.full(n, -1, np.int8),
+        "depth": np.full(n, -1, np.int16),
+        "length": np.full(n, -1, np.int16),
+        "hops": np.full(n, -1, np.int16),
+        "family": np.full(n, -1, np.int16),
+    }
+    for i, (q, ids) in enumerate(zip(questions, encoded)):
+        arrays["tokens"][i, :len(ids)] = ids
+        if q.answer is not None:
+            arrays["answer"][i] = answer_ids.get(q.answer, answer_ids[UNK_ANSWER])
+        if q.question_family_index is not None:
+            arrays["family"][i] = q.question_family_index
+        if q.program is not None:
+            layout = str(program_to_layout(q.program))
+            arrays["layout"][i] = layout_ids.setdefault(layout, len(layout_ids))
+            arrays["question_type"][i] = QUESTION_TYPES.index(question_type(q.program))
+            arrays["depth"][i] = program_depth(q.program)
+            arrays["length"][i] = len(q.program)
+            arrays["hops"][i] = relate_hops(q.program)
+    return arrays
+
+
+def write_split(path: Path, arrays: dict[str, np.ndarray], attrs: dict) -> None:
+    """One ``{split}.h5``, chunked by blocks of rows, written atomically."""
+    n = len(arrays["answer"])
+    with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
+        for name, array in arrays.items():
+            chunks = (max(1, min(n, CHUNK_ROWS)), *array.shape[1:]) if n else None
+            f.create_dataset(name, data=array, chunks=chunks)
+        for key, value in attrs.items():
+            f.attrs[key] = value
+
+
+def prepare(data_dir: str | Path, out_dir: str | Path | None = None) -> dict:
+    """Write ``vocab.json`` and ``{split}.h5`` for every split; returns a summary."""
+    folder = ClevrFolder(data_dir)
+    out = Path(out_dir) if out_dir is not None else folder.root
+    splits = folder.splits()
+    train_split = next((s for s in splits if s.startswith("train")), None)
+    if train_split is None:
+        raise ModtrainError(
+            f"{folder.root}: no training split (questions/CLEVR_train_questions.json); "
+            f"vocabularies are built on train only"
+        )
+    questions = {s: folder.load_questions(s) for s in splits}
+    for split, qs in questions.items():
+        num_images = _num_images(folder, split)
+        folder.check_image_indices(split, qs, num_images)
+    vocab = build_vocab(questions[train_split])
+    layout_ids: dict[str, int] = {}
+    encoded = {s: encode_split(questions[s], vocab, layout_ids) for s in splits}
+    vocab["layouts"] = list(layout_ids)
+    write_json(out / "vocab.json", vocab)
+    vocab_hash = sha256_json(vocab)
+    summary = {"vocab": {"question_tokens": len(vocab["question_tokens"]), "answers": len(vocab["answers"]),
+                         "layouts": len(vocab["layouts"])}, "splits": {}}
+    for split in splits:
+        arrays = encoded[split]
+        unlabelled = int((arrays["answer"] == NO_ANSWER).sum())
+        if unlabelled:
+            warnings.warn(f"{split}: {unlabelled} of {len(arrays['answer'])} questions have no answer; "
+                          f"usable for prediction, skipped for accuracy", stacklevel=2)
+        questions_hash = sha256_file(folder.questions_path(split))
+        write_split(out / f"{split}.h5", arrays, {
+            "schema_version": SCHEMA_VERSION, "split": split, "vocab_sha256": vocab_hash,
+            "questions_sha256": questions_hash,
+            "data_fingerprint": sha256_json([vocab_hash, questions_hash]),
+        })
+        summary["splits"][split] = {"questions": len(arrays["answer"]), "unlabelled": unlabelled,
+                                    "max_tokens": int(arrays["tokens"].shape[1])}
+    return summary
+
+
+def _num_images(folder: ClevrFolder, split: str) -> int:
+    """Images of a split; a features file must agree with the image folder when both exist."""
+    path = features_path(folder.root, split)
+    image_dir_exists = folder.image_dir(split).is_dir()
+    if path.exists():
+        rows = validate_features(path, folder.num_images(split) if image_dir_exists else None)[0]
+        return rows
+    return folder.num_images(split)
+
+
+def load_vocab(data_dir: str | Path) -> dict:
+    """The ``vocab.json`` written by prepare."""
+    path = Path(data_dir) / "vocab.json"
+    if not path.exists():
+        raise ModtrainError(f"{path} not found; run 'modtrain data prepare {data_dir}' first")
+    return read_json(path, "vocabulary")

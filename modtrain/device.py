@@ -1,0 +1,19 @@
+"""Device selection: CUDA when present, CPU otherwise, or what the user asks for."""
+from __future__ import annotations
+
+import torch
+
+from modtrain.errors import ModtrainError
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """``auto`` → cuda if available else cpu; ``cpu``, ``cuda``, ``cuda:N`` as given."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ModtrainError(f"unknown device {name!r}; valid: auto, cpu, cuda, cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ModtrainError(f"device {name!r} asked for, but CUDA is not available here; use --device cpu")
+    return device

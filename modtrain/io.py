@@ -1,0 +1,101 @@
+"""Atomic writes, JSON with clear errors, and file fingerprints.
+
+Every file a later step trusts is written to a temp file in the same folder and moved
+into place with ``os.replace`` once complete, so an interrupted step leaves nothing
+that looks finished.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator
+
+from modtrain.errors import ModtrainError
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temp path beside ``path``; on success move it onto ``path``, else delete it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, path)
+    except BaseException:
+        tmp_path.unlink(missing_ok=True)
+        raise
+
+
+def write_text(path: str | os.PathLike, text: str) -> None:
+    """Write ``text`` to ``path`` atomically."""
+    with atomic_path(path) as tmp:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+
+
+def write_json(path: str | os.PathLike, obj: Any, indent: int | None = 2) -> None:
+    """Write ``obj`` as JSON to ``path`` atomically."""
+    write_text(path, json.dumps(obj, indent=indent) + "\n")
+
+
+def read_json(path: str | os.PathLike, what: str = "JSON file") -> Any:
+    """Load JSON, turning a missing file or a syntax error into one clear ModtrainError."""
+    path = Path(path)
+    if not path.is_file():
+        raise ModtrainError(f"{what} not found: {path}")
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except json.JSONDecodeError as e:
+        raise ModtrainError(
+            f"{path}: malformed JSON at line {e.lineno}, column {e.colno}: {e.msg}"
+        ) from None
+    except UnicodeDecodeError as e:
+        raise ModtrainError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+
+
+def sha256_file(path: str | os.PathLike, chunk_size: int = 1 << 20) -> str:
+    """Hex sha256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(chunk_size), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def sha256_json(obj: Any) -> str:
+    """Hex sha256 of an object's canonical JSON (sorted keys, no whitespace)."""
+    text = json.dumps(obj, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def read_rows(dataset, rows) -> "np.ndarray":
+    """Rows of an HDF5 dataset (sorted indices) read chunk by chunk.
+
+    h5py's fancy indexing selects row by row; reading each touched chunk as one slice and
+    picking rows in memory is ~8× faster for wide rows such as features and caches
+    (bench/bench_data.py). Small per-question arrays are better loaded whole.
+    """
+    import numpy as np
+
+    rows = np.asarray(rows)
+    if rows.size == 0:
+        return np.empty((0, *dataset.shape[1:]), dataset.dtype)
+    block = dataset.chunks[0] if dataset.chunks else len(rows)
+    out = np.empty((len(rows), *dataset.shape[1:]), dataset.dtype)
+    chunk_of = rows // block
+    starts = np.flatnonzero(np.r_[True, chunk_of[1:] != chunk_of[:-1]])
+    ends = np.r_[starts[1:], len(rows)]
+    for s, e in zip(starts, ends):
+        lo, hi = rows[s], rows[e - 1] + 1
+        out[s:e] = dataset[lo:hi][rows[s:e] - lo]
+    return out

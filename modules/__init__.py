@@ -1,0 +1,1 @@
+"""NMN modules, one per file, registered by name."""

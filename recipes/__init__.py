@@ -1,0 +1,1 @@
+"""Recipes shipped with modtrain (TOML files, found by name)."""

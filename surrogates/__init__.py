@@ -1,0 +1,1 @@
+"""Surrogate gradient modules (paper §3.3)."""

@@ -1,0 +1,39 @@
+"""Shared fixtures: a hand-built scene and a tiny generated CLEVR folder."""
+from __future__ import annotations
+
+import pytest
+
+from modtrain.datasets.clevr import Scene
+
+
+@pytest.fixture
+def scene() -> Scene:
+    """Four objects with hand-written relations.
+
+    0 large red metal cube (x=-2, y=0)      1 small blue rubber sphere (x=0, y=-1)
+    2 large red rubber cylinder (x=2, y=1)  3 small green metal sphere (x=1, y=2)
+    Larger x is right; larger y is front.
+    """
+    objects = [
+        {"color": "red", "size": "large", "shape": "cube", "material": "metal", "3d_coords": [-2, 0, 0.7]},
+        {"color": "blue", "size": "small", "shape": "sphere", "material": "rubber", "3d_coords": [0, -1, 0.35]},
+        {"color": "red", "size": "large", "shape": "cylinder", "material": "rubber", "3d_coords": [2, 1, 0.7]},
+        {"color": "green", "size": "small", "shape": "sphere", "material": "metal", "3d_coords": [1, 2, 0.35]},
+    ]
+    relationships = {
+        "left": [[], [0], [0, 1, 3], [0, 1]],
+        "right": [[1, 2, 3], [2, 3], [], [2]],
+        "front": [[2, 3], [0, 2, 3], [3], []],
+        "behind": [[1], [], [0, 1], [0, 1, 2]],
+    }
+    return Scene("train", 0, "CLEVR_train_000000.png", objects, relationships)
+
+
+@pytest.fixture(scope="session")
+def tiny_clevr(tmp_path_factory):
+    """A generated CLEVR folder: 30/8/8 images, 6 questions each, every family."""
+    from modtrain.datasets.generate import generate
+
+    root = tmp_path_factory.mktemp("clevr")
+    generate(root, {"train": 30, "val": 8, "test": 8}, questions_per_image=6, families="all", seed=3)
+    return root

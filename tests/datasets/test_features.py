@@ -1,0 +1,152 @@
+import json
+import sys
+import types
+
+import h5py
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from modtrain.datasets.clevr import ATTRIBUTES, ClevrFolder
+from modtrain.datasets.features import (
+    CLEVR_CNN_MEAN, CLEVR_CNN_STD, Backbone, ClevrCNN, cell_targets, extract_features,
+    features_command, features_path, load_resnet101_backbone, pretrain_clevr_cnn, validate_features,
+)
+from modtrain.errors import ModtrainError
+
+
+def _random_backbone(seed=0):
+    torch.manual_seed(seed)
+    net = ClevrCNN()
+    # non-trivial running statistics, so eval-mode BatchNorm differs from batch statistics
+    for m in net.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+    return Backbone("clevr-cnn", net.eval(), 64, CLEVR_CNN_MEAN, CLEVR_CNN_STD, "0" * 64)
+
+
+def test_cell_targets_label_the_covering_object():
+    objects = [{"color": "blue", "shape": "sphere", "size": "large", "material": "metal",
+                "rotation": 0.0, "pixel_coords": [36, 28, 0.0]}]
+    targets = cell_targets(objects, 64, 8)
+    assert targets.shape == (4, 8, 8)
+    # the sphere's centre (36, 28) lies in cell row 3, column 4
+    expected = [ATTRIBUTES[a].index(objects[0][a]) + 1 for a in ("color", "shape", "size", "material")]
+    assert targets[:, 3, 4].tolist() == expected
+    assert targets[:, 0, 0].tolist() == [0, 0, 0, 0]
+    assert targets[:, 7, 7].tolist() == [0, 0, 0, 0]
+    assert (targets[0] > 0).sum() >= 2  # a large sphere (15 px) spans several 8 px cells
+
+
+def test_extract_features_rows_shapes_attrs_and_chunks(tiny_clevr, tmp_path):
+    folder = ClevrFolder(tiny_clevr)
+    paths = [folder.image_path("val", i) for i in range(8)]
+    backbone = _random_backbone()
+    out = tmp_path / "val.h5"
+    shape = extract_features(paths, backbone, out, batch_size=3, extra_attrs={"split": "val"})
+    assert shape == (8, 64, 8, 8)
+    with h5py.File(out) as f:
+        feats = f["features"][:]
+        assert f["features"].chunks[0] >= 1 and f["features"].chunks[1:] == (64, 8, 8)
+        assert f.attrs["backbone"] == "clevr-cnn" and f.attrs["input_size"] == 64
+        assert json.loads(f.attrs["normalization"])["mean"] == list(CLEVR_CNN_MEAN)
+        assert f.attrs["schema_version"] == 1 and f.attrs["split"] == "val"
+    # row i is image i, whatever the batching (BatchNorm runs on its running statistics)
+    single = tmp_path / "one.h5"
+    extract_features(paths[5:6], backbone, single, batch_size=1)
+    with h5py.File(single) as f:
+        np.testing.assert_allclose(f["features"][0], feats[5], rtol=1e-4, atol=1e-5)
+    again = tmp_path / "again.h5"
+    extract_features(paths, backbone, again, batch_size=8, dtype="float16")
+    with h5py.File(again) as f:
+        assert f["features"].dtype == np.float16
+        np.testing.assert_allclose(f["features"][:].astype(np.float32), feats, rtol=1e-2, atol=1e-2)
+    assert not list(tmp_path.glob(".*.tmp"))  # no temp files left behind
+
+
+def test_pretraining_learns_attributes_per_location():
+    net, metrics = pretrain_clevr_cnn(image_size=64, num_images=300, epochs=4, seed=0)
+    acc = metrics["held_out_cell_accuracy"]
+    assert acc["color"] > 0.3 and acc["size"] > 0.4 and acc["floor"] > 0.8
+    assert not net.training and not any(p.requires_grad for p in net.parameters())
+
+
+def _iep_file(path, rows, shape=(4, 2, 2), name="features", dtype="float32"):
+    with h5py.File(path, "w") as f:
+        f.create_dataset(name, data=np.zeros((rows, *shape), dtype))
+    return path
+
+
+def test_validate_features_errors(tmp_path):
+    assert validate_features(_iep_file(tmp_path / "ok.h5", 8), 8) == (8, 4, 2, 2)
+    with pytest.raises(ModtrainError, match=r"has 7 rows but the split has 8 images"):
+        validate_features(_iep_file(tmp_path / "short.h5", 7), 8)
+    with pytest.raises(ModtrainError, match=r"no dataset 'features' \(found: feats\)"):
+        validate_features(_iep_file(tmp_path / "name.h5", 8, name="feats"), 8)
+    with pytest.raises(ModtrainError, match=r"expected \(N_images, C, H, W\)"):
+        validate_features(_iep_file(tmp_path / "flat.h5", 8, shape=(4,)), 8)
+    with pytest.raises(ModtrainError, match="expected float32 or float16"):
+        validate_features(_iep_file(tmp_path / "int.h5", 8, dtype="int32"), 8)
+    (tmp_path / "junk.h5").write_text("not hdf5")
+    with pytest.raises(ModtrainError, match="not a readable HDF5 file"):
+        validate_features(tmp_path / "junk.h5")
+
+
+def test_from_h5_validates_and_links_existing_features(tiny_clevr, tmp_path):
+    import shutil
+    data = tmp_path / "data"
+    shutil.copytree(tiny_clevr, data)
+    iep = tmp_path / "iep"
+    iep.mkdir()
+    for split, n in [("train", 30), ("val", 8), ("test", 8)]:
+        _iep_file(iep / f"{split}_features.h5", n)
+    shapes = features_command(data, from_h5=str(iep / "{split}_features.h5"))
+    assert shapes["val"] == (8, 4, 2, 2)
+    assert features_path(data, "val").resolve() == (iep / "val_features.h5").resolve()
+    _iep_file(iep / "test_features.h5", 5)
+    with pytest.raises(ModtrainError, match=r"test_features.h5: 'features' has 5 rows but the split has 8 images"):
+        features_command(data, from_h5=str(iep / "{split}_features.h5"))
+    with pytest.raises(ModtrainError, match=r"use a pattern with \{split\}"):
+        features_command(data, from_h5=str(iep / "val_features.h5"))
+
+
+def test_resnet101_without_torchvision_or_weights_is_a_clear_error(monkeypatch, tmp_path):
+    monkeypatch.setitem(sys.modules, "torchvision", None)
+    with pytest.raises(ModtrainError, match="needs torchvision"):
+        load_resnet101_backbone(tmp_path / "w.pt")
+
+
+class _FakeResNet(nn.Module):
+    """Stands in for torchvision's ResNet-101: same attribute names, tiny layers."""
+
+    def __init__(self, weights=None):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 4, 7, 2, 3)
+        self.bn1 = nn.BatchNorm2d(4)
+        self.relu = nn.ReLU()
+        self.maxpool = nn.MaxPool2d(3, 2, 1)
+        self.layer1 = nn.Conv2d(4, 4, 3, 1, 1)
+        self.layer2 = nn.Conv2d(4, 8, 3, 2, 1)
+        self.layer3 = nn.Conv2d(8, 16, 3, 2, 1)
+        self.layer4 = nn.Conv2d(16, 32, 3, 2, 1)
+        self.fc = nn.Linear(32, 10)
+
+
+def test_resnet101_backbone_stops_at_layer3_in_eval_mode(monkeypatch, tmp_path):
+    fake = types.ModuleType("torchvision")
+    fake.models = types.SimpleNamespace(resnet101=_FakeResNet)
+    monkeypatch.setitem(sys.modules, "torchvision", fake)
+    with pytest.raises(ModtrainError, match="needs --weights PATH"):
+        load_resnet101_backbone(None)
+    weights = tmp_path / "resnet101.pth"
+    torch.save(_FakeResNet().state_dict(), weights)
+    backbone = load_resnet101_backbone(weights)
+    assert backbone.input_size == 224 and backbone.mean == (0.485, 0.456, 0.406)
+    assert not backbone.net.training
+    out = backbone(torch.zeros(2, 3, 224, 224))
+    assert out.shape == (2, 16, 14, 14)  # layer3 at stride 16, as clevr-iep's 1024×14×14
+    torch.save({"something": torch.zeros(1)}, tmp_path / "bad.pth")
+    with pytest.raises(ModtrainError, match="not a ResNet-101 state dict"):
+        load_resnet101_backbone(tmp_path / "bad.pth")

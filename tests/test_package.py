@@ -1,0 +1,45 @@
+"""The package installs as modtrain.* and never puts `datasets` or `modules` at the top."""
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _run(code: str, cwd: Path, env=None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", code], cwd=cwd, capture_output=True, text=True, env=env)
+
+
+def test_import_from_outside_the_checkout(tmp_path):
+    result = _run("import importlib.util, modtrain.datasets, modtrain.modules, modtrain.surrogates, modtrain.recipes;"
+                  "print(modtrain.datasets.__file__);"
+                  "print(importlib.util.find_spec('datasets'), importlib.util.find_spec('modules'))", tmp_path)
+    assert result.returncode == 0, result.stderr
+    datasets_file, specs = result.stdout.splitlines()
+    assert Path(datasets_file).parent == ROOT / "datasets"
+    assert specs == "None None"
+
+
+def test_wheel_maps_folders_under_modtrain(tmp_path):
+    source = tmp_path / "src"
+    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(".venv", ".git", "runs", "build", "*.egg-info",
+                                                                "__pycache__", "bench"))
+    subprocess.run([sys.executable, "-m", "pip", "wheel", str(source), "--no-deps", "--no-build-isolation",
+                    "-q", "-w", str(tmp_path / "dist")], check=True, capture_output=True)
+    (wheel,) = (tmp_path / "dist").glob("modtrain-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    assert "modtrain/datasets/clevr.py" in names and "modtrain/modules/__init__.py" in names
+    assert "modtrain/surrogates/__init__.py" in names and "modtrain/recipes/__init__.py" in names
+    tops = {n.split("/")[0] for n in names}
+    assert tops == {"modtrain", wheel.name.split("-")[0] + "-" + wheel.name.split("-")[1] + ".dist-info"}
+    # installed from the wheel, modtrain.datasets imports from there, outside any checkout
+    site = tmp_path / "site"
+    subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(site), str(wheel)],
+                   check=True, capture_output=True)
+    import os
+    env = {**os.environ, "PYTHONPATH": str(site)}
+    result = _run("import modtrain.datasets.clevr as c; print(c.__file__)", tmp_path, env)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().startswith(str(site))
