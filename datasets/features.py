@@ -173,12 +173,18 @@ def pretrain_clevr_cnn(image_size: int = 64, num_images: int = PRETRAIN_IMAGES, 
                        "held_out_cell_accuracy": accuracy}
 
 
+def clevr_cnn_config(image_size: int, seed: int, pretrain_images: int = PRETRAIN_IMAGES,
+                     pretrain_epochs: int = PRETRAIN_EPOCHS) -> dict[str, int]:
+    """What a pretrained clevr-cnn depends on (recorded in ``features/clevr-cnn.json``)."""
+    return {"image_size": image_size, "seed": seed, "images": pretrain_images, "epochs": pretrain_epochs}
+
+
 def load_clevr_cnn_backbone(data_dir: Path, image_size: int, seed: int, device, retrain: bool = False,
                             pretrain_images: int = PRETRAIN_IMAGES, pretrain_epochs: int = PRETRAIN_EPOCHS) -> Backbone:
     """The pretrained clevr-cnn of a data folder, trained now if missing or asked to."""
     weights = data_dir / "features" / "clevr-cnn.pt"
     card = weights.with_suffix(".json")
-    config = {"image_size": image_size, "seed": seed, "images": pretrain_images, "epochs": pretrain_epochs}
+    config = clevr_cnn_config(image_size, seed, pretrain_images, pretrain_epochs)
     net = ClevrCNN()
     reuse = weights.exists() and card.exists() and not retrain
     if reuse:

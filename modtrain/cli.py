@@ -137,5 +137,139 @@ def info(directory, as_json):
     click.echo(json.dumps(result, indent=2) if as_json else format_info(result))
 
 
+def recipe_options(fn):
+    """--recipe, --workdir, --set and --device, shared by the training commands."""
+    fn = click.option("--device", default=None, help="auto, cpu, cuda or cuda:N [default: the recipe's train.device].")(fn)
+    fn = click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+                      help="Override a recipe key, e.g. --set train.lr=3e-4 (repeatable).")(fn)
+    fn = click.option("--workdir", type=click.Path(file_okay=False), default=None,
+                      help="Experiment folder [default: runs/<recipe name>].")(fn)
+    fn = click.option("--recipe", default=None,
+                      help="Shipped recipe name or path to a .toml [default: the workdir's recipe.toml].")(fn)
+    return fn
+
+
+def _context(recipe, workdir, overrides, device):
+    from modtrain.device import resolve_device
+    from modtrain.recipe import load_for_workdir
+    from modtrain.workdir import Workdir
+
+    loaded, root = load_for_workdir(recipe, workdir, list(overrides))
+    return loaded, Workdir.for_recipe(loaded, root), resolve_device(device or loaded.train_config("encoder")["device"])
+
+
+@main.command(context_settings=CONTEXT)
+@recipe_options
+def plan(recipe, workdir, overrides, device):
+    """Print the dependency table (paper Table 1) and the job graph."""
+    from modtrain.card import card_path
+    from modtrain.plan import format_plan, make_plan
+    from modtrain.recipe import load_for_workdir
+    from modtrain.workdir import Workdir
+
+    loaded, root = load_for_workdir(recipe, workdir, list(overrides))
+    wd = Workdir.for_recipe(loaded, root)
+    trained = {m for m in loaded.modules if card_path(wd.modules, m).exists()}
+    click.echo(format_plan(make_plan(loaded, trained)))
+
+
+@main.command(context_settings=CONTEXT)
+@click.argument("module")
+@click.option("--surrogate", default=None, help="Train through this surrogate (for modules without a loss of their own).")
+@recipe_options
+def train(module, surrogate, recipe, workdir, overrides, device):
+    """Train one MODULE as its own job; writes modules/MODULE.pt and its card."""
+    from modtrain.train import train_module
+
+    loaded, wd, dev = _context(recipe, workdir, overrides, device)
+    if surrogate is not None:
+        loaded = loaded.with_surrogate(module, surrogate)
+    wd.root.mkdir(parents=True, exist_ok=True)
+    loaded.write(wd.root)
+    card = train_module(wd, loaded, module, dev)
+    m = card["metrics"]
+    click.echo(f"{module}: val accuracy {m['val_accuracy']:.1%}, val loss {m['val_loss']:.4f} "
+               f"(best epoch {m['best_epoch']} of {m['epochs']}, {card['timings']['train_seconds']:.1f}s)")
+    if "surrogate" in card:
+        s = card["surrogate"]
+        click.echo(f"surrogate {s['name']}: {s['parameters']} parameters (describe + measure: "
+                   f"{s['describe_measure_parameters']}), predictive variance {s['predictive_variance']:.5f}"
+                   f"{'' if s['trustworthy'] else ' — over the threshold: untrustworthy'}")
+    click.echo(f"wrote {wd.modules / (module + '.json')}")
+
+
+@main.command(context_settings=CONTEXT)
+@click.argument("module")
+@recipe_options
+def cache(module, recipe, workdir, overrides, device):
+    """Write MODULE's virtual dataset (caches/MODULE/{split}.h5) for every split."""
+    from modtrain.cache import write_caches
+    from modtrain.data import PreparedData
+
+    loaded, wd, dev = _context(recipe, workdir, overrides, device)
+    data = PreparedData(wd.data)
+    write_caches(wd, module, data, dev)
+    click.echo(f"wrote {', '.join(str(wd.cache(module, s)) for s in data.splits())}")
+
+
+@main.command(context_settings=CONTEXT)
+@click.option("--split", "splits", multiple=True, help="Split(s) to evaluate [default: all but train].")
+@recipe_options
+def assemble(splits, recipe, workdir, overrides, device):
+    """Compose the trained modules per question and report accuracy."""
+    from modtrain.assemble import assemble as run, format_report
+
+    loaded, wd, dev = _context(recipe, workdir, overrides, device)
+    report = run(wd, loaded, dev, list(splits) or None)
+    click.echo(format_report(report))
+    click.echo(f"\nwrote {wd.reports / 'assemble.json'}")
+
+
+@main.command(context_settings=CONTEXT)
+@click.option("--address", default=None, help="Ray cluster (local, auto or HOST:PORT); in-process without it.")
+@recipe_options
+def run(address, recipe, workdir, overrides, device):
+    """The whole pipeline: data, plan, train and cache each module, assemble (resumable)."""
+    from modtrain.assemble import format_report
+    from modtrain.errors import ModtrainError
+    from modtrain.pipeline import run_pipeline
+
+    if address is not None:
+        raise ModtrainError("--address (jobs on Ray) is not available yet; run without it to train in-process")
+    loaded, wd, dev = _context(recipe, workdir, overrides, device)
+    start = time.perf_counter()
+    report = run_pipeline(loaded, wd, dev, say=lambda text: click.echo(text, err=True))
+    click.echo(format_report(report))
+    click.echo(f"\nworkdir {wd.root}; total {time.perf_counter() - start:.0f}s")
+
+
+@main.command(context_settings=CONTEXT)
+@click.option("--workdir", type=click.Path(file_okay=False), default=None, help="Also list the modules trained here.")
+def modules(workdir):
+    """List registered modules and surrogates, and the trained module cards of a workdir."""
+    from pathlib import Path
+
+    from modtrain.card import trained_cards
+    from modtrain.registry import MODULES, SURROGATES, module_class, surrogate_class
+
+    module_class("find")
+    click.echo("registered modules:")
+    for name in sorted(MODULES):
+        cls = MODULES[name]
+        hp = ", ".join(f"{k}={v}" for k, v in cls.defaults.items()) or "-"
+        click.echo(f"  {name:<9} ({', '.join(cls.inputs)}) -> {cls.output}"
+                   f"{'  [instances]' if cls.has_instances else ''}   {hp}")
+    surrogate_class("factorized")
+    click.echo("registered surrogates:")
+    for name in sorted(SURROGATES):
+        click.echo(f"  {name:<9} " + ", ".join(f"{k}={v}" for k, v in SURROGATES[name].defaults.items()))
+    if workdir is not None:
+        cards = trained_cards(Path(workdir) / "modules")
+        click.echo(f"trained in {workdir}:" if cards else f"no trained modules in {workdir}")
+        for c in cards:
+            click.echo(f"  {c['name']:<9} {c['interface']:<9} val accuracy {c['metrics']['val_accuracy']:.1%}  "
+                       f"{len(c['instances'])} instances  {c['parameters']} parameters  {c['created']}")
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -37,3 +37,24 @@ def tiny_clevr(tmp_path_factory):
     root = tmp_path_factory.mktemp("clevr")
     generate(root, {"train": 30, "val": 8, "test": 8}, questions_per_image=6, families="all", seed=3)
     return root
+
+
+TINY_RUN = ["data.images=120", "data.val_images=40", "data.test_images=20", "data.questions_per_image=8",
+            "data.pretrain_images=500", "data.pretrain_epochs=4", "train.max_epochs=8", "train.patience=3",
+            "train.batch_size=32", "train.device='cpu'"]
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory):
+    """The nmn-typed pipeline run once on a tiny generated dataset: (recipe, workdir, report, messages)."""
+    import torch
+
+    from modtrain.pipeline import run_pipeline
+    from modtrain.recipe import Recipe
+    from modtrain.workdir import Workdir
+
+    recipe = Recipe.load("nmn-typed", TINY_RUN)
+    workdir = Workdir.for_recipe(recipe, tmp_path_factory.mktemp("run"))
+    messages = []
+    report = run_pipeline(recipe, workdir, torch.device("cpu"), say=messages.append)
+    return recipe, workdir, report, messages

@@ -1,0 +1,138 @@
+"""``modtrain assemble``: compose the trained modules per question and evaluate.
+
+Loads every module from its card, type-checks each layout before computing anything,
+runs the questions batched by layout shape, combines the root's answer with the encoder's
+prior as the interface says, and reports accuracy overall, per question type and per
+program depth, next to the encoder alone. Predictions are written for every question,
+those without answers included.
+"""
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from modtrain.card import load_module
+from modtrain.data import PreparedData
+from modtrain.errors import ModtrainError
+from modtrain.execute import Executor
+from modtrain.io import write_json
+from modtrain.progress import progress
+from modtrain.recipe import Recipe
+from modtrain.types import AnswerLogits, TypeCheckError, get_interface
+from modtrain.workdir import Workdir
+
+log = logging.getLogger(__name__)
+
+
+def load_assembly(workdir: Workdir, recipe: Recipe, device: torch.device):
+    """The encoder, an executor over the other trained modules, and their cards."""
+    interface = get_interface(recipe.interface)
+    modules, cards = {}, {}
+    for name in recipe.modules:
+        module, card = load_module(workdir.modules, name, device)
+        if card["interface"] != interface.name:
+            raise ModtrainError(f"{workdir.modules / (name + '.json')} was trained in the {card['interface']} "
+                                f"interface, but recipe {recipe.name} uses {interface.name}; retrain it")
+        modules[name], cards[name] = module, card
+    encoder = modules.pop("encoder", None)
+    if encoder is None:
+        raise ModtrainError(f"recipe {recipe.name} has no encoder; the assembler combines layouts with its prior")
+    mode = cards["find"]["hyperparameters"]["attention"] if "find" in cards else "weighted"
+    return encoder, Executor(modules, interface, mode), cards
+
+
+def _accuracy(correct: np.ndarray, groups: np.ndarray | None = None, names=None) -> dict:
+    if groups is None:
+        return {"questions": int(len(correct)), "accuracy": float(correct.mean()) if len(correct) else float("nan")}
+    out = {}
+    for g in sorted(set(groups.tolist())):
+        key = names[g] if names is not None else str(g)
+        out[key] = _accuracy(correct[groups == g])
+    return out
+
+
+def assemble(workdir: Workdir, recipe: Recipe, device: torch.device, splits: list[str] | None = None,
+             batch_size: int = 512, data: PreparedData | None = None) -> dict[str, Any]:
+    """Evaluate the assembled NMN; write ``reports/assemble.json`` and predictions."""
+    data = data or PreparedData(workdir.data)
+    encoder, executor, cards = load_assembly(workdir, recipe, device)
+    interface = executor.interface
+    splits = splits or [s for s in data.splits() if s != "train"]
+    report: dict[str, Any] = {
+        "recipe": recipe.name, "interface": interface.name,
+        "modules": {n: {"weights_sha256": c["weights_sha256"], "val_accuracy": c["metrics"]["val_accuracy"]}
+                    for n, c in cards.items()},
+        "splits": {},
+    }
+    type_names = data.vocab["question_types"]
+    for split_name in splits:
+        split = data.split(split_name)
+        n = len(split)
+        with_layout = split.layout >= 0
+        for layout_id in np.unique(split.layout[with_layout]):
+            layout = data.layouts[layout_id]
+            output = executor.check(layout)
+            if output is not AnswerLogits:
+                raise TypeCheckError(f"layout {layout}: its root gives {output}, not AnswerLogits")
+        # sorted by shape, so that each batch holds few large groups
+        shapes = np.array([data.layouts[i].shape() if i >= 0 else "" for i in split.layout])
+        order = np.argsort(shapes, kind="stable")
+        features = split.features() if with_layout.any() else None
+        predicted = np.full(n, -1, np.int64)
+        prior_predicted = np.full(n, -1, np.int64)
+        with torch.no_grad(), progress(range(0, n, batch_size), f"assemble {split_name}") as bar:
+            for start in bar:
+                rows = order[start:start + batch_size]
+                prior = encoder(torch.from_numpy(split.tokens[rows]).long().to(device),
+                                torch.from_numpy(split.lengths[rows]).long())
+                prior_predicted[rows] = prior.argmax(1).cpu().numpy()
+                predicted[rows] = prior_predicted[rows]  # questions without a layout: the encoder alone
+                mask = with_layout[rows]
+                if mask.any():
+                    run_rows = rows[mask]
+                    feats = torch.from_numpy(features.take(split.image_index[run_rows])).float().to(device)
+                    root = executor.run([data.layouts[i] for i in split.layout[run_rows]], feats)
+                    predicted[run_rows] = interface.combine(root, prior[torch.from_numpy(mask).to(device)]).argmax(1).cpu().numpy()
+        labelled = split.answer >= 0
+        if not labelled.all():
+            log.warning("%s: %d questions have no answer; predicted, but left out of the accuracy",
+                        split_name, int((~labelled).sum()))
+        correct = (predicted == split.answer)[labelled]
+        prior_correct = (prior_predicted == split.answer)[labelled]
+        types, depths = split.question_type[labelled], split.depth[labelled]
+        report["splits"][split_name] = {
+            "questions": n, "labelled": int(labelled.sum()), "without_layout": int((~with_layout).sum()),
+            "accuracy": _accuracy(correct)["accuracy"], "encoder_accuracy": _accuracy(prior_correct)["accuracy"],
+            "by_type": _merge(_accuracy(correct, types, type_names), _accuracy(prior_correct, types, type_names)),
+            "by_depth": _merge(_accuracy(correct, depths), _accuracy(prior_correct, depths)),
+        }
+        answers = data.answers
+        write_json(workdir.reports / "predictions" / f"{split_name}.json",
+                   [{"question_index": int(q), "answer": answers[p], "encoder_answer": answers[e]}
+                    for q, p, e in zip(split.question_index, predicted, prior_predicted)], indent=None)
+    write_json(workdir.reports / "assemble.json", report)
+    return report
+
+
+def _merge(assembled: dict, encoder: dict) -> dict:
+    return {k: {**v, "encoder_accuracy": encoder[k]["accuracy"]} for k, v in assembled.items()}
+
+
+def format_report(report: dict[str, Any]) -> str:
+    """The accuracy table: assembled NMN next to the encoder alone."""
+    lines = [f"recipe {report['recipe']} ({report['interface']} interface)"]
+    for split, s in report["splits"].items():
+        lines += ["", f"[{split}] {s['labelled']} labelled of {s['questions']} questions",
+                  f"  {'':<22}{'questions':>10}{'assembled':>11}{'encoder':>9}",
+                  f"  {'overall':<22}{s['labelled']:>10}{s['accuracy']:>10.1%}{s['encoder_accuracy']:>9.1%}"]
+        for name, row in s["by_type"].items():
+            lines.append(f"  {name:<22}{row['questions']:>10}{row['accuracy']:>10.1%}{row['encoder_accuracy']:>9.1%}")
+        lines.append("  by depth")
+        for depth, row in s["by_depth"].items():
+            lines.append(f"  {'  ' + depth:<22}{row['questions']:>10}{row['accuracy']:>10.1%}{row['encoder_accuracy']:>9.1%}")
+    return "\n".join(lines)

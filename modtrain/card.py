@@ -1,0 +1,79 @@
+"""Module cards: ``NAME.pt`` (weights only) beside ``NAME.json`` (everything else).
+
+A card is enough to rebuild and load its module anywhere, so trained modules form a
+library that later experiments reuse (DESIGN.md, "Module cards").
+"""
+from __future__ import annotations
+
+import datetime
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from modtrain import __version__
+from modtrain.errors import ModtrainError
+from modtrain.io import atomic_path, read_json, sha256_file, write_json
+from modtrain.registry import NMNModule, build_module
+
+
+def card_path(modules_dir: Path, name: str) -> Path:
+    return Path(modules_dir) / f"{name}.json"
+
+
+def weights_path(modules_dir: Path, name: str) -> Path:
+    return Path(modules_dir) / f"{name}.pt"
+
+
+def describe_module(module: NMNModule) -> dict[str, Any]:
+    """The card fields that rebuild a module: class, interface, signature, instances, ..."""
+    inputs, output = module.signature()
+    return {
+        "name": module.name,
+        "class": f"{type(module).__module__}.{type(module).__qualname__}",
+        "interface": module.interface.name,
+        "signature": {"inputs": [t.name for t in inputs], "output": output.name},
+        "instances": module.instances,
+        "hyperparameters": module.hparams,
+        "dimensions": module.dims,
+        "parameters": sum(p.numel() for p in module.parameters()),
+    }
+
+
+def save_module(modules_dir: Path, module: NMNModule, card: dict[str, Any]) -> dict[str, Any]:
+    """Write weights, then the card (both atomically); return the card as written."""
+    weights = weights_path(modules_dir, module.name)
+    with atomic_path(weights) as tmp:
+        torch.save({k: v.detach().cpu() for k, v in module.state_dict().items()}, tmp)
+    full = {**describe_module(module), **card, "weights_sha256": sha256_file(weights),
+            "modtrain_version": __version__,
+            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+    write_json(card_path(modules_dir, module.name), full)
+    return full
+
+
+def load_card(modules_dir: Path, name: str) -> dict[str, Any]:
+    path = card_path(modules_dir, name)
+    if not path.exists():
+        raise ModtrainError(f"no trained module {name!r}: {path} not found; run 'modtrain train {name}'")
+    return read_json(path, "module card")
+
+
+def load_module(modules_dir: Path, name: str, device: torch.device | str = "cpu") -> tuple[NMNModule, dict]:
+    """Rebuild a module from its card and load its weights (checked against the card's hash)."""
+    card = load_card(modules_dir, name)
+    weights = weights_path(modules_dir, name)
+    if not weights.exists():
+        raise ModtrainError(f"{weights} not found, but its card {card_path(modules_dir, name)} is")
+    if sha256_file(weights) != card["weights_sha256"]:
+        raise ModtrainError(f"{weights} does not match its card {card_path(modules_dir, name)} "
+                            f"(sha256 differs); retrain with 'modtrain train {name}'")
+    module = build_module(card["name"], card["interface"], card["dimensions"], card["instances"],
+                          **card["hyperparameters"])
+    module.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+    return module.to(device).eval(), card
+
+
+def trained_cards(modules_dir: Path) -> list[dict[str, Any]]:
+    """Every card in a modules folder."""
+    return [read_json(p, "module card") for p in sorted(Path(modules_dir).glob("*.json"))]

@@ -1,0 +1,149 @@
+"""Prepared data as modules see it: question arrays, the layout table, features.
+
+Question arrays are small and loaded whole; features and caches are read in sorted
+batches through ``H5Rows``, which opens its file lazily so that each DataLoader worker
+gets its own handle (h5py handles cannot be pickled).
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from modtrain.errors import ModtrainError
+from modtrain.io import read_json, read_rows, sha256_json
+from modtrain.layout import Layout, parse_layout
+
+IN_MEMORY_BYTES = 1 << 30  # read a whole dataset into memory when it is smaller than this
+
+
+class H5Rows:
+    """Rows of one HDF5 dataset; ``take`` returns rows in the order asked for."""
+
+    def __init__(self, path: str | Path, name: str, in_memory_bytes: int = IN_MEMORY_BYTES):
+        self.path, self.name, self.in_memory_bytes = Path(path), name, in_memory_bytes
+        self._file = None
+        self._pid = None
+        self._array = None
+        if not self.path.exists():
+            raise ModtrainError(f"file not found: {self.path}")
+        with h5py.File(self.path, "r") as f:
+            if name not in f:
+                raise ModtrainError(f"{self.path}: no dataset {name!r} (found: {', '.join(f) or 'nothing'})")
+            self.shape, self.dtype = f[name].shape, f[name].dtype
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getstate__(self):
+        return {**self.__dict__, "_file": None, "_pid": None, "_array": None}
+
+    def _dataset(self):
+        if self._file is None or self._pid != os.getpid():
+            self._file = h5py.File(self.path, "r")
+            self._pid = os.getpid()
+        return self._file[self.name]
+
+    def take(self, rows: np.ndarray) -> np.ndarray:
+        rows = np.asarray(rows, dtype=np.int64)
+        dataset = self._dataset()
+        if self._array is None and dataset.size * dataset.dtype.itemsize <= self.in_memory_bytes:
+            self._array = dataset[()]
+        if self._array is not None:
+            return self._array[rows]
+        unique, inverse = np.unique(rows, return_inverse=True)
+        return read_rows(dataset, unique)[inverse]
+
+
+@dataclass
+class SplitData:
+    """One prepared split: every array of ``{split}.h5`` in memory, and its attrs."""
+
+    name: str
+    arrays: dict[str, np.ndarray]
+    attrs: dict
+    features_path: Path
+
+    def __len__(self) -> int:
+        return len(self.arrays["answer"])
+
+    def __getattr__(self, key):
+        arrays = self.__dict__.get("arrays", {})
+        if key in arrays:
+            return arrays[key]
+        raise AttributeError(key)
+
+    @property
+    def fingerprint(self) -> str:
+        return str(self.attrs["data_fingerprint"])
+
+    def features(self) -> H5Rows:
+        if not self.features_path.exists():
+            raise ModtrainError(f"{self.features_path} not found; run 'modtrain data features {self.features_path.parent.parent}'")
+        return H5Rows(self.features_path, "features")
+
+
+class PreparedData:
+    """A data folder after ``modtrain data prepare``: vocabulary, layouts, splits."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+        self.vocab = read_json(self.root / "vocab.json", "vocabulary (run 'modtrain data prepare')")
+        self.vocab_sha256 = sha256_json(self.vocab)
+        self.layouts: list[Layout] = [parse_layout(text) for text in self.vocab["layouts"]]
+        self.answers: list[str] = sorted(self.vocab["answers"], key=self.vocab["answers"].get)
+        self._splits: dict[str, SplitData] = {}
+
+    def splits(self) -> list[str]:
+        names = [p.stem for p in sorted(self.root.glob("*.h5"))]
+        order = {"train": 0, "val": 1}
+        return sorted(names, key=lambda s: (order.get(s, 2), s))
+
+    def split(self, name: str) -> SplitData:
+        if name not in self._splits:
+            path = self.root / f"{name}.h5"
+            if not path.exists():
+                raise ModtrainError(f"{path} not found; run 'modtrain data prepare {self.root}' "
+                                    f"(prepared splits: {', '.join(self.splits()) or 'none'})")
+            with h5py.File(path, "r") as f:
+                arrays = {k: f[k][()] for k in f}
+                attrs = dict(f.attrs)
+            if attrs.get("vocab_sha256") != self.vocab_sha256:
+                raise ModtrainError(f"{path} was prepared with another vocab.json; run 'modtrain data prepare {self.root}' again")
+            self._splits[name] = SplitData(name, arrays, attrs, self.root / "features" / f"{name}.h5")
+        return self._splits[name]
+
+    @property
+    def fingerprint(self) -> str:
+        """One hash for the data a module trains and validates on."""
+        return sha256_json([self.split(s).fingerprint for s in ("train", "val")])
+
+    def dims(self) -> dict[str, int]:
+        """Dimensions modules are built with: features C, height, width, answers, tokens."""
+        shape = self.split("train").features().shape
+        return {"features": shape[1], "height": shape[2], "width": shape[3],
+                "answers": len(self.vocab["answers"]), "tokens": len(self.vocab["question_tokens"])}
+
+    def root_input(self, layout_id: int) -> Layout:
+        """The subtree feeding a layout's root (what find's output becomes before describe/measure)."""
+        layout = self.layouts[layout_id]
+        if len(layout.children) != 1:
+            raise ModtrainError(f"layout {layout} has {len(layout.children)} inputs at its root; expected one")
+        return layout.children[0]
+
+    def roots(self, split: SplitData) -> tuple[np.ndarray, np.ndarray]:
+        """Per question: the root module and its instance ('' where there is no layout)."""
+        modules = np.array([""] + [lay.module for lay in self.layouts], dtype=object)
+        instances = np.array([""] + [lay.instance or "" for lay in self.layouts], dtype=object)
+        return modules[split.layout + 1], instances[split.layout + 1]
+
+
+def shuffled_batches(rows: np.ndarray, batch_size: int, seed: int | None, epoch: int = 0) -> list[np.ndarray]:
+    """Rows cut into batches; reshuffled every epoch from (seed, epoch) when ``seed`` is given."""
+    rows = np.asarray(rows)
+    if seed is not None:
+        rows = np.random.default_rng([seed, epoch]).permutation(rows)
+    return [rows[i:i + batch_size] for i in range(0, len(rows), batch_size)]

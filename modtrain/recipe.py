@@ -1,0 +1,221 @@
+"""Recipes: one TOML file says what to train and how (DESIGN.md, "Recipes").
+
+A recipe is found by name among those shipped (``--recipe nmn-typed``) or by path, then
+overridden with ``--set key=value`` (``--set train.lr=3e-4``, ``--set modules.find.dropout=0.2``).
+Every key is checked: an unknown one is an error that lists the valid ones. The resolved
+recipe is written into the workdir, where later commands find it.
+"""
+from __future__ import annotations
+
+import copy
+import importlib.resources
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from modtrain.errors import ModtrainError
+from modtrain.io import write_text
+
+RESOLVED = "recipe.toml"
+
+TOP_KEYS = {"name", "description", "interface", "seed", "data", "train", "modules", "surrogates", "search"}
+DATA_DEFAULTS: dict[str, Any] = {
+    "source": "generate", "families": "no-relate", "images": 1000, "val_images": 200, "test_images": 200,
+    "questions_per_image": 10, "image_size": 64, "seed": 0, "backbone": "clevr-cnn",
+    # clevr-cnn pretraining; None: the backbone's own defaults
+    "pretrain_images": None, "pretrain_epochs": None,
+}
+TRAIN_DEFAULTS: dict[str, Any] = {
+    "lr": 1e-3, "batch_size": 64, "max_epochs": 30, "patience": 4, "weight_decay": 0.0,
+    "device": "auto", "amp": True, "num_workers": 0,
+}
+# Per-module keys that are not hyperparameters of the module itself.
+MODULE_EXTRA_KEYS = {"surrogate"}
+
+
+def shipped_recipes() -> list[str]:
+    """Names of the recipes that ship with modtrain."""
+    files = importlib.resources.files("modtrain.recipes")
+    return sorted(p.name[:-5] for p in files.iterdir() if p.name.endswith(".toml"))
+
+
+def _read(name_or_path: str | Path) -> tuple[dict, str]:
+    path = Path(name_or_path)
+    if path.suffix == ".toml" or path.exists():
+        if not path.is_file():
+            raise ModtrainError(f"recipe file not found: {path}")
+        text, where = path.read_text(encoding="utf-8"), str(path)
+    else:
+        resource = importlib.resources.files("modtrain.recipes") / f"{name_or_path}.toml"
+        if not resource.is_file():
+            raise ModtrainError(f"unknown recipe {name_or_path!r}; shipped: {', '.join(shipped_recipes())} "
+                                f"(or give a path to a .toml file)")
+        text, where = resource.read_text(encoding="utf-8"), f"recipe {name_or_path}"
+    try:
+        return tomllib.loads(text), where
+    except tomllib.TOMLDecodeError as e:
+        raise ModtrainError(f"{where}: invalid TOML: {e}") from None
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    """``train.lr=3e-4`` → (["train", "lr"], 0.0003); values are TOML literals, else strings."""
+    if "=" not in item:
+        raise ModtrainError(f"--set {item!r}: expected key=value, e.g. train.lr=3e-4")
+    key, raw = item.split("=", 1)
+    try:
+        value = tomllib.loads(f"v = {raw.strip()}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw.strip()
+    return [k.strip() for k in key.split(".")], value
+
+
+class Recipe:
+    """A validated recipe with its overrides applied."""
+
+    def __init__(self, raw: dict, where: str = "recipe"):
+        self.raw = raw
+        self.where = where
+        self.validate()
+
+    @classmethod
+    def load(cls, name_or_path: str | Path, overrides: list[str] = ()) -> "Recipe":
+        raw, where = _read(name_or_path)
+        for item in overrides:
+            keys, value = parse_override(item)
+            node = raw
+            for k in keys[:-1]:
+                node = node.setdefault(k, {})
+                if not isinstance(node, dict):
+                    raise ModtrainError(f"--set {item}: {'.'.join(keys[:-1])} is not a table")
+            node[keys[-1]] = value
+        return cls(raw, where)
+
+    # -- views -------------------------------------------------------------------------------
+    @property
+    def name(self) -> str:
+        return self.raw["name"]
+
+    @property
+    def interface(self) -> str:
+        return self.raw.get("interface", "typed")
+
+    @property
+    def seed(self) -> int:
+        return int(self.raw.get("seed", 0))
+
+    @property
+    def data(self) -> dict[str, Any]:
+        return {**DATA_DEFAULTS, **self.raw.get("data", {})}
+
+    def pretrain_options(self) -> dict[str, int]:
+        """The clevr-cnn pretraining settings the recipe gives (the others stay at their defaults)."""
+        return {k: v for k, v in self.data.items() if k.startswith("pretrain_") and v is not None}
+
+    @property
+    def modules(self) -> list[str]:
+        """Trainable modules of the recipe, in file order."""
+        return list(self.raw.get("modules", {}))
+
+    def module_hparams(self, name: str) -> dict[str, Any]:
+        section = self.raw.get("modules", {}).get(name, {})
+        return {k: v for k, v in section.items() if k not in TRAIN_DEFAULTS and k not in MODULE_EXTRA_KEYS}
+
+    def train_config(self, name: str) -> dict[str, Any]:
+        """Training settings of one module: [train] overridden by [modules.NAME]."""
+        section = self.raw.get("modules", {}).get(name, {})
+        merged = {**TRAIN_DEFAULTS, **self.raw.get("train", {})}
+        merged.update({k: v for k, v in section.items() if k in TRAIN_DEFAULTS})
+        return merged
+
+    def surrogate(self, name: str) -> tuple[str, dict[str, Any]] | None:
+        """(surrogate name, its hyperparameters) for a module trained through one."""
+        chosen = self.raw.get("modules", {}).get(name, {}).get("surrogate")
+        if chosen is None:
+            return None
+        return chosen, dict(self.raw.get("surrogates", {}).get(chosen, {}))
+
+    def with_surrogate(self, module: str, surrogate: str) -> "Recipe":
+        raw = copy.deepcopy(self.raw)
+        raw.setdefault("modules", {}).setdefault(module, {})["surrogate"] = surrogate
+        return Recipe(raw, self.where)
+
+    # -- checks ------------------------------------------------------------------------------
+    def validate(self) -> None:
+        from modtrain.registry import module_class, resolve_hparams, surrogate_class
+        from modtrain.types import get_interface
+
+        raw, where = self.raw, self.where
+        _known(raw, TOP_KEYS, where, "")
+        if not isinstance(raw.get("name"), str):
+            raise ModtrainError(f"{where}: 'name' (a string) is required")
+        get_interface(self.interface)
+        _known(raw.get("data", {}), DATA_DEFAULTS, where, "data.")
+        _known(raw.get("train", {}), TRAIN_DEFAULTS, where, "train.")
+        for module, section in raw.get("modules", {}).items():
+            cls = module_class(module)
+            valid = set(cls.defaults) | set(TRAIN_DEFAULTS) | MODULE_EXTRA_KEYS
+            _known(section, valid, where, f"modules.{module}.")
+            resolve_hparams(cls.defaults, self.module_hparams(module), f"module {module}")
+            if "surrogate" in section:
+                surrogate_class(section["surrogate"])
+        for surrogate, section in raw.get("surrogates", {}).items():
+            cls = surrogate_class(surrogate)
+            _known(section, cls.defaults, where, f"surrogates.{surrogate}.")
+        for module in raw.get("search", {}):
+            if module not in raw.get("modules", {}):
+                raise ModtrainError(f"{where}: [search.{module}] names a module the recipe does not train; "
+                                    f"valid: {', '.join(self.modules)}")
+
+    # -- output ------------------------------------------------------------------------------
+    def to_toml(self) -> str:
+        """The resolved recipe as TOML."""
+        return _dump_toml(self.raw)
+
+    def write(self, workdir: Path) -> Path:
+        path = Path(workdir) / RESOLVED
+        write_text(path, f"# resolved recipe (from {self.where}, overrides applied)\n" + self.to_toml())
+        return path
+
+
+def _known(section: Any, valid, where: str, prefix: str) -> None:
+    if not isinstance(section, dict):
+        raise ModtrainError(f"{where}: {prefix.rstrip('.')} must be a table")
+    unknown = sorted(set(section) - set(valid))
+    if unknown:
+        raise ModtrainError(f"{where}: unknown key {prefix}{unknown[0]}; valid: "
+                            f"{', '.join(prefix + k for k in sorted(valid))}")
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    raise ModtrainError(f"cannot write {value!r} to TOML")
+
+
+def _dump_toml(table: dict, prefix: str = "") -> str:
+    lines = [f"{k} = {_toml_value(v)}" for k, v in table.items() if not isinstance(v, dict)]
+    out = "\n".join(lines) + ("\n" if lines else "")
+    for k, v in table.items():
+        if isinstance(v, dict):
+            name = f"{prefix}{k}"
+            scalars = any(not isinstance(x, dict) for x in v.values()) or not v
+            out += (f"\n[{name}]\n" if scalars else "") + _dump_toml(v, name + ".")
+    return out
+
+
+def load_for_workdir(recipe: str | None, workdir: str | Path | None, overrides: list[str]) -> tuple[Recipe, Path]:
+    """The recipe of a command and its workdir: ``--recipe`` (default: the workdir's resolved
+    recipe) and ``--workdir`` (default: runs/<recipe name>)."""
+    if recipe is None:
+        if workdir is None or not (Path(workdir) / RESOLVED).exists():
+            raise ModtrainError("give --recipe NAME (shipped: " + ", ".join(shipped_recipes()) +
+                                ") or a --workdir that holds a recipe.toml")
+        recipe = str(Path(workdir) / RESOLVED)
+    loaded = Recipe.load(recipe, overrides)
+    return loaded, Path(workdir) if workdir is not None else Path("runs") / loaded.name

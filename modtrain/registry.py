@@ -1,0 +1,130 @@
+"""One registry and one factory for modules and surrogates.
+
+Modules register by name (``@register_module("find")``) and are built through
+``build_module``; every registered entry gets the type-conformance test for free.
+"""
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from modtrain.errors import ModtrainError
+from modtrain.types import DataType, Interface, get_interface
+
+MODULES: dict[str, type["NMNModule"]] = {}
+SURROGATES: dict[str, type[nn.Module]] = {}
+
+
+class NMNModule(nn.Module):
+    """A module with a typed signature, an instance vocabulary and hyperparameters.
+
+    ``inputs`` and ``output`` name data types (``Attention`` stands for the interface's
+    attention type). ``forward`` takes the inputs in signature order and, for modules with
+    instances, a LongTensor of per-sample instance ids; it returns the output with its
+    type's hard constraint applied.
+    """
+
+    name: ClassVar[str]
+    inputs: ClassVar[tuple[str, ...]]
+    output: ClassVar[str]
+    has_instances: ClassVar[bool] = False
+    defaults: ClassVar[dict[str, Any]] = {}
+    # Dimensions the module needs: features (C), height, width, answers (A), tokens (V).
+    needs: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, interface: Interface, dims: dict[str, int], instances: list[str], hparams: dict[str, Any]):
+        super().__init__()
+        self.interface = interface
+        self.dims = {k: int(dims[k]) for k in self.needs}
+        self.instances = list(instances)
+        self.hparams = hparams
+
+    def signature(self) -> tuple[tuple[DataType, ...], DataType]:
+        """Input and output data types under this module's interface."""
+        return tuple(self.interface.resolve(t) for t in self.inputs), self.interface.resolve(self.output)
+
+    def constrain(self, raw: torch.Tensor) -> torch.Tensor:
+        """Apply the output type's hard constraint (paper §3.2)."""
+        return self.signature()[1].constrain(raw)
+
+    def instance_ids(self, names: list[str], where: str = "") -> list[int]:
+        """Ids of instance names, with a clear error for one the module was not trained on."""
+        index = {n: i for i, n in enumerate(self.instances)}
+        ids = []
+        for n in names:
+            if n not in index:
+                raise ModtrainError(
+                    f"{where + ': ' if where else ''}{self.name}[{n}] is not an instance of module "
+                    f"{self.name}; its instances: {', '.join(self.instances) or 'none'}"
+                )
+            ids.append(index[n])
+        return ids
+
+    @property
+    def trainable(self) -> bool:
+        return any(True for _ in self.parameters())
+
+
+def register_module(name: str):
+    """Class decorator: make a module buildable by name."""
+    def wrap(cls):
+        cls.name = name
+        MODULES[name] = cls
+        return cls
+    return wrap
+
+
+def register_surrogate(name: str):
+    """Class decorator: make a surrogate buildable by name."""
+    def wrap(cls):
+        cls.name = name
+        SURROGATES[name] = cls
+        return cls
+    return wrap
+
+
+def _load_entries() -> None:
+    # Importing the packages runs their @register decorators.
+    import modtrain.modules  # noqa: F401
+    import modtrain.surrogates  # noqa: F401
+
+
+def module_class(name: str) -> type[NMNModule]:
+    """The registered class called ``name``."""
+    _load_entries()
+    if name not in MODULES:
+        raise ModtrainError(f"unknown module {name!r}; valid: {', '.join(sorted(MODULES))}")
+    return MODULES[name]
+
+
+def resolve_hparams(defaults: dict[str, Any], given: dict[str, Any], what: str) -> dict[str, Any]:
+    """Defaults overridden by ``given``; an unknown key is an error listing the valid ones."""
+    unknown = sorted(set(given) - set(defaults))
+    if unknown:
+        raise ModtrainError(
+            f"unknown hyperparameter(s) {', '.join(unknown)} for {what}; valid: {', '.join(sorted(defaults)) or 'none'}"
+        )
+    return {**defaults, **given}
+
+
+def build_module(name: str, interface: Interface | str, dims: dict[str, int], instances: list[str] = (),
+                 **hparams: Any) -> NMNModule:
+    """Build a registered module from its interface, dimensions, instances and hyperparameters."""
+    cls = module_class(name)
+    interface = get_interface(interface) if isinstance(interface, str) else interface
+    missing = [k for k in cls.needs if k not in dims]
+    if missing:
+        raise ModtrainError(f"module {name} needs dimension(s) {', '.join(missing)}")
+    if cls.has_instances and not instances:
+        raise ModtrainError(f"module {name} needs at least one instance")
+    return cls(interface, dims, list(instances), resolve_hparams(cls.defaults, hparams, f"module {name}"))
+
+
+def surrogate_class(name: str) -> type[nn.Module]:
+    """The registered surrogate called ``name``."""
+    _load_entries()
+    if name not in SURROGATES:
+        raise ModtrainError(f"unknown surrogate {name!r}; valid: {', '.join(sorted(SURROGATES))}")
+    return SURROGATES[name]

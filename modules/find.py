@@ -1,0 +1,37 @@
+"""find[v]: a per-instance 1×1 convolution of the image features → attention.
+
+Typed interface: a sigmoid mask in (0, 1); gradient interface: a ReLU heatmap (paper §5.5,
+Table 3). The instance weights are gathered per sample and applied in one batched op.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from modtrain.registry import NMNModule, register_module
+
+
+@register_module("find")
+class Find(NMNModule):
+    """Decoupled input (image features), indirect supervision: trains through a surrogate."""
+
+    inputs = ("Features",)
+    output = "Attention"
+    has_instances = True
+    # attention: how downstream modules turn this module's output into an attended vector
+    # (weighted average or softmax, paper §5.5).
+    defaults = {"bias": True, "dropout": 0.0, "attention": "weighted"}
+    needs = ("features",)
+
+    def __init__(self, interface, dims, instances, hparams):
+        super().__init__(interface, dims, instances, hparams)
+        self.weight = nn.Parameter(torch.randn(len(instances), self.dims["features"]) / self.dims["features"] ** 0.5)
+        self.bias = nn.Parameter(torch.zeros(len(instances))) if hparams["bias"] else None
+        self.dropout = nn.Dropout(hparams["dropout"])
+
+    def forward(self, features: torch.Tensor, instance: torch.Tensor) -> torch.Tensor:
+        features = self.dropout(features)
+        raw = torch.einsum("bchw,bc->bhw", features, self.weight[instance])
+        if self.bias is not None:
+            raw = raw + self.bias[instance][:, None, None]
+        return self.constrain(raw)

@@ -1,0 +1,33 @@
+"""measure[exist|count]: flattened attention → small MLP → answer logits, per instance."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from modtrain.registry import NMNModule, register_module
+
+
+@register_module("measure")
+class Measure(NMNModule):
+    """Dependent input (find's attention), direct supervision."""
+
+    inputs = ("Attention",)
+    output = "AnswerLogits"
+    has_instances = True
+    defaults = {"hidden": 128, "dropout": 0.0}
+    needs = ("height", "width", "answers")
+
+    def __init__(self, interface, dims, instances, hparams):
+        super().__init__(interface, dims, instances, hparams)
+        n, k, h, a = len(instances), self.dims["height"] * self.dims["width"], hparams["hidden"], self.dims["answers"]
+        self.w1 = nn.Parameter(torch.randn(n, k, h) / k ** 0.5)
+        self.b1 = nn.Parameter(torch.zeros(n, h))
+        self.w2 = nn.Parameter(torch.randn(n, h, a) / h ** 0.5)
+        self.b2 = nn.Parameter(torch.zeros(n, a))
+        self.dropout = nn.Dropout(hparams["dropout"])
+
+    def forward(self, attention: torch.Tensor, instance: torch.Tensor) -> torch.Tensor:
+        flat = self.dropout(attention.flatten(1)).unsqueeze(1)
+        hidden = torch.relu(torch.bmm(flat, self.w1[instance]).squeeze(1) + self.b1[instance])
+        raw = torch.bmm(self.dropout(hidden).unsqueeze(1), self.w2[instance]).squeeze(1) + self.b2[instance]
+        return self.constrain(raw)

@@ -1,0 +1,79 @@
+import random
+
+import pytest
+import torch
+
+from modtrain.execute import Executor
+from modtrain.layout import parse_layout
+from modtrain.registry import build_module
+from modtrain.types import TypeCheckError, attend, get_interface
+
+DIMS = {"features": 5, "height": 3, "width": 4, "answers": 6}
+SHAPES = [
+    "describe[{a}](find[{v}])",
+    "describe[{a}](and(find[{v}],find[{w}]))",
+    "describe[{a}](and(find[{v}],or(find[{w}],find[{u}])))",
+    "measure[{m}](find[{v}])",
+    "measure[{m}](or(and(find[{v}],find[{w}]),find[{u}]))",
+    "measure[{m}](scene)",
+    "describe[{a}](scene)",
+]
+
+
+def _executor(interface, mode="weighted"):
+    torch.manual_seed(0)
+    values = ["red", "blue", "cube", "sphere", "small"]
+    modules = {"find": build_module("find", interface, DIMS, values),
+               "describe": build_module("describe", interface, DIMS, ["color", "shape"]),
+               "measure": build_module("measure", interface, DIMS, ["exist", "count"])}
+    for m in modules.values():
+        with torch.no_grad():
+            for p in m.parameters():
+                p.normal_()
+    return Executor(modules, get_interface(interface), mode), values
+
+
+@pytest.mark.parametrize("interface, mode", [("typed", "weighted"), ("gradient", "weighted"), ("typed", "softmax")])
+def test_batched_execution_equals_per_sample_reference(interface, mode):
+    executor, values = _executor(interface, mode)
+    rng = random.Random(0)
+    layouts = [parse_layout(rng.choice(SHAPES).format(a=rng.choice(["color", "shape"]), m=rng.choice(["exist", "count"]),
+                                                      v=rng.choice(values), w=rng.choice(values), u=rng.choice(values)))
+               for _ in range(60)]
+    features = torch.randn(60, 5, 3, 4)
+    with torch.no_grad():
+        batched = executor.run(layouts, features)
+        reference = executor.run_reference(layouts, features)
+    assert batched.shape == (60, 6)
+    assert torch.allclose(batched, reference, atol=1e-5)
+
+
+def test_reference_matches_hand_computation():
+    executor, _ = _executor("typed")
+    m = executor.modules
+    features = torch.randn(1, 5, 3, 4)
+    layout = parse_layout("describe[shape](and(find[red],find[cube]))")
+    with torch.no_grad():
+        mask = torch.minimum(m["find"](features, torch.tensor([0])), m["find"](features, torch.tensor([2])))
+        expected = m["describe"](attend(features, mask), instance=torch.tensor([1]))
+        assert torch.allclose(executor.run_reference([layout], features), expected)
+
+
+def test_type_mismatch_names_the_layout_and_the_edge():
+    executor, _ = _executor("typed")
+    with pytest.raises(TypeCheckError, match=r"layout describe\[color\]\(measure\[count\]\(find\[red\]\)\): edge "
+                                             r"measure\[count\]\(find\[red\]\) → describe\[color\] \(input 1\) carries "
+                                             r"AnswerLogits, but describe expects Attended"):
+        executor.check(parse_layout("describe[color](measure[count](find[red]))"))
+    with pytest.raises(TypeCheckError, match="and takes 2 input"):
+        executor.check(parse_layout("measure[count](and(find[red]))"))
+    with pytest.raises(TypeCheckError, match="no module 'relate'"):
+        executor.check(parse_layout("measure[count](relate[left](find[red]))"))
+    with pytest.raises(Exception, match=r"find\[zeppelin\] is not an instance of module find"):
+        executor.run([parse_layout("measure[count](find[zeppelin])")], torch.randn(1, 5, 3, 4))
+
+
+def test_gradient_heatmaps_flow_through_and_or():
+    executor, _ = _executor("gradient")
+    assert executor.check(parse_layout("measure[count](or(find[red],find[blue]))")).name == "AnswerLogits"
+    assert executor.check(parse_layout("or(find[red],find[blue])")).name == "Heatmap"

@@ -1,0 +1,69 @@
+import tomllib
+
+import pytest
+
+from modtrain.errors import ModtrainError
+from modtrain.recipe import Recipe, parse_override, shipped_recipes
+from modtrain.registry import module_class
+
+
+@pytest.mark.parametrize("name", shipped_recipes())
+def test_every_shipped_recipe_is_valid(name):
+    recipe = Recipe.load(name)
+    assert recipe.name == name
+    assert recipe.modules == ["encoder", "find", "describe", "measure"]
+    for module in recipe.modules:
+        cls = module_class(module)
+        assert set(recipe.module_hparams(module)) <= set(cls.defaults)
+    assert recipe.surrogate("find")[0] == "factorized"
+    assert recipe.interface in ("typed", "gradient")
+
+
+def test_shipped_recipes_include_both_paper_versions():
+    assert {"nmn-typed", "nmn-original"} <= set(shipped_recipes())
+    assert Recipe.load("nmn-typed").interface == "typed"
+    assert Recipe.load("nmn-original").interface == "gradient"
+
+
+def test_overrides_are_typed_and_checked():
+    assert parse_override("train.lr=3e-4") == (["train", "lr"], 3e-4)
+    assert parse_override("train.amp=false") == (["train", "amp"], False)
+    assert parse_override("modules.find.attention=softmax") == (["modules", "find", "attention"], "softmax")
+    recipe = Recipe.load("nmn-typed", ["train.lr=3e-4", "modules.find.lr=0.01", "modules.measure.hidden=32"])
+    assert recipe.train_config("encoder")["lr"] == 3e-4
+    assert recipe.train_config("find")["lr"] == 0.01  # a module's own setting wins
+    assert recipe.module_hparams("measure")["hidden"] == 32
+    with pytest.raises(ModtrainError, match=r"unknown key train.learning_rate; valid: train.amp, .*train.lr"):
+        Recipe.load("nmn-typed", ["train.learning_rate=1"])
+    with pytest.raises(ModtrainError, match=r"unknown key modules.find.depth; valid: .*modules.find.attention"):
+        Recipe.load("nmn-typed", ["modules.find.depth=2"])
+    with pytest.raises(ModtrainError, match="expected key=value"):
+        Recipe.load("nmn-typed", ["train.lr"])
+
+
+def test_unknown_recipe_module_surrogate_and_interface():
+    with pytest.raises(ModtrainError, match="unknown recipe 'nmn-fancy'; shipped: nmn-original, nmn-typed"):
+        Recipe.load("nmn-fancy")
+    with pytest.raises(ModtrainError, match="unknown module 'transform'; valid:"):
+        Recipe.load("nmn-typed", ["modules.transform.hidden=3"])
+    with pytest.raises(ModtrainError, match="unknown surrogate 'oracle'; valid: factorized"):
+        Recipe.load("nmn-typed", ["modules.find.surrogate=oracle"])
+    with pytest.raises(ModtrainError, match="unknown interface 'fuzzy'"):
+        Recipe.load("nmn-typed", ["interface=fuzzy"])
+
+
+def test_resolved_recipe_round_trips(tmp_path):
+    recipe = Recipe.load("nmn-typed", ["train.lr=0.5", "data.families='exist,count'"])
+    path = recipe.write(tmp_path)
+    assert tomllib.loads(path.read_text()) == recipe.raw
+    again = Recipe.load(path)
+    assert again.train_config("find")["lr"] == 0.5 and again.data["families"] == "exist,count"
+
+
+def test_recipe_file_errors(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text("name = 'x'\n[train\n")
+    with pytest.raises(ModtrainError, match="bad.toml: invalid TOML"):
+        Recipe.load(bad)
+    with pytest.raises(ModtrainError, match="recipe file not found"):
+        Recipe.load(tmp_path / "none.toml")
