@@ -21,14 +21,15 @@ install: $(STAMP)
 test: $(STAMP)
 	$(BIN)/pytest -q
 
+# The whole pipeline on the default procedural dataset: data (generate, features, prepare),
+# then nmn-typed module by module, then the accuracy table. A rerun skips what is up to date.
 demo: $(STAMP)
-	$(BIN)/modtrain data generate $(DEMO_DIR)/data --families no-relate --force
-	$(BIN)/modtrain data features $(DEMO_DIR)/data
-	$(BIN)/modtrain data prepare $(DEMO_DIR)/data
-	$(BIN)/modtrain data info $(DEMO_DIR)/data
+	$(BIN)/modtrain plan --recipe nmn-typed
+	$(BIN)/modtrain run --recipe nmn-typed --workdir $(DEMO_DIR)
 
 bench: $(STAMP)
 	$(BIN)/python bench/bench_data.py --out bench/results/data.json
+	$(BIN)/python bench/bench_modular.py --out bench/results/modular.json
 
 clean:
 	rm -rf $(VENV) runs bench/results

@@ -16,11 +16,11 @@ import h5py
 import numpy as np
 import torch
 
-from modtrain.card import load_module, weights_path
+from modtrain.card import load_module, weights_sha256
 from modtrain.data import H5Rows, PreparedData
 from modtrain.errors import ModtrainError
 from modtrain.execute import Executor
-from modtrain.io import atomic_path, sha256_file
+from modtrain.io import atomic_path
 from modtrain.progress import progress
 from modtrain.types import attend, get_interface
 from modtrain.workdir import Workdir
@@ -56,15 +56,14 @@ def cache_status(workdir: Workdir, producer: str, split: str, fingerprint: str) 
     path = workdir.cache(producer, split)
     if not path.exists():
         return f"cache {path} not found; run 'modtrain cache {producer}'"
-    weights = weights_path(workdir.modules, producer)
-    current = sha256_file(weights) if weights.exists() else None
+    current = weights_sha256(workdir.modules, producer)
     with h5py.File(path, "r") as f:
         attrs = dict(f.attrs)
     if attrs.get("schema_version") != SCHEMA_VERSION:
         return f"cache {path} has schema {attrs.get('schema_version')}, expected {SCHEMA_VERSION}; run 'modtrain cache {producer}'"
     if attrs.get("producer_sha256") != current:
         return (f"stale cache {path}: written by {producer} {str(attrs.get('producer_sha256'))[:12]}, but "
-                f"{weights} is now {str(current)[:12]}; run 'modtrain cache {producer}'")
+                f"{workdir.modules / producer}.pt is now {str(current)[:12]}; run 'modtrain cache {producer}'")
     if attrs.get("data_fingerprint") != fingerprint:
         return f"stale cache {path}: written for other data; run 'modtrain cache {producer}'"
     return None
@@ -80,8 +79,8 @@ def open_cache(workdir: Workdir, producer: str, split: str, fingerprint: str, co
 
 def cache_encoder(workdir: Workdir, data: PreparedData, device: torch.device, batch_size: int = 512) -> None:
     """Prior logits of every question of every split."""
-    encoder, _ = load_module(workdir.modules, "encoder", device)
-    sha = sha256_file(weights_path(workdir.modules, "encoder"))
+    encoder, card = load_module(workdir.modules, "encoder", device)
+    sha = card["weights_sha256"]
     answers = data.dims()["answers"]
     for split_name in data.splits():
         split = data.split(split_name)
@@ -106,7 +105,7 @@ def cache_find(workdir: Workdir, data: PreparedData, device: torch.device, batch
     interface = get_interface(card["interface"])
     mode = card["hyperparameters"]["attention"]
     executor = Executor({"find": find}, interface, mode)
-    sha = sha256_file(weights_path(workdir.modules, "find"))
+    sha = card["weights_sha256"]
     dims = data.dims()
     for split_name in data.splits():
         split = data.split(split_name)

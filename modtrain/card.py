@@ -6,6 +6,7 @@ library that later experiments reuse (DESIGN.md, "Module cards").
 from __future__ import annotations
 
 import datetime
+import hashlib
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,7 @@ import torch
 
 from modtrain import __version__
 from modtrain.errors import ModtrainError
-from modtrain.io import atomic_path, read_json, sha256_file, write_json
+from modtrain.io import atomic_path, read_json, write_json
 from modtrain.registry import NMNModule, build_module
 
 
@@ -40,12 +41,29 @@ def describe_module(module: NMNModule) -> dict[str, Any]:
     }
 
 
+def state_sha256(state: dict[str, torch.Tensor]) -> str:
+    """Hash of a state dict's names, dtypes, shapes and values (torch.save's bytes vary per save)."""
+    digest = hashlib.sha256()
+    for key in sorted(state):
+        tensor = state[key].detach().cpu().contiguous()
+        digest.update(f"{key}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
+        digest.update(tensor.numpy().tobytes() if tensor.dtype != torch.bfloat16 else tensor.float().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def weights_sha256(modules_dir: Path, name: str) -> str | None:
+    """The weights hash a module's card records (None if it is not trained)."""
+    path = card_path(modules_dir, name)
+    return read_json(path, "module card").get("weights_sha256") if path.exists() else None
+
+
 def save_module(modules_dir: Path, module: NMNModule, card: dict[str, Any]) -> dict[str, Any]:
     """Write weights, then the card (both atomically); return the card as written."""
     weights = weights_path(modules_dir, module.name)
+    state = {k: v.detach().cpu() for k, v in module.state_dict().items()}
     with atomic_path(weights) as tmp:
-        torch.save({k: v.detach().cpu() for k, v in module.state_dict().items()}, tmp)
-    full = {**describe_module(module), **card, "weights_sha256": sha256_file(weights),
+        torch.save(state, tmp)
+    full = {**describe_module(module), **card, "weights_sha256": state_sha256(state),
             "modtrain_version": __version__,
             "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
     write_json(card_path(modules_dir, module.name), full)
@@ -65,12 +83,13 @@ def load_module(modules_dir: Path, name: str, device: torch.device | str = "cpu"
     weights = weights_path(modules_dir, name)
     if not weights.exists():
         raise ModtrainError(f"{weights} not found, but its card {card_path(modules_dir, name)} is")
-    if sha256_file(weights) != card["weights_sha256"]:
+    state = torch.load(weights, map_location="cpu", weights_only=True)
+    if state_sha256(state) != card["weights_sha256"]:
         raise ModtrainError(f"{weights} does not match its card {card_path(modules_dir, name)} "
                             f"(sha256 differs); retrain with 'modtrain train {name}'")
     module = build_module(card["name"], card["interface"], card["dimensions"], card["instances"],
                           **card["hyperparameters"])
-    module.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+    module.load_state_dict(state)
     return module.to(device).eval(), card
 
 

@@ -93,7 +93,9 @@ class Executor:
                                  for m, i in layout.instances()]
         return self._ids[layout]
 
-    def _eval(self, node: _Node, ids: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
+    def _eval(self, node: _Node, ids: torch.Tensor, features: torch.Tensor, leaves: dict[int, torch.Tensor]) -> torch.Tensor:
+        if id(node) in leaves:
+            return leaves[id(node)]
         module = self.modules[node.module]
         inputs, _ = module.signature()
         children = iter(zip(node.children, node.attend_child))
@@ -103,29 +105,58 @@ class Executor:
                 args.append(features)
                 continue
             child, converts = next(children)
-            value = self._eval(child, ids, features)
+            value = self._eval(child, ids, features, leaves)
             args.append(attend(features, value, self.attention_mode) if converts else value)
         if node.slot is not None:
             return module(*args, instance=ids[:, node.slot])
         return module(*args)
 
+    def _run_leaves(self, groups: list[tuple[_Node, torch.Tensor, torch.Tensor]],
+                    features: torch.Tensor) -> dict[int, torch.Tensor]:
+        """Every leaf call of every group (find, scene: modules that read only the features)
+        fused into one call per module, so a batch of many shapes costs one find call."""
+        calls: dict[str, list[tuple[_Node, torch.Tensor, torch.Tensor | None]]] = defaultdict(list)
+        for tree, index, ids in groups:
+            stack = [tree]
+            while stack:
+                node = stack.pop()
+                if node.children:
+                    stack.extend(node.children)
+                else:
+                    calls[node.module].append((node, index, None if node.slot is None else ids[:, node.slot]))
+        leaves = {}
+        for name, entries in calls.items():
+            module = self.modules[name]
+            rows = torch.cat([index for _, index, _ in entries])
+            args = [features.index_select(0, rows)]
+            if entries[0][2] is not None:
+                out = module(*args, instance=torch.cat([inst for _, _, inst in entries]))
+            else:
+                out = module(*args)
+            for (node, _, _), part in zip(entries, out.split([len(index) for _, index, _ in entries])):
+                leaves[id(node)] = part
+        return leaves
+
     def run(self, layouts: list[Layout], features: torch.Tensor) -> torch.Tensor:
         """Outputs of the layouts (one per row of ``features``), grouped by shape."""
-        groups: dict[str, list[int]] = defaultdict(list)
+        by_shape: dict[str, list[int]] = defaultdict(list)
         for i, layout in enumerate(layouts):
-            groups[layout.shape()].append(i)
-        out = None
-        for rows in groups.values():
-            node, n_slots = self._compiled_shape(layouts[rows[0]])
+            by_shape[layout.shape()].append(i)
+        if not by_shape:
+            raise ModtrainError("no layouts to run")
+        groups = []
+        for rows in by_shape.values():
+            tree, n_slots = self._compiled_shape(layouts[rows[0]])
             ids = torch.tensor([self._instance_ids(layouts[r]) for r in rows], dtype=torch.long,
                                device=features.device).view(len(rows), n_slots)
-            index = torch.tensor(rows, device=features.device)
-            result = self._eval(node, ids, features.index_select(0, index))
+            groups.append((tree, torch.tensor(rows, device=features.device), ids))
+        leaves = self._run_leaves(groups, features)
+        out = None
+        for tree, index, ids in groups:
+            result = self._eval(tree, ids, features.index_select(0, index), leaves)
             if out is None:
                 out = result.new_empty((len(layouts), *result.shape[1:]))
             out[index] = result
-        if out is None:
-            raise ModtrainError("no layouts to run")
         return out
 
     def run_reference(self, layouts: list[Layout], features: torch.Tensor) -> torch.Tensor:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Iterator
 
 from modtrain.errors import ModtrainError
@@ -24,11 +25,19 @@ class Layout:
     instance: str | None = None
     children: tuple["Layout", ...] = ()
 
-    def __str__(self) -> str:
+    @cached_property
+    def text(self) -> str:
+        """The string form, e.g. ``describe[color](find[red])`` (computed once)."""
         text = self.module if self.instance is None else f"{self.module}[{self.instance}]"
         if self.children:
-            text += "(" + ",".join(str(c) for c in self.children) + ")"
+            text += "(" + ",".join(c.text for c in self.children) + ")"
         return text
+
+    def __str__(self) -> str:
+        return self.text
+
+    def __hash__(self) -> int:
+        return hash(self.text)
 
     @property
     def depth(self) -> int:
@@ -48,6 +57,10 @@ class Layout:
 
     def shape(self) -> str:
         """The layout without its instances: ``describe[](and(find[],find[]))``."""
+        return self._shape
+
+    @cached_property
+    def _shape(self) -> str:
         text = self.module if self.instance is None else f"{self.module}[]"
         if self.children:
             text += "(" + ",".join(c.shape() for c in self.children) + ")"

@@ -39,6 +39,7 @@ class NMNModule(nn.Module):
         self.interface = interface
         self.dims = {k: int(dims[k]) for k in self.needs}
         self.instances = list(instances)
+        self._instance_index = {n: i for i, n in enumerate(self.instances)}
         self.hparams = hparams
 
     def signature(self) -> tuple[tuple[DataType, ...], DataType]:
@@ -51,7 +52,7 @@ class NMNModule(nn.Module):
 
     def instance_ids(self, names: list[str], where: str = "") -> list[int]:
         """Ids of instance names, with a clear error for one the module was not trained on."""
-        index = {n: i for i, n in enumerate(self.instances)}
+        index = self._instance_index
         ids = []
         for n in names:
             if n not in index:

@@ -21,11 +21,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from modtrain.cache import open_cache
-from modtrain.card import load_card, save_module, weights_path
+from modtrain.card import load_card, save_module, weights_path, weights_sha256
 from modtrain.data import PreparedData, shuffled_batches
 from modtrain.errors import ModtrainError
 from modtrain.execute import Executor
-from modtrain.io import atomic_path, sha256_file, sha256_json
+from modtrain.io import atomic_path, sha256_json
 from modtrain.plan import make_plan
 from modtrain.progress import progress
 from modtrain.recipe import Recipe
@@ -39,10 +39,7 @@ log = logging.getLogger(__name__)
 def job_key(recipe: Recipe, name: str, data: PreparedData, workdir: Workdir) -> dict[str, Any]:
     """Everything a trained module depends on; a card whose key differs is out of date."""
     consumes = make_plan(recipe).module(name).consumes
-    inputs = {}
-    for producer in consumes:
-        weights = weights_path(workdir.modules, producer)
-        inputs[producer] = sha256_file(weights) if weights.exists() else None
+    inputs = {producer: weights_sha256(workdir.modules, producer) for producer in consumes}
     config = {k: v for k, v in recipe.train_config(name).items() if k not in ("device", "num_workers", "amp")}
     return {"interface": recipe.interface, "seed": recipe.seed, "hyperparameters": recipe.module_hparams(name),
             "train": config, "surrogate": recipe.surrogate(name), "data_fingerprint": data.fingerprint,

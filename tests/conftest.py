@@ -39,9 +39,15 @@ def tiny_clevr(tmp_path_factory):
     return root
 
 
-TINY_RUN = ["data.images=120", "data.val_images=40", "data.test_images=20", "data.questions_per_image=8",
-            "data.pretrain_images=500", "data.pretrain_epochs=4", "train.max_epochs=8", "train.patience=3",
-            "train.batch_size=32", "train.device='cpu'"]
+TINY_RUN = ["data.images=250", "data.val_images=60", "data.test_images=30", "data.questions_per_image=8",
+            "data.pretrain_images=1000", "data.pretrain_epochs=6", "train.max_epochs=20", "train.patience=5",
+            "train.lr=0.005", "train.device='cpu'"]
+
+
+@pytest.fixture(scope="session")
+def tiny_overrides():
+    """Recipe overrides for the tiny runs."""
+    return list(TINY_RUN)
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,61 @@
+"""The training commands: plan, train, cache, assemble, modules, run."""
+import shutil
+
+import pytest
+from click.testing import CliRunner
+
+from modtrain.cli import main
+
+
+@pytest.fixture
+def workdir(tiny_run, tmp_path):
+    _, wd, _, _ = tiny_run
+    root = tmp_path / "run"
+    shutil.copytree(wd.root, root)
+    return root
+
+
+def test_plan_prints_table_1_and_jobs():
+    result = CliRunner().invoke(main, ["plan", "--recipe", "nmn-typed"])
+    assert result.exit_code == 0, result.output
+    lines = [line.split() for line in result.output.splitlines()]
+    assert ["find", "decoupled", "indirect", "surrogate", "factorized", "cache", "encoder"] in lines
+    assert "5. train describe ∥ train measure" in result.output
+
+
+def test_plan_marks_trained_modules(workdir):
+    result = CliRunner().invoke(main, ["plan", "--workdir", str(workdir)])
+    assert result.exit_code == 0, result.output
+    assert "direct (trained)" in result.output and "train find" not in result.output
+
+
+def test_assemble_modules_and_cache_commands(workdir):
+    runner = CliRunner()
+    result = runner.invoke(main, ["assemble", "--workdir", str(workdir), "--split", "val"])
+    assert result.exit_code == 0, result.output
+    assert "[val]" in result.output and "overall" in result.output and "[test]" not in result.output
+    result = runner.invoke(main, ["modules", "--workdir", str(workdir)])
+    assert result.exit_code == 0
+    for name in ("encoder", "find", "describe", "measure"):
+        assert f"  {name} " in result.output
+    assert "registered surrogates:" in result.output and "factorized" in result.output
+    cache = workdir / "caches" / "find" / "val.h5"
+    before = cache.stat().st_mtime_ns
+    result = runner.invoke(main, ["cache", "find", "--workdir", str(workdir)])
+    assert result.exit_code == 0, result.output
+    assert cache.stat().st_mtime_ns != before
+
+
+def test_training_command_errors_are_one_line(workdir, tmp_path):
+    runner = CliRunner()
+    result = runner.invoke(main, ["train", "relate", "--workdir", str(workdir)])
+    assert result.exit_code == 1
+    assert "recipe nmn-typed has no module 'relate'; its modules: encoder, find, describe, measure" in result.output
+    recipe = tmp_path / "nosurrogate.toml"
+    recipe.write_text((workdir / "recipe.toml").read_text().replace('surrogate = "factorized"\n', ""))
+    result = runner.invoke(main, ["train", "find", "--recipe", str(recipe), "--workdir", str(workdir)])
+    assert result.exit_code == 1 and "needs a surrogate" in result.output
+    result = runner.invoke(main, ["train", "find", "--workdir", str(tmp_path / "empty")])
+    assert result.exit_code == 1 and "give --recipe NAME" in result.output
+    result = runner.invoke(main, ["run", "--recipe", "nmn-typed", "--address", "auto"])
+    assert result.exit_code == 1 and "not available yet" in result.output
