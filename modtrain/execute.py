@@ -7,6 +7,7 @@ question at a time and is kept only as the reference the tests compare against.
 """
 from __future__ import annotations
 
+import functools
 from collections import defaultdict
 from dataclasses import dataclass
 
@@ -27,6 +28,7 @@ class _Node:
     output: DataType
     children: list["_Node"]
     attend_child: list[bool]  # per child: turn its attention into an attended vector first
+    height: int = 0           # 0 for leaves, else 1 + the highest child
 
 
 def parameter_free_modules(interface: Interface) -> dict[str, NMNModule]:
@@ -77,7 +79,8 @@ class Executor:
                 )
             children.append(compiled)
             attend_child.append(converts)
-        return _Node(node.module, slot, output, children, attend_child)
+        height = 1 + max((c.height for c in children), default=-1)
+        return _Node(node.module, slot, output, children, attend_child, height)
 
     # -- execution -----------------------------------------------------------------------------
     def _compiled_shape(self, layout: Layout) -> tuple[_Node, int]:
@@ -93,71 +96,67 @@ class Executor:
                                  for m, i in layout.instances()]
         return self._ids[layout]
 
-    def _eval(self, node: _Node, ids: torch.Tensor, features: torch.Tensor, leaves: dict[int, torch.Tensor]) -> torch.Tensor:
-        if id(node) in leaves:
-            return leaves[id(node)]
-        module = self.modules[node.module]
-        inputs, _ = module.signature()
-        children = iter(zip(node.children, node.attend_child))
-        args = []
-        for t in inputs:
-            if t is Features:
-                args.append(features)
-                continue
-            child, converts = next(children)
-            value = self._eval(child, ids, features, leaves)
-            args.append(attend(features, value, self.attention_mode) if converts else value)
-        if node.slot is not None:
-            return module(*args, instance=ids[:, node.slot])
-        return module(*args)
-
-    def _run_leaves(self, groups: list[tuple[_Node, torch.Tensor, torch.Tensor]],
-                    features: torch.Tensor) -> dict[int, torch.Tensor]:
-        """Every leaf call of every group (find, scene: modules that read only the features)
-        fused into one call per module, so a batch of many shapes costs one find call."""
-        calls: dict[str, list[tuple[_Node, torch.Tensor, torch.Tensor | None]]] = defaultdict(list)
-        for tree, index, ids in groups:
-            stack = [tree]
-            while stack:
-                node = stack.pop()
-                if node.children:
-                    stack.extend(node.children)
-                else:
-                    calls[node.module].append((node, index, None if node.slot is None else ids[:, node.slot]))
-        leaves = {}
-        for name, entries in calls.items():
-            module = self.modules[name]
-            rows = torch.cat([index for _, index, _ in entries])
-            args = [features.index_select(0, rows)]
-            if entries[0][2] is not None:
-                out = module(*args, instance=torch.cat([inst for _, _, inst in entries]))
-            else:
-                out = module(*args)
-            for (node, _, _), part in zip(entries, out.split([len(index) for _, index, _ in entries])):
-                leaves[id(node)] = part
-        return leaves
-
     def run(self, layouts: list[Layout], features: torch.Tensor) -> torch.Tensor:
-        """Outputs of the layouts (one per row of ``features``), grouped by shape."""
+        """Outputs of the layouts (one per row of ``features``).
+
+        Questions are grouped by shape; then the calls of all groups run level by level
+        (leaves first), one call per module and level, each on the concatenated rows of
+        every group that needs it. A batch of many shapes thus costs a handful of module
+        calls rather than one per node of every shape.
+        """
         by_shape: dict[str, list[int]] = defaultdict(list)
         for i, layout in enumerate(layouts):
             by_shape[layout.shape()].append(i)
         if not by_shape:
             raise ModtrainError("no layouts to run")
-        groups = []
+        device = features.device
+        levels: dict[int, dict[str, list]] = defaultdict(lambda: defaultdict(list))
+        roots = []
         for rows in by_shape.values():
             tree, n_slots = self._compiled_shape(layouts[rows[0]])
             ids = torch.tensor([self._instance_ids(layouts[r]) for r in rows], dtype=torch.long,
-                               device=features.device).view(len(rows), n_slots)
-            groups.append((tree, torch.tensor(rows, device=features.device), ids))
-        leaves = self._run_leaves(groups, features)
+                               device=device).view(len(rows), n_slots)
+            index = torch.tensor(rows, device=device)
+            roots.append((tree, index))
+            stack = [tree]
+            while stack:
+                node = stack.pop()
+                levels[node.height][node.module].append((node, index, ids))
+                stack.extend(node.children)
+        outputs: dict[int, torch.Tensor] = {}
+        for height in sorted(levels):
+            for name, calls in levels[height].items():
+                self._call(name, calls, features, outputs)
         out = None
-        for tree, index, ids in groups:
-            result = self._eval(tree, ids, features.index_select(0, index), leaves)
+        for tree, index in roots:
+            result = outputs[id(tree)]
             if out is None:
                 out = result.new_empty((len(layouts), *result.shape[1:]))
             out[index] = result
         return out
+
+    def _call(self, name: str, calls: list[tuple[_Node, torch.Tensor, torch.Tensor]],
+              features: torch.Tensor, outputs: dict[int, torch.Tensor]) -> None:
+        """One module call for every node in ``calls``, on their concatenated rows."""
+        module = self.modules[name]
+        inputs, _ = module.signature()
+        rows = torch.cat([index for _, index, _ in calls])
+        batch_features = functools.cache(lambda: features.index_select(0, rows))
+        args, k = [], 0
+        for t in inputs:
+            if t is Features:
+                args.append(batch_features())
+                continue
+            value = torch.cat([outputs[id(node.children[k])] for node, _, _ in calls])
+            converts = calls[0][0].attend_child[k]
+            args.append(attend(batch_features(), value, self.attention_mode) if converts else value)
+            k += 1
+        if calls[0][0].slot is not None:
+            result = module(*args, instance=torch.cat([ids[:, node.slot] for node, _, ids in calls]))
+        else:
+            result = module(*args)
+        for (node, _, _), part in zip(calls, result.split([len(index) for _, index, _ in calls])):
+            outputs[id(node)] = part
 
     def run_reference(self, layouts: list[Layout], features: torch.Tensor) -> torch.Tensor:
         """One question at a time: the per-sample reference for tests and benchmarks."""

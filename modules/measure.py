@@ -27,7 +27,11 @@ class Measure(NMNModule):
         self.dropout = nn.Dropout(hparams["dropout"])
 
     def forward(self, attention: torch.Tensor, instance: torch.Tensor) -> torch.Tensor:
-        flat = self.dropout(attention.flatten(1)).unsqueeze(1)
-        hidden = torch.relu(torch.bmm(flat, self.w1[instance]).squeeze(1) + self.b1[instance])
-        raw = torch.bmm(self.dropout(hidden).unsqueeze(1), self.w2[instance]).squeeze(1) + self.b2[instance]
+        # Few instances (exist, count): every instance's first layer runs in one einsum and each
+        # sample keeps its own, which is cheaper than gathering a (k × hidden) matrix per sample.
+        flat = self.dropout(attention.flatten(1))
+        rows = torch.arange(len(instance), device=instance.device)
+        hidden = torch.einsum("bk,nkh->bnh", flat, self.w1)[rows, instance] + self.b1[instance]
+        hidden = self.dropout(torch.relu(hidden))
+        raw = torch.bmm(hidden.unsqueeze(1), self.w2[instance]).squeeze(1) + self.b2[instance]
         return self.constrain(raw)

@@ -1,0 +1,113 @@
+"""Modular training benchmark on the default dataset (the nmn-typed demo):
+
+- training samples/s of each module (find through its surrogate; describe and measure from caches),
+- cache-writing time of each producer,
+- assembled evaluation questions/s,
+- the batched assembler against the per-sample reference on the same questions (target ≥ 20×).
+
+    python bench/bench_modular.py --workdir runs/bench-modular --out bench/results/modular.json
+
+Trains every module afresh (the workdir's data is reused when up to date); ``--reuse`` keeps
+trained modules that are up to date instead.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from common import write_result  # noqa: E402
+
+from modtrain.assemble import assemble, load_assembly
+from modtrain.cache import write_caches
+from modtrain.data import PreparedData
+from modtrain.pipeline import run_pipeline
+from modtrain.recipe import Recipe
+from modtrain.workdir import Workdir
+
+
+def best_of(repeats: int, fn) -> float:
+    """The fastest of ``repeats`` timed calls (the least disturbed by other load)."""
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return min(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workdir", default="runs/bench-modular")
+    parser.add_argument("--reuse", action="store_true", help="keep up-to-date trained modules")
+    parser.add_argument("--out", default="bench/results/modular.json")
+    parser.add_argument("--reference-questions", type=int, default=1000)
+    args = parser.parse_args()
+    device = torch.device("cpu")
+    recipe = Recipe.load("nmn-typed")
+    workdir = Workdir.for_recipe(recipe, args.workdir)
+    if not args.reuse:
+        for folder in (workdir.modules, workdir.caches):
+            shutil.rmtree(folder, ignore_errors=True)
+    start = time.perf_counter()
+    run_pipeline(recipe, workdir, device, say=lambda m: print(m, file=sys.stderr))
+    pipeline_seconds = time.perf_counter() - start  # data included only when it had to be made
+    data = PreparedData(workdir.data)
+
+    training = {}
+    for name in recipe.modules:
+        card = json.loads((workdir.modules / f"{name}.json").read_text())
+        training[name] = {"samples_per_second": card["timings"]["samples_per_second"],
+                          "train_seconds": card["timings"]["train_seconds"], "epochs": card["metrics"]["epochs"],
+                          "val_accuracy": round(card["metrics"]["val_accuracy"], 4)}
+        if "surrogate" in card:
+            training[name]["surrogate"] = {k: card["surrogate"][k] for k in
+                                           ("parameters", "describe_measure_parameters", "predictive_variance", "trustworthy")}
+
+    caches = {}
+    for producer in ("encoder", "find"):
+        t = time.perf_counter()
+        write_caches(workdir, producer, data, device)
+        caches[producer] = {"seconds": round(time.perf_counter() - t, 2),
+                            "questions": sum(len(data.split(s)) for s in data.splits())}
+
+    t = time.perf_counter()
+    report = assemble(workdir, recipe, device, data=data)
+    seconds = time.perf_counter() - t
+    evaluated = sum(s["questions"] for s in report["splits"].values())
+    assembled = {"questions": evaluated, "seconds": round(seconds, 2),
+                 "questions_per_second": round(evaluated / seconds, 1),
+                 "val_accuracy": round(report["splits"]["val"]["accuracy"], 4),
+                 "val_encoder_accuracy": round(report["splits"]["val"]["encoder_accuracy"], 4)}
+
+    _, executor, _ = load_assembly(workdir, recipe, device)
+    split = data.split("val")
+    rows = np.arange(min(args.reference_questions, len(split)))
+    layouts = [data.layouts[i] for i in split.layout[rows]]
+    features = torch.from_numpy(split.features().take(split.image_index[rows])).float()
+    def batched():
+        for begin in range(0, len(rows), 512):
+            executor.run(layouts[begin:begin + 512], features[begin:begin + 512])
+
+    with torch.no_grad():
+        executor.run(layouts, features)  # compile every shape once: both paths then run warm
+        batched_seconds = best_of(3, batched)
+        reference_seconds = best_of(3, lambda: executor.run_reference(layouts, features))
+    comparison = {"questions": len(rows), "distinct_shapes": len({lay.shape() for lay in layouts}),
+                  "batched_questions_per_second": round(len(rows) / batched_seconds, 1),
+                  "per_sample_questions_per_second": round(len(rows) / reference_seconds, 1),
+                  "speedup": round(reference_seconds / batched_seconds, 1)}
+    write_result(args.out, {"benchmark": "modular", "recipe": recipe.name, "pipeline_seconds": round(pipeline_seconds, 1),
+                            "training": training, "cache_writing": caches, "assembled_evaluation": assembled,
+                            "batched_vs_per_sample": comparison})
+
+
+if __name__ == "__main__":
+    main()
