@@ -245,14 +245,19 @@ def parse_scene(raw: Any, where: str, default_split: str) -> Scene:
     )
 
 
+def _records(path: Path, kind: str, split: str | None) -> tuple[list, str]:
+    """The ``kind`` list of a CLEVR JSON file (questions or scenes) and the file's split."""
+    data = read_json(path, f"{kind} file")
+    records = data.get(kind) if isinstance(data, dict) else None
+    if not isinstance(records, list):
+        raise ModtrainError(f"{path}: expected an object with a '{kind}' list")
+    return records, split or _split_from_name(path.name, kind)
+
+
 def load_questions(path: str | Path, split: str | None = None) -> list[Question]:
     """All questions of a CLEVR questions file, in file order."""
     path = Path(path)
-    data = read_json(path, "questions file")
-    split = split or _split_from_name(path.name, "questions")
-    records = data.get("questions") if isinstance(data, dict) else None
-    if not isinstance(records, list):
-        raise ModtrainError(f"{path}: expected an object with a 'questions' list")
+    records, split = _records(path, "questions", split)
     questions = []
     for i, raw in enumerate(records):
         q = parse_question(raw, f"{path}: question {i}", split)
@@ -265,11 +270,7 @@ def load_questions(path: str | Path, split: str | None = None) -> list[Question]
 def load_scenes(path: str | Path, split: str | None = None) -> list[Scene]:
     """All scenes of a CLEVR scenes file, indexed by image index."""
     path = Path(path)
-    data = read_json(path, "scenes file")
-    split = split or _split_from_name(path.name, "scenes")
-    records = data.get("scenes") if isinstance(data, dict) else None
-    if not isinstance(records, list):
-        raise ModtrainError(f"{path}: expected an object with a 'scenes' list")
+    records, split = _records(path, "scenes", split)
     scenes = [parse_scene(raw, f"{path}: scene {i}", split) for i, raw in enumerate(records)]
     for i, scene in enumerate(scenes):
         if scene.image_index != i:

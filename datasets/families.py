@@ -291,6 +291,16 @@ def _relate_query(rng, scene):
     return p.nodes, text
 
 
+def _set_question(rng, root: str, desc: Description, tail: str, other: bool = False) -> str:
+    """``How many [other] cubes are <tail>?`` or ``Is there a[nother] cube <tail>?``."""
+    many, one = noun_phrase(rng, desc, True), noun_phrase(rng, desc)
+    if root == "count":
+        lead = "other " if other else ""
+        return _pick(rng, (f"How many {lead}{many} are {tail}?", f"What number of {lead}{many} are {tail}?"))
+    return _pick(rng, (f"Is there {'another ' + one if other else _a(one)} {tail}?",
+                       f"Are there any {'other ' if other else ''}{many} {tail}?"))
+
+
 def _relate_set(root: str) -> Sampler:
     def sample(rng, scene):
         p = _Program()
@@ -301,14 +311,7 @@ def _relate_set(root: str) -> Sampler:
         relation = _pick(rng, RELATIONS)
         desc = set_description(rng, scene, allow_empty=True)
         p.add(root, (p.filters(p.add("relate", (node,), (relation,)), desc),))
-        where = RELATION_WORDS[relation]
-        if root == "count":
-            text = _pick(rng, (f"How many {noun_phrase(rng, desc, True)} are {where} {x}?",
-                               f"What number of {noun_phrase(rng, desc, True)} are {where} {x}?"))
-        else:
-            text = _pick(rng, (f"Is there {_a(noun_phrase(rng, desc))} {where} {x}?",
-                               f"Are there any {noun_phrase(rng, desc, True)} {where} {x}?"))
-        return p.nodes, text
+        return p.nodes, _set_question(rng, root, desc, f"{RELATION_WORDS[relation]} {x}")
     return sample
 
 
@@ -354,13 +357,8 @@ def _same(root: str) -> Sampler:
             return p.nodes, text
         desc = set_description(rng, scene, allow_empty=True)
         p.add(root, (p.filters(same, desc),))
-        if root == "count":
-            text = _pick(rng, (f"How many other {noun_phrase(rng, desc, True)} are {SAME_WORDS[attr]} {x}?",
-                               f"What number of other {noun_phrase(rng, desc, True)} have the same {attr} as {x}?"))
-        else:
-            text = _pick(rng, (f"Is there another {noun_phrase(rng, desc)} that is {SAME_WORDS[attr]} {x}?",
-                               f"Are there any other {noun_phrase(rng, desc, True)} that have the same {attr} as {x}?"))
-        return p.nodes, text
+        tail = _pick(rng, (f"{SAME_WORDS[attr]} {x}", f"with the same {attr} as {x}"))
+        return p.nodes, _set_question(rng, root, desc, tail, other=True)
     return sample
 
 

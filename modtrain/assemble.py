@@ -9,8 +9,6 @@ those without answers included.
 from __future__ import annotations
 
 import logging
-from collections import defaultdict
-from pathlib import Path
 from typing import Any
 
 import numpy as np

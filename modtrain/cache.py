@@ -82,21 +82,19 @@ def cache_encoder(workdir: Workdir, data: PreparedData, device: torch.device, ba
     encoder, card = load_module(workdir.modules, "encoder", device)
     sha = card["weights_sha256"]
     answers = data.dims()["answers"]
+    def blocks(split):
+        with progress(range(0, len(split), batch_size), label=f"cache encoder {split.name}") as bar:
+            for start in bar:
+                rows = slice(start, start + batch_size)
+                with torch.no_grad():
+                    prior = encoder(torch.from_numpy(split.tokens[rows]).long().to(device),
+                                    torch.from_numpy(split.lengths[rows]).long())
+                yield start, {"prior_logits": prior.float().cpu().numpy()}
+
     for split_name in data.splits():
         split = data.split(split_name)
-        n = len(split)
-
-        def blocks():
-            with progress(range(0, n, batch_size), label=f"cache encoder {split_name}") as bar:
-                for start in bar:
-                    rows = slice(start, start + batch_size)
-                    with torch.no_grad():
-                        prior = encoder(torch.from_numpy(split.tokens[rows]).long().to(device),
-                                        torch.from_numpy(split.lengths[rows]).long())
-                    yield start, {"prior_logits": prior.float().cpu().numpy()}
-
-        write_cache(workdir.cache("encoder", split_name), "encoder", sha, split.fingerprint, n,
-                    {"prior_logits": ((answers,), "float32")}, blocks())
+        write_cache(workdir.cache("encoder", split_name), "encoder", sha, split.fingerprint, len(split),
+                    {"prior_logits": ((answers,), "float32")}, blocks(split))
 
 
 def cache_find(workdir: Workdir, data: PreparedData, device: torch.device, batch_size: int = 256) -> None:
@@ -107,33 +105,32 @@ def cache_find(workdir: Workdir, data: PreparedData, device: torch.device, batch
     executor = Executor({"find": find}, interface, mode)
     sha = card["weights_sha256"]
     dims = data.dims()
+    def blocks(split, valid):
+        features = split.features()
+        n = len(split)
+        with progress(range(0, n, batch_size), label=f"cache find {split.name}") as bar:
+            for start in bar:
+                stop = min(n, start + batch_size)
+                attention = np.zeros((stop - start, dims["height"], dims["width"]), np.float32)
+                attended = np.zeros((stop - start, dims["features"]), np.float32)
+                rows = np.flatnonzero(valid[start:stop]) + start
+                if len(rows):
+                    feats = torch.from_numpy(features.take(split.image_index[rows])).float().to(device)
+                    layouts = [data.root_input(i) for i in split.layout[rows]]
+                    with torch.no_grad():
+                        att = executor.run(layouts, feats)
+                        vec = attend(feats, att, mode)
+                    attention[rows - start] = att.cpu().numpy()
+                    attended[rows - start] = vec.cpu().numpy()
+                yield start, {"attention": attention, "attended": attended, "valid": valid[start:stop]}
+
     for split_name in data.splits():
         split = data.split(split_name)
-        features = split.features()
         root_modules, _ = data.roots(split)
         valid = np.isin(root_modules, ("describe", "measure"))
-        n = len(split)
-
-        def blocks():
-            with progress(range(0, n, batch_size), label=f"cache find {split_name}") as bar:
-                for start in bar:
-                    stop = min(n, start + batch_size)
-                    attention = np.zeros((stop - start, dims["height"], dims["width"]), np.float32)
-                    attended = np.zeros((stop - start, dims["features"]), np.float32)
-                    rows = np.flatnonzero(valid[start:stop]) + start
-                    if len(rows):
-                        feats = torch.from_numpy(features.take(split.image_index[rows])).float().to(device)
-                        layouts = [data.root_input(i) for i in split.layout[rows]]
-                        with torch.no_grad():
-                            att = executor.run(layouts, feats)
-                            vec = attend(feats, att, mode)
-                        attention[rows - start] = att.cpu().numpy()
-                        attended[rows - start] = vec.cpu().numpy()
-                    yield start, {"attention": attention, "attended": attended, "valid": valid[start:stop]}
-
-        write_cache(workdir.cache("find", split_name), "find", sha, split.fingerprint, n,
+        write_cache(workdir.cache("find", split_name), "find", sha, split.fingerprint, len(split),
                     {"attention": ((dims["height"], dims["width"]), "float32"),
-                     "attended": ((dims["features"],), "float32"), "valid": ((), "bool")}, blocks())
+                     "attended": ((dims["features"],), "float32"), "valid": ((), "bool")}, blocks(split, valid))
 
 
 def write_caches(workdir: Workdir, producer: str, data: PreparedData, device: torch.device) -> None:

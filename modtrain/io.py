@@ -14,6 +14,8 @@ import secrets
 from pathlib import Path
 from typing import Any, Iterator
 
+import numpy as np
+
 from modtrain.errors import ModtrainError
 
 
@@ -78,15 +80,13 @@ def sha256_json(obj: Any) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
-def read_rows(dataset, rows) -> "np.ndarray":
+def read_rows(dataset, rows) -> np.ndarray:
     """Rows of an HDF5 dataset (sorted indices) read chunk by chunk.
 
     h5py's fancy indexing selects row by row; reading each touched chunk as one slice and
     picking rows in memory is ~8× faster for wide rows such as features and caches
     (bench/bench_data.py). Small per-question arrays are better loaded whole.
     """
-    import numpy as np
-
     rows = np.asarray(rows)
     if rows.size == 0:
         return np.empty((0, *dataset.shape[1:]), dataset.dtype)
