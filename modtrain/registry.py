@@ -68,6 +68,15 @@ class NMNModule(nn.Module):
         return any(True for _ in self.parameters())
 
 
+def pick_instance(per_instance: torch.Tensor, instance: torch.Tensor) -> torch.Tensor:
+    """From (B, n_instances, ...) outputs computed for every instance, each sample's own.
+
+    For modules with few instances this beats gathering a weight matrix per sample, whose
+    backward scatters B copies into the parameters (measured ~4× slower on a CPU).
+    """
+    return per_instance[torch.arange(len(instance), device=instance.device), instance]
+
+
 def register_module(name: str):
     """Class decorator: make a module buildable by name."""
     def wrap(cls):

@@ -254,16 +254,25 @@ class FindJob(_RootJob):
     name = "find"
 
     def _setup_data(self) -> None:
-        self.splits, self.features, self.priors, self.root_info = {}, {}, {}, {}
+        self.splits, self.features, self.priors, self.root_ids, self.is_measure = {}, {}, {}, {}, {}
+        names = {}
         for s in ("train", "val"):
             split = self.splits[s] = self.data.split(s)
             rows, modules, instances = self._root_rows(split, ("describe", "measure"))
-            self.root_info[s] = (modules, instances)
             setattr(self, f"{s}_rows", rows)
+            names[s] = np.array([f"{m}[{i}]" for m, i in zip(modules, instances)], dtype=object)
+            self.is_measure[s] = modules == "measure"
             self.features[s] = split.features()
             self.priors[s] = self._prior(s)
-        modules, instances = self.root_info["train"]
-        self.roots = sorted({f"{m}[{i}]" for m, i in zip(modules[self.train_rows], instances[self.train_rows])})
+        # the surrogate's read-out is per root instance (describe[color], measure[count], ...)
+        self.roots = sorted(set(names["train"][self.train_rows]))
+        index = {r: i for i, r in enumerate(self.roots)}
+        for s in ("train", "val"):
+            rows = getattr(self, f"{s}_rows")
+            unknown = sorted(set(names[s][rows]) - set(index))
+            if unknown:
+                raise ModtrainError(f"{s} questions have root(s) {', '.join(unknown)}, never seen in training")
+            self.root_ids[s] = np.array([index.get(n, -1) for n in names[s]], dtype=np.int64)
 
     def _setup_model(self) -> None:
         choice = self.recipe.surrogate("find")
@@ -277,20 +286,14 @@ class FindJob(_RootJob):
         self.surrogate = surrogate_class(surrogate_name)(self.interface, dims, self.roots, **surrogate_hparams)
         self.model = nn.ModuleDict({"find": self.module, "surrogate": self.surrogate})
         self.executor = Executor({"find": self.module}, self.interface, self.module.hparams["attention"])
-        self.root_index = {r: i for i, r in enumerate(self.roots)}
 
     def _load(self, split, rows):
         s = self.splits[split]
-        modules, instances = self.root_info[split]
-        names = [f"{m}[{i}]" for m, i in zip(modules[rows], instances[rows])]
-        unknown = next((n for n in names if n not in self.root_index), None)
-        if unknown:
-            raise ModtrainError(f"{split} has questions with root {unknown}, never seen in training")
         batch = {
             "features": torch.from_numpy(self.features[split].take(s.image_index[rows])).float().to(self.device),
             "layouts": [self.data.root_input(i) for i in s.layout[rows]],
-            "is_measure": torch.from_numpy(modules[rows] == "measure").to(self.device),
-            "root": torch.tensor([self.root_index[n] for n in names], device=self.device),
+            "is_measure": torch.from_numpy(self.is_measure[split][rows]).to(self.device),
+            "root": torch.from_numpy(self.root_ids[split][rows]).to(self.device),
             "answer": torch.from_numpy(s.answer[rows]).long().to(self.device),
         }
         if self.priors[split] is not None:
@@ -362,12 +365,17 @@ class _CachedRootJob(_RootJob):
         self.module = build_module(self.name, self.interface, self.data.dims(), self.data.vocab["instances"][self.name],
                                    **self.recipe.module_hparams(self.name))
         self.model = self.module
+        self.instance_ids = {}
+        for s, names in self.instance_names.items():
+            rows = getattr(self, f"{s}_rows")
+            ids = np.full(len(names), -1, np.int64)
+            ids[rows] = self.module.instance_ids(list(names[rows]), f"{s} questions")
+            self.instance_ids[s] = ids
 
     def _load(self, split, rows):
         s = self.splits[split]
-        ids = self.module.instance_ids(list(self.instance_names[split][rows]), f"{split} questions")
         batch = {"input": torch.from_numpy(self.inputs[split].take(rows)).float().to(self.device),
-                 "instance": torch.tensor(ids, device=self.device),
+                 "instance": torch.from_numpy(self.instance_ids[split][rows]).to(self.device),
                  "answer": torch.from_numpy(s.answer[rows]).long().to(self.device)}
         if self.priors[split] is not None:
             batch["prior"] = torch.from_numpy(self.priors[split].take(rows)).to(self.device)

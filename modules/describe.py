@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from modtrain.registry import NMNModule, register_module
+from modtrain.registry import NMNModule, pick_instance, register_module
 
 
 @register_module("describe")
@@ -25,6 +25,6 @@ class Describe(NMNModule):
         self.dropout = nn.Dropout(hparams["dropout"])
 
     def forward(self, attended: torch.Tensor, instance: torch.Tensor) -> torch.Tensor:
-        attended = self.dropout(attended)
-        raw = torch.bmm(self.weight[instance], attended.unsqueeze(2)).squeeze(2) + self.bias[instance]
-        return self.constrain(raw)
+        # Few instances (one per attribute): all run in one einsum, each sample keeps its own.
+        raw = torch.einsum("bc,nac->bna", self.dropout(attended), self.weight) + self.bias
+        return self.constrain(pick_instance(raw, instance))

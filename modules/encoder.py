@@ -25,8 +25,10 @@ class Encoder(NMNModule):
         self.classify = nn.Linear(hparams["hidden"], self.dims["answers"])
 
     def forward(self, tokens: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        # Packed by length: padding never reaches the LSTM state.
-        packed = pack_padded_sequence(self.embed(tokens), lengths.cpu().clamp(min=1),
-                                      batch_first=True, enforce_sorted=False)
-        _, (hidden, _) = self.lstm(packed)
+        # Packed by length: padding never reaches the LSTM state. The LSTM runs in float32
+        # even under autocast, whose low-precision RNN support varies by backend.
+        with torch.autocast(tokens.device.type, enabled=False):
+            packed = pack_padded_sequence(self.embed(tokens).float(), lengths.cpu().clamp(min=1),
+                                          batch_first=True, enforce_sorted=False)
+            _, (hidden, _) = self.lstm(packed)
         return self.constrain(self.classify(self.dropout(hidden[-1])))

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from modtrain.registry import register_surrogate, resolve_hparams
+from modtrain.registry import pick_instance, register_surrogate, resolve_hparams
 from modtrain.types import Interface
 
 
@@ -52,7 +52,7 @@ class FactorizedSurrogate(nn.Module):
         measure = is_measure.to(attended.dtype).unsqueeze(1)
         x = torch.cat([attended * (1 - measure), attention.flatten(1) * measure], dim=1)
         x = F.dropout(x, self.hparams["dropout"], training=self.training or force_dropout)
-        return torch.bmm(self.project(x).unsqueeze(1), self.read[root]).squeeze(1) + self.read_bias[root]
+        return pick_instance(torch.einsum("bl,nla->bna", self.project(x), self.read) + self.read_bias, root)
 
     def forward(self, attention, attended, is_measure, root, prior=None, force_dropout: bool = False) -> torch.Tensor:
         """Answer log-probabilities; ``prior`` is used only in the typed interface."""
