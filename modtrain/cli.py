@@ -244,6 +244,61 @@ def run(address, recipe, workdir, overrides, device):
 
 
 @main.command(context_settings=CONTEXT)
+@recipe_options
+def e2e(recipe, workdir, overrides, device):
+    """Train the recipe's NMN end to end (the baseline), then assemble and report."""
+    from modtrain.assemble import format_report
+    from modtrain.pipeline import run_end_to_end
+
+    loaded, wd, dev = _context(recipe, workdir, overrides, device)
+    start = time.perf_counter()
+    report = run_end_to_end(loaded, wd, dev, say=lambda text: click.echo(text, err=True))
+    click.echo(format_report(report))
+    click.echo(f"\nworkdir {wd.root}; total {time.perf_counter() - start:.0f}s")
+
+
+@main.group(cls=_Group, context_settings=CONTEXT)
+def report() -> None:
+    """Reports that test the method: compare, ..."""
+
+
+@report.command(context_settings=CONTEXT)
+@click.option("--seeds", default=3, show_default=True, help="Seeds per version.")
+@click.option("--workdir", type=click.Path(file_okay=False), default="runs/compare", show_default=True,
+              help="Holds the shared data, one folder per version and seed, and reports/.")
+@click.option("--data", "data_dir", type=click.Path(exists=True, file_okay=False), default=None,
+              help="An already prepared data folder to use instead of generating one.")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="Override a key of every version's recipe, e.g. --set train.max_epochs=10.")
+@click.option("--device", default="auto", show_default=True)
+def compare(seeds, workdir, data_dir, overrides, device):
+    """Modular vs end-to-end: accuracy (Table 2), training time (Fig. 10), retraining cost."""
+    from pathlib import Path
+
+    from modtrain.device import resolve_device
+    from modtrain.reports.compare import format_markdown, run_compare
+
+    summary = run_compare(workdir, seeds, resolve_device(device), list(overrides), data_dir,
+                          say=lambda text: click.echo(text, err=True))
+    click.echo(format_markdown(summary))
+    reports = Path(workdir) / "reports"
+    click.echo(f"wrote {reports / 'compare.json'}, {reports / 'compare.md'}, {reports / 'compare_time.png'}")
+
+
+@main.command(context_settings=CONTEXT)
+@click.argument("questions", nargs=-1, type=int, required=True)
+@click.option("--split", default="val", show_default=True)
+@recipe_options
+def explain(questions, split, recipe, workdir, overrides, device):
+    """Draw each module's attention for QUESTIONS (question indices) as one PNG each."""
+    from modtrain.reports.explain import explain as run
+
+    loaded, wd, dev = _context(recipe, workdir, overrides, device)
+    for path in run(wd, loaded, dev, list(questions), split):
+        click.echo(f"wrote {path}")
+
+
+@main.command(context_settings=CONTEXT)
 @click.option("--workdir", type=click.Path(file_okay=False), default=None, help="Also list the modules trained here.")
 def modules(workdir):
     """List registered modules and surrogates, and the trained module cards of a workdir."""

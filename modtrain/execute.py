@@ -158,6 +158,31 @@ class Executor:
         for (node, _, _), part in zip(calls, result.split([len(index) for _, index, _ in calls])):
             outputs[id(node)] = part
 
+    def trace(self, layout: Layout, features: torch.Tensor) -> list[tuple[Layout, DataType, torch.Tensor]]:
+        """Every call's output for one question (``features`` of one image), children first."""
+        tree, _ = self._compiled_shape(layout)
+        ids = torch.tensor([self._instance_ids(layout)], dtype=torch.long, device=features.device)
+        out = []
+
+        def visit(node: _Node, call: Layout) -> torch.Tensor:
+            module = self.modules[node.module]
+            inputs, output = module.signature()
+            children = iter(zip(node.children, node.attend_child, call.children))
+            args = []
+            for t in inputs:
+                if t is Features:
+                    args.append(features)
+                    continue
+                child, converts, child_call = next(children)
+                value = visit(child, child_call)
+                args.append(attend(features, value, self.attention_mode) if converts else value)
+            value = module(*args, instance=ids[:, node.slot]) if node.slot is not None else module(*args)
+            out.append((call, output, value))
+            return value
+
+        visit(tree, layout)
+        return out
+
     def run_reference(self, layouts: list[Layout], features: torch.Tensor) -> torch.Tensor:
         """One question at a time: the per-sample reference for tests and benchmarks."""
         return torch.cat([self.run([layout], features[i:i + 1]) for i, layout in enumerate(layouts)])

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+import time
 from pathlib import Path
 from typing import Callable
 
@@ -18,7 +19,7 @@ from modtrain.assemble import assemble
 from modtrain.cache import cache_status, write_caches
 from modtrain.data import PreparedData
 from modtrain.errors import ModtrainError
-from modtrain.io import read_json, sha256_file
+from modtrain.io import read_json, sha256_file, write_json
 from modtrain.plan import make_plan
 from modtrain.recipe import Recipe
 from modtrain.train import is_up_to_date, train_module
@@ -97,6 +98,30 @@ def ensure_data(recipe: Recipe, workdir: Workdir, device: torch.device, say: Cal
     return PreparedData(root)
 
 
+JOB_TIMES = "jobs.json"
+
+
+def record_job_time(workdir: Workdir, job: str, seconds: float) -> None:
+    """Keep each job's last wall time in ``reports/jobs.json`` (what ``report compare`` reads)."""
+    path = workdir.reports / JOB_TIMES
+    times = read_json(path) if path.exists() else {}
+    times[job] = round(seconds, 3)
+    write_json(path, times)
+
+
+def _timed(workdir: Workdir, job: str, fn, *args, **kwargs):
+    start = time.perf_counter()
+    out = fn(*args, **kwargs)
+    record_job_time(workdir, job, time.perf_counter() - start)
+    return out
+
+
+def _say_trained(say, job: str, card: dict) -> None:
+    m = card["metrics"]
+    say(f"{job}: val accuracy {m['val_accuracy']:.1%} (epoch {m['best_epoch']} of {m['epochs']}, "
+        f"{card['timings']['train_seconds']:.0f}s)")
+
+
 def run_pipeline(recipe: Recipe, workdir: Workdir, device: torch.device,
                  say: Callable[[str], None] = log.info) -> dict:
     """The whole modular training of a recipe; returns the assembler's report."""
@@ -112,17 +137,32 @@ def run_pipeline(recipe: Recipe, workdir: Workdir, device: torch.device,
                     say(f"{job.name}: up to date")
                     continue
                 say(f"{job.name} ...")
-                card = train_module(workdir, recipe, job.module, device, data)
-                m = card["metrics"]
-                say(f"{job.name}: val accuracy {m['val_accuracy']:.1%} (epoch {m['best_epoch']} of {m['epochs']}, "
-                    f"{card['timings']['train_seconds']:.0f}s)")
+                _say_trained(say, job.name, _timed(workdir, job.name, train_module, workdir, recipe, job.module,
+                                                   device, data))
             elif job.kind == "cache":
                 if all(cache_status(workdir, job.module, s, data.split(s).fingerprint) is None for s in data.splits()):
                     say(f"{job.name}: up to date")
                     continue
                 say(f"{job.name} ...")
-                write_caches(workdir, job.module, data, device)
+                _timed(workdir, job.name, write_caches, workdir, job.module, data, device)
             else:
                 say("assemble ...")
                 report = assemble(workdir, recipe, device, data=data)
     return report
+
+
+def run_end_to_end(recipe: Recipe, workdir: Workdir, device: torch.device,
+                   say: Callable[[str], None] = log.info) -> dict:
+    """``modtrain e2e``: data, the joint training (unless up to date), assembly."""
+    from modtrain.e2e import JOB, e2e_up_to_date, train_end_to_end
+
+    workdir.root.mkdir(parents=True, exist_ok=True)
+    recipe.write(workdir.root)
+    data = ensure_data(recipe, workdir, device, say)
+    if e2e_up_to_date(recipe, data, workdir):
+        say(f"train {JOB}: up to date")
+    else:
+        say(f"train {JOB} ...")
+        _say_trained(say, f"train {JOB}", _timed(workdir, f"train {JOB}", train_end_to_end, workdir, recipe, device, data))
+    say("assemble ...")
+    return assemble(workdir, recipe, device, data=data)

@@ -67,7 +67,10 @@ class ModuleJob:
         self.interface = get_interface(recipe.interface)
         self.config = recipe.train_config(self.name)
         self.seed = recipe.seed
-        self.key = job_key(recipe, self.name, self.data, workdir)
+        self.key = self._job_key()
+
+    def _job_key(self) -> dict[str, Any]:
+        return job_key(self.recipe, self.name, self.data, self.workdir)
 
     # -- setup steps -------------------------------------------------------------------------
     def _labelled(self, split, mask=None) -> np.ndarray:
@@ -191,23 +194,32 @@ class ModuleJob:
                             "optimizer": self.optimizer.state_dict(), "rng": torch.get_rng_state(),
                             "state": state}, tmp)
         self.model.load_state_dict(state["best"])
+        result = self._save(key_hash, state)
+        ckpt_path.unlink(missing_ok=True)
+        return result
+
+    def _card_fields(self, key_hash: str, state: dict) -> dict[str, Any]:
+        """What every card of this job records: settings, data, metrics, timings."""
         best = state["best_metrics"]
-        card = save_module(self.workdir.modules, self.module, {
+        return {
             "job_key": key_hash,
             "train": self.config,
             "seed": self.seed,
             "data_fingerprint": self.key["data_fingerprint"],
             "vocab_sha256": self.data.vocab_sha256,
-            "inputs": self.key["inputs"],
             "metrics": {"best_epoch": best["epoch"], "epochs": state["epoch"], "val_accuracy": best["val_accuracy"],
                         "val_loss": best["val_loss"], "train_loss": best["train_loss"],
                         "train_questions": int(len(self.train_rows)), "val_questions": int(len(self.val_rows))},
             "timings": {"train_seconds": round(state["seconds"], 2),
                         "samples_per_second": round(state["samples"] / max(state["seconds"], 1e-9), 1)},
-            **self._card_extra(best),
+        }
+
+    def _save(self, key_hash: str, state: dict) -> dict[str, Any]:
+        """Write the trained module and its card; return the card."""
+        return save_module(self.workdir.modules, self.module, {
+            **self._card_fields(key_hash, state), "inputs": self.key["inputs"],
+            **self._card_extra(state["best_metrics"]),
         })
-        ckpt_path.unlink(missing_ok=True)
-        return card
 
 
 class EncoderJob(ModuleJob):

@@ -1,0 +1,180 @@
+"""``modtrain report compare``: paper Table 2 and Fig. 10 on one dataset.
+
+Three versions of the same NMN — end-to-end (gradient), modular (gradient, §5.4) and
+modular + data types (§5.5) — each trained with ``--seeds N`` seeds in its own workdir
+under the compare folder, sharing one data folder. Runs already trained there are reused.
+Reports accuracy (mean ± std over seeds, overall and per question type), training wall
+time per module against the end-to-end training (stacked bars, Fig. 10), and what
+retraining one module after a change costs as a fraction of an end-to-end training.
+"""
+from __future__ import annotations
+
+import math
+import statistics
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from modtrain.card import trained_cards
+from modtrain.data import PreparedData
+from modtrain.errors import ModtrainError
+from modtrain.io import read_json, write_json, write_text
+from modtrain.pipeline import JOB_TIMES, ensure_data, run_end_to_end, run_pipeline
+from modtrain.recipe import Recipe
+from modtrain.reports.plots import pyplot, save_figure
+from modtrain.workdir import Workdir
+
+# (label, shipped recipe, how it trains) — paper Table 2
+VERSIONS = (
+    ("end-to-end", "e2e", "end-to-end"),
+    ("modular", "nmn-original", "modular"),
+    ("modular + data types", "nmn-typed", "modular"),
+)
+MODULE_JOBS = ("train encoder", "train find", "cache encoder", "cache find", "train describe", "train measure")
+
+
+def _slug(label: str) -> str:
+    return label.replace(" + ", "-").replace(" ", "-")
+
+
+def _check_same_data(workdir: Workdir, data: PreparedData) -> None:
+    """Refuse a run folder whose modules were trained on other data or another vocabulary."""
+    for card in trained_cards(workdir.modules) if workdir.modules.exists() else []:
+        if card.get("vocab_sha256") != data.vocab_sha256:
+            raise ModtrainError(
+                f"cannot compare: {workdir.modules / card['name']}.json was trained with another vocabulary "
+                f"({str(card.get('vocab_sha256'))[:12]} vs {data.vocab_sha256[:12]} of {data.root}); "
+                f"use another --workdir or remove {workdir.root}")
+        if card.get("data_fingerprint") != data.fingerprint:
+            raise ModtrainError(
+                f"cannot compare: {workdir.modules / card['name']}.json was trained on another dataset "
+                f"({str(card.get('data_fingerprint'))[:12]} vs {data.fingerprint[:12]} of {data.root}); "
+                f"use another --workdir or remove {workdir.root}")
+
+
+def _mean_std(values: list[float]) -> dict[str, float]:
+    return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+            "per_seed": values}
+
+
+def run_compare(root: str | Path, seeds: int, device: torch.device, overrides: list[str] = (),
+                data_dir: str | Path | None = None, say: Callable[[str], None] = print) -> dict:
+    """Train (or reuse) every version × seed and write ``reports/compare.{json,md}`` and the plot."""
+    if seeds < 1:
+        raise ModtrainError(f"--seeds {seeds}: need at least one seed")
+    root = Path(root)
+    if data_dir is None:
+        base = Recipe.load(VERSIONS[-1][1], list(overrides))
+        data = ensure_data(base, Workdir.for_recipe(base, root), device, say)
+    else:
+        data = PreparedData(data_dir)
+    source = str(Path(data.root).resolve())
+    runs = []
+    for label, recipe_name, how in VERSIONS:
+        for seed in range(seeds):
+            recipe = Recipe.load(recipe_name, [*overrides, f"seed={seed}", f"data.source='{source}'"])
+            workdir = Workdir.for_recipe(recipe, root / _slug(label) / f"seed{seed}")
+            _check_same_data(workdir, data)
+            say(f"== {label}, seed {seed} ({workdir.root})")
+            run = run_end_to_end if how == "end-to-end" else run_pipeline
+            report = run(recipe, workdir, device, say=say)
+            times = read_json(workdir.reports / JOB_TIMES)
+            runs.append({"version": label, "seed": seed, "workdir": str(workdir.root), "report": report, "times": times})
+    summary = summarize(runs, data)
+    reports = root / "reports"
+    write_json(reports / "compare.json", summary)
+    write_text(reports / "compare.md", format_markdown(summary))
+    plot_times(summary, reports / "compare_time.png")
+    return summary
+
+
+def summarize(runs: list[dict], data: PreparedData) -> dict:
+    """Accuracy mean ± std per version and question type, times, retraining fractions."""
+    split = "test" if "test" in runs[0]["report"]["splits"] else "val"
+    versions: dict[str, dict] = {}
+    for label, _, how in VERSIONS:
+        mine = [r for r in runs if r["version"] == label]
+        if not mine:
+            continue
+        splits = [r["report"]["splits"][split] for r in mine]
+        types = list(splits[0]["by_type"])
+        jobs = sorted({j for r in mine for j in r["times"]})
+        times = {j: statistics.fmean(r["times"].get(j, 0.0) for r in mine) for j in jobs}
+        train_total = sum(v for j, v in times.items() if j.startswith("train "))
+        versions[label] = {
+            "how": how, "seeds": [r["seed"] for r in mine], "workdirs": [r["workdir"] for r in mine],
+            "accuracy": _mean_std([s["accuracy"] for s in splits]),
+            "by_type": {t: _mean_std([s["by_type"][t]["accuracy"] for s in splits]) for t in types},
+            "seconds": times,
+            "total_seconds": {"training": train_total,
+                              "with_caches": train_total + sum(v for j, v in times.items() if j.startswith("cache "))},
+        }
+    e2e = versions.get("end-to-end", {}).get("total_seconds", {}).get("training")
+    retraining = {}
+    for label, v in versions.items():
+        if v["how"] != "modular" or not e2e:
+            continue
+        t = v["seconds"]
+        downstream = t.get("train find", 0) + t.get("cache find", 0) + t.get("train describe", 0) + t.get("train measure", 0)
+        retraining[label] = {
+            "describe alone": t.get("train describe", math.nan) / e2e,
+            "measure alone": t.get("train measure", math.nan) / e2e,
+            "find alone (through its surrogate)": t.get("train find", math.nan) / e2e,
+            "find, then its cache, describe and measure": downstream / e2e,
+            "all modules, caches included": v["total_seconds"]["with_caches"] / e2e,
+        }
+    return {"split": split, "dataset": {"root": str(data.root), "data_fingerprint": data.fingerprint,
+                                        "vocab_sha256": data.vocab_sha256},
+            "versions": versions, "retraining_vs_end_to_end": retraining}
+
+
+def _pm(stat: dict) -> str:
+    return f"{100 * stat['mean']:.2f} ± {100 * stat['std']:.2f}"
+
+
+def format_markdown(summary: dict) -> str:
+    """Table 2 (accuracy), per type, times and retraining costs, as markdown."""
+    versions = summary["versions"]
+    seeds = max(len(v["seeds"]) for v in versions.values())
+    lines = [f"# Modular vs end-to-end ({summary['split']} split, {seeds} seed(s), mean ± std %)", "",
+             "| version | accuracy |", "|---|---|"]
+    lines += [f"| {label} | {_pm(v['accuracy'])} |" for label, v in versions.items()]
+    types = list(next(iter(versions.values()))["by_type"])
+    lines += ["", "| version | " + " | ".join(types) + " |", "|---" * (len(types) + 1) + "|"]
+    lines += [f"| {label} | " + " | ".join(_pm(v["by_type"][t]) for t in types) + " |" for label, v in versions.items()]
+    lines += ["", "Training wall time (s, mean over seeds):", "", "| version | " + " | ".join(MODULE_JOBS) +
+              " | train e2e | total training | total with caches |", "|---" * (len(MODULE_JOBS) + 4) + "|"]
+    for label, v in versions.items():
+        cells = [f"{v['seconds'][j]:.1f}" if j in v["seconds"] else "-" for j in (*MODULE_JOBS, "train e2e")]
+        lines.append(f"| {label} | " + " | ".join(cells) +
+                     f" | {v['total_seconds']['training']:.1f} | {v['total_seconds']['with_caches']:.1f} |")
+    if summary["retraining_vs_end_to_end"]:
+        lines += ["", "Retraining after a change, as a fraction of one end-to-end training:", "",
+                  "| version | change | fraction |", "|---|---|---|"]
+        for label, fractions in summary["retraining_vs_end_to_end"].items():
+            lines += [f"| {label} | {what} | {100 * f:.1f}% |" for what, f in fractions.items()]
+    return "\n".join(lines) + "\n"
+
+
+def plot_times(summary: dict, path: Path) -> Path:
+    """Stacked training time per module against end-to-end (paper Fig. 10)."""
+    plt = pyplot()
+    import seaborn as sns
+
+    labels = list(summary["versions"])
+    parts = [*MODULE_JOBS, "train e2e"]
+    colors = dict(zip(parts, sns.color_palette("tab10", len(parts))))
+    figure, axis = plt.subplots(figsize=(8, 4.5))
+    bottoms = [0.0] * len(labels)
+    for part in parts:
+        heights = [summary["versions"][lab]["seconds"].get(part, 0.0) for lab in labels]
+        if any(heights):
+            name = "end-to-end" if part == "train e2e" else part.removeprefix("train ")
+            axis.bar(labels, heights, bottom=bottoms, label=name, color=colors[part])
+            bottoms = [b + h for b, h in zip(bottoms, heights)]
+    axis.set_ylabel("training wall time (s)")
+    axis.set_title("Training time per module vs end-to-end (mean over seeds)")
+    axis.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize="small")
+    figure.tight_layout()
+    return save_figure(figure, path)

@@ -1,0 +1,104 @@
+"""End-to-end baseline, the compare report and explain, on the tiny dataset."""
+import json
+import math
+
+import pytest
+import torch
+from PIL import Image
+
+from modtrain.card import load_module
+from modtrain.errors import ModtrainError
+from modtrain.pipeline import run_end_to_end
+from modtrain.recipe import Recipe
+from modtrain.reports.compare import run_compare
+from modtrain.reports.explain import explain, tree_text
+from modtrain.layout import parse_layout
+from modtrain.workdir import Workdir
+
+CPU = torch.device("cpu")
+FAST = ["train.max_epochs=4", "train.patience=2", "train.device='cpu'"]
+
+
+def test_end_to_end_trains_every_module_and_assembles(tiny_run, tiny_overrides, tmp_path):
+    _, typed, _, _ = tiny_run
+    recipe = Recipe.load("e2e", [*tiny_overrides, f"data.source='{typed.data}'"])
+    workdir = Workdir.for_recipe(recipe, tmp_path / "e2e")
+    messages = []
+    report = run_end_to_end(recipe, workdir, CPU, say=messages.append)
+    cards = {name: json.loads((workdir.modules / f"{name}.json").read_text()) for name in recipe.modules}
+    assert {c["training"] for c in cards.values()} == {"end-to-end"}
+    assert len({c["job_key"] for c in cards.values()}) == 1
+    assert cards["find"]["signature"]["output"] == "Heatmap"  # the e2e recipe is the gradient NMN
+    for name in recipe.modules:
+        load_module(workdir.modules, name)  # ordinary cards: the assembler loads them like modular ones
+    val = report["splits"]["val"]
+    assert val["accuracy"] > 0.4 and 0 <= val["encoder_accuracy"] <= 1
+    assert json.loads((workdir.reports / "jobs.json").read_text())["train e2e"] > 0
+    again = []
+    run_end_to_end(recipe, workdir, CPU, say=again.append)
+    assert "train e2e: up to date" in again
+
+
+@pytest.fixture(scope="module")
+def compared(tiny_run, tmp_path_factory):
+    _, typed, _, _ = tiny_run
+    root = tmp_path_factory.mktemp("compare")
+    return root, run_compare(root, 2, CPU, FAST, data_dir=typed.data, say=lambda m: None)
+
+
+def test_compare_report_has_every_cell_and_the_plot(compared):
+    root, summary = compared
+    assert list(summary["versions"]) == ["end-to-end", "modular", "modular + data types"]
+    for label, version in summary["versions"].items():
+        assert version["seeds"] == [0, 1]
+        assert all(math.isfinite(x) for x in (version["accuracy"]["mean"], version["accuracy"]["std"]))
+        assert set(version["by_type"]) == {"exist", "count", "query-attribute"}
+        assert all(math.isfinite(s["mean"]) and math.isfinite(s["std"]) for s in version["by_type"].values())
+        assert version["total_seconds"]["training"] > 0
+    assert "train e2e" in summary["versions"]["end-to-end"]["seconds"]
+    assert "cache encoder" in summary["versions"]["modular + data types"]["seconds"]
+    assert "cache encoder" not in summary["versions"]["modular"]["seconds"]  # §5.4: no prior while training
+    for fractions in summary["retraining_vs_end_to_end"].values():
+        assert all(0 < f < 10 for f in fractions.values())
+        assert fractions["describe alone"] < fractions["find, then its cache, describe and measure"]
+    markdown = (root / "reports" / "compare.md").read_text()
+    assert "| modular + data types |" in markdown and "nan" not in markdown
+    with Image.open(root / "reports" / "compare_time.png") as image:
+        assert image.size == (800, 450)
+    assert json.loads((root / "reports" / "compare.json").read_text())["split"] == "test"
+
+
+def test_compare_reuses_trained_runs(compared, tiny_run):
+    root, summary = compared
+    _, typed, _, _ = tiny_run
+    mtimes = {p: p.stat().st_mtime_ns for p in root.glob("*/seed*/modules/*.pt")}
+    again = run_compare(root, 2, CPU, FAST, data_dir=typed.data, say=lambda m: None)
+    assert {p: p.stat().st_mtime_ns for p in mtimes} == mtimes
+    assert again["versions"]["modular"]["accuracy"] == summary["versions"]["modular"]["accuracy"]
+
+
+def test_compare_refuses_runs_on_other_data(compared, tiny_run):
+    root, _ = compared
+    _, typed, _, _ = tiny_run
+    card_path = root / "modular" / "seed0" / "modules" / "measure.json"
+    card = json.loads(card_path.read_text())
+    card["data_fingerprint"] = "f" * 64
+    card_path.write_text(json.dumps(card))
+    with pytest.raises(ModtrainError, match=r"cannot compare: .*measure.json was trained on another dataset"):
+        run_compare(root, 2, CPU, FAST, data_dir=typed.data, say=lambda m: None)
+
+
+def test_explain_writes_one_png_per_question(tiny_run):
+    recipe, workdir, _, _ = tiny_run
+    paths = explain(workdir, recipe, CPU, [0, 3, 7], "val")
+    assert [p.name for p in paths] == ["val_0.png", "val_3.png", "val_7.png"]
+    for path in paths:
+        with Image.open(path) as image:
+            assert image.size == (1400, 900)
+    with pytest.raises(ModtrainError, match="question 99999 is not in split 'val'"):
+        explain(workdir, recipe, CPU, [99999], "val")
+
+
+def test_tree_text():
+    assert tree_text(parse_layout("describe[color](and(find[red],or(find[a],find[b])))")) == [
+        "describe[color]", "└─ and", "   ├─ find[red]", "   └─ or", "      ├─ find[a]", "      └─ find[b]"]
