@@ -1,0 +1,56 @@
+"""Modular vs end-to-end benchmark (paper Table 2 and Fig. 10) on 2 CPU cores, ~10 minutes:
+three versions × 3 seeds on one procedural dataset, with the targets checked.
+
+    python bench/bench_compare.py --out bench/results/compare.json
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from common import write_result  # noqa: E402
+
+from modtrain.reports.compare import run_compare
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default="bench/results/compare.json")
+    parser.add_argument("--workdir", default="runs/bench-compare")
+    parser.add_argument("--images", type=int, default=800, help="training images (val and test: a fifth each)")
+    parser.add_argument("--seeds", type=int, default=3)
+    args = parser.parse_args()
+    overrides = [f"data.images={args.images}", f"data.val_images={args.images // 5}",
+                 f"data.test_images={args.images // 5}"]
+    start = time.perf_counter()
+    summary = run_compare(args.workdir, args.seeds, torch.device("cpu"), overrides,
+                          say=lambda m: print(m, file=sys.stderr))
+    seconds = time.perf_counter() - start
+    versions = summary["versions"]
+    e2e = versions["end-to-end"]["accuracy"]["mean"]
+    typed = versions["modular + data types"]["accuracy"]["mean"]
+    gradient = versions["modular"]["accuracy"]["mean"]
+    typed_costs = summary["retraining_vs_end_to_end"]["modular + data types"]
+    targets = {
+        "modular + data types >= end-to-end": {"value_points": round(100 * (typed - e2e), 2), "met": typed >= e2e},
+        "modular (gradient) within 1 point of end-to-end": {"value_points": round(100 * (gradient - e2e), 2),
+                                                            "met": abs(gradient - e2e) <= 0.01},
+        "describe alone <= 2% of end-to-end": {"value": round(typed_costs["describe alone"], 4),
+                                              "met": typed_costs["describe alone"] <= 0.02},
+        "measure alone <= 2% of end-to-end": {"value": round(typed_costs["measure alone"], 4),
+                                             "met": typed_costs["measure alone"] <= 0.02},
+        "find through its surrogate <= 25% of end-to-end": {
+            "value": round(typed_costs["find alone (through its surrogate)"], 4),
+            "met": typed_costs["find alone (through its surrogate)"] <= 0.25},
+    }
+    write_result(args.out, {"benchmark": "compare", "images": args.images, "seeds": args.seeds,
+                            "wall_seconds": round(seconds, 1), "targets": targets, "summary": summary})
+
+
+if __name__ == "__main__":
+    main()
