@@ -285,6 +285,33 @@ def compare(seeds, workdir, data_dir, overrides, device):
     click.echo(f"wrote {reports / 'compare.json'}, {reports / 'compare.md'}, {reports / 'compare_time.png'}")
 
 
+@report.command(context_settings=CONTEXT)
+@click.option("--recipe", default="nmn-typed", show_default=True, help="Recipe whose find and surrogate are studied.")
+@click.option("--modules", "n_modules", default=40, show_default=True, help="Find modules trained with random settings.")
+@click.option("--select", "k_select", default=20, show_default=True, help="Modules transplanted into the full NMN.")
+@click.option("--max-epochs", default=20, show_default=True, help="Random epochs are drawn from 1..this.")
+@click.option("--seed", default=0, show_default=True, help="Seeds every candidate's own generator.")
+@click.option("--workdir", type=click.Path(file_okay=False), default="runs/correlation", show_default=True)
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a recipe key (repeatable).")
+@click.option("--device", default="auto", show_default=True)
+@click.option("--address", default=None, help="Ray cluster for the trainings; in-process without it.")
+def correlation(recipe, n_modules, k_select, max_epochs, seed, workdir, overrides, device, address):
+    """Surrogate vs final loss: can the surrogate select find modules? (paper §5.3, Fig. 7, 8)"""
+    from pathlib import Path
+
+    from modtrain.device import resolve_device
+    from modtrain.errors import ModtrainError
+    from modtrain.reports.correlation import format_markdown, run_correlation
+
+    if address is not None:
+        raise ModtrainError("--address (jobs on Ray) is not available yet; run without it to train in-process")
+    result = run_correlation(workdir, recipe, n_modules, k_select, resolve_device(device), list(overrides), seed,
+                             max_epochs, say=lambda text: click.echo(text, err=True))
+    click.echo(format_markdown(result))
+    click.echo(f"wrote {Path(workdir) / 'reports'}/correlation.{{json,csv,md}}, correlation_variance.png, "
+               f"correlation_loss.png")
+
+
 @main.command(context_settings=CONTEXT)
 @click.argument("questions", nargs=-1, type=int, required=True)
 @click.option("--split", default="val", show_default=True)

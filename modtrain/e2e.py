@@ -13,14 +13,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from modtrain.card import load_card, save_module, weights_path
+from modtrain.card import save_module
 from modtrain.data import PreparedData
 from modtrain.errors import ModtrainError
 from modtrain.execute import Executor
-from modtrain.io import sha256_json
 from modtrain.recipe import Recipe
 from modtrain.registry import build_module
-from modtrain.train import ModuleJob
+from modtrain.train import ModuleJob, cards_match
 from modtrain.types import AnswerLogits
 from modtrain.workdir import Workdir
 
@@ -37,15 +36,7 @@ def e2e_key(recipe: Recipe, data: PreparedData) -> dict[str, Any]:
 
 def e2e_up_to_date(recipe: Recipe, data: PreparedData, workdir: Workdir) -> bool:
     """Whether every module of the recipe was trained end to end with these settings."""
-    key = sha256_json(e2e_key(recipe, data))
-    for name in recipe.modules:
-        try:
-            card = load_card(workdir.modules, name)
-        except ModtrainError:
-            return False
-        if card.get("job_key") != key or not weights_path(workdir.modules, name).exists():
-            return False
-    return True
+    return cards_match(workdir.modules, recipe.modules, e2e_key(recipe, data))
 
 
 class EndToEndJob(ModuleJob):

@@ -46,14 +46,22 @@ def job_key(recipe: Recipe, name: str, data: PreparedData, workdir: Workdir) -> 
             "inputs": inputs}
 
 
+def cards_match(modules_dir, names: list[str], key: dict[str, Any]) -> bool:
+    """Whether every named module has weights and a card recording this job key."""
+    key_hash = sha256_json(key)
+    for name in names:
+        try:
+            card = load_card(modules_dir, name)
+        except ModtrainError:
+            return False
+        if card.get("job_key") != key_hash or not weights_path(modules_dir, name).exists():
+            return False
+    return True
+
+
 def is_up_to_date(recipe: Recipe, name: str, data: PreparedData, workdir: Workdir) -> bool:
     """Whether ``modules/NAME`` was trained with this recipe, data and producers."""
-    try:
-        card = load_card(workdir.modules, name)
-    except ModtrainError:
-        return False
-    return card.get("job_key") == sha256_json(job_key(recipe, name, data, workdir)) and \
-        weights_path(workdir.modules, name).exists()
+    return cards_match(workdir.modules, [name], job_key(recipe, name, data, workdir))
 
 
 class ModuleJob:

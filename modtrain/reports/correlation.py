@@ -1,0 +1,317 @@
+"""``modtrain report correlation``: can the surrogate's loss pick a good find? (paper §5.3)
+
+1. Train N find modules through the factorized surrogate, each with random hyperparameters
+   (batch size, learning rate, weight decay, dropout) and a random number of epochs, every
+   draw from its own seeded generator (the reference code re-seeded the global RNG per run
+   and so drew the same configuration every time). Record each one's surrogate validation
+   loss (a true NLL), accuracy and MC-dropout predictive variance.
+2. Discard modules over the variance threshold; pick K spread evenly over the surrogate-loss
+   range, lowest variance first.
+3. Transplant each picked find, frozen, into the NMN and train the other modules (encoder,
+   describe, measure) jointly with one fixed configuration — from the frozen find's cache,
+   which computes the same thing without running find again — and record the final
+   validation loss and accuracy.
+4. Pearson r (p-value, 95% confidence interval) and Spearman ρ between surrogate and final
+   loss, and between the accuracies; Fig. 7 (loss vs variance) and Fig. 8 (final vs
+   surrogate loss with the regression line and its band); JSON, CSV and markdown.
+
+Every training is its own job in its own folder; a rerun skips the finished ones.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import math
+import os
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from modtrain.cache import open_cache, write_caches
+from modtrain.card import load_card, save_module, weights_sha256
+from modtrain.data import PreparedData
+from modtrain.errors import ModtrainError
+from modtrain.io import write_json, write_text
+from modtrain.pipeline import ensure_data
+from modtrain.recipe import Recipe
+from modtrain.registry import build_module
+from modtrain.reports.plots import pyplot, save_figure
+from modtrain.train import ModuleJob, cards_match, is_up_to_date, train_module
+from modtrain.workdir import Workdir
+
+REST = ("encoder", "describe", "measure")
+
+
+def draw_hyperparameters(seed: int, index: int, max_epochs: int = 20) -> dict[str, Any]:
+    """Candidate ``index``'s configuration, from its own generator (paper §5.4 ranges)."""
+    rng = np.random.default_rng([seed, index])
+    return {
+        "batch_size": int(round(2 ** rng.uniform(4, 9))),        # 16 … 512, log-uniform
+        "lr": float(10 ** rng.uniform(-5, -1)),                  # 1e-5 … 1e-1
+        "weight_decay": float(10 ** rng.uniform(-10, 0)),        # 1e-10 … 1
+        "dropout": float(rng.uniform(0.0, 0.9)),                 # find's dropout on its input features
+        "epochs": int(rng.integers(1, max_epochs + 1)),
+    }
+
+
+def select_spread(losses: list[float], variances: list[float], k: int, threshold: float) -> tuple[list[int], list[int]]:
+    """(selected, discarded) indices: drop variance > threshold, then cut the remaining loss
+    range into k equal bins and take each bin's lowest-variance module; an empty bin takes
+    the unpicked module nearest its centre (lowest variance on ties)."""
+    discarded = [i for i, v in enumerate(variances) if not v <= threshold or not math.isfinite(losses[i])]
+    kept = [i for i in range(len(losses)) if i not in discarded]
+    if len(kept) <= k:
+        return sorted(kept, key=lambda i: losses[i]), discarded
+    low, high = min(losses[i] for i in kept), max(losses[i] for i in kept)
+    width = (high - low) / k or 1.0
+    picked: list[int] = []
+    empty: list[float] = []
+    for b in range(k):
+        members = [i for i in kept if min(int((losses[i] - low) / width), k - 1) == b]
+        if members:
+            picked.append(min(members, key=lambda i: (variances[i], i)))
+        else:
+            empty.append(low + (b + 0.5) * width)
+    for centre in empty:
+        rest = [i for i in kept if i not in picked]
+        picked.append(min(rest, key=lambda i: (abs(losses[i] - centre), variances[i], i)))
+    return sorted(picked, key=lambda i: losses[i]), discarded
+
+
+def _link(target: Path, link: Path) -> None:
+    link.parent.mkdir(parents=True, exist_ok=True)
+    if link.is_symlink() or link.exists():
+        return
+    os.symlink(target.resolve(), link)
+
+
+class RestJob(ModuleJob):
+    """Encoder, describe and measure trained jointly around a frozen find, from its cache."""
+
+    name = "rest"
+
+    def __init__(self, workdir: Workdir, recipe: Recipe, device, data: PreparedData, find_dir: Workdir):
+        self.find_dir = find_dir
+        super().__init__(workdir, recipe, device, data)
+
+    def _job_key(self) -> dict[str, Any]:
+        config = {k: v for k, v in self.recipe.train_config(self.name).items() if k not in ("device", "num_workers", "amp")}
+        return {"kind": "frozen find", "interface": self.recipe.interface, "seed": self.recipe.seed, "train": config,
+                "hyperparameters": {m: self.recipe.module_hparams(m) for m in REST},
+                "data_fingerprint": self.data.fingerprint,
+                "inputs": {"find": weights_sha256(self.find_dir.modules, "find")}}
+
+    def _setup_data(self) -> None:
+        self.splits, self.attended, self.attention, self.roots = {}, {}, {}, {}
+        for s in ("train", "val"):
+            split = self.splits[s] = self.data.split(s)
+            modules, instances = self.data.roots(split)
+            setattr(self, f"{s}_rows", self._labelled(split, np.isin(modules, ("describe", "measure"))))
+            self.attended[s] = open_cache(self.find_dir, "find", s, split.fingerprint, "attended")
+            self.attention[s] = open_cache(self.find_dir, "find", s, split.fingerprint, "attention")
+            self.roots[s] = (modules, instances)
+
+    def _setup_model(self) -> None:
+        dims, instances = self.data.dims(), self.data.vocab["instances"]
+        self.modules = {m: build_module(m, self.interface, dims, instances.get(m, []), **self.recipe.module_hparams(m))
+                        for m in REST}
+        self.model = nn.ModuleDict(self.modules)
+        self.ids = {}
+        for s, (modules, instances_of_row) in self.roots.items():
+            ids = np.full(len(modules), -1, np.int64)
+            for name in ("describe", "measure"):
+                rows = np.flatnonzero(modules == name)
+                ids[rows] = self.modules[name].instance_ids(list(instances_of_row[rows]), f"{s} questions")
+            self.ids[s] = ids
+
+    def _load(self, split, rows):
+        s = self.splits[split]
+        is_measure = self.roots[split][0][rows] == "measure"
+        return {"tokens": torch.from_numpy(s.tokens[rows]).long().to(self.device),
+                "lengths": torch.from_numpy(s.lengths[rows]).long(),
+                "attended": torch.from_numpy(self.attended[split].take(rows)).float().to(self.device),
+                "attention": torch.from_numpy(self.attention[split].take(rows)).float().to(self.device),
+                "is_measure": torch.from_numpy(is_measure).to(self.device),
+                "instance": torch.from_numpy(self.ids[split][rows]).to(self.device),
+                "answer": torch.from_numpy(s.answer[rows]).long().to(self.device)}
+
+    def _forward(self, batch):
+        prior = self.modules["encoder"](batch["tokens"], batch["lengths"])
+        measure, describe = batch["is_measure"], ~batch["is_measure"]
+        root = prior.new_zeros(prior.shape)
+        if describe.any():
+            root[describe] = self.modules["describe"](batch["attended"][describe], instance=batch["instance"][describe])
+        if measure.any():
+            root[measure] = self.modules["measure"](batch["attention"][measure], instance=batch["instance"][measure])
+        return self.interface.combine(root, prior)
+
+    def _save(self, key_hash: str, state: dict) -> dict[str, Any]:
+        fields = {**self._card_fields(key_hash, state), "inputs": self.key["inputs"], "training": "around a frozen find"}
+        for name, module in self.modules.items():
+            save_module(self.workdir.modules, module, fields)
+        return fields
+
+
+def run_correlation(root: str | Path, recipe_name: str, n_modules: int, k_select: int, device: torch.device,
+                    overrides: list[str] = (), seed: int = 0, max_epochs: int = 20,
+                    say: Callable[[str], None] = print) -> dict:
+    """The whole report (resumable); returns its JSON."""
+    if k_select < 2 or n_modules < k_select:
+        raise ModtrainError(f"--modules {n_modules} --select {k_select}: need 2 ≤ select ≤ modules")
+    root = Path(root)
+    base_recipe = Recipe.load(recipe_name, list(overrides))
+    if base_recipe.surrogate("find") is None:
+        raise ModtrainError(f"recipe {base_recipe.name} trains find without a surrogate; use one that sets "
+                            f"modules.find.surrogate (e.g. nmn-typed)")
+    base = Workdir.for_recipe(base_recipe, root / "base")
+    base.root.mkdir(parents=True, exist_ok=True)
+    data = ensure_data(base_recipe, base, device, say)
+    source = f"data.source='{Path(data.root).resolve()}'"
+    typed = base_recipe.interface == "typed"
+    if typed:  # the prior every candidate's surrogate uses (§5.5): trained and cached once
+        if not is_up_to_date(base_recipe, "encoder", data, base):
+            say("base: train encoder ...")
+            train_module(base, base_recipe, "encoder", device, data)
+        write_caches(base, "encoder", data, device)
+    threshold = base_recipe.surrogate("find")[1].get("variance_threshold", 0.0025)
+
+    candidates = []
+    for i in range(n_modules):
+        hp = draw_hyperparameters(seed, i, max_epochs)
+        recipe = Recipe.load(recipe_name, [*overrides, source, f"seed={seed + i}",
+                                           f"modules.find.batch_size={hp['batch_size']}", f"modules.find.lr={hp['lr']}",
+                                           f"modules.find.weight_decay={hp['weight_decay']}",
+                                           f"modules.find.dropout={hp['dropout']}",
+                                           f"modules.find.max_epochs={hp['epochs']}", f"modules.find.patience={hp['epochs']}"])
+        workdir = Workdir.for_recipe(recipe, root / "candidates" / f"find-{i:03d}")
+        if typed:
+            for name in ("encoder.pt", "encoder.json"):
+                _link(base.modules / name, workdir.modules / name)
+            _link(base.caches / "encoder", workdir.caches / "encoder")
+        entry: dict[str, Any] = {"index": i, **hp, "workdir": str(workdir.root)}
+        try:
+            if not is_up_to_date(recipe, "find", data, workdir):
+                say(f"candidate {i + 1}/{n_modules}: train find {hp}")
+                train_module(workdir, recipe, "find", device, data)
+            surrogate = load_card(workdir.modules, "find")["surrogate"]
+            entry.update(surrogate_loss=surrogate["val_loss"], surrogate_accuracy=surrogate["val_accuracy"],
+                         variance=surrogate["predictive_variance"])
+        except ModtrainError as e:  # e.g. a NaN loss at a wild learning rate: recorded, never selected
+            say(f"candidate {i}: failed: {e}")
+            entry.update(surrogate_loss=math.nan, surrogate_accuracy=math.nan, variance=math.inf, failed=str(e))
+        candidates.append((entry, recipe, workdir))
+
+    entries = [c[0] for c in candidates]
+    selected, discarded = select_spread([e["surrogate_loss"] for e in entries], [e["variance"] for e in entries],
+                                        k_select, threshold)
+    for e in entries:
+        e["selected"], e["discarded"] = e["index"] in selected, e["index"] in discarded
+    final_recipe = Recipe.load(recipe_name, [*overrides, source, f"seed={seed}"])
+    for i in selected:
+        entry, recipe, find_dir = candidates[i]
+        write_caches(find_dir, "find", data, device)
+        workdir = Workdir(root / "final" / f"find-{i:03d}", data.root)
+        job = RestJob(workdir, final_recipe, device, data, find_dir)
+        if cards_match(workdir.modules, list(REST), job.key):
+            card = load_card(workdir.modules, "encoder")
+        else:
+            say(f"final NMN around find {i} ...")
+            card = job.run()
+        entry.update(final_loss=card["metrics"]["val_loss"], final_accuracy=card["metrics"]["val_accuracy"])
+
+    report = {"recipe": base_recipe.name, "interface": base_recipe.interface, "modules": n_modules, "select": k_select,
+              "seed": seed, "variance_threshold": threshold, "candidates": entries,
+              "loss": correlation([entries[i]["surrogate_loss"] for i in selected], [entries[i]["final_loss"] for i in selected]),
+              "accuracy": correlation([entries[i]["surrogate_accuracy"] for i in selected],
+                                      [entries[i]["final_accuracy"] for i in selected])}
+    reports = root / "reports"
+    write_json(reports / "correlation.json", report)
+    write_text(reports / "correlation.csv", to_csv(entries))
+    write_text(reports / "correlation.md", format_markdown(report))
+    plot_variance(report, reports / "correlation_variance.png")
+    plot_losses(report, reports / "correlation_loss.png")
+    return report
+
+
+def correlation(x: list[float], y: list[float]) -> dict[str, Any]:
+    """Pearson r with p-value and 95% CI, Spearman ρ with p-value."""
+    from scipy import stats
+
+    if len(x) < 3:
+        return {"n": len(x), "pearson_r": math.nan, "pearson_p": math.nan, "pearson_ci95": [math.nan, math.nan],
+                "spearman_rho": math.nan, "spearman_p": math.nan}
+    pearson = stats.pearsonr(x, y)
+    ci = pearson.confidence_interval(0.95)
+    spearman = stats.spearmanr(x, y)
+    return {"n": len(x), "pearson_r": float(pearson.statistic), "pearson_p": float(pearson.pvalue),
+            "pearson_ci95": [float(ci.low), float(ci.high)],
+            "spearman_rho": float(spearman.statistic), "spearman_p": float(spearman.pvalue)}
+
+
+COLUMNS = ("index", "batch_size", "lr", "weight_decay", "dropout", "epochs", "surrogate_loss", "surrogate_accuracy",
+           "variance", "discarded", "selected", "final_loss", "final_accuracy", "failed")
+
+
+def to_csv(entries: list[dict]) -> str:
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=COLUMNS, extrasaction="ignore")
+    writer.writeheader()
+    for e in entries:
+        writer.writerow({c: e.get(c, "") for c in COLUMNS})
+    return out.getvalue()
+
+
+def format_markdown(report: dict) -> str:
+    def row(name, c):
+        lo, hi = c["pearson_ci95"]
+        return (f"| {name} | {c['n']} | {c['pearson_r']:.3f} | {c['pearson_p']:.2g} | [{lo:.3f}, {hi:.3f}] | "
+                f"{c['spearman_rho']:.3f} | {c['spearman_p']:.2g} |")
+    kept = sum(not e["discarded"] for e in report["candidates"])
+    return "\n".join([
+        f"# Surrogate vs final ({report['recipe']}, {report['interface']} interface)", "",
+        f"{report['modules']} find modules trained through the surrogate; {kept} under the variance threshold "
+        f"{report['variance_threshold']}; {report['select']} selected and transplanted, frozen, into the NMN.", "",
+        "| measure | n | Pearson r | p | 95% CI | Spearman ρ | p |", "|---|---|---|---|---|---|---|",
+        row("surrogate loss vs final loss", report["loss"]),
+        row("surrogate accuracy vs final accuracy", report["accuracy"]), ""])
+
+
+def plot_variance(report: dict, path: Path) -> Path:
+    """Fig. 7: every module's surrogate loss and predictive variance; discarded and selected marked."""
+    plt = pyplot()
+    figure, axis = plt.subplots(figsize=(7, 4.5))
+    groups = (("discarded", "tab:red"), ("selected", "tab:blue"), ("other", "tab:gray"))
+    for name, color in groups:
+        points = [e for e in report["candidates"] if math.isfinite(e["surrogate_loss"]) and math.isfinite(e["variance"])
+                  and (e["discarded"] if name == "discarded" else e["selected"] if name == "selected"
+                       else not e["discarded"] and not e["selected"])]
+        axis.scatter([e["surrogate_loss"] for e in points], [max(e["variance"], 1e-9) for e in points],
+                     c=color, label=f"{name} ({len(points)})", s=28)
+    axis.axhline(report["variance_threshold"], color="tab:red", linestyle="--", linewidth=1)
+    axis.set_yscale("log")
+    axis.set_xlabel("surrogate validation loss (NLL)")
+    axis.set_ylabel("predictive variance (MC dropout)")
+    axis.set_title("Find modules trained through the surrogate (paper Fig. 7)")
+    axis.legend(fontsize="small")
+    figure.tight_layout()
+    return save_figure(figure, path)
+
+
+def plot_losses(report: dict, path: Path) -> Path:
+    """Fig. 8: final vs surrogate loss with the regression line and its 95% band."""
+    plt = pyplot()
+    import seaborn as sns
+
+    picked = [e for e in report["candidates"] if e["selected"]]
+    figure, axis = plt.subplots(figsize=(6, 4.5))
+    sns.regplot(x=[e["surrogate_loss"] for e in picked], y=[e["final_loss"] for e in picked], ci=95, ax=axis,
+                scatter_kws={"s": 30})
+    c = report["loss"]
+    axis.set_xlabel("surrogate validation loss (NLL)")
+    axis.set_ylabel("final NMN validation loss (NLL)")
+    axis.set_title(f"Pearson r = {c['pearson_r']:.2f} (p = {c['pearson_p']:.1g}), n = {c['n']} (paper Fig. 8)")
+    figure.tight_layout()
+    return save_figure(figure, path)
