@@ -226,19 +226,26 @@ def assemble(splits, recipe, workdir, overrides, device):
 
 
 @main.command(context_settings=CONTEXT)
-@click.option("--address", default=None, help="Ray cluster (local, auto or HOST:PORT); in-process without it.")
+@click.option("--address", default=None,
+              help="Run the jobs on Ray: local (a Ray on this machine), auto or HOST:PORT. In-process without it.")
+@click.option("--gpus-per-job", type=float, default=None,
+              help="GPUs per training job on Ray [default: 1 where the cluster has GPUs, else 0].")
+@click.option("--cpus-per-job", type=int, default=1, show_default=True, help="CPUs per job on Ray.")
 @recipe_options
-def run(address, recipe, workdir, overrides, device):
+def run(address, gpus_per_job, cpus_per_job, recipe, workdir, overrides, device):
     """The whole pipeline: data, plan, train and cache each module, assemble (resumable)."""
     from modtrain.assemble import format_report
-    from modtrain.errors import ModtrainError
     from modtrain.pipeline import run_pipeline
 
-    if address is not None:
-        raise ModtrainError("--address (jobs on Ray) is not available yet; run without it to train in-process")
     loaded, wd, dev = _context(recipe, workdir, overrides, device)
     start = time.perf_counter()
-    report = run_pipeline(loaded, wd, dev, say=lambda text: click.echo(text, err=True))
+    say = lambda text: click.echo(text, err=True)  # noqa: E731
+    if address is not None:
+        from modtrain.distributed import run_pipeline_on_ray
+
+        report = run_pipeline_on_ray(loaded, wd, address, say, gpus_per_job, cpus_per_job)
+    else:
+        report = run_pipeline(loaded, wd, dev, say=say)
     click.echo(format_report(report))
     click.echo(f"\nworkdir {wd.root}; total {time.perf_counter() - start:.0f}s")
 
@@ -285,6 +292,50 @@ def compare(seeds, workdir, data_dir, overrides, device):
     click.echo(f"wrote {reports / 'compare.json'}, {reports / 'compare.md'}, {reports / 'compare_time.png'}")
 
 
+@main.command(context_settings=CONTEXT)
+@click.argument("module")
+@click.option("--samples", default=50, show_default=True, help="Trials (paper §5.4: 50 per module).")
+@click.option("--scheduler", type=click.Choice(["fifo", "asha"]), default="fifo", show_default=True)
+@click.option("--search", type=click.Choice(["random", "optuna"]), default="random", show_default=True)
+@click.option("--address", default="local", show_default=True, help="Ray cluster: local, auto or HOST:PORT.")
+@click.option("--storage", default=None, help="Absolute path for Tune's files [default: WORKDIR/tune].")
+@click.option("--cpus-per-trial", default=1, show_default=True)
+@click.option("--gpus-per-trial", type=float, default=None, help="[default: 1 where the cluster has GPUs, else 0]")
+@click.option("--retries", default=1, show_default=True, help="Retries of a crashed trial.")
+@click.option("--fresh", is_flag=True, help="Discard an earlier search of this module instead of resuming it.")
+@click.option("--stop-after", type=int, default=None, help="End this run after N more finished trials; rerun to go on.")
+@recipe_options
+def tune(module, samples, scheduler, search, address, storage, cpus_per_trial, gpus_per_trial, retries, fresh,
+         stop_after, recipe, workdir, overrides, device):
+    """Search MODULE's hyperparameters on Ray Tune (or 'e2e' for the whole network)."""
+    from modtrain.tune import tune_module
+
+    loaded, wd, _ = _context(recipe, workdir, overrides, device)
+    summary = tune_module(loaded, wd, module, samples, scheduler, search, address, storage, cpus_per_trial,
+                          gpus_per_trial, retries, fresh, stop_after, say=lambda text: click.echo(text, err=True))
+    best = summary["best"]
+    done = sum(t["status"] == "done" for t in summary["trials"])
+    click.echo(f"{module}: {done} of {len(summary['trials'])} trials finished in {summary['search_seconds']:.0f}s; "
+               f"best score {best['best_score']:.4f} with {best['config']}")
+    click.echo(f"wrote {wd.root / 'tune' / module}/best.toml, recipe.toml, trials.json"
+               + (f"; best card {summary['best_card']}" if summary["best_card"] else ""))
+
+
+@report.command(context_settings=CONTEXT)
+@click.option("--workdir", type=click.Path(exists=True, file_okay=False), required=True)
+@click.option("--e2e-workdir", type=click.Path(exists=True, file_okay=False), default=None,
+              help="Another workdir holding the end-to-end search (tune e2e), if not this one.")
+def hpo(workdir, e2e_workdir):
+    """Every search evaluation per module (Fig. 9/12) and search time vs end-to-end (Fig. 10)."""
+    from modtrain.reports.hpo import hpo_report
+
+    report = hpo_report(workdir, e2e_workdir)
+    for module, r in report["modules"].items():
+        click.echo(f"{module:<9} {r['trials']:>3} trials  best {r['best_score']:.4f}  failed {r['failed']}  "
+                   f"untrustworthy {r['untrustworthy']}  trial time {r['trial_seconds']:.0f}s")
+    click.echo(f"wrote {workdir}/reports/hpo.json, hpo_accuracy.png, hpo_time.png")
+
+
 @report.command(context_settings=CONTEXT)
 @click.option("--recipe", default="nmn-typed", show_default=True, help="Recipe whose find and surrogate are studied.")
 @click.option("--modules", "n_modules", default=40, show_default=True, help="Find modules trained with random settings.")
@@ -300,13 +351,10 @@ def correlation(recipe, n_modules, k_select, max_epochs, seed, workdir, override
     from pathlib import Path
 
     from modtrain.device import resolve_device
-    from modtrain.errors import ModtrainError
     from modtrain.reports.correlation import format_markdown, run_correlation
 
-    if address is not None:
-        raise ModtrainError("--address (jobs on Ray) is not available yet; run without it to train in-process")
     result = run_correlation(workdir, recipe, n_modules, k_select, resolve_device(device), list(overrides), seed,
-                             max_epochs, say=lambda text: click.echo(text, err=True))
+                             max_epochs, say=lambda text: click.echo(text, err=True), address=address)
     click.echo(format_markdown(result))
     click.echo(f"wrote {Path(workdir) / 'reports'}/correlation.{{json,csv,md}}, correlation_variance.png, "
                f"correlation_loss.png")

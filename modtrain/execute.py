@@ -44,7 +44,7 @@ class Executor:
         self.interface = interface
         self.attention_mode = attention_mode
         self._compiled: dict[str, tuple[_Node, int]] = {}
-        self._ids: dict[Layout, list[int]] = {}
+        self._ids: dict[str, list[int]] = {}
 
     # -- type checking -------------------------------------------------------------------------
     def check(self, layout: Layout) -> DataType:
@@ -91,10 +91,11 @@ class Executor:
         return self._compiled[key]
 
     def _instance_ids(self, layout: Layout) -> list[int]:
-        if layout not in self._ids:
-            self._ids[layout] = [self.modules[m].instance_ids([i], f"layout {layout}")[0]
-                                 for m, i in layout.instances()]
-        return self._ids[layout]
+        ids = self._ids.get(layout.text)  # keyed by the text: hashing and comparing trees is slower
+        if ids is None:
+            ids = self._ids[layout.text] = [self.modules[m].instance_ids([i], f"layout {layout}")[0]
+                                            for m, i in layout.instances()]
+        return ids
 
     def run(self, layouts: list[Layout], features: torch.Tensor) -> torch.Tensor:
         """Outputs of the layouts (one per row of ``features``).

@@ -162,9 +162,9 @@ class Recipe:
             cls = surrogate_class(surrogate)
             _known(section, cls.defaults, where, f"surrogates.{surrogate}.")
         for module in raw.get("search", {}):
-            if module not in raw.get("modules", {}):
+            if module not in raw.get("modules", {}) and module != "e2e":
                 raise ModtrainError(f"{where}: [search.{module}] names a module the recipe does not train; "
-                                    f"valid: {', '.join(self.modules)}")
+                                    f"valid: {', '.join(self.modules)}, e2e")
 
     # -- output ------------------------------------------------------------------------------
     def to_toml(self) -> str:

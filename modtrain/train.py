@@ -13,7 +13,8 @@ import copy
 import json
 import logging
 import time
-from typing import Any
+from pathlib import Path
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -68,6 +69,9 @@ class ModuleJob:
     """Trains one module. Subclasses set up data and model and say what a batch computes."""
 
     name: str
+
+    # Called after every epoch with its metrics and the checkpoint file (Ray Tune reports through it).
+    on_epoch: Callable[[dict[str, Any], Path], None] | None = None
 
     def __init__(self, workdir: Workdir, recipe: Recipe, device: torch.device, data: PreparedData | None = None):
         self.workdir, self.recipe, self.device = workdir, recipe, device
@@ -140,14 +144,14 @@ class ModuleJob:
             return torch.autocast("cuda", dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
-    def _checkpoint_path(self):
+    def checkpoint_path(self):
         return self.workdir.modules / f".{self.name}.ckpt"
 
     def _fit(self) -> dict[str, Any]:
         key_hash = sha256_json(self.key)
         state = {"epoch": 0, "best": None, "best_metrics": None, "bad_epochs": 0, "history": [], "seconds": 0.0,
                  "samples": 0}
-        ckpt_path = self._checkpoint_path()
+        ckpt_path = self.checkpoint_path()
         log_path = self.workdir.logs / f"{self.name}.jsonl"
         log_path.parent.mkdir(parents=True, exist_ok=True)
         if ckpt_path.exists():
@@ -201,6 +205,8 @@ class ModuleJob:
                 torch.save({"key": key_hash, "model": self.model.state_dict(),
                             "optimizer": self.optimizer.state_dict(), "rng": torch.get_rng_state(),
                             "state": state}, tmp)
+            if self.on_epoch is not None:
+                self.on_epoch(metrics, ckpt_path)
         self.model.load_state_dict(state["best"])
         result = self._save(key_hash, state)
         ckpt_path.unlink(missing_ok=True)

@@ -64,3 +64,16 @@ def tiny_run(tmp_path_factory):
     messages = []
     report = run_pipeline(recipe, workdir, torch.device("cpu"), say=messages.append)
     return recipe, workdir, report, messages
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """One local Ray for the whole session: 2 CPUs, no dashboard, no auth."""
+    import os
+
+    import ray
+
+    os.environ["RAY_AUTH_MODE"] = "disabled"
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()

@@ -155,13 +155,47 @@ class RestJob(ModuleJob):
         return fields
 
 
+def train_candidate(recipe_raw: dict, where: str, root: str, data_dir: str, device: str, threads: int = 0) -> dict:
+    """Train one candidate find (unless already trained); its surrogate's metrics, or why it failed."""
+    if threads:
+        torch.set_num_threads(threads)
+    recipe = Recipe(recipe_raw, where)
+    workdir = Workdir(Path(root), Path(data_dir))
+    data = PreparedData(data_dir)
+    try:
+        trained = not is_up_to_date(recipe, "find", data, workdir)
+        if trained:
+            train_module(workdir, recipe, "find", torch.device(device), data)
+        surrogate = load_card(workdir.modules, "find")["surrogate"]
+        return {"surrogate_loss": surrogate["val_loss"], "surrogate_accuracy": surrogate["val_accuracy"],
+                "variance": surrogate["predictive_variance"], "trained_now": trained}
+    except ModtrainError as e:  # e.g. a NaN loss at a wild learning rate: recorded, never selected
+        return {"surrogate_loss": math.nan, "surrogate_accuracy": math.nan, "variance": math.inf, "failed": str(e)}
+
+
+def train_final(recipe_raw: dict, where: str, root: str, data_dir: str, find_root: str, device: str,
+                threads: int = 0) -> dict:
+    """The NMN around one frozen find (unless already trained): its final validation loss and accuracy."""
+    if threads:
+        torch.set_num_threads(threads)
+    data = PreparedData(data_dir)
+    find_dir = Workdir(Path(find_root), Path(data_dir))
+    write_caches(find_dir, "find", data, torch.device(device))
+    workdir = Workdir(Path(root), Path(data_dir))
+    job = RestJob(workdir, Recipe(recipe_raw, where), torch.device(device), data, find_dir)
+    card = load_card(workdir.modules, "encoder") if cards_match(workdir.modules, list(REST), job.key) else job.run()
+    return {"final_loss": card["metrics"]["val_loss"], "final_accuracy": card["metrics"]["val_accuracy"]}
+
+
 def run_correlation(root: str | Path, recipe_name: str, n_modules: int, k_select: int, device: torch.device,
                     overrides: list[str] = (), seed: int = 0, max_epochs: int = 20,
-                    say: Callable[[str], None] = print) -> dict:
-    """The whole report (resumable); returns its JSON."""
+                    say: Callable[[str], None] = print, address: str | None = None) -> dict:
+    """The whole report (resumable); with ``address``, the N + K trainings run as Ray jobs."""
+    from modtrain.distributed import run_tasks
+
     if k_select < 2 or n_modules < k_select:
         raise ModtrainError(f"--modules {n_modules} --select {k_select}: need 2 ≤ select ≤ modules")
-    root = Path(root)
+    root = Path(root).resolve()
     base_recipe = Recipe.load(recipe_name, list(overrides))
     if base_recipe.surrogate("find") is None:
         raise ModtrainError(f"recipe {base_recipe.name} trains find without a surrogate; use one that sets "
@@ -169,7 +203,8 @@ def run_correlation(root: str | Path, recipe_name: str, n_modules: int, k_select
     base = Workdir.for_recipe(base_recipe, root / "base")
     base.root.mkdir(parents=True, exist_ok=True)
     data = ensure_data(base_recipe, base, device, say)
-    source = f"data.source='{Path(data.root).resolve()}'"
+    data_dir = str(Path(data.root).resolve())
+    source = f"data.source='{data_dir}'"
     typed = base_recipe.interface == "typed"
     if typed:  # the prior every candidate's surrogate uses (§5.5): trained and cached once
         if not is_up_to_date(base_recipe, "encoder", data, base):
@@ -178,7 +213,7 @@ def run_correlation(root: str | Path, recipe_name: str, n_modules: int, k_select
         write_caches(base, "encoder", data, device)
     threshold = base_recipe.surrogate("find")[1].get("variance_threshold", 0.0025)
 
-    candidates = []
+    entries, tasks = [], []
     for i in range(n_modules):
         hp = draw_hyperparameters(seed, i, max_epochs)
         recipe = Recipe.load(recipe_name, [*overrides, source, f"seed={seed + i}",
@@ -186,41 +221,32 @@ def run_correlation(root: str | Path, recipe_name: str, n_modules: int, k_select
                                            f"modules.find.weight_decay={hp['weight_decay']}",
                                            f"modules.find.dropout={hp['dropout']}",
                                            f"modules.find.max_epochs={hp['epochs']}", f"modules.find.patience={hp['epochs']}"])
-        workdir = Workdir.for_recipe(recipe, root / "candidates" / f"find-{i:03d}")
+        workdir = Workdir(root / "candidates" / f"find-{i:03d}", Path(data_dir))
         if typed:
             for name in ("encoder.pt", "encoder.json"):
                 _link(base.modules / name, workdir.modules / name)
             _link(base.caches / "encoder", workdir.caches / "encoder")
-        entry: dict[str, Any] = {"index": i, **hp, "workdir": str(workdir.root)}
-        try:
-            if not is_up_to_date(recipe, "find", data, workdir):
-                say(f"candidate {i + 1}/{n_modules}: train find {hp}")
-                train_module(workdir, recipe, "find", device, data)
-            surrogate = load_card(workdir.modules, "find")["surrogate"]
-            entry.update(surrogate_loss=surrogate["val_loss"], surrogate_accuracy=surrogate["val_accuracy"],
-                         variance=surrogate["predictive_variance"])
-        except ModtrainError as e:  # e.g. a NaN loss at a wild learning rate: recorded, never selected
-            say(f"candidate {i}: failed: {e}")
-            entry.update(surrogate_loss=math.nan, surrogate_accuracy=math.nan, variance=math.inf, failed=str(e))
-        candidates.append((entry, recipe, workdir))
+        entries.append({"index": i, **hp, "workdir": str(workdir.root)})
+        tasks.append((recipe.raw, recipe.where, str(workdir.root), data_dir))
+    results = run_tasks(train_candidate, tasks, address, str(device), say,
+                        [f"candidate {i + 1}/{n_modules}: find with batch {e['batch_size']}, lr {e['lr']:.2g}, "
+                         f"weight decay {e['weight_decay']:.1g}, dropout {e['dropout']:.2f}, {e['epochs']} epochs"
+                         for i, e in enumerate(entries)])
+    for entry, result in zip(entries, results):
+        entry.update({k: v for k, v in result.items() if k != "trained_now"})
+        if "failed" in result:
+            say(f"candidate {entry['index']}: failed: {result['failed']}")
 
-    entries = [c[0] for c in candidates]
     selected, discarded = select_spread([e["surrogate_loss"] for e in entries], [e["variance"] for e in entries],
                                         k_select, threshold)
     for e in entries:
         e["selected"], e["discarded"] = e["index"] in selected, e["index"] in discarded
     final_recipe = Recipe.load(recipe_name, [*overrides, source, f"seed={seed}"])
-    for i in selected:
-        entry, recipe, find_dir = candidates[i]
-        write_caches(find_dir, "find", data, device)
-        workdir = Workdir(root / "final" / f"find-{i:03d}", data.root)
-        job = RestJob(workdir, final_recipe, device, data, find_dir)
-        if cards_match(workdir.modules, list(REST), job.key):
-            card = load_card(workdir.modules, "encoder")
-        else:
-            say(f"final NMN around find {i} ...")
-            card = job.run()
-        entry.update(final_loss=card["metrics"]["val_loss"], final_accuracy=card["metrics"]["val_accuracy"])
+    finals = [(final_recipe.raw, final_recipe.where, str(root / "final" / f"find-{i:03d}"), data_dir,
+               entries[i]["workdir"]) for i in selected]
+    for i, result in zip(selected, run_tasks(train_final, finals, address, str(device), say,
+                                             [f"final NMN around find {i}" for i in selected])):
+        entries[i].update(result)
 
     report = {"recipe": base_recipe.name, "interface": base_recipe.interface, "modules": n_modules, "select": k_select,
               "seed": seed, "variance_threshold": threshold, "candidates": entries,

@@ -1,0 +1,157 @@
+"""Jobs on a Ray cluster: one task per module job, dependencies as object references.
+
+``--address local`` starts Ray on this machine's CPUs; ``auto`` or ``HOST:PORT`` joins a
+running cluster (``ray start --head`` / ``ray start --address=...``). Every node must see
+the workdir at the same absolute path (a shared filesystem) and have modtrain installed.
+Training jobs ask for ``--gpus-per-job`` GPUs (default: 1 where the cluster has GPUs,
+0 otherwise; a fraction such as 0.5 packs two small modules on one GPU). Asking for GPUs a
+cluster does not have fails at once, since Ray would wait for them forever.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from modtrain.errors import ModtrainError
+
+log = logging.getLogger(__name__)
+
+
+def connect(address: str = "local", num_cpus: int | None = None):
+    """Start or join Ray once per process; returns the ``ray`` module."""
+    import ray
+
+    if ray.is_initialized():
+        return ray
+    if address == "local":
+        # a cluster of our own on this machine: no token to share with anyone
+        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+        ray.init(num_cpus=num_cpus or os.cpu_count(), include_dashboard=False, logging_level=logging.WARNING,
+                 log_to_driver=False)
+    else:
+        try:
+            ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
+        except (ConnectionError, RuntimeError, ValueError) as e:
+            raise ModtrainError(f"cannot join the Ray cluster at {address!r}: {e}; start one with "
+                                f"'ray start --head' or use --address local") from None
+    return ray
+
+
+def gpus_per_job(requested: float | None) -> float:
+    """GPUs each training job asks for, checked against ``ray.cluster_resources()``."""
+    import ray
+
+    available = float(ray.cluster_resources().get("GPU", 0.0))
+    if requested is None:
+        return 1.0 if available >= 1 else 0.0
+    if requested < 0:
+        raise ModtrainError(f"--gpus-per-job {requested}: must be 0 or more")
+    if requested > 0 and available < requested:
+        raise ModtrainError(f"--gpus-per-job {requested}: the Ray cluster has {available:g} GPU(s); Ray would wait "
+                            f"forever. Use --gpus-per-job 0 to train on CPUs")
+    return requested
+
+
+def absolute(path: str | Path, what: str = "storage path") -> Path:
+    """A path every node can resolve: absolute, or an error saying so."""
+    path = Path(path)
+    if not path.is_absolute():
+        raise ModtrainError(f"{what} {str(path)!r} is relative; Ray jobs on other nodes need an absolute path "
+                            f"on storage every node sees (e.g. {Path(path).resolve()})")
+    return path
+
+
+def _job(kind: str, module: str | None, recipe_raw: dict, recipe_where: str, root: str, data: str,
+         device: str, threads: int, *upstream: Any) -> dict[str, Any]:
+    """One job of the plan, run in a Ray worker (``upstream`` only orders it after its dependencies)."""
+    import torch
+
+    from modtrain.assemble import assemble
+    from modtrain.cache import cache_status, write_caches
+    from modtrain.data import PreparedData
+    from modtrain.recipe import Recipe
+    from modtrain.train import is_up_to_date, train_module
+    from modtrain.workdir import Workdir
+
+    torch.set_num_threads(threads)
+    recipe = Recipe(recipe_raw, recipe_where)
+    workdir = Workdir(Path(root), Path(data))
+    prepared = PreparedData(workdir.data)
+    dev = torch.device(device)
+    start = time.perf_counter()
+    if kind == "train":
+        if is_up_to_date(recipe, module, prepared, workdir):
+            return {"job": f"train {module}", "skipped": True}
+        card = train_module(workdir, recipe, module, dev, prepared)
+        return {"job": f"train {module}", "skipped": False, "seconds": time.perf_counter() - start,
+                "val_accuracy": card["metrics"]["val_accuracy"]}
+    if kind == "cache":
+        if all(cache_status(workdir, module, s, prepared.split(s).fingerprint) is None for s in prepared.splits()):
+            return {"job": f"cache {module}", "skipped": True}
+        write_caches(workdir, module, prepared, dev)
+        return {"job": f"cache {module}", "skipped": False, "seconds": time.perf_counter() - start}
+    report = assemble(workdir, recipe, dev, data=prepared)
+    return {"job": "assemble", "skipped": False, "seconds": time.perf_counter() - start, "report": report}
+
+
+def run_pipeline_on_ray(recipe, workdir, address: str, say: Callable[[str], None], gpus: float | None = None,
+                        cpus_per_job: int = 1) -> dict:
+    """``modtrain run --address``: the plan's jobs as Ray tasks; independent ones run at once."""
+    import torch
+
+    from modtrain.pipeline import ensure_data, record_job_time
+    from modtrain.plan import make_plan
+    from modtrain.workdir import Workdir
+
+    ray = connect(address)
+    gpu = gpus_per_job(gpus)
+    workdir = Workdir(workdir.root.resolve(), workdir.data.resolve())
+    workdir.root.mkdir(parents=True, exist_ok=True)
+    recipe.write(workdir.root)
+    ensure_data(recipe, workdir, torch.device("cpu"), say)
+    remote = ray.remote(_job)
+    refs: dict[str, Any] = {}
+    plan = make_plan(recipe)
+    for job in plan.jobs:  # sorted by level: every dependency is submitted before its dependents
+        use_gpu = gpu if job.kind == "train" else 0.0
+        refs[job.name] = remote.options(num_cpus=cpus_per_job, num_gpus=use_gpu, name=job.name).remote(
+            job.kind, job.module, recipe.raw, recipe.where, str(workdir.root), str(workdir.data),
+            "cuda" if use_gpu else "cpu", cpus_per_job, *[refs[d] for d in job.after])
+    say(f"submitted {len(refs)} jobs to Ray: " + " | ".join(" ∥ ".join(j.name for j in level) for level in plan.levels()))
+    report = None
+    pending = dict(refs)
+    while pending:
+        done, _ = ray.wait(list(pending.values()), num_returns=1)
+        name = next(n for n, r in pending.items() if r == done[0])
+        result = ray.get(done[0])
+        del pending[name]
+        if result.get("skipped"):
+            say(f"{name}: up to date")
+            continue
+        if name != "assemble":
+            record_job_time(workdir, name, result["seconds"])
+        extra = f", val accuracy {result['val_accuracy']:.1%}" if "val_accuracy" in result else ""
+        say(f"{name}: done in {result['seconds']:.1f}s{extra}")
+        report = result.get("report", report)
+    return report
+
+
+def run_tasks(fn: Callable, arg_lists: list[tuple], address: str | None, device: str,
+              say: Callable[[str], None], labels: list[str], cpus: int = 1, gpus: float | None = None) -> list[Any]:
+    """``fn(*args, device, threads)`` for every args tuple: in this process, one after another,
+    or with ``address`` as Ray jobs all at once (results in the order given)."""
+    if address is None:
+        out = []
+        for args, label in zip(arg_lists, labels):
+            say(label)
+            out.append(fn(*args, device, 0))
+        return out
+    ray = connect(address)
+    gpu = gpus_per_job(gpus)
+    remote = ray.remote(fn).options(num_cpus=cpus, num_gpus=gpu)
+    refs = [remote.remote(*args, "cuda" if gpu else "cpu", cpus) for args in arg_lists]
+    say(f"submitted {len(refs)} jobs to Ray")
+    return ray.get(refs)

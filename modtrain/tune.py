@@ -1,0 +1,290 @@
+"""``modtrain tune MODULE``: one Ray Tune search per module (paper §5.4: random search, 50
+evaluations per module), never one search comparing losses across modules.
+
+The search space is the recipe's ``[search.MODULE]`` table (the shipped recipes carry the
+paper's ranges). Each trial trains the module as its own job in its own folder, reading
+the shared workdir's data and producer caches, and reports every epoch to Tune (so ASHA
+can stop poor trials early) with the job's checkpoint. The metric is validation accuracy —
+for find, its surrogate's; a find trial over the variance threshold counts as failed
+(scored 0, as Fig. 9 shows them). The best configuration is written as a recipe override
+file and a full recipe, and its module card is kept. An interrupted search resumes.
+"""
+from __future__ import annotations
+
+import ast
+import json
+import os
+import re
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from modtrain.errors import ModtrainError
+from modtrain.io import read_json, sha256_json, write_json, write_text
+from modtrain.recipe import TRAIN_DEFAULTS, Recipe, _toml_value
+from modtrain.registry import module_class
+from modtrain.workdir import Workdir
+
+E2E = "e2e"
+SEARCH_KEYS_TRAIN = ("batch_size", "lr", "weight_decay", "max_epochs")
+EXPRESSIONS = ("uniform", "loguniform", "randint", "lograndint", "quniform", "choice")
+_EXPRESSION = re.compile(r"^\s*(\w+)\s*\((.*)\)\s*$", re.S)
+
+
+def parse_expression(text: Any, where: str):
+    """``loguniform(1e-5, 1e-1)`` → the Tune domain; a plain value stays fixed."""
+    from ray import tune
+
+    if not isinstance(text, str):
+        return text
+    match = _EXPRESSION.match(text)
+    if not match or match.group(1) not in EXPRESSIONS:
+        raise ModtrainError(f"{where}: {text!r} is not a search expression; valid: "
+                            f"{', '.join(f'{e}(...)' for e in EXPRESSIONS)}, e.g. loguniform(1e-5, 1e-1), "
+                            f"choice(['softmax', 'weighted'])")
+    try:
+        args = ast.literal_eval(f"({match.group(2)},)")
+    except (ValueError, SyntaxError):
+        raise ModtrainError(f"{where}: cannot read the arguments of {text!r}") from None
+    try:
+        return getattr(tune, match.group(1))(*args)
+    except (TypeError, ValueError, AssertionError) as e:
+        raise ModtrainError(f"{where}: {text!r}: {e}") from None
+
+
+def search_space(recipe: Recipe, module: str) -> dict[str, Any]:
+    """The Tune search space of one module (or ``e2e``) from the recipe's ``[search.MODULE]``."""
+    table = recipe.raw.get("search", {}).get(module)
+    if not table:
+        raise ModtrainError(f"recipe {recipe.name} has no [search.{module}] table; add one, e.g. "
+                            f"[search.{module}] lr = \"loguniform(1e-5, 1e-1)\"")
+    valid = set(SEARCH_KEYS_TRAIN) | ({"dropout"} if module == E2E else set(module_class(module).defaults))
+    space = {}
+    for key, text in table.items():
+        if key not in valid:
+            raise ModtrainError(f"recipe {recipe.name}: unknown key search.{module}.{key}; valid: "
+                                f"{', '.join(f'search.{module}.{k}' for k in sorted(valid))}")
+        space[key] = parse_expression(text, f"recipe {recipe.name}: search.{module}.{key}")
+    return space
+
+
+def config_overrides(recipe: Recipe, module: str, config: dict[str, Any]) -> list[str]:
+    """``--set`` strings that apply a trial's configuration to the recipe."""
+    out = []
+    for key, value in config.items():
+        if module == E2E:
+            if key == "dropout":
+                out += [f"modules.{m}.dropout={_toml_value(value)}" for m in recipe.modules
+                        if "dropout" in module_class(m).defaults]
+            else:
+                out.append(f"train.{key}={_toml_value(value)}")
+        else:
+            out.append(f"modules.{module}.{key}={_toml_value(value)}")
+    return out
+
+
+def _link_producers(shared: Workdir, trial: Workdir, producers: list[str]) -> None:
+    for producer in producers:
+        for name in (f"{producer}.pt", f"{producer}.json"):
+            link = trial.modules / name
+            link.parent.mkdir(parents=True, exist_ok=True)
+            if not link.exists():
+                os.symlink(shared.modules / name, link)
+        cache = trial.caches / producer
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        if not cache.exists():
+            os.symlink(shared.caches / producer, cache)
+
+
+def _trial(config: dict, *, recipe_raw: dict, recipe_where: str, module: str, root: str, data: str,
+           threads: int, device: str) -> None:
+    """One trial: train the module with this configuration, reporting every epoch."""
+    import torch
+    from ray import tune
+
+    from modtrain.e2e import EndToEndJob
+    from modtrain.plan import make_plan
+    from modtrain.train import JOBS
+
+    torch.set_num_threads(threads)
+    base = Recipe(recipe_raw, recipe_where)
+    recipe = Recipe.load(_write_recipe(base), config_overrides(base, module, config))
+    shared = Workdir(Path(root), Path(data))
+    trial = Workdir(Path(tune.get_context().get_trial_dir()) / "run", Path(data))
+    producers = [] if module == E2E else make_plan(recipe).module(module).consumes
+    _link_producers(shared, trial, producers)
+    job = (EndToEndJob if module == E2E else JOBS[module])(trial, recipe, torch.device(device))
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is not None:  # a restored trial continues from its last epoch
+        with checkpoint.as_directory() as folder:
+            trial.modules.mkdir(parents=True, exist_ok=True)
+            shutil.copy(Path(folder) / "job.ckpt", job.checkpoint_path())
+    threshold = (recipe.surrogate(module) or (None, {}))[1].get("variance_threshold", 0.0025)
+
+    def report(metrics: dict, ckpt_path: Path) -> None:
+        score = metrics["val_accuracy"]
+        if "val_variance" in metrics and metrics["val_variance"] > threshold:
+            score = 0.0  # untrustworthy surrogate: a failed evaluation (paper §5.3–5.4)
+        with tempfile.TemporaryDirectory() as folder:
+            shutil.copy(ckpt_path, Path(folder) / "job.ckpt")
+            tune.report({**metrics, "score": score}, checkpoint=tune.Checkpoint.from_directory(folder))
+
+    job.on_epoch = report
+    job.run()
+
+
+def _write_recipe(recipe: Recipe) -> Path:
+    folder = Path(tempfile.mkdtemp(prefix="modtrain-recipe-"))
+    return recipe.write(folder)
+
+
+def tune_module(recipe: Recipe, workdir: Workdir, module: str, samples: int, scheduler: str = "fifo",
+                search: str = "random", address: str = "local", storage: str | Path | None = None,
+                cpus_per_trial: int = 1, gpus_per_trial: float | None = None, retries: int = 1,
+                fresh: bool = False, stop_after: int | None = None, say=print) -> dict[str, Any]:
+    """Run (or resume) the search for one module; returns its summary. ``stop_after`` ends this
+    call once that many more trials have finished (a rerun continues the search)."""
+    from ray import tune
+
+    from modtrain.cache import cache_status
+    from modtrain.data import PreparedData
+    from modtrain.distributed import absolute, connect, gpus_per_job
+    from modtrain.plan import make_plan
+
+    if samples < 1:
+        raise ModtrainError(f"--samples {samples}: need at least one trial")
+    if module != E2E and module not in recipe.modules:
+        raise ModtrainError(f"recipe {recipe.name} has no module {module!r}; its modules: "
+                            f"{', '.join(recipe.modules)} (or {E2E} for the end-to-end network)")
+    space = search_space(recipe, module)
+    storage = absolute(storage) if storage is not None else (workdir.root.resolve() / "tune")
+    workdir = Workdir(workdir.root.resolve(), workdir.data.resolve())
+    data = PreparedData(workdir.data)
+    if module != E2E:  # its producers' caches must exist and be fresh in the shared workdir
+        for producer in make_plan(recipe).module(module).consumes:
+            for split in ("train", "val"):
+                problem = cache_status(workdir, producer, split, data.split(split).fingerprint)
+                if problem:
+                    raise ModtrainError(f"tuning {module} needs {producer}'s cache: {problem}")
+    connect(address)
+    gpus = gpus_per_job(gpus_per_trial)
+    out = workdir.root / "tune" / module
+    settings = {"recipe": sha256_json(recipe.raw), "samples": samples, "scheduler": scheduler, "search": search}
+    experiment = storage / module
+    if fresh:
+        shutil.rmtree(experiment, ignore_errors=True)
+    trainable = tune.with_resources(
+        tune.with_parameters(_trial, recipe_raw=recipe.raw, recipe_where=recipe.where, module=module,
+                             root=str(workdir.root), data=str(workdir.data), threads=cpus_per_trial,
+                             device="cuda" if gpus else "cpu"),
+        {"cpu": cpus_per_trial, "gpu": gpus})
+    start = time.perf_counter()
+    if tune.Tuner.can_restore(str(experiment)):
+        saved = read_json(out / "settings.json") if (out / "settings.json").exists() else None
+        if saved != settings:
+            raise ModtrainError(f"{experiment} holds a search with other settings ({saved}); pass --fresh to "
+                                f"start over")
+        say(f"resuming the search in {experiment}")
+        if stop_after is not None:  # Tuner.restore takes no new stopping rule
+            raise ModtrainError("--stop-after applies to a new search; a resumed search runs to its end")
+        tuner = tune.Tuner.restore(str(experiment), trainable, resume_errored=True)
+    else:
+        write_json(out / "settings.json", settings)
+        tuner = tune.Tuner(trainable, param_space=space, tune_config=tune.TuneConfig(
+            metric="score", mode="max", num_samples=samples, scheduler=_scheduler(scheduler, recipe, module),
+            search_alg=_searcher(search)),
+            run_config=tune.RunConfig(name=module, storage_path=str(storage), verbose=0,
+                                      failure_config=tune.FailureConfig(max_failures=retries),
+                                      checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+                                      **_stop_kwargs(stop_after)))
+    results = tuner.fit()
+    seconds = time.perf_counter() - start
+    return _summarize(results, recipe, workdir, module, out, seconds, settings)
+
+
+def _stop_after(count: int):
+    """A (stopper, callbacks) pair that ends the search after ``count`` trials finish."""
+    from ray import tune
+
+    finished = []
+
+    class Finished(tune.Callback):
+        def on_trial_complete(self, iteration, trials, trial, **info):
+            finished.append(trial.trial_id)
+
+    class AfterCount(tune.Stopper):
+        def __call__(self, trial_id, result):
+            return False
+
+        def stop_all(self):
+            return len(finished) >= count
+
+    return AfterCount(), [Finished()]
+
+
+def _stop_kwargs(count: int | None) -> dict:
+    if count is None:
+        return {}
+    stopper, callbacks = _stop_after(count)
+    return {"stop": stopper, "callbacks": callbacks}
+
+
+def _scheduler(name: str, recipe: Recipe, module: str):
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+    if name == "fifo":
+        return FIFOScheduler()
+    if name == "asha":
+        max_t = recipe.train_config("e2e" if module == E2E else module)["max_epochs"]
+        return ASHAScheduler(time_attr="training_iteration", max_t=max_t, grace_period=min(2, max_t), reduction_factor=3)
+    raise ModtrainError(f"unknown scheduler {name!r}; valid: fifo, asha")
+
+
+def _searcher(name: str):
+    if name == "random":
+        return None
+    if name == "optuna":
+        try:
+            from ray.tune.search.optuna import OptunaSearch
+        except ImportError:
+            raise ModtrainError("--search optuna needs optuna: pip install 'modtrain[optuna]'") from None
+        return OptunaSearch()
+    raise ModtrainError(f"unknown search {name!r}; valid: random, optuna")
+
+
+def _summarize(results, recipe: Recipe, workdir: Workdir, module: str, out: Path, seconds: float,
+               settings: dict) -> dict[str, Any]:
+    trials = []
+    for result in results:
+        frame = result.metrics_dataframe
+        best = float(frame["score"].max()) if frame is not None and "score" in frame else None
+        metrics = result.metrics or {}
+        trials.append({"config": result.config, "status": "error" if result.error else "done",
+                       "error": str(result.error).splitlines()[0] if result.error else None,
+                       "epochs": int(metrics.get("training_iteration", 0)), "best_score": best,
+                       "val_accuracy": metrics.get("val_accuracy"), "val_variance": metrics.get("val_variance"),
+                       "seconds": float(metrics.get("time_total_s", 0.0)), "path": str(result.path)})
+    finished = [t for t in trials if t["best_score"] is not None]
+    if not finished:
+        raise ModtrainError(f"every trial of the {module} search failed; first error: {trials[0]['error']}")
+    best = max(finished, key=lambda t: t["best_score"])
+    overrides = config_overrides(recipe, module, best["config"])
+    best_recipe = Recipe.load(_write_recipe(recipe), overrides)
+    write_text(out / "best.toml", f"# best of {len(trials)} trials: score {best['best_score']:.4f}\n"
+                                  f"# apply with: --set {' --set '.join(overrides)}\n"
+                                  + "\n".join(o.replace("=", " = ", 1) for o in overrides) + "\n")
+    best_recipe.write(out)  # out/recipe.toml: the whole recipe with the best configuration
+    card = None
+    for name in ([*recipe.modules] if module == E2E else [module]):
+        source = Path(best["path"]) / "run" / "modules"
+        if (source / f"{name}.json").exists():
+            (out / "best").mkdir(parents=True, exist_ok=True)
+            for suffix in (".pt", ".json"):
+                shutil.copy(source / f"{name}{suffix}", out / "best" / f"{name}{suffix}")
+            card = str(out / "best" / f"{name}.json")
+    summary = {"module": module, **settings, "trials": trials, "best": best, "best_card": card,
+               "search_seconds": round(seconds, 2), "trial_seconds": round(sum(t["seconds"] for t in trials), 2)}
+    write_json(out / "trials.json", summary)
+    return summary

@@ -1,0 +1,124 @@
+"""Jobs on Ray and per-module searches with Ray Tune (a local Ray: 2 CPUs, one per session)."""
+import json
+import shutil
+
+import pytest
+import torch
+
+from modtrain.card import load_card
+from modtrain.distributed import absolute, gpus_per_job, run_pipeline_on_ray
+from modtrain.errors import ModtrainError
+from modtrain.recipe import Recipe
+from modtrain.reports.hpo import hpo_report
+from modtrain.train import train_module
+from modtrain.tune import parse_expression, search_space, tune_module
+from modtrain.workdir import Workdir
+
+FAST = ["train.max_epochs=3", "train.patience=3", "train.device='cpu'"]
+
+
+def _shared(tiny_run, tmp_path):
+    recipe, workdir, _, _ = tiny_run
+    root = tmp_path / "shared"
+    shutil.copytree(workdir.root, root, ignore=shutil.ignore_patterns("data"))
+    return Workdir(root, workdir.data)
+
+
+def test_run_on_ray_gives_the_same_cards_as_in_process(ray_local, tiny_run, tiny_overrides, tmp_path):
+    recipe, workdir, report, _ = tiny_run
+    on_ray = Workdir(tmp_path / "ray", workdir.data)
+    # 2 CPUs per job: jobs run one after another with the same threads as the in-process run
+    messages = []
+    ray_report = run_pipeline_on_ray(recipe, on_ray, "local", messages.append, gpus=None, cpus_per_job=2)
+    for name in recipe.modules:
+        here, there = load_card(workdir.modules, name), load_card(on_ray.modules, name)
+        for key in ("job_key", "weights_sha256", "instances", "hyperparameters", "signature", "metrics"):
+            assert here[key] == there[key], (name, key)
+    assert ray_report["splits"]["val"]["accuracy"] == report["splits"]["val"]["accuracy"]
+    assert any("∥" in m for m in messages)
+    times = json.loads((on_ray.reports / "jobs.json").read_text())
+    assert {"train encoder", "cache find", "train describe", "train measure"} <= set(times)
+
+
+def test_gpu_request_on_a_cpu_cluster_fails_fast(ray_local, tiny_run, tmp_path):
+    assert gpus_per_job(None) == 0.0
+    with pytest.raises(ModtrainError, match=r"--gpus-per-job 1: the Ray cluster has 0 GPU\(s\); Ray would wait forever"):
+        gpus_per_job(1.0)
+    recipe, workdir, _, _ = tiny_run
+    with pytest.raises(ModtrainError, match="Ray would wait forever"):
+        run_pipeline_on_ray(recipe, Workdir(tmp_path / "gpu", workdir.data), "local", print, gpus=0.5)
+    assert not (tmp_path / "gpu" / "modules").exists()
+
+
+def test_search_space_errors():
+    assert parse_expression("uniform(0, 0.9)", "x").lower == 0.0
+    with pytest.raises(ModtrainError, match=r"search.find.lr: 'normal\(0, 1\)' is not a search expression"):
+        parse_expression("normal(0, 1)", "search.find.lr")
+    recipe = Recipe.load("nmn-typed", ["search.find.depth='randint(1, 3)'"])
+    with pytest.raises(ModtrainError, match="unknown key search.find.depth; valid: .*search.find.lr"):
+        search_space(recipe, "find")
+    bare = Recipe.load("e2e")
+    with pytest.raises(ModtrainError, match=r"recipe e2e has no \[search.find\] table"):
+        search_space(bare, "find")
+    with pytest.raises(ModtrainError, match="is relative"):
+        absolute("runs/tune")
+
+
+@pytest.mark.parametrize("module", ["encoder", "find", "describe", "measure"])
+def test_four_trial_search_per_module(ray_local, tiny_run, tmp_path, module):
+    recipe, _, _, _ = tiny_run
+    shared = _shared(tiny_run, tmp_path)
+    recipe = Recipe.load(str(shared.root / "recipe.toml"), FAST + [f"search.{module}.batch_size='lograndint(32, 256)'",
+                                                               f"search.{module}.lr='loguniform(1e-3, 3e-2)'"])
+    summary = tune_module(recipe, shared, module, 4, say=lambda m: None)
+    assert len(summary["trials"]) == 4 and all(t["status"] == "done" for t in summary["trials"])
+    out = shared.root / "tune" / module
+    assert (out / "best.toml").exists() and (out / "trials.json").exists()
+    best = load_card(out / "best", module)
+    assert best["metrics"]["val_accuracy"] == pytest.approx(summary["best"]["best_score"])
+    # the best configuration retrains to the same accuracy (same recipe, seed, data and threads)
+    retrain = Workdir(tmp_path / "retrain", shared.data)
+    best_recipe = Recipe.load(str(out / "recipe.toml"))
+    for producer in {"find": ["encoder"], "describe": ["find", "encoder"], "measure": ["find", "encoder"]}.get(module, []):
+        shutil.copytree(shared.caches / producer, retrain.caches / producer)
+        for suffix in (".pt", ".json"):
+            retrain.modules.mkdir(parents=True, exist_ok=True)
+            shutil.copy(shared.modules / f"{producer}{suffix}", retrain.modules / f"{producer}{suffix}")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as in the trial
+    try:
+        card = train_module(retrain, best_recipe, module, torch.device("cpu"))
+    finally:
+        torch.set_num_threads(threads)
+    assert card["metrics"]["val_accuracy"] == pytest.approx(best["metrics"]["val_accuracy"])
+    assert card["weights_sha256"] == best["weights_sha256"]
+
+
+def test_interrupted_search_resumes(ray_local, tiny_run, tmp_path):
+    shared = _shared(tiny_run, tmp_path)
+    recipe = Recipe.load(str(shared.root / "recipe.toml"), FAST)
+    first = tune_module(recipe, shared, "describe", 4, cpus_per_trial=2, stop_after=2, say=lambda m: None)
+    done_first = {t["path"] for t in first["trials"] if t["status"] == "done" and t["epochs"] == 3}
+    assert len(done_first) == 2
+    stamps = {p: (p / "progress.csv").stat().st_mtime_ns for p in map(__import__("pathlib").Path, done_first)}
+    messages = []
+    second = tune_module(recipe, shared, "describe", 4, cpus_per_trial=2, say=messages.append)
+    assert any("resuming" in m for m in messages)
+    assert sum(t["status"] == "done" and t["epochs"] == 3 for t in second["trials"]) == 4
+    assert {p: (p / "progress.csv").stat().st_mtime_ns for p in stamps} == stamps  # not run again
+    with pytest.raises(ModtrainError, match="other settings"):
+        tune_module(recipe, shared, "describe", 5, say=lambda m: None)
+
+
+def test_hpo_report(ray_local, tiny_run, tmp_path):
+    shared = _shared(tiny_run, tmp_path)
+    recipe = Recipe.load(str(shared.root / "recipe.toml"), FAST)
+    for module in ("describe", "measure", "e2e"):
+        tune_module(recipe, shared, module, 2, say=lambda m: None)
+    report = hpo_report(shared.root)
+    assert set(report["modules"]) == {"describe", "measure", "e2e"}
+    assert all(len(r["scores"]) == 2 for r in report["modules"].values())
+    assert report["e2e_trial_seconds"] > 0 and report["modular_trial_seconds"] > 0
+    for name in ("hpo_accuracy.png", "hpo_time.png"):
+        assert (shared.reports / name).stat().st_size > 1000
+    assert json.loads((shared.reports / "hpo.json").read_text())["modules"]["measure"]["trials"] == 2
