@@ -2,7 +2,7 @@
 transplanted, on the default procedural dataset, 2 CPU cores (target: ≤ 30 minutes,
 Pearson r ≥ 0.9 between surrogate loss and final loss).
 
-    python bench/bench_correlation.py --out bench/results/correlation.json
+    python bench/bench_correlation.py --address local --out bench/results/correlation.json
 """
 from __future__ import annotations
 
@@ -25,13 +25,14 @@ def main() -> None:
     parser.add_argument("--workdir", default="runs/bench-correlation")
     parser.add_argument("--modules", type=int, default=40)
     parser.add_argument("--select", type=int, default=20)
+    parser.add_argument("--address", default=None, help="run the N + K trainings as Ray jobs (e.g. local)")
     args = parser.parse_args()
     start = time.perf_counter()
     report = run_correlation(args.workdir, "nmn-typed", args.modules, args.select, torch.device("cpu"),
-                             say=lambda m: print(m, file=sys.stderr))
+                             say=lambda m: print(m, file=sys.stderr), address=args.address)
     seconds = time.perf_counter() - start
     write_result(args.out, {
-        "benchmark": "correlation", "modules": args.modules, "select": args.select,
+        "benchmark": "correlation", "modules": args.modules, "select": args.select, "address": args.address,
         "wall_seconds": round(seconds, 1),
         "kept_under_threshold": sum(not c["discarded"] for c in report["candidates"]),
         "loss": report["loss"], "accuracy": report["accuracy"],

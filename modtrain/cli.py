@@ -303,16 +303,15 @@ def compare(seeds, workdir, data_dir, overrides, device):
 @click.option("--gpus-per-trial", type=float, default=None, help="[default: 1 where the cluster has GPUs, else 0]")
 @click.option("--retries", default=1, show_default=True, help="Retries of a crashed trial.")
 @click.option("--fresh", is_flag=True, help="Discard an earlier search of this module instead of resuming it.")
-@click.option("--stop-after", type=int, default=None, help="End this run after N more finished trials; rerun to go on.")
 @recipe_options
 def tune(module, samples, scheduler, search, address, storage, cpus_per_trial, gpus_per_trial, retries, fresh,
-         stop_after, recipe, workdir, overrides, device):
+         recipe, workdir, overrides, device):
     """Search MODULE's hyperparameters on Ray Tune (or 'e2e' for the whole network)."""
     from modtrain.tune import tune_module
 
     loaded, wd, _ = _context(recipe, workdir, overrides, device)
     summary = tune_module(loaded, wd, module, samples, scheduler, search, address, storage, cpus_per_trial,
-                          gpus_per_trial, retries, fresh, stop_after, say=lambda text: click.echo(text, err=True))
+                          gpus_per_trial, retries, fresh, say=lambda text: click.echo(text, err=True))
     best = summary["best"]
     done = sum(t["status"] == "done" for t in summary["trials"])
     click.echo(f"{module}: {done} of {len(summary['trials'])} trials finished in {summary['search_seconds']:.0f}s; "

@@ -48,9 +48,9 @@ def gpus_per_job(requested: float | None) -> float:
     if requested is None:
         return 1.0 if available >= 1 else 0.0
     if requested < 0:
-        raise ModtrainError(f"--gpus-per-job {requested}: must be 0 or more")
+        raise ModtrainError(f"--gpus-per-job {requested:g}: must be 0 or more")
     if requested > 0 and available < requested:
-        raise ModtrainError(f"--gpus-per-job {requested}: the Ray cluster has {available:g} GPU(s); Ray would wait "
+        raise ModtrainError(f"--gpus-per-job {requested:g}: the Ray cluster has {available:g} GPU(s); Ray would wait "
                             f"forever. Use --gpus-per-job 0 to train on CPUs")
     return requested
 

@@ -65,6 +65,19 @@ def is_up_to_date(recipe: Recipe, name: str, data: PreparedData, workdir: Workdi
     return cards_match(workdir.modules, [name], job_key(recipe, name, data, workdir))
 
 
+@contextlib.contextmanager
+def _deterministic():
+    """Deterministic kernels while a job trains. Without them the CPU backward of gathers
+    (index_put with accumulation) varied in the last bits between processes, so the same job
+    gave other weights in a Ray worker than in a long-running process."""
+    enabled, warn_only = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(enabled, warn_only=warn_only)
+
+
 class ModuleJob:
     """Trains one module. Subclasses set up data and model and say what a batch computes."""
 
@@ -130,14 +143,15 @@ class ModuleJob:
     # -- the loop ----------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
         """Train, keep the best epoch, write ``modules/NAME.pt`` and its card; return the card."""
-        torch.manual_seed(self.seed)
-        self._setup_data()
-        if len(self.train_rows) == 0 or len(self.val_rows) == 0:
-            raise ModtrainError(f"{self.name}: no labelled training or validation questions for this module")
-        self._setup_model()
-        self.model.to(self.device)
-        self._setup_optimizer()
-        return self._fit()
+        with _deterministic():
+            torch.manual_seed(self.seed)
+            self._setup_data()
+            if len(self.train_rows) == 0 or len(self.val_rows) == 0:
+                raise ModtrainError(f"{self.name}: no labelled training or validation questions for this module")
+            self._setup_model()
+            self.model.to(self.device)
+            self._setup_optimizer()
+            return self._fit()
 
     def _autocast(self):
         if self.device.type == "cuda" and self.config["amp"]:

@@ -112,7 +112,9 @@ def _trial(config: dict, *, recipe_raw: dict, recipe_where: str, module: str, ro
     base = Recipe(recipe_raw, recipe_where)
     recipe = Recipe.load(_write_recipe(base), config_overrides(base, module, config))
     shared = Workdir(Path(root), Path(data))
-    trial = Workdir(Path(tune.get_context().get_trial_dir()) / "run", Path(data))
+    # the trial's own folder on the shared storage, outside the folder Ray syncs (it would copy
+    # half-written files): WORKDIR/tune/MODULE/trials/TRIAL_ID
+    trial = Workdir(shared.root / "tune" / module / "trials" / tune.get_context().get_trial_id(), Path(data))
     producers = [] if module == E2E else make_plan(recipe).module(module).consumes
     _link_producers(shared, trial, producers)
     job = (EndToEndJob if module == E2E else JOBS[module])(trial, recipe, torch.device(device))
@@ -143,9 +145,9 @@ def _write_recipe(recipe: Recipe) -> Path:
 def tune_module(recipe: Recipe, workdir: Workdir, module: str, samples: int, scheduler: str = "fifo",
                 search: str = "random", address: str = "local", storage: str | Path | None = None,
                 cpus_per_trial: int = 1, gpus_per_trial: float | None = None, retries: int = 1,
-                fresh: bool = False, stop_after: int | None = None, say=print) -> dict[str, Any]:
-    """Run (or resume) the search for one module; returns its summary. ``stop_after`` ends this
-    call once that many more trials have finished (a rerun continues the search)."""
+                fresh: bool = False, callbacks: list | None = None, say=print) -> dict[str, Any]:
+    """Run (or resume) the search for one module; returns its summary. ``callbacks`` are extra
+    Ray Tune callbacks (logging, notifications) for a new search."""
     from ray import tune
 
     from modtrain.cache import cache_status
@@ -159,7 +161,7 @@ def tune_module(recipe: Recipe, workdir: Workdir, module: str, samples: int, sch
         raise ModtrainError(f"recipe {recipe.name} has no module {module!r}; its modules: "
                             f"{', '.join(recipe.modules)} (or {E2E} for the end-to-end network)")
     space = search_space(recipe, module)
-    storage = absolute(storage) if storage is not None else (workdir.root.resolve() / "tune")
+    storage = absolute(storage) if storage is not None else (workdir.root.resolve() / "tune" / "ray")
     workdir = Workdir(workdir.root.resolve(), workdir.data.resolve())
     data = PreparedData(workdir.data)
     if module != E2E:  # its producers' caches must exist and be fresh in the shared workdir
@@ -187,8 +189,6 @@ def tune_module(recipe: Recipe, workdir: Workdir, module: str, samples: int, sch
             raise ModtrainError(f"{experiment} holds a search with other settings ({saved}); pass --fresh to "
                                 f"start over")
         say(f"resuming the search in {experiment}")
-        if stop_after is not None:  # Tuner.restore takes no new stopping rule
-            raise ModtrainError("--stop-after applies to a new search; a resumed search runs to its end")
         tuner = tune.Tuner.restore(str(experiment), trainable, resume_errored=True)
     else:
         write_json(out / "settings.json", settings)
@@ -198,37 +198,10 @@ def tune_module(recipe: Recipe, workdir: Workdir, module: str, samples: int, sch
             run_config=tune.RunConfig(name=module, storage_path=str(storage), verbose=0,
                                       failure_config=tune.FailureConfig(max_failures=retries),
                                       checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-                                      **_stop_kwargs(stop_after)))
+                                      callbacks=callbacks))
     results = tuner.fit()
     seconds = time.perf_counter() - start
     return _summarize(results, recipe, workdir, module, out, seconds, settings)
-
-
-def _stop_after(count: int):
-    """A (stopper, callbacks) pair that ends the search after ``count`` trials finish."""
-    from ray import tune
-
-    finished = []
-
-    class Finished(tune.Callback):
-        def on_trial_complete(self, iteration, trials, trial, **info):
-            finished.append(trial.trial_id)
-
-    class AfterCount(tune.Stopper):
-        def __call__(self, trial_id, result):
-            return False
-
-        def stop_all(self):
-            return len(finished) >= count
-
-    return AfterCount(), [Finished()]
-
-
-def _stop_kwargs(count: int | None) -> dict:
-    if count is None:
-        return {}
-    stopper, callbacks = _stop_after(count)
-    return {"stop": stopper, "callbacks": callbacks}
 
 
 def _scheduler(name: str, recipe: Recipe, module: str):
@@ -261,11 +234,13 @@ def _summarize(results, recipe: Recipe, workdir: Workdir, module: str, out: Path
         frame = result.metrics_dataframe
         best = float(frame["score"].max()) if frame is not None and "score" in frame else None
         metrics = result.metrics or {}
-        trials.append({"config": result.config, "status": "error" if result.error else "done",
+        trials.append({"trial_id": metrics.get("trial_id"), "config": result.config,
+                       "status": "error" if result.error else "done",
                        "error": str(result.error).splitlines()[0] if result.error else None,
                        "epochs": int(metrics.get("training_iteration", 0)), "best_score": best,
                        "val_accuracy": metrics.get("val_accuracy"), "val_variance": metrics.get("val_variance"),
-                       "seconds": float(metrics.get("time_total_s", 0.0)), "path": str(result.path)})
+                       "seconds": float(metrics.get("time_total_s", 0.0)),
+                       "path": str(out / "trials" / str(metrics.get("trial_id")))})
     finished = [t for t in trials if t["best_score"] is not None]
     if not finished:
         raise ModtrainError(f"every trial of the {module} search failed; first error: {trials[0]['error']}")
@@ -278,7 +253,7 @@ def _summarize(results, recipe: Recipe, workdir: Workdir, module: str, out: Path
     best_recipe.write(out)  # out/recipe.toml: the whole recipe with the best configuration
     card = None
     for name in ([*recipe.modules] if module == E2E else [module]):
-        source = Path(best["path"]) / "run" / "modules"
+        source = Path(best["path"]) / "modules"
         if (source / f"{name}.json").exists():
             (out / "best").mkdir(parents=True, exist_ok=True)
             for suffix in (".pt", ".json"):
