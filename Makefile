@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO_DIR ?= runs/demo
 
-.PHONY: install test demo bench clean
+.PHONY: install test demo bench bench-long clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -31,5 +31,11 @@ bench: $(STAMP)
 	$(BIN)/python bench/bench_data.py --out bench/results/data.json
 	$(BIN)/python bench/bench_modular.py --out bench/results/modular.json
 
+# The method's experiments (about an hour on 2 CPU cores): Table 2, Fig. 8, per-module search.
+bench-long: $(STAMP)
+	$(BIN)/python bench/bench_compare.py --out bench/results/compare.json
+	$(BIN)/python bench/bench_correlation.py --address local --out bench/results/correlation.json
+	$(BIN)/python bench/bench_tune.py --out bench/results/tune.json
+
 clean:
-	rm -rf $(VENV) runs bench/results
+	rm -rf $(VENV) runs

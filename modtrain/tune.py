@@ -182,6 +182,9 @@ def tune_module(recipe: Recipe, workdir: Workdir, module: str, samples: int, sch
                              root=str(workdir.root), data=str(workdir.data), threads=cpus_per_trial,
                              device="cuda" if gpus else "cpu"),
         {"cpu": cpus_per_trial, "gpu": gpus})
+    # Tune snapshots its state whenever a trial replaces its kept checkpoint (num_to_keep=1) so a
+    # resumed search never points at a deleted one; with epochs of seconds it warns every time.
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     start = time.perf_counter()
     if tune.Tuner.can_restore(str(experiment)):
         saved = read_json(out / "settings.json") if (out / "settings.json").exists() else None
@@ -194,7 +197,7 @@ def tune_module(recipe: Recipe, workdir: Workdir, module: str, samples: int, sch
         write_json(out / "settings.json", settings)
         tuner = tune.Tuner(trainable, param_space=space, tune_config=tune.TuneConfig(
             metric="score", mode="max", num_samples=samples, scheduler=_scheduler(scheduler, recipe, module),
-            search_alg=_searcher(search)),
+            search_alg=_searcher(search, recipe.seed)),
             run_config=tune.RunConfig(name=module, storage_path=str(storage), verbose=0,
                                       failure_config=tune.FailureConfig(max_failures=retries),
                                       checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
@@ -215,15 +218,19 @@ def _scheduler(name: str, recipe: Recipe, module: str):
     raise ModtrainError(f"unknown scheduler {name!r}; valid: fifo, asha")
 
 
-def _searcher(name: str):
+def _searcher(name: str, seed: int):
+    """The search algorithm, seeded by the recipe's seed: the same command draws the same
+    configurations (so FIFO and ASHA can be compared on the same trials)."""
     if name == "random":
-        return None
+        from ray.tune.search import BasicVariantGenerator
+
+        return BasicVariantGenerator(random_state=seed)
     if name == "optuna":
         try:
             from ray.tune.search.optuna import OptunaSearch
         except ImportError:
             raise ModtrainError("--search optuna needs optuna: pip install 'modtrain[optuna]'") from None
-        return OptunaSearch()
+        return OptunaSearch(seed=seed)
     raise ModtrainError(f"unknown search {name!r}; valid: random, optuna")
 
 

@@ -138,8 +138,13 @@ def test_interrupted_search_resumes(ray_local, tiny_run, tmp_path):
 def test_hpo_report(ray_local, tiny_run, tmp_path):
     shared = _shared(tiny_run, tmp_path)
     recipe = Recipe.load(str(shared.root / "recipe.toml"), FAST)
+    drawn = {}
     for module in ("describe", "measure", "e2e"):
-        tune_module(recipe, shared, module, 2, say=lambda m: None)
+        drawn[module] = [t["config"] for t in tune_module(recipe, shared, module, 2, say=lambda m: None)["trials"]]
+    # the draws come from the recipe's seed: the same search again draws the same configurations
+    again = tune_module(recipe, shared, "describe", 2, fresh=True, say=lambda m: None)
+    assert sorted(map(str, (t["config"] for t in again["trials"]))) == sorted(map(str, drawn["describe"]))
+    assert drawn["describe"][0] != drawn["describe"][1]
     report = hpo_report(shared.root)
     assert set(report["modules"]) == {"describe", "measure", "e2e"}
     assert all(len(r["scores"]) == 2 for r in report["modules"].values())
