@@ -7,6 +7,7 @@ Pearson r ≥ 0.9 between surrogate loss and final loss).
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -39,6 +40,9 @@ def main() -> None:
         "targets": {"wall time <= 30 minutes": seconds <= 1800,
                     "Pearson r >= 0.9 (surrogate vs final loss)": report["loss"]["pearson_r"] >= 0.9},
     })
+    # The figures and every point, next to the JSON (the workdir is not kept).
+    for name in ("correlation_loss.png", "correlation_variance.png", "correlation.csv"):
+        shutil.copy(Path(args.workdir) / "reports" / name, Path(args.out).parent / name)
 
 
 if __name__ == "__main__":
