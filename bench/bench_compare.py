@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import write_result  # noqa: E402
+from common import keep_reports, write_result  # noqa: E402
 
 from modtrain.reports.compare import run_compare
 
@@ -50,6 +50,7 @@ def main() -> None:
     }
     write_result(args.out, {"benchmark": "compare", "images": args.images, "seeds": args.seeds,
                             "wall_seconds": round(seconds, 1), "targets": targets, "summary": summary})
+    keep_reports(args.workdir, args.out, ("compare.md", "compare_time.png"))
 
 
 if __name__ == "__main__":

@@ -7,7 +7,6 @@ Pearson r ≥ 0.9 between surrogate loss and final loss).
 from __future__ import annotations
 
 import argparse
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -15,7 +14,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import write_result  # noqa: E402
+from common import keep_reports, write_result  # noqa: E402
 
 from modtrain.reports.correlation import run_correlation
 
@@ -40,9 +39,7 @@ def main() -> None:
         "targets": {"wall time <= 30 minutes": seconds <= 1800,
                     "Pearson r >= 0.9 (surrogate vs final loss)": report["loss"]["pearson_r"] >= 0.9},
     })
-    # The figures and every point, next to the JSON (the workdir is not kept).
-    for name in ("correlation_loss.png", "correlation_variance.png", "correlation.csv"):
-        shutil.copy(Path(args.workdir) / "reports" / name, Path(args.out).parent / name)
+    keep_reports(args.workdir, args.out, ("correlation_loss.png", "correlation_variance.png", "correlation.csv"))
 
 
 if __name__ == "__main__":

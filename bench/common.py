@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import shutil
 from pathlib import Path
 
 import torch
@@ -28,3 +29,10 @@ def write_result(path: str | Path, result: dict) -> None:
     result = {"machine": machine(), **result}
     path.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
+
+
+def keep_reports(workdir: str | Path, out: str | Path, names: tuple[str, ...]) -> None:
+    """Copy a report's figures and tables from ``workdir/reports`` next to the JSON ``out``
+    (benchmark workdirs are scratch; bench/results is what is kept)."""
+    for name in names:
+        shutil.copy(Path(workdir) / "reports" / name, Path(out).parent / name)
