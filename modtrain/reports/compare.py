@@ -34,7 +34,8 @@ VERSIONS = (
 MODULE_JOBS = ("train encoder", "train find", "cache encoder", "cache find", "train describe", "train measure")
 
 
-def _slug(label: str) -> str:
+def slug(label: str) -> str:
+    """A version's folder under the compare workdir: 'modular + data types' → modular-data-types."""
     return label.replace(" + ", "-").replace(" ", "-")
 
 
@@ -74,7 +75,7 @@ def run_compare(root: str | Path, seeds: int, device: torch.device, overrides: l
     for label, recipe_name, how in VERSIONS:
         for seed in range(seeds):
             recipe = Recipe.load(recipe_name, [*overrides, f"seed={seed}", f"data.source='{source}'"])
-            workdir = Workdir.for_recipe(recipe, root / _slug(label) / f"seed{seed}")
+            workdir = Workdir.for_recipe(recipe, root / slug(label) / f"seed{seed}")
             _check_same_data(workdir, data)
             say(f"== {label}, seed {seed} ({workdir.root})")
             run = run_end_to_end if how == "end-to-end" else run_pipeline
