@@ -208,7 +208,11 @@ def test_nan_loss_stops_naming_epoch_and_batch(tiny_run, tmp_path, monkeypatch):
 
 def test_original_recipe_runs_on_the_same_data(tiny_run, tiny_overrides, tmp_path):
     _, typed_workdir, typed_report, _ = tiny_run
-    recipe = Recipe.load("nmn-original", [*tiny_overrides, f"data.source='{typed_workdir.data}'"])
+    # The gradient find (ReLU heatmaps, no prior) learns slower than the typed one: on 250
+    # images its shipped batch of 256 gives it too few steps to rise above the prior (it tied
+    # the encoder at 45.0%). Batches of 64 and up to 40 epochs put it at 51.5% (one run).
+    recipe = Recipe.load("nmn-original", [*tiny_overrides, "modules.find.batch_size=64", "train.max_epochs=40",
+                                          f"data.source='{typed_workdir.data}'"])
     workdir = Workdir.for_recipe(recipe, tmp_path / "original")
     assert workdir.data == typed_workdir.data
     messages = []
