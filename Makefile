@@ -31,7 +31,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/bench_data.py --out bench/results/data.json
 	$(BIN)/python bench/bench_modular.py --out bench/results/modular.json
 
-# The method's experiments (about 40 minutes on 2 CPU cores): Table 2, Fig. 8, per-module search.
+# The method's experiments (about 30 minutes on 2 CPU cores): Table 2, Fig. 8, per-module search.
 bench-long: $(STAMP)
 	$(BIN)/python bench/bench_compare.py --out bench/results/compare.json
 	$(BIN)/python bench/bench_correlation.py --address local --out bench/results/correlation.json

@@ -6,7 +6,6 @@ three versions × 3 seeds on one procedural dataset, with the targets checked.
 from __future__ import annotations
 
 import argparse
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -16,7 +15,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from common import keep_reports, write_result  # noqa: E402
 
-from modtrain.reports.compare import VERSIONS, slug, run_compare
+from modtrain.reports.compare import run_compare
 
 
 def main() -> None:
@@ -27,14 +26,11 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--reuse", action="store_true", help="keep up-to-date trained runs (default: train afresh)")
     args = parser.parse_args()
-    if not args.reuse:  # the data folder is kept; every version and seed trains again
-        for label, _, _ in VERSIONS:
-            shutil.rmtree(Path(args.workdir) / slug(label), ignore_errors=True)
     overrides = [f"data.images={args.images}", f"data.val_images={args.images // 5}",
                  f"data.test_images={args.images // 5}"]
     start = time.perf_counter()
     summary = run_compare(args.workdir, args.seeds, torch.device("cpu"), overrides,
-                          say=lambda m: print(m, file=sys.stderr))
+                          say=lambda m: print(m, file=sys.stderr), fresh=not args.reuse)
     seconds = time.perf_counter() - start
     versions = summary["versions"]
     e2e = versions["end-to-end"]["accuracy"]["mean"]

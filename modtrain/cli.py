@@ -278,7 +278,8 @@ def report() -> None:
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="Override a key of every version's recipe, e.g. --set train.max_epochs=10.")
 @click.option("--device", default="auto", show_default=True)
-def compare(seeds, workdir, data_dir, overrides, device):
+@click.option("--fresh", is_flag=True, help="Train every version and seed again instead of reusing trained runs.")
+def compare(seeds, workdir, data_dir, overrides, device, fresh):
     """Modular vs end-to-end: accuracy (Table 2), training time (Fig. 10), retraining cost."""
     from pathlib import Path
 
@@ -286,7 +287,7 @@ def compare(seeds, workdir, data_dir, overrides, device):
     from modtrain.reports.compare import format_markdown, run_compare
 
     summary = run_compare(workdir, seeds, resolve_device(device), list(overrides), data_dir,
-                          say=lambda text: click.echo(text, err=True))
+                          say=lambda text: click.echo(text, err=True), fresh=fresh)
     click.echo(format_markdown(summary))
     reports = Path(workdir) / "reports"
     click.echo(f"wrote {reports / 'compare.json'}, {reports / 'compare.md'}, {reports / 'compare_time.png'}")

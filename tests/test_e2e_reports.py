@@ -88,6 +88,20 @@ def test_compare_refuses_runs_on_other_data(compared, tiny_run):
         run_compare(root, 2, CPU, FAST, data_dir=typed.data, say=lambda m: None)
 
 
+def test_compare_fresh_retrains_instead_of_reusing(compared, tiny_run):
+    root, _ = compared
+    _, typed, _, _ = tiny_run
+    card_path = root / "modular" / "seed0" / "modules" / "measure.json"
+    card = json.loads(card_path.read_text())
+    card["data_fingerprint"] = "f" * 64  # a run a plain rerun refuses (the test above)
+    card_path.write_text(json.dumps(card))
+    before = (root / "modular" / "seed0" / "modules" / "measure.pt").stat().st_mtime_ns
+    summary = run_compare(root, 1, CPU, FAST, data_dir=typed.data, say=lambda m: None, fresh=True)
+    assert summary["versions"]["modular"]["seeds"] == [0]
+    assert json.loads(card_path.read_text())["data_fingerprint"] == summary["dataset"]["data_fingerprint"]
+    assert (root / "modular" / "seed0" / "modules" / "measure.pt").stat().st_mtime_ns != before
+
+
 def test_explain_writes_one_png_per_question(tiny_run):
     recipe, workdir, _, _ = tiny_run
     paths = explain(workdir, recipe, CPU, [0, 3, 7], "val")

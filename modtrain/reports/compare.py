@@ -2,7 +2,8 @@
 
 Three versions of the same NMN — end-to-end (gradient), modular (gradient, §5.4) and
 modular + data types (§5.5) — each trained with ``--seeds N`` seeds in its own workdir
-under the compare folder, sharing one data folder. Runs already trained there are reused.
+under the compare folder, sharing one data folder. Runs already trained there are reused
+(``fresh`` retrains them).
 Reports accuracy (mean ± std over seeds, overall and per question type), training wall
 time per module against the end-to-end training (stacked bars, Fig. 10), and what
 retraining one module after a change costs as a fraction of an end-to-end training.
@@ -10,6 +11,7 @@ retraining one module after a change costs as a fraction of an end-to-end traini
 from __future__ import annotations
 
 import math
+import shutil
 import statistics
 from pathlib import Path
 from typing import Callable
@@ -34,8 +36,7 @@ VERSIONS = (
 MODULE_JOBS = ("train encoder", "train find", "cache encoder", "cache find", "train describe", "train measure")
 
 
-def slug(label: str) -> str:
-    """A version's folder under the compare workdir: 'modular + data types' → modular-data-types."""
+def _slug(label: str) -> str:
     return label.replace(" + ", "-").replace(" ", "-")
 
 
@@ -60,8 +61,9 @@ def _mean_std(values: list[float]) -> dict[str, float]:
 
 
 def run_compare(root: str | Path, seeds: int, device: torch.device, overrides: list[str] = (),
-                data_dir: str | Path | None = None, say: Callable[[str], None] = print) -> dict:
-    """Train (or reuse) every version × seed and write ``reports/compare.{json,md}`` and the plot."""
+                data_dir: str | Path | None = None, say: Callable[[str], None] = print, fresh: bool = False) -> dict:
+    """Train (or reuse, unless ``fresh``) every version × seed and write ``reports/compare.{json,md}``
+    and the plot. The data folder is reused either way."""
     if seeds < 1:
         raise ModtrainError(f"--seeds {seeds}: need at least one seed")
     root = Path(root)
@@ -75,7 +77,10 @@ def run_compare(root: str | Path, seeds: int, device: torch.device, overrides: l
     for label, recipe_name, how in VERSIONS:
         for seed in range(seeds):
             recipe = Recipe.load(recipe_name, [*overrides, f"seed={seed}", f"data.source='{source}'"])
-            workdir = Workdir.for_recipe(recipe, root / slug(label) / f"seed{seed}")
+            folder = root / _slug(label) / f"seed{seed}"
+            if fresh:
+                shutil.rmtree(folder, ignore_errors=True)
+            workdir = Workdir.for_recipe(recipe, folder)
             _check_same_data(workdir, data)
             say(f"== {label}, seed {seed} ({workdir.root})")
             run = run_end_to_end if how == "end-to-end" else run_pipeline
