@@ -29,6 +29,7 @@ from modtrain.assemble import assemble, load_assembly
 from modtrain.cache import write_caches
 from modtrain.data import PreparedData
 from modtrain.pipeline import run_pipeline
+from modtrain.plan import make_plan
 from modtrain.recipe import Recipe
 from modtrain.workdir import Workdir
 
@@ -69,12 +70,13 @@ def main() -> None:
                           "val_accuracy": round(card["metrics"]["val_accuracy"], 4)}
         if "surrogate" in card:
             training[name]["surrogate"] = {k: card["surrogate"][k] for k in
-                                           ("parameters", "describe_measure_parameters", "predictive_variance", "trustworthy")}
+                                           ("parameters", "root_parameters", "predictive_variance", "trustworthy")}
 
     caches = {}
-    for producer in ("encoder", "find"):
+    plan = make_plan(recipe)
+    for producer in sorted({p for m in plan.modules for p in m.reads}):
         t = time.perf_counter()
-        write_caches(workdir, producer, data, device)
+        write_caches(workdir, plan, producer, data, device)
         caches[producer] = {"seconds": round(time.perf_counter() - t, 2),
                             "questions": sum(len(data.split(s)) for s in data.splits())}
 

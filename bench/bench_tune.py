@@ -16,6 +16,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from common import write_result  # noqa: E402
 
 from modtrain.cache import write_caches
+from modtrain.plan import make_plan
 from modtrain.pipeline import ensure_data
 from modtrain.recipe import Recipe
 from modtrain.train import is_up_to_date, train_module
@@ -38,7 +39,7 @@ def main() -> None:
     data = ensure_data(recipe, workdir, cpu, lambda m: print(m, file=sys.stderr))
     if not is_up_to_date(recipe, "encoder", data, workdir):  # find's surrogate reads the prior (§5.5)
         train_module(workdir, recipe, "encoder", cpu, data)
-    write_caches(workdir, "encoder", data, cpu)
+    write_caches(workdir, make_plan(recipe), "encoder", data, cpu)
     runs = {}
     for scheduler in ("fifo", "asha"):
         start = time.perf_counter()

@@ -1,14 +1,15 @@
 """CLEVR programs to NMN layouts, by the mapping in DESIGN.md.
 
-``filter_X[v]`` → ``find[v]`` ANDed with its input; ``scene`` → the all-ones attention
-(``scene``); ``intersect`` → ``and``; ``union`` → ``or``; ``unique`` → nothing (attention
+``filter_X[v]`` → ``find[v]`` ANDed with its input; ``scene`` → ``find[*all*]``, a learned
+find instance that attends to the objects (the reference code's mapping: an all-ones map
+carries no count, so ``count(scene)`` could not be answered from it); ``intersect`` → ``and``; ``union`` → ``or``; ``unique`` → nothing (attention
 passes through); ``query_X`` → ``describe[X]``; ``exist``/``count`` → ``measure[...]``;
 ``relate[r]`` → ``relate[r]``; ``same_X`` → ``relate[same_X]``; ``equal_*``,
 ``less_than``, ``greater_than`` → ``compare[op]``.
 
-ANDing with the all-ones ``scene`` is the identity in both interfaces (min(m, 1) = m for a
-mask in (0, 1); h · 1 = h for a heatmap), so it is left out: ``filter_color[red](scene)``
-becomes ``find[red]``.
+ANDing with the whole scene adds nothing — every object is in it — so it is left out:
+``filter_color[red](scene)`` becomes ``find[red]``, and ``scene`` stays only where it is the
+whole input (``count(scene)`` → ``measure[count](find[*all*])``).
 """
 from __future__ import annotations
 
@@ -17,7 +18,8 @@ from modtrain.layout import Layout
 
 from modtrain.datasets.clevr import ProgramNode
 
-SCENE = Layout("scene")
+SCENE_INSTANCE = "*all*"
+SCENE = Layout("find", SCENE_INSTANCE)
 
 
 def _and(a: Layout, b: Layout) -> Layout:

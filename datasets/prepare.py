@@ -25,7 +25,8 @@ from modtrain.datasets.features import features_path, validate_features
 from modtrain.datasets.layouts import program_to_layout
 
 log = logging.getLogger(__name__)
-SCHEMA_VERSION = 1
+# 2: CLEVR's scene becomes the learned find[*all*] in layouts (1: a constant all-ones map)
+SCHEMA_VERSION = 2
 SPECIAL_TOKENS = ("<NULL>", "<UNK>")
 PAD, UNK = 0, 1
 UNK_ANSWER = "<UNK>"

@@ -3,8 +3,9 @@
 Loads every module from its card, type-checks each layout before computing anything,
 runs the questions batched by layout shape, combines the root's answer with the encoder's
 prior as the interface says, and reports accuracy overall, per question type and per
-program depth, next to the encoder alone. Predictions are written for every question,
-those without answers included.
+program depth, next to the encoder alone. A question whose layout needs a module or an
+instance that was not trained is answered by the encoder alone and counted as skipped, per
+reason. Predictions are written for every question, those without answers included.
 """
 from __future__ import annotations
 
@@ -14,14 +15,16 @@ from typing import Any
 import numpy as np
 import torch
 
+from modtrain.cache import attention_mode
 from modtrain.card import load_module
 from modtrain.data import PreparedData
 from modtrain.errors import ModtrainError
 from modtrain.execute import Executor
 from modtrain.io import write_json
+from modtrain.layout import Layout
 from modtrain.progress import progress
 from modtrain.recipe import Recipe
-from modtrain.types import AnswerLogits, TypeCheckError, get_interface
+from modtrain.types import AnswerLogits, Prior, TypeCheckError, get_interface
 from modtrain.workdir import Workdir
 
 log = logging.getLogger(__name__)
@@ -37,11 +40,24 @@ def load_assembly(workdir: Workdir, recipe: Recipe, device: torch.device):
             raise ModtrainError(f"{workdir.modules / (name + '.json')} was trained in the {card['interface']} "
                                 f"interface, but recipe {recipe.name} uses {interface.name}; retrain it")
         modules[name], cards[name] = module, card
-    encoder = modules.pop("encoder", None)
-    if encoder is None:
-        raise ModtrainError(f"recipe {recipe.name} has no encoder; the assembler combines layouts with its prior")
-    mode = cards["find"]["hyperparameters"]["attention"] if "find" in cards else "weighted"
+    priors = [name for name, card in cards.items() if card["signature"]["output"] == Prior.name]
+    if not priors:
+        raise ModtrainError(f"recipe {recipe.name} has no module that gives a prior (an encoder); the assembler "
+                            f"combines layouts with its prior")
+    encoder = modules.pop(priors[0])
+    mode = attention_mode({n: c["hyperparameters"] for n, c in cards.items()})
     return encoder, Executor(modules, interface, mode), cards
+
+
+def skip_reason(executor: Executor, layout: Layout) -> str | None:
+    """Why a layout cannot run with these modules (a module or instance never trained), or None."""
+    for node in layout.nodes():
+        module = executor.modules.get(node.module)
+        if module is None:
+            return f"no module {node.module}"
+        if node.instance is not None and node.instance not in getattr(module, "instances", ()):
+            return f"{node.module}[{node.instance}] not trained"
+    return None
 
 
 def _accuracy(correct: np.ndarray, groups: np.ndarray | None = None, names=None) -> dict:
@@ -71,12 +87,22 @@ def assemble(workdir: Workdir, recipe: Recipe, device: torch.device, splits: lis
     for split_name in splits:
         split = data.split(split_name)
         n = len(split)
-        with_layout = split.layout >= 0
-        for layout_id in np.unique(split.layout[with_layout]):
+        runnable = np.zeros(len(data.layouts) + 1, bool)  # index −1 (no program): never
+        skipped: dict[str, int] = {}
+        for layout_id, count in zip(*np.unique(split.layout[split.layout >= 0], return_counts=True)):
             layout = data.layouts[layout_id]
+            reason = skip_reason(executor, layout)
+            if reason is not None:
+                skipped[reason] = skipped.get(reason, 0) + int(count)
+                continue
             output = executor.check(layout)
             if output is not AnswerLogits:
                 raise TypeCheckError(f"layout {layout}: its root gives {output}, not AnswerLogits")
+            runnable[layout_id] = True
+        if skipped:
+            log.warning("%s: %d questions answered by the encoder alone: %s", split_name, sum(skipped.values()),
+                        ", ".join(f"{r} ({c})" for r, c in sorted(skipped.items())))
+        with_layout = runnable[split.layout]
         # sorted by shape, so that each batch holds few large groups
         shapes = np.array([data.layouts[i].shape() if i >= 0 else "" for i in split.layout])
         order = np.argsort(shapes, kind="stable")
@@ -104,7 +130,8 @@ def assemble(workdir: Workdir, recipe: Recipe, device: torch.device, splits: lis
         prior_correct = (prior_predicted == split.answer)[labelled]
         types, depths = split.question_type[labelled], split.depth[labelled]
         report["splits"][split_name] = {
-            "questions": n, "labelled": int(labelled.sum()), "without_layout": int((~with_layout).sum()),
+            "questions": n, "labelled": int(labelled.sum()), "without_layout": int((split.layout < 0).sum()),
+            "skipped": dict(sorted(skipped.items())),
             "accuracy": _accuracy(correct)["accuracy"], "encoder_accuracy": _accuracy(prior_correct)["accuracy"],
             "by_type": _merge(_accuracy(correct, types, type_names), _accuracy(prior_correct, types, type_names)),
             "by_depth": _merge(_accuracy(correct, depths), _accuracy(prior_correct, depths)),
@@ -125,7 +152,8 @@ def format_report(report: dict[str, Any]) -> str:
     """The accuracy table: assembled NMN next to the encoder alone."""
     lines = [f"recipe {report['recipe']} ({report['interface']} interface)"]
     for split, s in report["splits"].items():
-        lines += ["", f"[{split}] {s['labelled']} labelled of {s['questions']} questions",
+        skipped = "".join(f"; skipped ({reason}): {count}" for reason, count in s.get("skipped", {}).items())
+        lines += ["", f"[{split}] {s['labelled']} labelled of {s['questions']} questions{skipped}",
                   f"  {'':<22}{'questions':>10}{'assembled':>11}{'encoder':>9}",
                   f"  {'overall':<22}{s['labelled']:>10}{s['accuracy']:>10.1%}{s['encoder_accuracy']:>9.1%}"]
         for name, row in s["by_type"].items():

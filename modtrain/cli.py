@@ -161,8 +161,13 @@ def _context(recipe, workdir, overrides, device):
 @main.command(context_settings=CONTEXT)
 @recipe_options
 def plan(recipe, workdir, overrides, device):
-    """Print the dependency table (paper Table 1) and the job graph."""
+    """Print the dependency table (paper Table 1) and the job graph.
+
+    With prepared data in the workdir, the table also says how many training questions each
+    module's job has."""
     from modtrain.card import card_path
+    from modtrain.data import PreparedData
+    from modtrain.job import training_questions
     from modtrain.plan import format_plan, make_plan
     from modtrain.recipe import load_for_workdir
     from modtrain.workdir import Workdir
@@ -170,7 +175,11 @@ def plan(recipe, workdir, overrides, device):
     loaded, root = load_for_workdir(recipe, workdir, list(overrides))
     wd = Workdir.for_recipe(loaded, root)
     trained = {m for m in loaded.modules if card_path(wd.modules, m).exists()}
-    click.echo(format_plan(make_plan(loaded, trained)))
+    plan_ = make_plan(loaded, trained)
+    questions = None
+    if (wd.data / "vocab.json").exists():
+        questions = training_questions(plan_, loaded, PreparedData(wd.data))
+    click.echo(format_plan(plan_, questions))
 
 
 @main.command(context_settings=CONTEXT)
@@ -192,8 +201,8 @@ def train(module, surrogate, recipe, workdir, overrides, device):
                f"(best epoch {m['best_epoch']} of {m['epochs']}, {card['timings']['train_seconds']:.1f}s)")
     if "surrogate" in card:
         s = card["surrogate"]
-        click.echo(f"surrogate {s['name']}: {s['parameters']} parameters (describe + measure: "
-                   f"{s['describe_measure_parameters']}), predictive variance {s['predictive_variance']:.5f}"
+        click.echo(f"surrogate {s['name']}: {s['parameters']} parameters (the root modules it stands for: "
+                   f"{s['root_parameters']}), predictive variance {s['predictive_variance']:.5f}"
                    f"{'' if s['trustworthy'] else ' — over the threshold: untrustworthy'}")
     click.echo(f"wrote {wd.modules / (module + '.json')}")
 
@@ -205,10 +214,11 @@ def cache(module, recipe, workdir, overrides, device):
     """Write MODULE's virtual dataset (caches/MODULE/{split}.h5) for every split."""
     from modtrain.cache import write_caches
     from modtrain.data import PreparedData
+    from modtrain.plan import make_plan
 
     loaded, wd, dev = _context(recipe, workdir, overrides, device)
     data = PreparedData(wd.data)
-    write_caches(wd, module, data, dev)
+    write_caches(wd, make_plan(loaded), module, data, dev)
     click.echo(f"wrote {', '.join(str(wd.cache(module, s)) for s in data.splits())}")
 
 
@@ -270,6 +280,9 @@ def report() -> None:
 
 
 @report.command(context_settings=CONTEXT)
+@click.option("--recipe", "recipe_name", default="nmn-typed", show_default=True,
+              help="The NMN compared: its modules trained end to end (gradient), modular (gradient) and modular "
+                   "with data types (typed), e.g. nmn-clevr for every CLEVR program.")
 @click.option("--seeds", default=3, show_default=True, help="Seeds per version.")
 @click.option("--workdir", type=click.Path(file_okay=False), default="runs/compare", show_default=True,
               help="Holds the shared data, one folder per version and seed, and reports/.")
@@ -279,7 +292,7 @@ def report() -> None:
               help="Override a key of every version's recipe, e.g. --set train.max_epochs=10.")
 @click.option("--device", default="auto", show_default=True)
 @click.option("--fresh", is_flag=True, help="Train every version and seed again instead of reusing trained runs.")
-def compare(seeds, workdir, data_dir, overrides, device, fresh):
+def compare(recipe_name, seeds, workdir, data_dir, overrides, device, fresh):
     """Modular vs end-to-end: accuracy (Table 2), training time (Fig. 10), retraining cost."""
     from pathlib import Path
 
@@ -287,7 +300,7 @@ def compare(seeds, workdir, data_dir, overrides, device, fresh):
     from modtrain.reports.compare import format_markdown, run_compare
 
     summary = run_compare(workdir, seeds, resolve_device(device), list(overrides), data_dir,
-                          say=lambda text: click.echo(text, err=True), fresh=fresh)
+                          say=lambda text: click.echo(text, err=True), fresh=fresh, recipe_name=recipe_name)
     click.echo(format_markdown(summary))
     reports = Path(workdir) / "reports"
     click.echo(f"wrote {reports / 'compare.json'}, {reports / 'compare.md'}, {reports / 'compare_time.png'}")
@@ -337,8 +350,9 @@ def hpo(workdir, e2e_workdir):
 
 
 @report.command(context_settings=CONTEXT)
-@click.option("--recipe", default="nmn-typed", show_default=True, help="Recipe whose find and surrogate are studied.")
-@click.option("--modules", "n_modules", default=40, show_default=True, help="Find modules trained with random settings.")
+@click.option("--recipe", default="nmn-typed", show_default=True, help="Recipe whose module and surrogate are studied.")
+@click.option("--module", default="find", show_default=True, help="The module studied (one trained through a surrogate).")
+@click.option("--modules", "n_modules", default=40, show_default=True, help="Candidates trained with random settings.")
 @click.option("--select", "k_select", default=20, show_default=True, help="Modules transplanted into the full NMN.")
 @click.option("--max-epochs", default=20, show_default=True, help="Random epochs are drawn from 1..this.")
 @click.option("--seed", default=0, show_default=True, help="Seeds every candidate's own generator.")
@@ -346,7 +360,7 @@ def hpo(workdir, e2e_workdir):
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a recipe key (repeatable).")
 @click.option("--device", default="auto", show_default=True)
 @click.option("--address", default=None, help="Ray cluster for the trainings; in-process without it.")
-def correlation(recipe, n_modules, k_select, max_epochs, seed, workdir, overrides, device, address):
+def correlation(recipe, module, n_modules, k_select, max_epochs, seed, workdir, overrides, device, address):
     """Surrogate vs final loss: can the surrogate select find modules? (paper §5.3, Fig. 7, 8)"""
     from pathlib import Path
 
@@ -354,7 +368,7 @@ def correlation(recipe, n_modules, k_select, max_epochs, seed, workdir, override
     from modtrain.reports.correlation import format_markdown, run_correlation
 
     result = run_correlation(workdir, recipe, n_modules, k_select, resolve_device(device), list(overrides), seed,
-                             max_epochs, say=lambda text: click.echo(text, err=True), address=address)
+                             max_epochs, say=lambda text: click.echo(text, err=True), address=address, module=module)
     click.echo(format_markdown(result))
     click.echo(f"wrote {Path(workdir) / 'reports'}/correlation.{{json,csv,md}}, correlation_variance.png, "
                f"correlation_loss.png")
@@ -380,16 +394,15 @@ def modules(workdir):
     from pathlib import Path
 
     from modtrain.card import trained_cards
-    from modtrain.registry import MODULES, SURROGATES, module_class, surrogate_class
+    from modtrain.registry import MODULES, SURROGATES, load_entries
 
-    module_class("find")
+    load_entries()
     click.echo("registered modules:")
     for name in sorted(MODULES):
         cls = MODULES[name]
         hp = ", ".join(f"{k}={v}" for k, v in cls.defaults.items()) or "-"
         click.echo(f"  {name:<9} ({', '.join(cls.inputs)}) -> {cls.output}"
                    f"{'  [instances]' if cls.has_instances else ''}   {hp}")
-    surrogate_class("factorized")
     click.echo("registered surrogates:")
     for name in sorted(SURROGATES):
         click.echo(f"  {name:<9} " + ", ".join(f"{k}={v}" for k, v in SURROGATES[name].defaults.items()))

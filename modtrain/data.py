@@ -113,6 +113,11 @@ class PreparedData:
                 attrs = dict(f.attrs)
             if attrs.get("vocab_sha256") != self.vocab_sha256:
                 raise ModtrainError(f"{path} was prepared with another vocab.json; run 'modtrain data prepare {self.root}' again")
+            from modtrain.datasets.prepare import SCHEMA_VERSION
+
+            if attrs.get("schema_version") != SCHEMA_VERSION:
+                raise ModtrainError(f"{path} was prepared by an older modtrain (schema {attrs.get('schema_version')}, "
+                                    f"now {SCHEMA_VERSION}: layouts changed); run 'modtrain data prepare {self.root}' again")
             self._splits[name] = SplitData(name, arrays, attrs, self.root / "features" / f"{name}.h5")
         return self._splits[name]
 
@@ -126,19 +131,6 @@ class PreparedData:
         shape = self.split("train").features().shape
         return {"features": shape[1], "height": shape[2], "width": shape[3],
                 "answers": len(self.vocab["answers"]), "tokens": len(self.vocab["question_tokens"])}
-
-    def root_input(self, layout_id: int) -> Layout:
-        """The subtree feeding a layout's root (what find's output becomes before describe/measure)."""
-        layout = self.layouts[layout_id]
-        if len(layout.children) != 1:
-            raise ModtrainError(f"layout {layout} has {len(layout.children)} inputs at its root; expected one")
-        return layout.children[0]
-
-    def roots(self, split: SplitData) -> tuple[np.ndarray, np.ndarray]:
-        """Per question: the root module and its instance ('' where there is no layout)."""
-        modules = np.array([""] + [lay.module for lay in self.layouts], dtype=object)
-        instances = np.array([""] + [lay.instance or "" for lay in self.layouts], dtype=object)
-        return modules[split.layout + 1], instances[split.layout + 1]
 
 
 def shuffled_batches(rows: np.ndarray, batch_size: int, seed: int | None, epoch: int = 0) -> list[np.ndarray]:

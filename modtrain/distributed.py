@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import os
-import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -69,32 +68,18 @@ def _job(kind: str, module: str | None, recipe_raw: dict, recipe_where: str, roo
     """One job of the plan, run in a Ray worker (``upstream`` only orders it after its dependencies)."""
     import torch
 
-    from modtrain.assemble import assemble
-    from modtrain.cache import cache_status, write_caches
     from modtrain.data import PreparedData
+    from modtrain.pipeline import run_job
+    from modtrain.plan import make_plan
     from modtrain.recipe import Recipe
-    from modtrain.train import is_up_to_date, train_module
     from modtrain.workdir import Workdir
 
     torch.set_num_threads(threads)
     recipe = Recipe(recipe_raw, recipe_where)
-    workdir = Workdir(Path(root), Path(data))
-    prepared = PreparedData(workdir.data)
-    dev = torch.device(device)
-    start = time.perf_counter()
-    if kind == "train":
-        if is_up_to_date(recipe, module, prepared, workdir):
-            return {"job": f"train {module}", "skipped": True}
-        card = train_module(workdir, recipe, module, dev, prepared)
-        return {"job": f"train {module}", "skipped": False, "seconds": time.perf_counter() - start,
-                "val_accuracy": card["metrics"]["val_accuracy"]}
-    if kind == "cache":
-        if all(cache_status(workdir, module, s, prepared.split(s).fingerprint) is None for s in prepared.splits()):
-            return {"job": f"cache {module}", "skipped": True}
-        write_caches(workdir, module, prepared, dev)
-        return {"job": f"cache {module}", "skipped": False, "seconds": time.perf_counter() - start}
-    report = assemble(workdir, recipe, dev, data=prepared)
-    return {"job": "assemble", "skipped": False, "seconds": time.perf_counter() - start, "report": report}
+    plan = make_plan(recipe)
+    job = next(j for j in plan.jobs if (j.kind, j.module) == (kind, module))
+    return run_job(job, recipe, plan, Workdir(Path(root), Path(data)), PreparedData(data), torch.device(device),
+                   say=log.info)
 
 
 def run_pipeline_on_ray(recipe, workdir, address: str, say: Callable[[str], None], gpus: float | None = None,
@@ -102,7 +87,7 @@ def run_pipeline_on_ray(recipe, workdir, address: str, say: Callable[[str], None
     """``modtrain run --address``: the plan's jobs as Ray tasks; independent ones run at once."""
     import torch
 
-    from modtrain.pipeline import ensure_data, record_job_time
+    from modtrain.pipeline import describe_result, ensure_data, record_job_time
     from modtrain.plan import make_plan
     from modtrain.workdir import Workdir
 
@@ -128,13 +113,9 @@ def run_pipeline_on_ray(recipe, workdir, address: str, say: Callable[[str], None
         name = next(n for n, r in pending.items() if r == done[0])
         result = ray.get(done[0])
         del pending[name]
-        if result.get("skipped"):
-            say(f"{name}: up to date")
-            continue
-        if name != "assemble":
+        say(describe_result(result))
+        if not result["skipped"] and name != "assemble":
             record_job_time(workdir, name, result["seconds"])
-        extra = f", val accuracy {result['val_accuracy']:.1%}" if "val_accuracy" in result else ""
-        say(f"{name}: done in {result['seconds']:.1f}s{extra}")
         report = result.get("report", report)
     return report
 

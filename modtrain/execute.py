@@ -4,6 +4,9 @@ A layout's *shape* is its tree with the instances left out. All questions of one
 a batch run as one group: every module call in the tree runs once for the whole group,
 with each question's instance ids gathered per sample. ``run_reference`` executes one
 question at a time and is kept only as the reference the tests compare against.
+
+A layout may hold ``given:TYPE[k]`` leaves: values that come with the batch instead of being
+computed (a frozen subtree's output read from its virtual dataset); see ``Given``.
 """
 from __future__ import annotations
 
@@ -12,13 +15,12 @@ from collections import defaultdict
 from dataclasses import dataclass
 
 import torch
+from torch import nn
 
 from modtrain.errors import ModtrainError
 from modtrain.layout import Layout
-from modtrain.registry import NMNModule, build_module
-from modtrain.types import DATASET_TYPES, Attended, DataType, Features, Interface, TypeCheckError, attend
-
-PARAMETER_FREE = ("and", "or", "scene")
+from modtrain.registry import NMNModule, build_module, parameter_free_names
+from modtrain.types import DataType, Features, Interface, TypeCheckError
 
 
 @dataclass
@@ -27,19 +29,46 @@ class _Node:
     slot: int | None
     output: DataType
     children: list["_Node"]
-    attend_child: list[bool]  # per child: turn its attention into an attended vector first
+    inputs: list[DataType]    # per child: the type the module reads it as (converted if it differs)
     height: int = 0           # 0 for leaves, else 1 + the highest child
 
 
+class Given(nn.Module):
+    """A leaf whose value comes with the batch: ``given:TYPE[k]`` is the row's k-th given value
+    of that type, from a (B, K, ...) tensor passed to ``Executor.run`` under ``given_name(TYPE)``."""
+
+    has_instances = True
+
+    def __init__(self, data_type: DataType):
+        super().__init__()
+        self.name = given_name(data_type)
+        self.data_type = data_type
+        self.source = DataType(f"Given{data_type.name}", data_type.ndim + 1, from_dataset=True)
+
+    def signature(self) -> tuple[tuple[DataType, ...], DataType]:
+        return (self.source,), self.data_type
+
+    def instance_ids(self, names: list[str], where: str = "") -> list[int]:
+        return [int(n) for n in names]
+
+    def forward(self, values: torch.Tensor, instance: torch.Tensor) -> torch.Tensor:
+        return values[torch.arange(len(instance), device=values.device), instance]
+
+
+def given_name(data_type: DataType) -> str:
+    """The module name of a given leaf of this type."""
+    return f"given:{data_type.name}"
+
+
 def parameter_free_modules(interface: Interface) -> dict[str, NMNModule]:
-    """The and/or/scene modules of an interface."""
-    return {name: build_module(name, interface, {}) for name in PARAMETER_FREE}
+    """The parameter-free modules (and, or, ...) of an interface."""
+    return {name: build_module(name, interface, {}) for name in parameter_free_names()}
 
 
 class Executor:
     """Executes layouts with a set of modules under one interface."""
 
-    def __init__(self, modules: dict[str, NMNModule], interface: Interface, attention_mode: str = "weighted"):
+    def __init__(self, modules: dict[str, nn.Module], interface: Interface, attention_mode: str = "weighted"):
         self.modules = {**parameter_free_modules(interface), **modules}
         self.interface = interface
         self.attention_mode = attention_mode
@@ -59,7 +88,7 @@ class Executor:
         if (node.instance is not None) != module.has_instances:
             raise TypeCheckError(f"layout {whole}: {node.module} {'needs' if module.has_instances else 'takes no'} instance")
         inputs, output = module.signature()
-        wanted = [t for t in inputs if t not in DATASET_TYPES]
+        wanted = [t for t in inputs if not t.from_dataset]
         if len(wanted) != len(node.children):
             raise TypeCheckError(f"layout {whole}: {node.module} takes {len(wanted)} input(s), "
                                  f"got {len(node.children)}")
@@ -67,20 +96,18 @@ class Executor:
         if node.instance is not None:
             slot = slots[0]
             slots[0] += 1
-        children, attend_child = [], []
+        children = []
         for k, (child, expected) in enumerate(zip(node.children, wanted)):
             compiled = self._compile(child, whole, slots)
-            converts = expected is Attended and compiled.output is self.interface.attention
-            if compiled.output is not expected and not converts:
+            if not self.interface.converts(compiled.output, expected):
                 label = f"{node.module}[{node.instance}]" if node.instance else node.module
                 raise TypeCheckError(
                     f"layout {whole}: edge {child} → {label} (input {k + 1}) carries {compiled.output}, "
                     f"but {node.module} expects {expected}"
                 )
             children.append(compiled)
-            attend_child.append(converts)
         height = 1 + max((c.height for c in children), default=-1)
-        return _Node(node.module, slot, output, children, attend_child, height)
+        return _Node(node.module, slot, output, children, wanted, height)
 
     # -- execution -----------------------------------------------------------------------------
     def _compiled_shape(self, layout: Layout) -> tuple[_Node, int]:
@@ -97,8 +124,10 @@ class Executor:
                                             for m, i in layout.instances()]
         return ids
 
-    def run(self, layouts: list[Layout], features: torch.Tensor) -> torch.Tensor:
-        """Outputs of the layouts (one per row of ``features``).
+    def run(self, layouts: list[Layout], features: torch.Tensor | None = None,
+            given: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+        """Outputs of the layouts, one per row of ``features`` and of the ``given`` tensors
+        (name → (B, K, ...): the values of the rows' ``given:TYPE[k]`` leaves).
 
         Questions are grouped by shape; then the calls of all groups run level by level
         (leaves first), one call per module and level, each on the concatenated rows of
@@ -110,7 +139,8 @@ class Executor:
             by_shape[layout.shape()].append(i)
         if not by_shape:
             raise ModtrainError("no layouts to run")
-        device = features.device
+        batch = {Features.name: features, **{self.modules[name].source.name: v for name, v in (given or {}).items()}}
+        device = next(v.device for v in batch.values() if v is not None)
         levels: dict[int, dict[str, list]] = defaultdict(lambda: defaultdict(list))
         roots = []
         for rows in by_shape.values():
@@ -127,7 +157,7 @@ class Executor:
         outputs: dict[int, torch.Tensor] = {}
         for height in sorted(levels):
             for name, calls in levels[height].items():
-                self._call(name, calls, features, outputs)
+                self._call(name, calls, batch, outputs)
         out = None
         for tree, index in roots:
             result = outputs[id(tree)]
@@ -137,20 +167,21 @@ class Executor:
         return out
 
     def _call(self, name: str, calls: list[tuple[_Node, torch.Tensor, torch.Tensor]],
-              features: torch.Tensor, outputs: dict[int, torch.Tensor]) -> None:
+              batch: dict[str, torch.Tensor | None], outputs: dict[int, torch.Tensor]) -> None:
         """One module call for every node in ``calls``, on their concatenated rows."""
         module = self.modules[name]
         inputs, _ = module.signature()
         rows = torch.cat([index for _, index, _ in calls])
-        batch_features = functools.cache(lambda: features.index_select(0, rows))
+        batch_features = functools.cache(lambda: _rows(batch, Features, rows))
         args, k = [], 0
         for t in inputs:
-            if t is Features:
-                args.append(batch_features())
+            if t.from_dataset:
+                args.append(batch_features() if t is Features else _rows(batch, t, rows))
                 continue
+            first = calls[0][0]
             value = torch.cat([outputs[id(node.children[k])] for node, _, _ in calls])
-            converts = calls[0][0].attend_child[k]
-            args.append(attend(batch_features(), value, self.attention_mode) if converts else value)
+            args.append(self.interface.convert(value, first.children[k].output, first.inputs[k], batch_features,
+                                               self.attention_mode))
             k += 1
         if calls[0][0].slot is not None:
             result = module(*args, instance=torch.cat([ids[:, node.slot] for node, _, ids in calls]))
@@ -168,15 +199,15 @@ class Executor:
         def visit(node: _Node, call: Layout) -> torch.Tensor:
             module = self.modules[node.module]
             inputs, output = module.signature()
-            children = iter(zip(node.children, node.attend_child, call.children))
+            children = iter(zip(node.children, node.inputs, call.children))
             args = []
             for t in inputs:
                 if t is Features:
                     args.append(features)
                     continue
-                child, converts, child_call = next(children)
+                child, expected, child_call = next(children)
                 value = visit(child, child_call)
-                args.append(attend(features, value, self.attention_mode) if converts else value)
+                args.append(self.interface.convert(value, child.output, expected, lambda: features, self.attention_mode))
             value = module(*args, instance=ids[:, node.slot]) if node.slot is not None else module(*args)
             out.append((call, output, value))
             return value
@@ -187,3 +218,10 @@ class Executor:
     def run_reference(self, layouts: list[Layout], features: torch.Tensor) -> torch.Tensor:
         """One question at a time: the per-sample reference for tests and benchmarks."""
         return torch.cat([self.run([layout], features[i:i + 1]) for i, layout in enumerate(layouts)])
+
+
+def _rows(batch: dict[str, torch.Tensor | None], data_type: DataType, rows: torch.Tensor) -> torch.Tensor:
+    values = batch.get(data_type.name)
+    if values is None:
+        raise ModtrainError(f"a layout reads {data_type}, but none was given with the batch")
+    return values.index_select(0, rows)

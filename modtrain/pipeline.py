@@ -10,17 +10,17 @@ import logging
 import shutil
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import h5py
 import torch
 
 from modtrain.assemble import assemble
-from modtrain.cache import cache_status, write_caches
+from modtrain.cache import caches_up_to_date, write_caches
 from modtrain.data import PreparedData
 from modtrain.errors import ModtrainError
 from modtrain.io import read_json, sha256_file, write_json
-from modtrain.plan import make_plan
+from modtrain.plan import Job, Plan, make_plan
 from modtrain.recipe import Recipe
 from modtrain.train import is_up_to_date, train_module
 from modtrain.workdir import Workdir
@@ -45,6 +45,7 @@ def _generated_matches(data_dir: Path, recipe: Recipe) -> bool:
 
 def _prepared_matches(data_dir: Path) -> bool:
     from modtrain.datasets.clevr import ClevrFolder
+    from modtrain.datasets.prepare import SCHEMA_VERSION
 
     if not (data_dir / "vocab.json").exists():
         return False
@@ -54,7 +55,8 @@ def _prepared_matches(data_dir: Path) -> bool:
         if not path.exists():
             return False
         with h5py.File(path, "r") as f:
-            if f.attrs.get("questions_sha256") != sha256_file(folder.questions_path(split)):
+            if (f.attrs.get("questions_sha256") != sha256_file(folder.questions_path(split))
+                    or f.attrs.get("schema_version") != SCHEMA_VERSION):
                 return False
     return True
 
@@ -109,17 +111,37 @@ def record_job_time(workdir: Workdir, job: str, seconds: float) -> None:
     write_json(path, times)
 
 
-def _timed(workdir: Workdir, job: str, fn, *args, **kwargs):
+def run_job(job: Job, recipe: Recipe, plan: Plan, workdir: Workdir, data: PreparedData, device: torch.device,
+            say: Callable[[str], None] = log.info) -> dict[str, Any]:
+    """One job of the plan, unless its result is up to date — the one path for in-process and
+    Ray runs. Returns ``{"job", "skipped"}`` and, when it ran, ``seconds`` and the card or report."""
     start = time.perf_counter()
-    out = fn(*args, **kwargs)
-    record_job_time(workdir, job, time.perf_counter() - start)
-    return out
+    if job.kind == "train":
+        if is_up_to_date(recipe, job.module, data, workdir):
+            return {"job": job.name, "skipped": True}
+        say(f"{job.name} ...")
+        card = train_module(workdir, recipe, job.module, device, data)
+        return {"job": job.name, "skipped": False, "seconds": time.perf_counter() - start, "card": card}
+    if job.kind == "cache":
+        if caches_up_to_date(workdir, plan, job.module, data):
+            return {"job": job.name, "skipped": True}
+        say(f"{job.name} ...")
+        write_caches(workdir, plan, job.module, data, device)
+        return {"job": job.name, "skipped": False, "seconds": time.perf_counter() - start}
+    say(f"{job.name} ...")
+    report = assemble(workdir, recipe, device, data=data)
+    return {"job": job.name, "skipped": False, "seconds": time.perf_counter() - start, "report": report}
 
 
-def _say_trained(say, job: str, card: dict) -> None:
-    m = card["metrics"]
-    say(f"{job}: val accuracy {m['val_accuracy']:.1%} (epoch {m['best_epoch']} of {m['epochs']}, "
-        f"{card['timings']['train_seconds']:.0f}s)")
+def describe_result(result: dict[str, Any]) -> str:
+    """One line on a finished job: skipped, or its time and validation accuracy."""
+    if result["skipped"]:
+        return f"{result['job']}: up to date"
+    line = f"{result['job']}: done in {result['seconds']:.1f}s"
+    if "card" in result:
+        m = result["card"]["metrics"]
+        line += f", val accuracy {m['val_accuracy']:.1%} (epoch {m['best_epoch']} of {m['epochs']})"
+    return line
 
 
 def run_pipeline(recipe: Recipe, workdir: Workdir, device: torch.device,
@@ -130,24 +152,13 @@ def run_pipeline(recipe: Recipe, workdir: Workdir, device: torch.device,
     data = ensure_data(recipe, workdir, device, say)
     plan = make_plan(recipe)
     report = None
-    for level in plan.levels():
-        for job in level:
-            if job.kind == "train":
-                if is_up_to_date(recipe, job.module, data, workdir):
-                    say(f"{job.name}: up to date")
-                    continue
-                say(f"{job.name} ...")
-                _say_trained(say, job.name, _timed(workdir, job.name, train_module, workdir, recipe, job.module,
-                                                   device, data))
-            elif job.kind == "cache":
-                if all(cache_status(workdir, job.module, s, data.split(s).fingerprint) is None for s in data.splits()):
-                    say(f"{job.name}: up to date")
-                    continue
-                say(f"{job.name} ...")
-                _timed(workdir, job.name, write_caches, workdir, job.module, data, device)
-            else:
-                say("assemble ...")
-                report = assemble(workdir, recipe, device, data=data)
+    for job in plan.jobs:  # sorted by level: every job after the ones it needs
+        result = run_job(job, recipe, plan, workdir, data, device, say)
+        if job.kind != "assemble":
+            say(describe_result(result))
+        if not result["skipped"] and job.kind != "assemble":
+            record_job_time(workdir, job.name, result["seconds"])
+        report = result.get("report", report)
     return report
 
 
@@ -163,6 +174,10 @@ def run_end_to_end(recipe: Recipe, workdir: Workdir, device: torch.device,
         say(f"train {JOB}: up to date")
     else:
         say(f"train {JOB} ...")
-        _say_trained(say, f"train {JOB}", _timed(workdir, f"train {JOB}", train_end_to_end, workdir, recipe, device, data))
+        start = time.perf_counter()
+        card = train_end_to_end(workdir, recipe, device, data)
+        seconds = time.perf_counter() - start
+        record_job_time(workdir, f"train {JOB}", seconds)
+        say(describe_result({"job": f"train {JOB}", "skipped": False, "seconds": seconds, "card": card}))
     say("assemble ...")
     return assemble(workdir, recipe, device, data=data)

@@ -30,6 +30,11 @@ class NMNModule(nn.Module):
     inputs: ClassVar[tuple[str, ...]]
     output: ClassVar[str]
     has_instances: ClassVar[bool] = False
+    # No parameters: never trained, never in a recipe's [modules]; always available to layouts.
+    parameter_free: ClassVar[bool] = False
+    # Cheap enough that a job which reads the module's inputs anyway recomputes it, frozen,
+    # instead of reading its virtual dataset (the plan says where it does).
+    recompute: ClassVar[bool] = False
     defaults: ClassVar[dict[str, Any]] = {}
     # Dimensions the module needs: features (C), height, width, answers (A), tokens (V).
     needs: ClassVar[tuple[str, ...]] = ()
@@ -95,7 +100,8 @@ def register_surrogate(name: str):
     return wrap
 
 
-def _load_entries() -> None:
+def load_entries() -> None:
+    """Import every module and surrogate, so the registries are complete."""
     # Importing the packages runs their @register decorators.
     import modtrain.modules  # noqa: F401
     import modtrain.surrogates  # noqa: F401
@@ -103,10 +109,16 @@ def _load_entries() -> None:
 
 def module_class(name: str) -> type[NMNModule]:
     """The registered class called ``name``."""
-    _load_entries()
+    load_entries()
     if name not in MODULES:
         raise ModtrainError(f"unknown module {name!r}; valid: {', '.join(sorted(MODULES))}")
     return MODULES[name]
+
+
+def parameter_free_names() -> list[str]:
+    """Registered modules without parameters (and, or, ...): usable in every layout, never trained."""
+    load_entries()
+    return sorted(name for name, cls in MODULES.items() if cls.parameter_free)
 
 
 def resolve_hparams(defaults: dict[str, Any], given: dict[str, Any], what: str) -> dict[str, Any]:
@@ -134,7 +146,7 @@ def build_module(name: str, interface: Interface | str, dims: dict[str, int], in
 
 def surrogate_class(name: str) -> type[nn.Module]:
     """The registered surrogate called ``name``."""
-    _load_entries()
+    load_entries()
     if name not in SURROGATES:
         raise ModtrainError(f"unknown surrogate {name!r}; valid: {', '.join(sorted(SURROGATES))}")
     return SURROGATES[name]

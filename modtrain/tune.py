@@ -94,7 +94,7 @@ def _link_producers(shared: Workdir, trial: Workdir, producers: list[str]) -> No
                 os.symlink(shared.modules / name, link)
         cache = trial.caches / producer
         cache.parent.mkdir(parents=True, exist_ok=True)
-        if not cache.exists():
+        if not cache.exists() and (shared.caches / producer).exists():
             os.symlink(shared.caches / producer, cache)
 
 
@@ -104,9 +104,8 @@ def _trial(config: dict, *, recipe_raw: dict, recipe_where: str, module: str, ro
     import torch
     from ray import tune
 
-    from modtrain.e2e import EndToEndJob
+    from modtrain.job import Job, joint_spec, module_spec
     from modtrain.plan import make_plan
-    from modtrain.train import JOBS
 
     torch.set_num_threads(threads)
     base = Recipe(recipe_raw, recipe_where)
@@ -115,9 +114,10 @@ def _trial(config: dict, *, recipe_raw: dict, recipe_where: str, module: str, ro
     # the trial's own folder on the shared storage, outside the folder Ray syncs (it would copy
     # half-written files): WORKDIR/tune/MODULE/trials/TRIAL_ID
     trial = Workdir(shared.root / "tune" / module / "trials" / tune.get_context().get_trial_id(), Path(data))
-    producers = [] if module == E2E else make_plan(recipe).module(module).consumes
-    _link_producers(shared, trial, producers)
-    job = (EndToEndJob if module == E2E else JOBS[module])(trial, recipe, torch.device(device))
+    plan = make_plan(recipe, end_to_end=module == E2E)
+    spec = joint_spec(plan, E2E) if module == E2E else module_spec(plan, module)
+    _link_producers(shared, trial, list(spec.frozen))
+    job = Job(trial, recipe, torch.device(device), spec, plan=plan)
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:  # a restored trial continues from its last epoch
         with checkpoint.as_directory() as folder:
@@ -165,9 +165,10 @@ def tune_module(recipe: Recipe, workdir: Workdir, module: str, samples: int, sch
     workdir = Workdir(workdir.root.resolve(), workdir.data.resolve())
     data = PreparedData(workdir.data)
     if module != E2E:  # its producers' caches must exist and be fresh in the shared workdir
-        for producer in make_plan(recipe).module(module).consumes:
+        plan = make_plan(recipe)
+        for producer in plan.module(module).reads:
             for split in ("train", "val"):
-                problem = cache_status(workdir, producer, split, data.split(split).fingerprint)
+                problem = cache_status(workdir, plan, producer, split, data.split(split).fingerprint)
                 if problem:
                     raise ModtrainError(f"tuning {module} needs {producer}'s cache: {problem}")
     connect(address)

@@ -8,7 +8,9 @@ a ``check()`` of its domain and, where checkable, its manifold.
 |-----------|-----------------------------------|----------------------------------------|
 | attention | Heatmap: ReLU, ≥ 0                | Mask: sigmoid, in (0, 1)               |
 | AND / OR  | product / sum                     | min / max                              |
-| answer    | geometric mean of the softmaxes   | softmax(root logits + encoder prior)   |
+| answer    | logits; joined with the prior by  | probabilities (softmax) where another  |
+|           | the geometric mean of softmaxes   | module reads them; softmax(root logits |
+|           |                                   | + encoder prior) at the root           |
 """
 from __future__ import annotations
 
@@ -34,6 +36,7 @@ class DataType:
     constrain: Callable[[torch.Tensor], torch.Tensor] = lambda x: x
     low: float | None = None
     high: float | None = None
+    from_dataset: bool = False  # read from the data (tokens, features, a cache), not computed by a module
 
     def check(self, value: torch.Tensor, where: str = "") -> torch.Tensor:
         """Raise TypeCheckError unless ``value`` lies in this type's domain; return it."""
@@ -53,8 +56,8 @@ class DataType:
 
 
 # Inputs from the dataset.
-Tokens = DataType("Tokens", 2)
-Features = DataType("Features", 4)
+Tokens = DataType("Tokens", 2, from_dataset=True)
+Features = DataType("Features", 4, from_dataset=True)
 # Attention maps (B, H, W). Sigmoid saturates to exactly 0 or 1 in float32, so the check
 # is on the closed interval.
 Mask = DataType("Mask", 3, torch.sigmoid, 0.0, 1.0)
@@ -64,11 +67,15 @@ Attended = DataType("Attended", 2)
 # Answer logits of a root module (B, A), and the encoder's prior logits (B, A).
 AnswerLogits = DataType("AnswerLogits", 2)
 Prior = DataType("Prior", 2)
+# An answer as another module reads it in the typed interface (compare, paper Table 3): a
+# distribution over the answers, the softmax of the producer's logits.
+Probabilities = DataType("Probabilities", 2, lambda x: torch.softmax(x, dim=-1), 0.0, 1.0)
 
-TYPES = {t.name: t for t in (Tokens, Features, Mask, Heatmap, Attended, AnswerLogits, Prior)}
-# Placeholder in module signatures: the interface's attention type.
+TYPES = {t.name: t for t in (Tokens, Features, Mask, Heatmap, Attended, AnswerLogits, Prior, Probabilities)}
+# Placeholders in module signatures: the interface's attention type, and its type for an
+# answer that another module reads.
 ATTENTION = "Attention"
-DATASET_TYPES = (Tokens, Features)
+ANSWER = "Answer"
 
 
 def attend(features: torch.Tensor, attention: torch.Tensor, mode: str = "weighted") -> torch.Tensor:
@@ -90,16 +97,38 @@ def attend(features: torch.Tensor, attention: torch.Tensor, mode: str = "weighte
 
 @dataclass(frozen=True)
 class Interface:
-    """How modules talk: the attention type, AND/OR, and the answer combination."""
+    """How modules talk: the attention type, AND/OR, how an answer is read, the answer combination."""
 
     name: str
     attention: DataType
+    answer: DataType  # how a module reads another module's answer (compare's inputs)
     and_: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
     or_: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
     def resolve(self, type_name: str) -> DataType:
-        """A signature's type name with ``Attention`` replaced by this interface's type."""
-        return self.attention if type_name == ATTENTION else TYPES[type_name]
+        """A signature's type name with ``Attention`` and ``Answer`` replaced by this interface's types."""
+        if type_name == ATTENTION:
+            return self.attention
+        if type_name == ANSWER:
+            return self.answer
+        return TYPES[type_name]
+
+    def converts(self, source: DataType, target: DataType) -> bool:
+        """Whether an edge carrying ``source`` may feed an input of type ``target`` (after conversion)."""
+        return source is target or (target is Attended and source is self.attention) or (
+            target is Probabilities and source is AnswerLogits)
+
+    def convert(self, value: torch.Tensor, source: DataType, target: DataType, features: Callable[[], torch.Tensor],
+                mode: str = "weighted") -> torch.Tensor:
+        """``value`` of type ``source`` as an input of type ``target`` reads it; ``features`` gives
+        the rows' features, asked for only when the conversion needs them (attention → attended)."""
+        if source is target:
+            return value
+        if target is Attended:
+            return attend(features(), value, mode)
+        if target is Probabilities:
+            return Probabilities.constrain(value)
+        raise TypeCheckError(f"no conversion from {source} to {target}")
 
     def combine(self, root_logits: torch.Tensor, prior_logits: torch.Tensor | None) -> torch.Tensor:
         """Answer log-probabilities from the root module and the encoder's prior."""
@@ -117,8 +146,8 @@ class Interface:
 
 
 INTERFACES = {
-    "typed": Interface("typed", Mask, torch.minimum, torch.maximum),
-    "gradient": Interface("gradient", Heatmap, torch.mul, torch.add),
+    "typed": Interface("typed", Mask, Probabilities, torch.minimum, torch.maximum),
+    "gradient": Interface("gradient", Heatmap, AnswerLogits, torch.mul, torch.add),
 }
 
 

@@ -1,4 +1,4 @@
-"""Parameter-free attention modules: ``and``, ``or`` and the all-ones ``scene``.
+"""Parameter-free attention modules: ``and``, ``or`` and a constant all-ones ``scene``.
 
 Typed interface: min / max, which keep a mask a mask (paper §5.5); gradient interface:
 product / sum, as the original NMN.
@@ -12,6 +12,7 @@ from modtrain.registry import NMNModule, register_module
 
 @register_module("and")
 class And(NMNModule):
+    parameter_free = True
     inputs = ("Attention", "Attention")
     output = "Attention"
 
@@ -21,6 +22,7 @@ class And(NMNModule):
 
 @register_module("or")
 class Or(NMNModule):
+    parameter_free = True
     inputs = ("Attention", "Attention")
     output = "Attention"
 
@@ -31,8 +33,11 @@ class Or(NMNModule):
 
 @register_module("scene")
 class Scene(NMNModule):
-    """CLEVR's ``scene``: attention on every location."""
+    """A constant ``scene``: attention on every location. The prepared layouts map CLEVR's
+    ``scene`` to a learned ``find[*all*]`` instead (an all-ones map carries no count); this
+    stays for layouts written by hand."""
 
+    parameter_free = True
     inputs = ("Features",)
     output = "Attention"
 

@@ -1,8 +1,9 @@
-"""The factorized surrogate gradient module for find (paper §5.2–5.3, Fig. 6).
+"""The factorized surrogate gradient module (paper §5.2–5.3, Fig. 6), for modules whose output
+is an attention (find, relate) and so has no loss of its own.
 
-It consumes find's output the way the root modules would — the attended feature vector
-for describe-type questions, the flattened attention for measure-type questions (the two
-parts of one input vector, the unused part zeroed, as the paper's code does) — and maps
+It consumes the module's output the way the root modules would — for find under describe,
+the attended feature vector; under measure, the flattened attention: one part of the input
+vector per way a root reads it, the unused parts zeroed, as the paper's code does — and maps
 it to answer logits with a rank-L factorized linear map W = W_A·W_B, L ≪ min(N, M), with
 dropout on its input. W_A is shared; W_B is kept per root instance (describe[color],
 measure[count], ...) so that, like the root modules it stands for, it knows what is asked
@@ -35,35 +36,38 @@ class MCResult:
 class FactorizedSurrogate(nn.Module):
     defaults = {"rank": 64, "dropout": 0.3, "mc_samples": 20, "variance_threshold": 0.0025}
 
-    def __init__(self, interface: Interface, dims: dict[str, int], roots: list[str], **hparams):
+    def __init__(self, interface: Interface, parts: list[int], answers: int, roots: list[str], **hparams):
+        """``parts``: the size of each way a root reads the module's output (e.g. [C, H·W] for
+        describe's attended vector and measure's flattened attention); ``roots``: the root
+        instances it stands for."""
         super().__init__()
         self.interface = interface
+        self.parts = list(parts)
         self.roots = list(roots)
         self.hparams = resolve_hparams(self.defaults, hparams, "surrogate factorized")
-        features, area, answers = dims["features"], dims["height"] * dims["width"], dims["answers"]
         rank = self.hparams["rank"]
-        self.features = features
-        self.project = nn.Linear(features + area, rank, bias=False)                          # W_A
+        self.project = nn.Linear(sum(self.parts), rank, bias=False)                          # W_A
         self.read = nn.Parameter(torch.randn(len(self.roots), rank, answers) / rank ** 0.5)  # W_B per root
         self.read_bias = nn.Parameter(torch.zeros(len(self.roots), answers))
 
-    def logits(self, attention: torch.Tensor, attended: torch.Tensor, is_measure: torch.Tensor,
-               root: torch.Tensor, force_dropout: bool = False) -> torch.Tensor:
-        measure = is_measure.to(attended.dtype).unsqueeze(1)
-        x = torch.cat([attended * (1 - measure), attention.flatten(1) * measure], dim=1)
+    def logits(self, values: list[torch.Tensor], part: torch.Tensor, root: torch.Tensor,
+               force_dropout: bool = False) -> torch.Tensor:
+        """``values[k]``: (B, parts[k]), the output as read the k-th way; ``part``: (B,) which way
+        each question's root reads it; ``root``: (B,) its root instance."""
+        x = torch.cat([v * (part == k).to(v.dtype).unsqueeze(1) for k, v in enumerate(values)], dim=1)
         x = F.dropout(x, self.hparams["dropout"], training=self.training or force_dropout)
         return pick_instance(torch.einsum("bl,nla->bna", self.project(x), self.read) + self.read_bias, root)
 
-    def forward(self, attention, attended, is_measure, root, prior=None, force_dropout: bool = False) -> torch.Tensor:
+    def forward(self, values, part, root, prior=None, force_dropout: bool = False) -> torch.Tensor:
         """Answer log-probabilities; ``prior`` is used only in the typed interface."""
-        logits = self.logits(attention, attended, is_measure, root, force_dropout)
+        logits = self.logits(values, part, root, force_dropout)
         return self.interface.combine(logits, prior if self.interface.train_with_prior() else None)
 
     @torch.no_grad()
-    def mc_predict(self, attention, attended, is_measure, root, prior=None, samples: int | None = None) -> MCResult:
+    def mc_predict(self, values, part, root, prior=None, samples: int | None = None) -> MCResult:
         """Mean prediction and predictive variance over ``samples`` dropout masks."""
         samples = samples or self.hparams["mc_samples"]
-        probs = torch.stack([self(attention, attended, is_measure, root, prior, force_dropout=True).exp()
+        probs = torch.stack([self(values, part, root, prior, force_dropout=True).exp()
                              for _ in range(samples)])            # T, B, A
         mean = probs.mean(0)
         top = mean.argmax(1)

@@ -19,7 +19,7 @@ def test_plan_prints_table_1_and_jobs():
     result = CliRunner().invoke(main, ["plan", "--recipe", "nmn-typed"])
     assert result.exit_code == 0, result.output
     lines = [line.split() for line in result.output.splitlines()]
-    assert ["find", "decoupled", "indirect", "surrogate", "factorized", "cache", "encoder"] in lines
+    assert ["find", "decoupled", "indirect", "surrogate", "factorized", "features,", "cache", "encoder"] in lines
     assert "5. train describe ∥ train measure" in result.output
 
 

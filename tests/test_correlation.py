@@ -9,6 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
+import modtrain.pipeline as pipeline_module
 import modtrain.reports.correlation as correlation_module
 from modtrain.errors import ModtrainError
 from modtrain.reports.correlation import draw_hyperparameters, run_correlation, select_spread
@@ -67,7 +68,7 @@ def interrupted_then_resumed(tiny_run, tmp_path_factory):
         return real(workdir, recipe, name, device, data)
 
     resumed = False
-    correlation_module.train_module = counting
+    correlation_module.train_module = pipeline_module.train_module = counting  # candidates; the base
     try:
         with pytest.raises(KeyboardInterrupt):
             run_correlation(*args, max_epochs=2, say=lambda m: None)
@@ -75,7 +76,7 @@ def interrupted_then_resumed(tiny_run, tmp_path_factory):
         resumed = True
         report = run_correlation(*args, max_epochs=2, say=lambda m: None)
     finally:
-        correlation_module.train_module = real
+        correlation_module.train_module = pipeline_module.train_module = real
     return root, report, first, trained[len(first):]
 
 

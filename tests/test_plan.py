@@ -38,6 +38,7 @@ def test_trained_modules_are_not_retrained():
     names = [j.name for j in plan.jobs]
     assert "train encoder" not in names and "train find" not in names
     assert [j.name for j in plan.levels()[0]] == ["cache encoder", "cache find"]
+    assert plan.module("describe").trained is False and plan.module("find").trained
 
 
 def test_indirect_module_without_surrogate_is_refused(tmp_path):

@@ -9,15 +9,27 @@ from modtrain.registry import module_class
 
 @pytest.mark.parametrize("name", shipped_recipes())
 def test_every_shipped_recipe_is_valid(name):
+    from modtrain.plan import make_plan
+
     recipe = Recipe.load(name)
     assert recipe.name == name
-    assert recipe.modules == ["encoder", "find", "describe", "measure"]
+    assert recipe.modules[:2] == ["encoder", "find"] and {"describe", "measure"} <= set(recipe.modules)
     for module in recipe.modules:
         cls = module_class(module)
         assert set(recipe.module_hparams(module)) <= set(cls.defaults)
-    # modular recipes train find through a surrogate; the end-to-end baseline needs none
-    assert (recipe.surrogate("find") or ("none",))[0] == ("none" if name == "e2e" else "factorized")
+    # modular recipes train every attention module through a surrogate; the end-to-end baseline needs none
+    plan = make_plan(recipe, end_to_end=name == "e2e")
+    for m in plan.modules:
+        if m.supervision == "indirect":
+            assert (recipe.surrogate(m.name) or ("none",))[0] == ("none" if name == "e2e" else "factorized")
     assert recipe.interface in ("typed", "gradient")
+
+
+def test_clevr_recipes_cover_every_program():
+    for name, interface in (("nmn-clevr", "typed"), ("nmn-clevr-original", "gradient")):
+        recipe = Recipe.load(name)
+        assert recipe.interface == interface and recipe.data["families"] == "all"
+        assert set(recipe.modules) == {"encoder", "find", "relate", "describe", "measure", "compare"}
 
 
 def test_shipped_recipes_include_the_three_versions_of_table_2():
@@ -44,7 +56,7 @@ def test_overrides_are_typed_and_checked():
 
 
 def test_unknown_recipe_module_surrogate_and_interface():
-    with pytest.raises(ModtrainError, match="unknown recipe 'nmn-fancy'; shipped: e2e, nmn-original, nmn-typed"):
+    with pytest.raises(ModtrainError, match="unknown recipe 'nmn-fancy'; shipped: e2e, nmn-clevr, nmn-clevr-original, nmn-original, nmn-typed"):
         Recipe.load("nmn-fancy")
     with pytest.raises(ModtrainError, match="unknown module 'transform'; valid:"):
         Recipe.load("nmn-typed", ["modules.transform.hidden=3"])

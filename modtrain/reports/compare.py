@@ -1,9 +1,10 @@
 """``modtrain report compare``: paper Table 2 and Fig. 10 on one dataset.
 
-Three versions of the same NMN — end-to-end (gradient), modular (gradient, §5.4) and
-modular + data types (§5.5) — each trained with ``--seeds N`` seeds in its own workdir
-under the compare folder, sharing one data folder. Runs already trained there are reused
-(``fresh`` retrains them).
+Three versions of one recipe's NMN (``--recipe``, nmn-typed by default; nmn-clevr for every
+CLEVR program) — end-to-end (gradient interface), modular (gradient, §5.4) and modular + data
+types (typed, §5.5) — each trained with ``--seeds N`` seeds in its own workdir under the
+compare folder, sharing one data folder. Runs already trained there are reused (``fresh``
+retrains them).
 Reports accuracy (mean ± std over seeds, overall and per question type), training wall
 time per module against the end-to-end training (stacked bars, Fig. 10), and what
 retraining one module after a change costs as a fraction of an end-to-end training.
@@ -23,17 +24,17 @@ from modtrain.data import PreparedData
 from modtrain.errors import ModtrainError
 from modtrain.io import read_json, write_json, write_text
 from modtrain.pipeline import JOB_TIMES, ensure_data, run_end_to_end, run_pipeline
+from modtrain.plan import Plan, make_plan
 from modtrain.recipe import Recipe
 from modtrain.reports.plots import pyplot, save_figure
 from modtrain.workdir import Workdir
 
-# (label, shipped recipe, how it trains) — paper Table 2
+# (label, interface, how it trains) — paper Table 2
 VERSIONS = (
-    ("end-to-end", "e2e", "end-to-end"),
-    ("modular", "nmn-original", "modular"),
-    ("modular + data types", "nmn-typed", "modular"),
+    ("end-to-end", "gradient", "end-to-end"),
+    ("modular", "gradient", "modular"),
+    ("modular + data types", "typed", "modular"),
 )
-MODULE_JOBS = ("train encoder", "train find", "cache encoder", "cache find", "train describe", "train measure")
 
 
 def _slug(label: str) -> str:
@@ -61,22 +62,24 @@ def _mean_std(values: list[float]) -> dict[str, float]:
 
 
 def run_compare(root: str | Path, seeds: int, device: torch.device, overrides: list[str] = (),
-                data_dir: str | Path | None = None, say: Callable[[str], None] = print, fresh: bool = False) -> dict:
-    """Train (or reuse, unless ``fresh``) every version × seed and write ``reports/compare.{json,md}``
-    and the plot. The data folder is reused either way."""
+                data_dir: str | Path | None = None, say: Callable[[str], None] = print, fresh: bool = False,
+                recipe_name: str = "nmn-typed") -> dict:
+    """Train (or reuse, unless ``fresh``) every version × seed of the recipe and write
+    ``reports/compare.{json,md}`` and the plot. The data folder is reused either way."""
     if seeds < 1:
         raise ModtrainError(f"--seeds {seeds}: need at least one seed")
     root = Path(root)
+    base = Recipe.load(recipe_name, list(overrides))
     if data_dir is None:
-        base = Recipe.load(VERSIONS[-1][1], list(overrides))
         data = ensure_data(base, Workdir.for_recipe(base, root), device, say)
     else:
         data = PreparedData(data_dir)
     source = str(Path(data.root).resolve())
     runs = []
-    for label, recipe_name, how in VERSIONS:
+    for label, interface, how in VERSIONS:
         for seed in range(seeds):
-            recipe = Recipe.load(recipe_name, [*overrides, f"seed={seed}", f"data.source='{source}'"])
+            recipe = Recipe.load(recipe_name, [*overrides, f"interface='{interface}'", f"seed={seed}",
+                                               f"data.source='{source}'"])
             folder = root / _slug(label) / f"seed{seed}"
             if fresh:
                 shutil.rmtree(folder, ignore_errors=True)
@@ -87,7 +90,7 @@ def run_compare(root: str | Path, seeds: int, device: torch.device, overrides: l
             report = run(recipe, workdir, device, say=say)
             times = read_json(workdir.reports / JOB_TIMES)
             runs.append({"version": label, "seed": seed, "workdir": str(workdir.root), "report": report, "times": times})
-    summary = summarize(runs, data)
+    summary = summarize(runs, data, make_plan(base))
     reports = root / "reports"
     write_json(reports / "compare.json", summary)
     write_text(reports / "compare.md", format_markdown(summary))
@@ -95,7 +98,7 @@ def run_compare(root: str | Path, seeds: int, device: torch.device, overrides: l
     return summary
 
 
-def summarize(runs: list[dict], data: PreparedData) -> dict:
+def summarize(runs: list[dict], data: PreparedData, plan: Plan) -> dict:
     """Accuracy mean ± std per version and question type, times, retraining fractions."""
     split = "test" if "test" in runs[0]["report"]["splits"] else "val"
     versions: dict[str, dict] = {}
@@ -122,16 +125,19 @@ def summarize(runs: list[dict], data: PreparedData) -> dict:
         if v["how"] != "modular" or not e2e:
             continue
         t = v["seconds"]
-        downstream = t.get("train find", 0) + t.get("cache find", 0) + t.get("train describe", 0) + t.get("train measure", 0)
-        retraining[label] = {
-            "describe alone": t.get("train describe", math.nan) / e2e,
-            "measure alone": t.get("train measure", math.nan) / e2e,
-            "find alone (through its surrogate)": t.get("train find", math.nan) / e2e,
-            "find, then its cache, describe and measure": downstream / e2e,
-            "all modules, caches included": v["total_seconds"]["with_caches"] / e2e,
-        }
+        fractions = {}
+        for m in plan.modules:
+            fractions[f"{m.name} alone"] = t.get(f"train {m.name}", math.nan) / e2e
+            after = [n.name for n in plan.modules if m.name in n.consumes]
+            if after:
+                changed = [m.name, *after]
+                seconds = sum(t.get(f"{kind} {n}", 0.0) for n in changed for kind in ("train", "cache"))
+                fractions[f"{m.name}, then its cache and what reads it ({', '.join(after)})"] = seconds / e2e
+        fractions["all modules, caches included"] = v["total_seconds"]["with_caches"] / e2e
+        retraining[label] = fractions
     return {"split": split, "dataset": {"root": str(data.root), "data_fingerprint": data.fingerprint,
                                         "vocab_sha256": data.vocab_sha256},
+            "jobs": [j.name for j in plan.jobs if j.kind != "assemble"],
             "versions": versions, "retraining_vs_end_to_end": retraining}
 
 
@@ -149,10 +155,11 @@ def format_markdown(summary: dict) -> str:
     types = list(next(iter(versions.values()))["by_type"])
     lines += ["", "| version | " + " | ".join(types) + " |", "|---" * (len(types) + 1) + "|"]
     lines += [f"| {label} | " + " | ".join(_pm(v["by_type"][t]) for t in types) + " |" for label, v in versions.items()]
-    lines += ["", "Training wall time (s, mean over seeds):", "", "| version | " + " | ".join(MODULE_JOBS) +
-              " | train e2e | total training | total with caches |", "|---" * (len(MODULE_JOBS) + 4) + "|"]
+    jobs = summary["jobs"]
+    lines += ["", "Training wall time (s, mean over seeds):", "", "| version | " + " | ".join(jobs) +
+              " | train e2e | total training | total with caches |", "|---" * (len(jobs) + 4) + "|"]
     for label, v in versions.items():
-        cells = [f"{v['seconds'][j]:.1f}" if j in v["seconds"] else "-" for j in (*MODULE_JOBS, "train e2e")]
+        cells = [f"{v['seconds'][j]:.1f}" if j in v["seconds"] else "-" for j in (*jobs, "train e2e")]
         lines.append(f"| {label} | " + " | ".join(cells) +
                      f" | {v['total_seconds']['training']:.1f} | {v['total_seconds']['with_caches']:.1f} |")
     if summary["retraining_vs_end_to_end"]:
@@ -169,8 +176,8 @@ def plot_times(summary: dict, path: Path) -> Path:
     import seaborn as sns
 
     labels = list(summary["versions"])
-    parts = [*MODULE_JOBS, "train e2e"]
-    colors = dict(zip(parts, sns.color_palette("tab10", len(parts))))
+    parts = [*summary["jobs"], "train e2e"]
+    colors = dict(zip(parts, sns.color_palette("tab20", len(parts))))
     figure, axis = plt.subplots(figsize=(8, 4.5))
     bottoms = [0.0] * len(labels)
     for part in parts:

@@ -1,5 +1,7 @@
 """``modtrain report correlation``: can the surrogate's loss pick a good find? (paper §5.3)
 
+Any module trained through a surrogate can be studied (``--module``, find by default).
+
 1. Train N find modules through the factorized surrogate, each with random hyperparameters
    (batch size, learning rate, weight decay, dropout) and a random number of epochs, every
    draw from its own seeded generator (the reference code re-seeded the global RNG per run
@@ -7,10 +9,10 @@
    loss (a true NLL), accuracy and MC-dropout predictive variance.
 2. Discard modules over the variance threshold; pick K spread evenly over the surrogate-loss
    range, lowest variance first.
-3. Transplant each picked find, frozen, into the NMN and train the other modules (encoder,
-   describe, measure) jointly with one fixed configuration — from the frozen find's cache,
-   which computes the same thing without running find again — and record the final
-   validation loss and accuracy.
+3. Transplant each picked find, frozen, into the NMN and train every other module (the
+   encoder, describe, measure, ...) jointly with one fixed configuration — reading the frozen
+   find's outputs from its virtual dataset, which computes the same thing without running
+   find again — and record the final validation loss and accuracy.
 4. Pearson r (p-value, 95% confidence interval) and Spearman ρ between surrogate and final
    loss, and between the accuracies; Fig. 7 (loss vs variance) and Fig. 8 (final vs
    surrogate loss with the regression line and its band); JSON, CSV and markdown.
@@ -28,22 +30,23 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
-from torch import nn
 
-from modtrain.cache import open_cache, write_caches
-from modtrain.card import load_card, save_module, weights_sha256
+from modtrain.cache import caches_up_to_date, write_caches
+from modtrain.card import load_card
 from modtrain.data import PreparedData
 from modtrain.errors import ModtrainError
 from modtrain.io import write_json, write_text
+from modtrain.job import Job, job_key, joint_spec
 from modtrain.pipeline import ensure_data
+from modtrain.plan import Plan, make_plan
 from modtrain.recipe import Recipe
-from modtrain.registry import build_module
+from modtrain.registry import module_class
 from modtrain.reports.plots import pyplot, save_figure
-from modtrain.train import ModuleJob, cards_match, is_up_to_date, train_module
+from modtrain.train import cards_match, is_up_to_date, train_module
+from modtrain.types import Prior
 from modtrain.workdir import Workdir
 
-REST = ("encoder", "describe", "measure")
-
+FINAL = "final"  # the job around the frozen candidate: its [train] settings are the recipe's defaults
 
 def draw_hyperparameters(seed: int, index: int, max_epochs: int = 20) -> dict[str, Any]:
     """Candidate ``index``'s configuration, from its own generator (paper §5.4 ranges)."""
@@ -88,148 +91,106 @@ def _link(target: Path, link: Path) -> None:
     os.symlink(target.resolve(), link)
 
 
-class RestJob(ModuleJob):
-    """Encoder, describe and measure trained jointly around a frozen find, from its cache."""
-
-    name = "rest"
-
-    def __init__(self, workdir: Workdir, recipe: Recipe, device, data: PreparedData, find_dir: Workdir):
-        self.find_dir = find_dir
-        super().__init__(workdir, recipe, device, data)
-
-    def _job_key(self) -> dict[str, Any]:
-        config = {k: v for k, v in self.recipe.train_config(self.name).items() if k not in ("device", "num_workers", "amp")}
-        return {"kind": "frozen find", "interface": self.recipe.interface, "seed": self.recipe.seed, "train": config,
-                "hyperparameters": {m: self.recipe.module_hparams(m) for m in REST},
-                "data_fingerprint": self.data.fingerprint,
-                "inputs": {"find": weights_sha256(self.find_dir.modules, "find")}}
-
-    def _setup_data(self) -> None:
-        self.splits, self.attended, self.attention, self.roots = {}, {}, {}, {}
-        for s in ("train", "val"):
-            split = self.splits[s] = self.data.split(s)
-            modules, instances = self.data.roots(split)
-            setattr(self, f"{s}_rows", self._labelled(split, np.isin(modules, ("describe", "measure"))))
-            self.attended[s] = open_cache(self.find_dir, "find", s, split.fingerprint, "attended")
-            self.attention[s] = open_cache(self.find_dir, "find", s, split.fingerprint, "attention")
-            self.roots[s] = (modules, instances)
-
-    def _setup_model(self) -> None:
-        dims, instances = self.data.dims(), self.data.vocab["instances"]
-        self.modules = {m: build_module(m, self.interface, dims, instances.get(m, []), **self.recipe.module_hparams(m))
-                        for m in REST}
-        self.model = nn.ModuleDict(self.modules)
-        self.ids = {}
-        for s, (modules, instances_of_row) in self.roots.items():
-            ids = np.full(len(modules), -1, np.int64)
-            for name in ("describe", "measure"):
-                rows = np.flatnonzero(modules == name)
-                ids[rows] = self.modules[name].instance_ids(list(instances_of_row[rows]), f"{s} questions")
-            self.ids[s] = ids
-
-    def _load(self, split, rows):
-        s = self.splits[split]
-        is_measure = self.roots[split][0][rows] == "measure"
-        return {"tokens": torch.from_numpy(s.tokens[rows]).long().to(self.device),
-                "lengths": torch.from_numpy(s.lengths[rows]).long(),
-                "attended": torch.from_numpy(self.attended[split].take(rows)).float().to(self.device),
-                "attention": torch.from_numpy(self.attention[split].take(rows)).float().to(self.device),
-                "is_measure": torch.from_numpy(is_measure).to(self.device),
-                "instance": torch.from_numpy(self.ids[split][rows]).to(self.device),
-                "answer": torch.from_numpy(s.answer[rows]).long().to(self.device)}
-
-    def _forward(self, batch):
-        prior = self.modules["encoder"](batch["tokens"], batch["lengths"])
-        measure, describe = batch["is_measure"], ~batch["is_measure"]
-        root = prior.new_zeros(prior.shape)
-        if describe.any():
-            root[describe] = self.modules["describe"](batch["attended"][describe], instance=batch["instance"][describe])
-        if measure.any():
-            root[measure] = self.modules["measure"](batch["attention"][measure], instance=batch["instance"][measure])
-        return self.interface.combine(root, prior)
-
-    def _save(self, key_hash: str, state: dict) -> dict[str, Any]:
-        fields = {**self._card_fields(key_hash, state), "inputs": self.key["inputs"], "training": "around a frozen find"}
-        for name, module in self.modules.items():
-            save_module(self.workdir.modules, module, fields)
-        return fields
+def _frozen(plan: Plan, module: str) -> tuple[str, ...]:
+    """What the final NMN keeps frozen: the studied module and the modules it reads, but not the
+    prior's producer (the encoder), which trains with the rest."""
+    upstream = [m for m in plan.module(module).consumes if module_class(m).output != Prior.name]
+    return (*upstream, module)
 
 
-def train_candidate(recipe_raw: dict, where: str, root: str, data_dir: str, device: str, threads: int = 0) -> dict:
-    """Train one candidate find (unless already trained); its surrogate's metrics, or why it failed."""
+def train_candidate(recipe_raw: dict, where: str, module: str, root: str, data_dir: str, device: str,
+                    threads: int = 0) -> dict:
+    """Train one candidate (unless already trained); its surrogate's metrics, or why it failed."""
     if threads:
         torch.set_num_threads(threads)
     recipe = Recipe(recipe_raw, where)
     workdir = Workdir(Path(root), Path(data_dir))
     data = PreparedData(data_dir)
     try:
-        trained = not is_up_to_date(recipe, "find", data, workdir)
+        trained = not is_up_to_date(recipe, module, data, workdir)
         if trained:
-            train_module(workdir, recipe, "find", torch.device(device), data)
-        surrogate = load_card(workdir.modules, "find")["surrogate"]
+            train_module(workdir, recipe, module, torch.device(device), data)
+        surrogate = load_card(workdir.modules, module)["surrogate"]
         return {"surrogate_loss": surrogate["val_loss"], "surrogate_accuracy": surrogate["val_accuracy"],
                 "variance": surrogate["predictive_variance"], "trained_now": trained}
     except ModtrainError as e:  # e.g. a NaN loss at a wild learning rate: recorded, never selected
         return {"surrogate_loss": math.nan, "surrogate_accuracy": math.nan, "variance": math.inf, "failed": str(e)}
 
 
-def train_final(recipe_raw: dict, where: str, root: str, data_dir: str, find_root: str, device: str,
-                threads: int = 0) -> dict:
-    """The NMN around one frozen find (unless already trained): its final validation loss and accuracy."""
+def train_final(recipe_raw: dict, where: str, module: str, root: str, data_dir: str, candidate_root: str,
+                device: str, threads: int = 0) -> dict:
+    """The NMN trained end to end around the frozen candidate (unless already trained), reading the
+    candidate's outputs from its virtual dataset: its final validation loss and accuracy."""
     if threads:
         torch.set_num_threads(threads)
+    recipe = Recipe(recipe_raw, where)
+    plan = make_plan(recipe)
     data = PreparedData(data_dir)
-    find_dir = Workdir(Path(find_root), Path(data_dir))
-    write_caches(find_dir, "find", data, torch.device(device))
+    candidate = Workdir(Path(candidate_root), Path(data_dir))
+    frozen = _frozen(plan, module)
+    if not caches_up_to_date(candidate, plan, module, data):
+        write_caches(candidate, plan, module, data, torch.device(device))
     workdir = Workdir(Path(root), Path(data_dir))
-    job = RestJob(workdir, Recipe(recipe_raw, where), torch.device(device), data, find_dir)
-    card = load_card(workdir.modules, "encoder") if cards_match(workdir.modules, list(REST), job.key) else job.run()
+    spec = joint_spec(plan, FINAL, frozen)
+    sources = {m: candidate for m in frozen}
+    key = job_key(spec, recipe, data, sources, workdir)
+    if cards_match(workdir.modules, list(spec.trainable), key):
+        card = load_card(workdir.modules, spec.trainable[0])
+    else:
+        card = Job(workdir, recipe, torch.device(device), spec, data, sources, plan).run()
     return {"final_loss": card["metrics"]["val_loss"], "final_accuracy": card["metrics"]["val_accuracy"]}
 
 
 def run_correlation(root: str | Path, recipe_name: str, n_modules: int, k_select: int, device: torch.device,
                     overrides: list[str] = (), seed: int = 0, max_epochs: int = 20,
-                    say: Callable[[str], None] = print, address: str | None = None) -> dict:
-    """The whole report (resumable); with ``address``, the N + K trainings run as Ray jobs."""
+                    say: Callable[[str], None] = print, address: str | None = None, module: str = "find") -> dict:
+    """The whole report for ``module`` (one trained through a surrogate), resumable; with
+    ``address``, the N + K trainings run as Ray jobs."""
     from modtrain.distributed import run_tasks
+    from modtrain.pipeline import run_job
 
     if k_select < 2 or n_modules < k_select:
         raise ModtrainError(f"--modules {n_modules} --select {k_select}: need 2 ≤ select ≤ modules")
     root = Path(root).resolve()
     base_recipe = Recipe.load(recipe_name, list(overrides))
-    if base_recipe.surrogate("find") is None:
-        raise ModtrainError(f"recipe {base_recipe.name} trains find without a surrogate; use one that sets "
-                            f"modules.find.surrogate (e.g. nmn-typed)")
+    if base_recipe.surrogate(module) is None:
+        raise ModtrainError(f"recipe {base_recipe.name} trains {module} without a surrogate; use one that sets "
+                            f"modules.{module}.surrogate (e.g. nmn-typed)")
+    plan = make_plan(base_recipe)
     base = Workdir.for_recipe(base_recipe, root / "base")
     base.root.mkdir(parents=True, exist_ok=True)
     data = ensure_data(base_recipe, base, device, say)
     data_dir = str(Path(data.root).resolve())
     source = f"data.source='{data_dir}'"
-    typed = base_recipe.interface == "typed"
-    if typed:  # the prior every candidate's surrogate uses (§5.5): trained and cached once
-        if not is_up_to_date(base_recipe, "encoder", data, base):
-            say("base: train encoder ...")
-            train_module(base, base_recipe, "encoder", device, data)
-        write_caches(base, "encoder", data, device)
-    threshold = base_recipe.surrogate("find")[1].get("variance_threshold", 0.0025)
+    upstream = plan.module(module).consumes
+    # what every candidate reads (the prior in typed, find for relate, ...): trained and cached once
+    for job in plan.jobs:
+        if job.module in upstream and job.kind in ("train", "cache"):
+            result = run_job(job, base_recipe, plan, base, data, device, say=lambda m: say(f"base: {m}"))
+            if not result["skipped"]:
+                say(f"base: {job.name} done")
+    threshold = base_recipe.surrogate(module)[1].get("variance_threshold", 0.0025)
+    own = module_class(module).defaults
 
     entries, tasks = [], []
     for i in range(n_modules):
         hp = draw_hyperparameters(seed, i, max_epochs)
-        recipe = Recipe.load(recipe_name, [*overrides, source, f"seed={seed + i}",
-                                           f"modules.find.batch_size={hp['batch_size']}", f"modules.find.lr={hp['lr']}",
-                                           f"modules.find.weight_decay={hp['weight_decay']}",
-                                           f"modules.find.dropout={hp['dropout']}",
-                                           f"modules.find.max_epochs={hp['epochs']}", f"modules.find.patience={hp['epochs']}"])
-        workdir = Workdir(root / "candidates" / f"find-{i:03d}", Path(data_dir))
-        if typed:
-            for name in ("encoder.pt", "encoder.json"):
-                _link(base.modules / name, workdir.modules / name)
-            _link(base.caches / "encoder", workdir.caches / "encoder")
+        settings = [f"modules.{module}.batch_size={hp['batch_size']}", f"modules.{module}.lr={hp['lr']}",
+                    f"modules.{module}.weight_decay={hp['weight_decay']}",
+                    f"modules.{module}.max_epochs={hp['epochs']}", f"modules.{module}.patience={hp['epochs']}"]
+        if "dropout" in own:
+            settings.append(f"modules.{module}.dropout={hp['dropout']}")
+        recipe = Recipe.load(recipe_name, [*overrides, source, f"seed={seed + i}", *settings])
+        workdir = Workdir(root / "candidates" / f"{module}-{i:03d}", Path(data_dir))
+        for name in upstream:
+            for suffix in (".pt", ".json"):
+                _link(base.modules / f"{name}{suffix}", workdir.modules / f"{name}{suffix}")
+            if (base.caches / name).exists():
+                _link(base.caches / name, workdir.caches / name)
         entries.append({"index": i, **hp, "workdir": str(workdir.root)})
-        tasks.append((recipe.raw, recipe.where, str(workdir.root), data_dir))
+        tasks.append((recipe.raw, recipe.where, module, str(workdir.root), data_dir))
     results = run_tasks(train_candidate, tasks, address, str(device), say,
-                        [f"candidate {i + 1}/{n_modules}: find with batch {e['batch_size']}, lr {e['lr']:.2g}, "
+                        [f"candidate {i + 1}/{n_modules}: {module} with batch {e['batch_size']}, lr {e['lr']:.2g}, "
                          f"weight decay {e['weight_decay']:.1g}, dropout {e['dropout']:.2f}, {e['epochs']} epochs"
                          for i, e in enumerate(entries)])
     for entry, result in zip(entries, results):
@@ -242,13 +203,14 @@ def run_correlation(root: str | Path, recipe_name: str, n_modules: int, k_select
     for e in entries:
         e["selected"], e["discarded"] = e["index"] in selected, e["index"] in discarded
     final_recipe = Recipe.load(recipe_name, [*overrides, source, f"seed={seed}"])
-    finals = [(final_recipe.raw, final_recipe.where, str(root / "final" / f"find-{i:03d}"), data_dir,
+    finals = [(final_recipe.raw, final_recipe.where, module, str(root / "final" / f"{module}-{i:03d}"), data_dir,
                entries[i]["workdir"]) for i in selected]
     for i, result in zip(selected, run_tasks(train_final, finals, address, str(device), say,
-                                             [f"final NMN around find {i}" for i in selected])):
+                                             [f"final NMN around {module} {i}" for i in selected])):
         entries[i].update(result)
 
-    report = {"recipe": base_recipe.name, "interface": base_recipe.interface, "modules": n_modules, "select": k_select,
+    report = {"recipe": base_recipe.name, "interface": base_recipe.interface, "module": module,
+              "modules": n_modules, "select": k_select,
               "seed": seed, "variance_threshold": threshold, "candidates": entries,
               "loss": correlation([entries[i]["surrogate_loss"] for i in selected], [entries[i]["final_loss"] for i in selected]),
               "accuracy": correlation([entries[i]["surrogate_accuracy"] for i in selected],

@@ -6,13 +6,14 @@ from pathlib import Path
 
 from modtrain.errors import ModtrainError
 from modtrain.io import read_json, write_json
+from modtrain.plan import make_plan
+from modtrain.recipe import RESOLVED, Recipe
 from modtrain.reports.plots import pyplot, save_figure
 
-ORDER = ("encoder", "find", "describe", "measure", "e2e")
 
-
-def load_searches(tune_dirs: list[Path]) -> dict[str, dict]:
-    """``trials.json`` of every search found under the given ``tune/`` folders."""
+def load_searches(tune_dirs: list[Path], order: list[str] = ()) -> dict[str, dict]:
+    """``trials.json`` of every search found under the given ``tune/`` folders, in ``order``
+    (the plan's training order), then any other module, the end-to-end search last."""
     searches = {}
     for folder in tune_dirs:
         for path in sorted(Path(folder).glob("*/trials.json")):
@@ -20,14 +21,18 @@ def load_searches(tune_dirs: list[Path]) -> dict[str, dict]:
             searches[summary["module"]] = summary
     if not searches:
         raise ModtrainError(f"no searches found in {', '.join(map(str, tune_dirs))}; run 'modtrain tune MODULE' first")
-    return dict(sorted(searches.items(), key=lambda kv: ORDER.index(kv[0]) if kv[0] in ORDER else len(ORDER)))
+    rank = {name: k for k, name in enumerate(order)}
+    return dict(sorted(searches.items(), key=lambda kv: (kv[0] == "e2e", rank.get(kv[0], len(rank)), kv[0])))
 
 
 def hpo_report(workdir: str | Path, e2e_workdir: str | Path | None = None) -> dict:
     """Write ``reports/hpo.json``, ``hpo_accuracy.png`` and ``hpo_time.png``; return the JSON."""
     workdir = Path(workdir)
     dirs = [workdir / "tune"] + ([Path(e2e_workdir) / "tune"] if e2e_workdir else [])
-    searches = load_searches(dirs)
+    order = []
+    if (workdir / RESOLVED).exists():
+        order = [m.name for m in make_plan(Recipe.load(workdir / RESOLVED), end_to_end=True).modules]
+    searches = load_searches(dirs, order)
     report = {"modules": {}}
     for module, s in searches.items():
         scores = [t["best_score"] if t["best_score"] is not None else 0.0 for t in s["trials"]]

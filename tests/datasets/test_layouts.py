@@ -8,9 +8,9 @@ RED = ("filter_color", [0], ["red"])
 
 
 @pytest.mark.parametrize("nodes, layout", [
-    ([SCENE, ("count", [0])], "measure[count](scene)"),
+    ([SCENE, ("count", [0])], "measure[count](find[*all*])"),
     ([SCENE, RED, ("exist", [1])], "measure[exist](find[red])"),
-    # filter_X[v] → find[v] ANDed with its input (scene is left out: AND with all-ones is the identity)
+    # filter_X[v] → find[v] ANDed with its input (the whole scene is left out: it adds nothing)
     ([SCENE, RED, ("filter_shape", [1], ["cube"]), ("filter_size", [2], ["large"]),
       ("filter_material", [3], ["metal"]), ("count", [4])],
      "measure[count](and(find[metal],and(find[large],and(find[cube],find[red]))))"),
@@ -33,17 +33,17 @@ RED = ("filter_color", [0], ["red"])
       ("query_size", [6]), ("equal_size", [3, 7])],
      "compare[equal_size](describe[size](find[red]),describe[size](find[cube]))"),
     ([SCENE, RED, ("unique", [1]), ("query_color", [2]), SCENE, ("unique", [4]), ("query_color", [5]), ("equal_color", [3, 6])],
-     "compare[equal_color](describe[color](find[red]),describe[color](scene))"),
+     "compare[equal_color](describe[color](find[red]),describe[color](find[*all*]))"),
     ([SCENE, RED, ("unique", [1]), ("query_shape", [2]), SCENE, ("unique", [4]), ("query_shape", [5]), ("equal_shape", [3, 6])],
-     "compare[equal_shape](describe[shape](find[red]),describe[shape](scene))"),
+     "compare[equal_shape](describe[shape](find[red]),describe[shape](find[*all*]))"),
     ([SCENE, RED, ("unique", [1]), ("query_material", [2]), SCENE, ("unique", [4]), ("query_material", [5]), ("equal_material", [3, 6])],
-     "compare[equal_material](describe[material](find[red]),describe[material](scene))"),
+     "compare[equal_material](describe[material](find[red]),describe[material](find[*all*]))"),
     ([SCENE, RED, ("count", [1]), SCENE, ("count", [3]), ("equal_integer", [2, 4])],
-     "compare[equal_integer](measure[count](find[red]),measure[count](scene))"),
+     "compare[equal_integer](measure[count](find[red]),measure[count](find[*all*]))"),
     ([SCENE, RED, ("count", [1]), SCENE, ("count", [3]), ("less_than", [2, 4])],
-     "compare[less_than](measure[count](find[red]),measure[count](scene))"),
+     "compare[less_than](measure[count](find[red]),measure[count](find[*all*]))"),
     ([SCENE, RED, ("count", [1]), SCENE, ("count", [3]), ("greater_than", [2, 4])],
-     "compare[greater_than](measure[count](find[red]),measure[count](scene))"),
+     "compare[greater_than](measure[count](find[red]),measure[count](find[*all*]))"),
     # intersect with the whole scene is the identity too
     ([SCENE, RED, SCENE, ("intersect", [1, 2]), ("count", [3])], "measure[count](find[red])"),
 ])

@@ -75,7 +75,7 @@ def test_split_arrays_are_aligned_with_the_questions(prepared):
         assert arrays["answer"][i] == vocab["answers"][q.answer]
         assert arrays["family"][i] == q.question_family_index
     assert attrs["vocab_sha256"] == sha256_json(vocab)
-    assert attrs["schema_version"] == 1 and attrs["split"] == "train"
+    assert attrs["schema_version"] == 2 and attrs["split"] == "train"
     assert len(attrs["data_fingerprint"]) == 64
 
 

@@ -16,9 +16,9 @@ def _random_input(data_type, batch, interface):
     if data_type is Features:
         return torch.randn(batch, DIMS["features"], DIMS["height"], DIMS["width"])
     shapes = {"Attended": (batch, DIMS["features"]), "AnswerLogits": (batch, DIMS["answers"]),
-              "Prior": (batch, DIMS["answers"])}
+              "Prior": (batch, DIMS["answers"]), "Probabilities": (batch, DIMS["answers"])}
     if data_type.name in shapes:
-        return torch.randn(shapes[data_type.name])
+        return data_type.constrain(torch.randn(shapes[data_type.name]))
     return data_type.constrain(torch.randn(batch, DIMS["height"], DIMS["width"]) * 3)  # attention
 
 
@@ -55,7 +55,7 @@ def test_instances_are_applied_per_sample():
 
 
 def test_factory_errors_name_the_valid_choices():
-    with pytest.raises(ModtrainError, match="unknown module 'transform'; valid: and, describe"):
+    with pytest.raises(ModtrainError, match="unknown module 'transform'; valid: and, compare, describe"):
         build_module("transform", "typed", DIMS)
     with pytest.raises(ModtrainError, match=r"unknown hyperparameter\(s\) depth for module find; valid: attention, bias, dropout"):
         build_module("find", "typed", DIMS, INSTANCES, depth=3)

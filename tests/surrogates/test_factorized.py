@@ -7,15 +7,17 @@ DIMS = {"features": 6, "height": 4, "width": 5, "answers": 7}
 
 
 def _inputs(batch=8):
+    """(attended, flattened attention), which way each row's root reads it (0: attended, as
+    describe; 1: attention, as measure), root instance, prior."""
     torch.manual_seed(1)
-    return (torch.rand(batch, 4, 5), torch.randn(batch, 6), torch.tensor([0, 1] * (batch // 2), dtype=torch.bool),
+    return ([torch.randn(batch, 6), torch.rand(batch, 20)], torch.tensor([0, 1] * (batch // 2)),
             torch.randint(0, 3, (batch,)), torch.randn(batch, 7))
 
 
 def _surrogate(interface="typed", **hparams):
     torch.manual_seed(0)
-    return surrogate_class("factorized")(INTERFACES[interface], DIMS, ["describe[color]", "measure[exist]", "measure[count]"],
-                                         rank=3, **hparams)
+    return surrogate_class("factorized")(INTERFACES[interface], [6, 20], DIMS["answers"],
+                                         ["describe[color]", "measure[exist]", "measure[count]"], rank=3, **hparams)
 
 
 def test_variance_is_zero_without_dropout_and_positive_with_it():
@@ -27,20 +29,20 @@ def test_variance_is_zero_without_dropout_and_positive_with_it():
 
 
 def test_prior_is_a_bias_only_in_the_typed_interface():
-    attention, attended, is_measure, root, prior = _inputs()
+    values, part, root, prior = _inputs()
     typed = _surrogate("typed", dropout=0.0).eval()
-    assert not torch.allclose(typed(attention, attended, is_measure, root, prior), typed(attention, attended, is_measure, root))
+    assert not torch.allclose(typed(values, part, root, prior), typed(values, part, root))
     gradient = _surrogate("gradient", dropout=0.0).eval()
-    assert torch.allclose(gradient(attention, attended, is_measure, root, prior), gradient(attention, attended, is_measure, root))
+    assert torch.allclose(gradient(values, part, root, prior), gradient(values, part, root))
 
 
 def test_reads_attended_for_describe_and_attention_for_measure():
-    attention, attended, is_measure, root, _ = _inputs()
+    (attended, attention), part, root, _ = _inputs()
     s = _surrogate(dropout=0.0).eval()
-    base = s(attention, attended, is_measure, root)
-    changed_attention = s(attention + 1, attended, is_measure, root)
-    changed_attended = s(attention, attended + 1, is_measure, root)
-    describe_rows, measure_rows = ~is_measure, is_measure
+    base = s([attended, attention], part, root)
+    changed_attention = s([attended, attention + 1], part, root)
+    changed_attended = s([attended + 1, attention], part, root)
+    describe_rows, measure_rows = part == 0, part == 1
     assert torch.allclose(base[describe_rows], changed_attention[describe_rows])
     assert not torch.allclose(base[measure_rows], changed_attention[measure_rows])
     assert torch.allclose(base[measure_rows], changed_attended[measure_rows])

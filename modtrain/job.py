@@ -1,0 +1,424 @@
+"""The training job of any module, derived from the plan, and its data wiring (DESIGN.md, "Jobs").
+
+A job trains some modules — one in modular training, all of them end to end — with others
+frozen. It trains on the questions whose layout it can run: every module of the layout is
+trained by the job, frozen (already trained) or parameter-free; for a module trained through
+a surrogate (indirect supervision, paper §3.1) the root is the surrogate's place. So find
+trains on the questions whose root reads its attention through and/or only; relate, once find
+is trained, on those where relate's output reaches the root through and/or and other relates;
+compare, once describe and measure are trained, on the comparisons.
+
+Each question runs its *wiring*: its layout with every maximal frozen subtree replaced by a
+``given`` leaf, the subtree's output read from the virtual dataset of its last-trained module
+(``modtrain.cache``), or — for cheap producers the plan recomputes — left in place and run
+frozen. The root's answer is combined with the encoder's prior as the interface says; a
+surrogate reads the module's output the way each question's root would (paper §5.2).
+"""
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from modtrain.cache import EdgeCache, attention_mode, open_cache, parametric_modules
+from modtrain.card import load_module, save_module, weights_sha256
+from modtrain.data import PreparedData, shuffled_batches
+from modtrain.errors import ModtrainError
+from modtrain.execute import Executor, Given, given_name
+from modtrain.layout import Layout
+from modtrain.plan import Plan, make_plan
+from modtrain.recipe import Recipe
+from modtrain.registry import build_module, module_class, surrogate_class
+from modtrain.train import TrainingLoop
+from modtrain.types import Attended, DataType, Features, Prior, get_interface
+from modtrain.workdir import Workdir
+
+SPLITS = ("train", "val")
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """What a job trains and what it takes as given."""
+
+    name: str                    # the job's name: a module's, or e.g. e2e
+    trainable: tuple[str, ...]   # modules it trains
+    frozen: tuple[str, ...]      # trained modules whose outputs it uses
+    recompute: tuple[str, ...]   # frozen modules it runs from the features instead of reading their caches
+    surrogate: str | None        # the module trained through a surrogate, which stands in for the root
+    training: str                # what the cards say: modular, end-to-end, ...
+
+
+def module_spec(plan: Plan, name: str) -> JobSpec:
+    """Modular training of one module, as its plan entry says."""
+    m = plan.module(name)
+    return JobSpec(name, (name,), tuple(m.consumes), tuple(m.recomputes),
+                   name if m.supervision == "indirect" else None, "modular")
+
+
+def joint_spec(plan: Plan, name: str, frozen: tuple[str, ...] = ()) -> JobSpec:
+    """Every module of the plan but ``frozen`` trained at once, end to end."""
+    trainable = tuple(m.name for m in plan.modules if m.name not in frozen)
+    training = "end-to-end" if not frozen else f"end-to-end around a frozen {', '.join(frozen)}"
+    return JobSpec(name, trainable, tuple(frozen), (), None, training)
+
+
+def job_key(spec: JobSpec, recipe: Recipe, data: PreparedData, sources: dict[str, Workdir],
+            workdir: Workdir) -> dict[str, Any]:
+    """Everything a job's result depends on; a card whose key differs is out of date."""
+    config = {k: v for k, v in recipe.train_config(spec.name).items() if k not in ("device", "num_workers", "amp")}
+    inputs = {p: weights_sha256(sources.get(p, workdir).modules, p) for p in spec.frozen}
+    return {"kind": spec.training, "interface": recipe.interface, "seed": recipe.seed,
+            "hyperparameters": {m: recipe.module_hparams(m) for m in spec.trainable}, "train": config,
+            "surrogate": recipe.surrogate(spec.surrogate) if spec.surrogate else None,
+            "data_fingerprint": data.fingerprint, "inputs": inputs}
+
+
+@dataclass
+class Cut:
+    """A frozen subtree of a question's layout, replaced by a ``given`` leaf."""
+
+    node: int          # its pre-order index in the question's layout
+    owner: str         # the producer whose virtual dataset holds its output
+    column: str        # which of the cache's columns: value, or attended
+    data_type: DataType
+    slot: int          # the leaf's index among the layout's given leaves of this type
+
+
+@dataclass
+class Wiring:
+    """How one layout runs in a job."""
+
+    layout: Layout               # with given leaves; below the root when a surrogate stands in for it
+    cuts: list[Cut]
+    root: str | None = None      # the root instance a surrogate stands in for, e.g. describe[color]
+    root_reads: DataType | None = None  # how that root reads its input
+
+
+class Wirer:
+    """Wires layouts for a job: which questions it trains on and what each one runs."""
+
+    def __init__(self, spec: JobSpec, plan: Plan, interface):
+        self.spec, self.plan, self.interface = spec, plan, interface
+        self.trainable, self.frozen, self.recompute = set(spec.trainable), set(spec.frozen), set(spec.recompute)
+        self._cache: dict[str, Wiring | None] = {}
+
+    def signature(self, module: str) -> tuple[list[DataType], DataType]:
+        cls = module_class(module)
+        return [self.interface.resolve(t) for t in cls.inputs], self.interface.resolve(cls.output)
+
+    def wire(self, layout: Layout) -> Wiring | None:
+        """The wiring of a layout, or None if the job does not train on it."""
+        if layout.text not in self._cache:
+            self._cache[layout.text] = self._wire(layout)
+        return self._cache[layout.text]
+
+    def _wire(self, layout: Layout) -> Wiring | None:
+        usable = self.trainable | self.frozen
+        root, root_reads, body, start = None, None, layout, 0
+        if self.spec.surrogate is not None:
+            if len(layout.children) != 1:
+                return None
+            inputs = [t for t in self.signature(layout.module)[0] if not t.from_dataset]
+            root = layout.module if layout.instance is None else f"{layout.module}[{layout.instance}]"
+            root_reads, body, start = inputs[0], layout.children[0], 1
+        modules = parametric_modules(body)
+        if not modules <= usable or not modules & self.trainable:
+            return None
+        cuts: list[Cut] = []
+        slots: dict[str, int] = defaultdict(int)
+
+        def visit(node: Layout, index: int, reads: DataType | None) -> Layout:
+            inside = parametric_modules(node)
+            if inside and inside <= self.frozen and not inside <= self.recompute:
+                output = self.signature(node.module)[1]
+                column, data_type = ("attended", Attended) if reads is Attended and output is \
+                    self.interface.attention else ("value", output)
+                cuts.append(Cut(index, self.plan.owner(inside), column, data_type, slots[data_type.name]))
+                slots[data_type.name] += 1
+                return Layout(given_name(data_type), str(cuts[-1].slot))
+            wanted = [t for t in self.signature(node.module)[0] if not t.from_dataset]
+            children, position = [], index + 1
+            for child, child_reads in zip(node.children, wanted):
+                children.append(visit(child, position, child_reads))
+                position += child.size
+            return Layout(node.module, node.instance, tuple(children))
+
+        return Wiring(visit(body, start, root_reads), cuts, root, root_reads)
+
+
+class Job(TrainingLoop):
+    """A training job built from a ``JobSpec``: its data wiring, model and card."""
+
+    def __init__(self, workdir: Workdir, recipe: Recipe, device: torch.device, spec: JobSpec,
+                 data: PreparedData | None = None, sources: dict[str, Workdir] | None = None,
+                 plan: Plan | None = None):
+        """``sources``: where a frozen module and its virtual dataset live, if not in ``workdir``."""
+        self.workdir, self.recipe, self.device, self.spec = workdir, recipe, device, spec
+        self.name = spec.name
+        self.data = data or PreparedData(workdir.data)
+        self.plan = plan or make_plan(recipe)
+        self.interface = get_interface(recipe.interface)
+        self.config = recipe.train_config(spec.name)
+        self.seed = recipe.seed
+        self.sources = dict(sources or {})
+        self.key = job_key(spec, recipe, self.data, self.sources, workdir)
+        self.wirer = Wirer(spec, self.plan, self.interface)
+        prior = [m.name for m in self.plan.modules if module_class(m.name).output == Prior.name]
+        self.prior_producer = prior[0] if prior else None
+        if self.prior_producer in spec.trainable:
+            self.prior_source = "train"
+        elif self.prior_producer in spec.frozen and self.interface.train_with_prior():
+            self.prior_source = "cache"
+        else:
+            self.prior_source = None
+        # a job that trains only the prior producer answers from the question alone
+        self.layout_free = set(spec.trainable) == {self.prior_producer}
+
+    @classmethod
+    def for_module(cls, workdir: Workdir, recipe: Recipe, name: str, device: torch.device,
+                   data: PreparedData | None = None) -> "Job":
+        """The modular training job of one module of the recipe."""
+        if name not in recipe.modules:
+            raise ModtrainError(f"recipe {recipe.name} has no module {name!r}; its modules: {', '.join(recipe.modules)}")
+        plan = make_plan(recipe)
+        return cls(workdir, recipe, device, module_spec(plan, name), data, plan=plan)
+
+    def _source(self, module: str) -> Workdir:
+        return self.sources.get(module, self.workdir)
+
+    # -- data --------------------------------------------------------------------------------
+    def _setup_data(self) -> None:
+        self.splits = {s: self.data.split(s) for s in SPLITS}
+        wirings = [None if self.layout_free else self.wirer.wire(layout) for layout in self.data.layouts]
+        self.wirings = wirings
+        self.rows: dict[str, np.ndarray] = {}
+        for s, split in self.splits.items():
+            keep = split.answer >= 0
+            if not self.layout_free:
+                trainable = np.array([w is not None for w in wirings] + [False], bool)
+                keep &= trainable[split.layout]  # layout −1 (no program) picks the trailing False
+            self.rows[s] = np.flatnonzero(keep)
+        self.train_rows, self.val_rows = self.rows["train"], self.rows["val"]
+        if self.layout_free:
+            self.needs_features, self.runs = False, set()
+            return
+        used = [wirings[i] for i in np.unique(np.concatenate([self.splits[s].layout[self.rows[s]] for s in SPLITS]))]
+        self.needs_features = any(self._reads_features(w) for w in used)
+        self.runs = {node.module for w in used for node in w.layout.nodes()}  # modules the wirings run
+        self.features = {s: split.features() for s, split in self.splits.items()} if self.needs_features else {}
+        self._setup_given(used)
+        if self.spec.surrogate is not None:
+            self.roots = sorted({w.root for w in (wirings[i] for i in np.unique(self.splits["train"].layout[self.train_rows]))})
+            self.root_types = sorted({w.root_reads for w in used}, key=lambda t: t.name)
+            unknown = sorted({w.root for w in used} - set(self.roots))
+            if unknown:
+                raise ModtrainError(f"{self.name}: validation questions have root(s) {', '.join(unknown)}, "
+                                    f"never seen in training")
+            index = {r: i for i, r in enumerate(self.roots)}
+            kinds = {t: k for k, t in enumerate(self.root_types)}
+            self.root_ids = np.array([index.get(w.root, -1) if w else -1 for w in wirings] + [-1])
+            self.root_kind = np.array([kinds.get(w.root_reads, -1) if w else -1 for w in wirings] + [-1])
+        if self.prior_source == "cache":
+            self.priors = {s: open_cache(self._source(self.prior_producer), self.plan, self.prior_producer, s,
+                                         split.fingerprint) for s, split in self.splits.items()}
+
+    def _reads_features(self, wiring: Wiring) -> bool:
+        if wiring.root_reads is Attended:
+            return True
+        for node in wiring.layout.nodes():
+            if node.module.startswith("given:"):
+                continue
+            inputs, _ = self.wirer.signature(node.module)
+            if Features in inputs:
+                return True
+            wanted = [t for t in inputs if not t.from_dataset]
+            if any(t is Attended and not child.module.startswith("given:") for child, t in zip(node.children, wanted)):
+                return True
+        return False
+
+    def _setup_given(self, used: list[Wiring]) -> None:
+        """Per split and given type: each row's cache edge and cache (a column of a producer's cache)
+        for every slot; read batch by batch in ``_given``."""
+        self.given_types: dict[str, DataType] = {}
+        slots: dict[str, int] = defaultdict(int)
+        sources: list[tuple[str, str]] = []  # (owner, column)
+        for w in used:
+            for cut in w.cuts:
+                self.given_types[cut.data_type.name] = cut.data_type
+                slots[cut.data_type.name] = max(slots[cut.data_type.name], cut.slot + 1)
+                if (cut.owner, cut.column) not in sources:
+                    sources.append((cut.owner, cut.column))
+        self.given_sources = sources
+        self.given_slots = dict(slots)
+        owners = sorted({owner for owner, _ in sources})
+        self.caches = {s: {o: EdgeCache(self._source(o), self.plan, o, s, split.fingerprint) for o in owners}
+                       for s, split in self.splits.items()}
+        self.given_edges: dict[str, dict[str, np.ndarray]] = {}
+        self.given_from: dict[str, dict[str, np.ndarray]] = {}
+        for s, split in self.splits.items():
+            edges = {t: np.full((len(split), k), -1, np.int64) for t, k in slots.items()}
+            origin = {t: np.full((len(split), k), -1, np.int16) for t, k in slots.items()}
+            rows = self.rows[s]
+            for layout_id in np.unique(split.layout[rows]):
+                wiring = self.wirings[layout_id]
+                mine = rows[split.layout[rows] == layout_id]
+                for cut in wiring.cuts:
+                    t = cut.data_type.name
+                    edges[t][mine, cut.slot] = self.caches[s][cut.owner].lookup(mine, np.full(len(mine), cut.node))
+                    origin[t][mine, cut.slot] = sources.index((cut.owner, cut.column))
+            self.given_edges[s], self.given_from[s] = edges, origin
+
+    def _given(self, split: str, rows: np.ndarray) -> dict[str, torch.Tensor]:
+        out = {}
+        for t, k in self.given_slots.items():
+            edges, origin = self.given_edges[split][t][rows], self.given_from[split][t][rows]
+            values = None
+            for i, (owner, column) in enumerate(self.given_sources):
+                mask = origin == i
+                if not mask.any():
+                    continue
+                read = self.caches[split][owner].column(column).take(edges[mask])
+                if values is None:
+                    values = np.zeros((len(rows), k, *read.shape[1:]), np.float32)
+                values[mask] = read
+            if values is not None:
+                out[given_name(self.given_types[t])] = torch.from_numpy(values).to(self.device)
+        return out
+
+    def _load(self, split: str, rows: np.ndarray) -> dict[str, Any]:
+        s = self.splits[split]
+        batch: dict[str, Any] = {"answer": torch.from_numpy(s.answer[rows]).long().to(self.device)}
+        if self.prior_source == "train":
+            batch["tokens"] = torch.from_numpy(s.tokens[rows]).long().to(self.device)
+            batch["lengths"] = torch.from_numpy(s.lengths[rows]).long()
+        elif self.prior_source == "cache":
+            batch["prior"] = torch.from_numpy(self.priors[split].take(rows)).to(self.device)
+        if self.layout_free:
+            return batch
+        layout_ids = s.layout[rows]
+        batch["layouts"] = [self.wirings[i].layout for i in layout_ids]
+        batch["given"] = self._given(split, rows)
+        if self.needs_features:
+            batch["features"] = torch.from_numpy(self.features[split].take(s.image_index[rows])).float().to(self.device)
+        if self.spec.surrogate is not None:
+            batch["root"] = torch.from_numpy(self.root_ids[layout_ids]).to(self.device)
+            batch["part"] = torch.from_numpy(self.root_kind[layout_ids]).to(self.device)
+        return batch
+
+    # -- model -------------------------------------------------------------------------------
+    def _setup_model(self) -> None:
+        dims, instances = self.data.dims(), self.data.vocab["instances"]
+        self.modules = {m: build_module(m, self.interface, dims, instances.get(m, []), **self.recipe.module_hparams(m))
+                        for m in self.spec.trainable}
+        frozen = {}
+        # only the frozen modules a wiring runs (the others come from caches); loading them must
+        # not move the training's random stream
+        with torch.random.fork_rng(devices=[]):
+            for m in sorted(set(self.spec.frozen) & self.runs):
+                frozen[m], _ = load_module(self._source(m).modules, m, self.device)
+                frozen[m].requires_grad_(False)
+        layout_modules = {m: module for m, module in {**frozen, **self.modules}.items() if m != self.prior_producer}
+        givens = {given_name(t): Given(t) for t in getattr(self, "given_types", {}).values()}
+        hparams = {m: module.hparams for m, module in layout_modules.items()}
+        self.attention_mode = attention_mode(hparams)
+        self.executor = Executor({**layout_modules, **givens}, self.interface, self.attention_mode)
+        self.model = nn.ModuleDict(self.modules)
+        self.surrogate = None
+        if self.spec.surrogate is not None:
+            choice = self.recipe.surrogate(self.spec.surrogate)
+            if choice is None:
+                raise ModtrainError(f"{self.spec.surrogate} has indirect supervision (paper §3.1): train it through "
+                                    f"a surrogate, e.g. 'modtrain train {self.spec.surrogate} --surrogate factorized'")
+            parts = [dims["features"] if t is Attended else dims["height"] * dims["width"] for t in self.root_types]
+            self.surrogate = surrogate_class(choice[0])(self.interface, parts, dims["answers"], self.roots, **choice[1])
+            self.model["surrogate"] = self.surrogate
+
+    def _prior(self, batch: dict[str, Any]) -> torch.Tensor | None:
+        if self.prior_source == "train":
+            return self.modules[self.prior_producer](batch["tokens"], batch["lengths"])
+        return batch.get("prior")
+
+    def _surrogate_inputs(self, batch: dict[str, Any]):
+        output = self.executor.run(batch["layouts"], batch.get("features"), batch["given"])
+        source = self.interface.attention
+        values = [self.interface.convert(output, source, t, lambda: batch["features"], self.attention_mode).flatten(1)
+                  for t in self.root_types]
+        return values, batch["part"], batch["root"], batch.get("prior")
+
+    def _forward(self, batch: dict[str, Any]) -> torch.Tensor:
+        if self.layout_free:
+            return F.log_softmax(self._prior(batch), dim=-1)
+        if self.surrogate is not None:
+            return self.surrogate(*self._surrogate_inputs(batch))
+        root = self.executor.run(batch["layouts"], batch.get("features"), batch["given"])
+        return self.interface.combine(root, self._prior(batch))
+
+    def _validate(self) -> dict[str, float]:
+        if self.surrogate is None:
+            return super()._validate()
+        # MC-dropout validation (§5.3): NLL of the mean prediction, accuracy, predictive variance
+        self.model.eval()
+        nll, correct, variance, count = 0.0, 0, 0.0, 0
+        with torch.no_grad():
+            for rows in shuffled_batches(self.val_rows, self.config["batch_size"] * 4, None):
+                batch = self._load("val", rows)
+                result = self.surrogate.mc_predict(*self._surrogate_inputs(batch))
+                probs = result.mean_probs.float()
+                nll -= torch.log(probs.gather(1, batch["answer"][:, None]).clamp_min(1e-12)).sum().item()
+                correct += (probs.argmax(1) == batch["answer"]).sum().item()
+                variance += result.variance.sum().item()
+                count += len(rows)
+        return {"val_loss": nll / count, "val_accuracy": correct / count, "val_variance": variance / count}
+
+    # -- cards -------------------------------------------------------------------------------
+    def _surrogate_card(self, best: dict[str, float]) -> dict[str, Any]:
+        hparams = self.surrogate.hparams
+        return {"surrogate": {
+            "name": self.surrogate.name, "hyperparameters": hparams, "roots": self.roots,
+            "parameters": self.surrogate.num_parameters(), "root_parameters": self._root_parameters(),
+            "val_loss": best["val_loss"], "val_accuracy": best["val_accuracy"],
+            "predictive_variance": best["val_variance"],
+            "trustworthy": best["val_variance"] <= hparams["variance_threshold"],
+        }}
+
+    def _root_parameters(self) -> int:
+        """Parameters of the root modules the surrogate stands for, for the size comparison."""
+        dims, instances = self.data.dims(), self.data.vocab["instances"]
+        total = 0
+        for name in sorted({root.split("[")[0] for root in self.roots}):
+            if name in self.recipe.modules and instances.get(name):
+                module = build_module(name, self.interface, dims, instances[name], **self.recipe.module_hparams(name))
+                total += sum(p.numel() for p in module.parameters())
+        return total
+
+    def _save(self, key_hash: str, state: dict) -> dict[str, Any]:
+        fields = {**self._card_fields(key_hash, state), "inputs": self.key["inputs"], "training": self.spec.training}
+        if self.surrogate is not None:
+            fields.update(self._surrogate_card(state["best_metrics"]))
+        cards = {name: save_module(self.workdir.modules, module, fields) for name, module in self.modules.items()}
+        if len(cards) == 1:
+            return next(iter(cards.values()))
+        return {"name": self.name, "modules": cards, "metrics": fields["metrics"], "timings": fields["timings"]}
+
+
+def training_questions(plan: Plan, recipe: Recipe, data: PreparedData, split: str = "train") -> dict[str, int]:
+    """How many labelled questions of ``split`` each module's job trains on (for ``modtrain plan``)."""
+    interface = get_interface(recipe.interface)
+    s = data.split(split)
+    labelled = s.answer >= 0
+    counts = {}
+    for m in plan.modules:
+        spec = module_spec(plan, m.name)
+        if module_class(m.name).output == Prior.name:
+            counts[m.name] = int(labelled.sum())
+            continue
+        wirer = Wirer(spec, plan, interface)
+        usable = np.array([wirer.wire(layout) is not None for layout in data.layouts] + [False], bool)
+        counts[m.name] = int((labelled & usable[s.layout]).sum())
+    return counts
+
