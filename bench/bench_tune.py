@@ -19,7 +19,7 @@ from modtrain.cache import write_caches
 from modtrain.plan import make_plan
 from modtrain.pipeline import ensure_data
 from modtrain.recipe import Recipe
-from modtrain.train import is_up_to_date, train_module
+from modtrain.job import is_up_to_date, train_module
 from modtrain.tune import tune_module
 from modtrain.workdir import Workdir
 

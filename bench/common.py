@@ -31,8 +31,8 @@ def write_result(path: str | Path, result: dict) -> None:
     print(json.dumps(result, indent=2))
 
 
-def keep_reports(workdir: str | Path, out: str | Path, names: tuple[str, ...]) -> None:
+def keep_reports(workdir: str | Path, out: str | Path, names: tuple[str, ...] | dict[str, str]) -> None:
     """Copy a report's figures and tables from ``workdir/reports`` next to the JSON ``out``
-    (benchmark workdirs are scratch; bench/results is what is kept)."""
-    for name in names:
-        shutil.copy(Path(workdir) / "reports" / name, Path(out).parent / name)
+    (benchmark workdirs are scratch; bench/results is what is kept), under new names if a dict."""
+    for name, kept in (names.items() if isinstance(names, dict) else ((n, n) for n in names)):
+        shutil.copy(Path(workdir) / "reports" / name, Path(out).parent / kept)

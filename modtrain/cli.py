@@ -188,7 +188,7 @@ def plan(recipe, workdir, overrides, device):
 @recipe_options
 def train(module, surrogate, recipe, workdir, overrides, device):
     """Train one MODULE as its own job; writes modules/MODULE.pt and its card."""
-    from modtrain.train import train_module
+    from modtrain.job import train_module
 
     loaded, wd, dev = _context(recipe, workdir, overrides, device)
     if surrogate is not None:

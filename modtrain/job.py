@@ -34,7 +34,7 @@ from modtrain.layout import Layout
 from modtrain.plan import Plan, make_plan
 from modtrain.recipe import Recipe
 from modtrain.registry import build_module, module_class, surrogate_class
-from modtrain.train import TrainingLoop
+from modtrain.train import TrainingLoop, cards_match
 from modtrain.types import Attended, DataType, Features, Prior, get_interface
 from modtrain.workdir import Workdir
 
@@ -404,6 +404,18 @@ class Job(TrainingLoop):
         if len(cards) == 1:
             return next(iter(cards.values()))
         return {"name": self.name, "modules": cards, "metrics": fields["metrics"], "timings": fields["timings"]}
+
+
+def train_module(workdir: Workdir, recipe: Recipe, name: str, device: torch.device,
+                 data: PreparedData | None = None) -> dict[str, Any]:
+    """``modtrain train NAME``: train one module as its own job, as the plan says; return its card."""
+    return Job.for_module(workdir, recipe, name, device, data).run()
+
+
+def is_up_to_date(recipe: Recipe, name: str, data: PreparedData, workdir: Workdir) -> bool:
+    """Whether ``modules/NAME`` was trained with this recipe, data and producers."""
+    spec = module_spec(make_plan(recipe), name)
+    return cards_match(workdir.modules, [name], job_key(spec, recipe, data, {}, workdir))
 
 
 def training_questions(plan: Plan, recipe: Recipe, data: PreparedData, split: str = "train") -> dict[str, int]:

@@ -13,7 +13,7 @@ from typing import Iterator
 
 from modtrain.errors import ModtrainError
 
-_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_:]*")  # ":" for given:TYPE leaves
 _INSTANCE = re.compile(r"[^\[\]()\s,]+")
 
 

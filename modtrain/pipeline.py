@@ -22,7 +22,7 @@ from modtrain.errors import ModtrainError
 from modtrain.io import read_json, sha256_file, write_json
 from modtrain.plan import Job, Plan, make_plan
 from modtrain.recipe import Recipe
-from modtrain.train import is_up_to_date, train_module
+from modtrain.job import is_up_to_date, train_module
 from modtrain.workdir import Workdir
 
 log = logging.getLogger(__name__)

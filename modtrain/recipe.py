@@ -80,15 +80,11 @@ class Recipe:
     @classmethod
     def load(cls, name_or_path: str | Path, overrides: list[str] = ()) -> "Recipe":
         raw, where = _read(name_or_path)
-        for item in overrides:
-            keys, value = parse_override(item)
-            node = raw
-            for k in keys[:-1]:
-                node = node.setdefault(k, {})
-                if not isinstance(node, dict):
-                    raise ModtrainError(f"--set {item}: {'.'.join(keys[:-1])} is not a table")
-            node[keys[-1]] = value
-        return cls(raw, where)
+        return cls(_apply(raw, overrides), where)
+
+    def with_overrides(self, overrides: list[str]) -> "Recipe":
+        """This recipe with ``--set`` overrides applied (checked like any recipe)."""
+        return Recipe(_apply(copy.deepcopy(self.raw), overrides), self.where)
 
     # -- views -------------------------------------------------------------------------------
     @property
@@ -175,6 +171,18 @@ class Recipe:
         path = Path(workdir) / RESOLVED
         write_text(path, f"# resolved recipe (from {self.where}, overrides applied)\n" + self.to_toml())
         return path
+
+
+def _apply(raw: dict, overrides: list[str]) -> dict:
+    for item in overrides:
+        keys, value = parse_override(item)
+        node = raw
+        for k in keys[:-1]:
+            node = node.setdefault(k, {})
+            if not isinstance(node, dict):
+                raise ModtrainError(f"--set {item}: {'.'.join(keys[:-1])} is not a table")
+        node[keys[-1]] = value
+    return raw
 
 
 def _known(section: Any, valid, where: str, prefix: str) -> None:

@@ -216,20 +216,3 @@ class TrainingLoop:
             "timings": {"train_seconds": round(state["seconds"], 2),
                         "samples_per_second": round(state["samples"] / max(state["seconds"], 1e-9), 1)},
         }
-
-
-def train_module(workdir: Workdir, recipe: Recipe, name: str, device: torch.device,
-                 data: PreparedData | None = None) -> dict[str, Any]:
-    """``modtrain train NAME``: train one module as its own job, as the plan says; return its card."""
-    from modtrain.job import Job
-
-    return Job.for_module(workdir, recipe, name, device, data).run()
-
-
-def is_up_to_date(recipe: Recipe, name: str, data: PreparedData, workdir: Workdir) -> bool:
-    """Whether ``modules/NAME`` was trained with this recipe, data and producers."""
-    from modtrain.job import module_spec, job_key
-    from modtrain.plan import make_plan
-
-    spec = module_spec(make_plan(recipe), name)
-    return cards_match(workdir.modules, [name], job_key(spec, recipe, data, {}, workdir))

@@ -109,7 +109,7 @@ def _trial(config: dict, *, recipe_raw: dict, recipe_where: str, module: str, ro
 
     torch.set_num_threads(threads)
     base = Recipe(recipe_raw, recipe_where)
-    recipe = Recipe.load(_write_recipe(base), config_overrides(base, module, config))
+    recipe = base.with_overrides(config_overrides(base, module, config))
     shared = Workdir(Path(root), Path(data))
     # the trial's own folder on the shared storage, outside the folder Ray syncs (it would copy
     # half-written files): WORKDIR/tune/MODULE/trials/TRIAL_ID
@@ -135,11 +135,6 @@ def _trial(config: dict, *, recipe_raw: dict, recipe_where: str, module: str, ro
 
     job.on_epoch = report
     job.run()
-
-
-def _write_recipe(recipe: Recipe) -> Path:
-    folder = Path(tempfile.mkdtemp(prefix="modtrain-recipe-"))
-    return recipe.write(folder)
 
 
 def tune_module(recipe: Recipe, workdir: Workdir, module: str, samples: int, scheduler: str = "fifo",
@@ -254,7 +249,7 @@ def _summarize(results, recipe: Recipe, workdir: Workdir, module: str, out: Path
         raise ModtrainError(f"every trial of the {module} search failed; first error: {trials[0]['error']}")
     best = max(finished, key=lambda t: t["best_score"])
     overrides = config_overrides(recipe, module, best["config"])
-    best_recipe = Recipe.load(_write_recipe(recipe), overrides)
+    best_recipe = recipe.with_overrides(overrides)
     write_text(out / "best.toml", f"# best of {len(trials)} trials: score {best['best_score']:.4f}\n"
                                   f"# apply with: --set {' --set '.join(overrides)}\n"
                                   + "\n".join(o.replace("=", " = ", 1) for o in overrides) + "\n")

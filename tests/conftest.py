@@ -66,6 +66,30 @@ def tiny_run(tmp_path_factory):
     return recipe, workdir, report, messages
 
 
+# Every CLEVR program (nmn-clevr) on tiny all-family data: small batches and patience, since find
+# and relate, trained through their surrogates, need many steps on 400 images.
+CLEVR_RUN = ["data.images=400", "data.val_images=80", "data.test_images=40", "data.questions_per_image=10",
+             "data.pretrain_images=1000", "data.pretrain_epochs=6", "train.max_epochs=40", "train.patience=10",
+             "train.lr=0.005", "modules.find.batch_size=64", "modules.describe.batch_size=64",
+             "modules.measure.batch_size=64", "train.device='cpu'"]
+
+
+@pytest.fixture(scope="session")
+def clevr_run(tmp_path_factory):
+    """The nmn-clevr pipeline run once on tiny all-family data: (recipe, workdir, report, messages)."""
+    import torch
+
+    from modtrain.pipeline import run_pipeline
+    from modtrain.recipe import Recipe
+    from modtrain.workdir import Workdir
+
+    recipe = Recipe.load("nmn-clevr", CLEVR_RUN)
+    workdir = Workdir.for_recipe(recipe, tmp_path_factory.mktemp("clevr-run"))
+    messages = []
+    report = run_pipeline(recipe, workdir, torch.device("cpu"), say=messages.append)
+    return recipe, workdir, report, messages
+
+
 @pytest.fixture(scope="session")
 def ray_local():
     """One local Ray for the whole session: 2 CPUs, no dashboard, no auth."""

@@ -116,3 +116,29 @@ def test_explain_writes_one_png_per_question(tiny_run):
 def test_tree_text():
     assert tree_text(parse_layout("describe[color](and(find[red],or(find[a],find[b])))")) == [
         "describe[color]", "└─ and", "   ├─ find[red]", "   └─ or", "      ├─ find[a]", "      └─ find[b]"]
+
+
+def test_explain_draws_what_relate_reads_and_gives(clevr_run):
+    from modtrain.assemble import load_assembly
+    from modtrain.data import PreparedData
+    from modtrain.reports.explain import attention_panels
+
+    recipe, workdir, _, _ = clevr_run
+    data = PreparedData(workdir.data)
+    split = data.split("val")
+    row = next(i for i in range(len(split)) if "relate[" in data.layouts[split.layout[i]].text)
+    layout = data.layouts[split.layout[row]]
+    _, executor, _ = load_assembly(workdir, recipe, CPU)
+    features = torch.from_numpy(split.features().take([split.image_index[row]])).float()
+    with torch.no_grad():
+        panels = attention_panels(executor.trace(layout, features), executor.interface.attention)
+    def label(node):
+        return node.module if node.instance is None else f"{node.module}[{node.instance}]"
+
+    reads = {f"{label(n)} reads {label(n.children[0])}": f"{label(n)} gives" for n in layout.nodes() if n.module == "relate"}
+    titles = [t for t, _ in panels]
+    assert titles[0] in reads and titles[1] == reads[titles[0]]  # a relate's input next to its output
+    assert all(m.shape == (8, 8) for _, m in panels)
+    (path,) = explain(workdir, recipe, CPU, [int(split.question_index[row])], "val")
+    with Image.open(path) as image:
+        assert image.size == (1400, 900)

@@ -77,3 +77,29 @@ def test_gradient_heatmaps_flow_through_and_or():
     executor, _ = _executor("gradient")
     assert executor.check(parse_layout("measure[count](or(find[red],find[blue]))")).name == "AnswerLogits"
     assert executor.check(parse_layout("or(find[red],find[blue])")).name == "Heatmap"
+
+
+def test_given_leaves_stand_for_the_subtrees_they_replace():
+    from modtrain.execute import Given, given_name
+    from modtrain.types import AnswerLogits, Attended
+
+    executor, _ = _executor("typed")
+    compare = build_module("compare", "typed", DIMS, ["equal_color"])
+    leaves = {given_name(t): Given(t) for t in (Attended, AnswerLogits)}
+    with_given = Executor({**executor.modules, "compare": compare, **leaves}, get_interface("typed"))
+    full = Executor({**executor.modules, "compare": compare}, get_interface("typed"))
+    features = torch.randn(4, 5, 3, 4)
+    whole = parse_layout("compare[equal_color](describe[color](find[red]),describe[color](and(find[blue],find[cube])))")
+    with torch.no_grad():
+        left = full.run([whole.children[0]] * 4, features)
+        right = full.run([whole.children[1]] * 4, features)
+        given = {given_name(AnswerLogits): torch.stack([left, right], 1)}
+        wired = parse_layout("compare[equal_color](given:AnswerLogits[0],given:AnswerLogits[1])")
+        # compare reads answer probabilities in the typed interface: the executor converts the logits
+        assert torch.allclose(with_given.run([wired] * 4, None, given), full.run([whole] * 4, features), atol=1e-6)
+        expected = compare(torch.softmax(left, 1), torch.softmax(right, 1), instance=torch.zeros(4, dtype=torch.long))
+        assert torch.allclose(full.run([whole] * 4, features), expected, atol=1e-6)
+        attended = attend(features, full.run([parse_layout("find[red]")] * 4, features))
+        wired = parse_layout("describe[shape](given:Attended[0])")
+        assert torch.allclose(with_given.run([wired] * 4, None, {given_name(Attended): attended.unsqueeze(1)}),
+                              full.run([parse_layout("describe[shape](find[red])")] * 4, features), atol=1e-6)

@@ -18,7 +18,7 @@ from modtrain.job import Job
 from modtrain.pipeline import run_pipeline
 from modtrain.plan import make_plan
 from modtrain.recipe import Recipe
-from modtrain.train import train_module
+from modtrain.job import train_module
 from modtrain.types import attend, get_interface
 from modtrain.workdir import Workdir
 

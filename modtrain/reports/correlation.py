@@ -42,7 +42,8 @@ from modtrain.plan import Plan, make_plan
 from modtrain.recipe import Recipe
 from modtrain.registry import module_class
 from modtrain.reports.plots import pyplot, save_figure
-from modtrain.train import cards_match, is_up_to_date, train_module
+from modtrain.job import is_up_to_date, train_module
+from modtrain.train import cards_match
 from modtrain.types import Prior
 from modtrain.workdir import Workdir
 

@@ -1,0 +1,148 @@
+"""Every CLEVR program, module by module (nmn-clevr) on the default dataset, all families:
+
+- ``modtrain run --recipe nmn-clevr`` from an empty workdir, as a user runs it (target ≤ 5 min
+  on 2 CPU cores), with each job's wall time;
+- the assembled accuracy against the encoder alone, overall, per question type and for
+  ``count(scene)`` (targets: +20 points overall, +10 in every type, count(scene) above 40%),
+  and the questions skipped for lack of a module (target: none);
+- the batched assembler against the per-sample reference on the whole val split (target ≥ 20×);
+- relate's job with find recomputed from the features (the plan's choice) against reading
+  find's virtual dataset, a few epochs each.
+
+    python bench/bench_clevr.py --out bench/results/clevr.json
+"""
+from __future__ import annotations
+
+import argparse
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from bench_modular import best_of  # noqa: E402
+from common import write_result  # noqa: E402
+
+from modtrain.assemble import load_assembly
+from modtrain.data import PreparedData
+from modtrain.io import read_json
+from modtrain.job import Job, JobSpec, module_spec
+from modtrain.plan import make_plan
+from modtrain.recipe import Recipe
+from modtrain.workdir import Workdir
+
+SCENE_COUNT = "measure[count](find[*all*])"
+
+
+def run_command(recipe: str, workdir: Path) -> float:
+    """``modtrain run`` in a fresh process, as a user types it; its wall time."""
+    start = time.perf_counter()
+    subprocess.run([str(Path(sys.executable).parent / "modtrain"), "run", "--recipe", recipe, "--workdir", str(workdir),
+                    "--device", "cpu"], check=True, stdout=subprocess.DEVNULL)
+    return time.perf_counter() - start
+
+
+def accuracy_of(rows: np.ndarray, predictions: dict[int, str], split, data: PreparedData) -> dict:
+    correct = [predictions[int(split.question_index[r])] == data.answers[split.answer[r]] for r in rows]
+    return {"questions": len(rows), "accuracy": round(float(np.mean(correct)), 4) if correct else None}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workdir", default="runs/bench-clevr")
+    parser.add_argument("--recipe", default="nmn-clevr")
+    parser.add_argument("--out", default="bench/results/clevr.json")
+    parser.add_argument("--relate-epochs", type=int, default=3)
+    args = parser.parse_args()
+    root = Path(args.workdir).resolve()
+    shutil.rmtree(root, ignore_errors=True)
+    run_seconds = run_command(args.recipe, root)
+    recipe = Recipe.load(root / "recipe.toml")
+    workdir = Workdir.for_recipe(recipe, root)
+    data = PreparedData(workdir.data)
+    report = read_json(workdir.reports / "assemble.json")
+    jobs = read_json(workdir.reports / "jobs.json")
+
+    accuracy = {}
+    for split_name in ("val", "test"):
+        s = report["splits"][split_name]
+        split = data.split(split_name)
+        predictions = {p["question_index"]: p["answer"] for p in read_json(workdir.reports / "predictions" / f"{split_name}.json")}
+        encoder = {p["question_index"]: p["encoder_answer"] for p in read_json(workdir.reports / "predictions" / f"{split_name}.json")}
+        scene = np.flatnonzero([i >= 0 and data.layouts[i].text == SCENE_COUNT for i in split.layout])
+        accuracy[split_name] = {
+            "questions": s["labelled"], "assembled": round(s["accuracy"], 4), "encoder": round(s["encoder_accuracy"], 4),
+            "skipped": s["skipped"],
+            "by_type": {t: {"questions": v["questions"], "assembled": round(v["accuracy"], 4),
+                            "encoder": round(v["encoder_accuracy"], 4)} for t, v in s["by_type"].items()},
+            "count_scene": {"assembled": accuracy_of(scene, predictions, split, data),
+                            "encoder": accuracy_of(scene, encoder, split, data)},
+        }
+    cards = {m: read_json(workdir.modules / f"{m}.json") for m in recipe.modules}
+    modules = {m: {"train_questions": c["metrics"]["train_questions"], "val_accuracy": round(c["metrics"]["val_accuracy"], 4),
+                   "epochs": c["metrics"]["epochs"], "train_seconds": c["timings"]["train_seconds"],
+                   **({"predictive_variance": round(c["surrogate"]["predictive_variance"], 5),
+                       "trustworthy": c["surrogate"]["trustworthy"]} if "surrogate" in c else {})}
+               for m, c in cards.items()}
+
+    # batched assembler vs the per-sample reference, the whole val split, one process
+    device = torch.device("cpu")
+    _, executor, _ = load_assembly(workdir, recipe, device)
+    split = data.split("val")
+    rows = np.flatnonzero(split.layout >= 0)
+    layouts = [data.layouts[i] for i in split.layout[rows]]
+    features = torch.from_numpy(split.features().take(split.image_index[rows])).float()
+
+    def batched():
+        for begin in range(0, len(rows), 512):
+            executor.run(layouts[begin:begin + 512], features[begin:begin + 512])
+
+    with torch.no_grad():
+        executor.run(layouts, features)  # every shape compiled once: both paths run warm
+        batched_seconds = best_of(3, batched)
+        reference_seconds = best_of(3, lambda: executor.run_reference(layouts, features))
+    assembler = {"questions": len(rows), "distinct_shapes": len({lay.shape() for lay in layouts}),
+                 "batched_questions_per_second": round(len(rows) / batched_seconds, 1),
+                 "per_sample_questions_per_second": round(len(rows) / reference_seconds, 1),
+                 "speedup": round(reference_seconds / batched_seconds, 1)}
+
+    # relate with find recomputed (the plan's choice) vs find read from its virtual dataset
+    fixed = recipe.with_overrides([f"modules.relate.max_epochs={args.relate_epochs}",
+                                   f"modules.relate.patience={args.relate_epochs}"])
+    plan = make_plan(fixed)
+    spec = module_spec(plan, "relate")
+    relate_paths = {}
+    for label, chosen in (("recompute find", spec), ("read find's cache", JobSpec(**{**spec.__dict__, "recompute": ()}))):
+        scratch = Workdir(root / "relate-paths" / label.replace(" ", "-").replace("'", ""), workdir.data)
+        shutil.copytree(workdir.modules, scratch.modules, dirs_exist_ok=True)
+        shutil.copytree(workdir.caches, scratch.caches, dirs_exist_ok=True)
+        card = Job(scratch, fixed, device, chosen, data, plan=plan).run()
+        relate_paths[label] = {"epochs": card["metrics"]["epochs"], "train_seconds": card["timings"]["train_seconds"],
+                               "samples_per_second": card["timings"]["samples_per_second"]}
+
+    val = accuracy["val"]
+    targets = {
+        "run <= 300 s": {"value": round(run_seconds, 1), "met": run_seconds <= 300},
+        "overall >= encoder + 20 points (val)": {"value_points": round(100 * (val["assembled"] - val["encoder"]), 1),
+                                                 "met": val["assembled"] - val["encoder"] >= 0.20},
+        "every type >= encoder + 10 points (val)": {
+            "value_points": {t: round(100 * (v["assembled"] - v["encoder"]), 1) for t, v in val["by_type"].items()},
+            "met": all(v["assembled"] - v["encoder"] >= 0.10 for v in val["by_type"].values())},
+        "count(scene) > 40% (val)": {"value": val["count_scene"]["assembled"]["accuracy"],
+                                    "met": (val["count_scene"]["assembled"]["accuracy"] or 0) > 0.40},
+        "no question skipped": {"value": {s: a["skipped"] for s, a in accuracy.items()},
+                                "met": all(not a["skipped"] for a in accuracy.values())},
+        "batched assembler >= 20x per-sample": {"value": assembler["speedup"], "met": assembler["speedup"] >= 20},
+    }
+    write_result(args.out, {"benchmark": "clevr", "recipe": args.recipe, "run_seconds": round(run_seconds, 1),
+                            "job_seconds": jobs, "targets": targets, "accuracy": accuracy, "modules": modules,
+                            "assembler": assembler, "relate_find_paths": relate_paths,
+                            "plan": [[j.name for j in level] for level in make_plan(recipe).levels()]})
+
+
+if __name__ == "__main__":
+    main()
