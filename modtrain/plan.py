@@ -150,6 +150,7 @@ def make_plan(recipe: Recipe, trained: set[str] = frozenset(), end_to_end: bool 
                                   "direct" if output in (AnswerLogits, Prior) else "indirect", "", stages[name],
                                   reads, recomputes, [], [t.name for t in inputs if t in (Tokens, Features)],
                                   trained=name in trained))
+    modules.sort(key=lambda m: m.stage)  # in training order (the recipe's order within a stage)
     by_name = {m.name: m for m in modules}
     for m in sorted(modules, key=lambda m: m.stage):
         direct_inputs = set(m.reads) | set(m.recomputes)
