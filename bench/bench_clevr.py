@@ -6,8 +6,8 @@
   ``count(scene)`` (targets: +20 points overall, +10 in every type, count(scene) above 40%),
   and the questions skipped for lack of a module (target: none);
 - the batched assembler against the per-sample reference on the whole val split (target ≥ 20×);
-- relate's job with find recomputed from the features (the plan's choice) against reading
-  find's virtual dataset, a few epochs each.
+- relate's job reading find's virtual dataset (the plan's choice) against recomputing find
+  from the features it reads anyway, a few epochs each, the fastest of three.
 
     python bench/bench_clevr.py --out bench/results/clevr.json
 """
@@ -115,14 +115,19 @@ def main() -> None:
                                    f"modules.relate.patience={args.relate_epochs}"])
     plan = make_plan(fixed)
     spec = module_spec(plan, "relate")
-    relate_paths = {}
-    for label, chosen in (("recompute find", spec), ("read find's cache", JobSpec(**{**spec.__dict__, "recompute": ()}))):
-        scratch = Workdir(root / "relate-paths" / label.replace(" ", "-").replace("'", ""), workdir.data)
-        shutil.copytree(workdir.modules, scratch.modules, dirs_exist_ok=True)
-        shutil.copytree(workdir.caches, scratch.caches, dirs_exist_ok=True)
-        card = Job(scratch, fixed, device, chosen, data, plan=plan).run()
-        relate_paths[label] = {"epochs": card["metrics"]["epochs"], "train_seconds": card["timings"]["train_seconds"],
-                               "samples_per_second": card["timings"]["samples_per_second"]}
+    relate_paths: dict[str, dict] = {}
+    paths = (("recompute find", JobSpec(**{**spec.__dict__, "recompute": ("find",)})),
+             ("read find's cache", JobSpec(**{**spec.__dict__, "recompute": ()})))
+    for attempt in range(3):  # alternated, the fastest of three each: a 3-epoch job is timed in seconds
+        for label, chosen in paths:
+            scratch = Workdir(root / "relate-paths" / label.replace(" ", "-").replace("'", ""), workdir.data)
+            shutil.copytree(workdir.modules, scratch.modules, dirs_exist_ok=True)
+            shutil.copytree(workdir.caches, scratch.caches, dirs_exist_ok=True)
+            card = Job(scratch, fixed, device, chosen, data, plan=plan).run()
+            if label not in relate_paths or card["timings"]["train_seconds"] < relate_paths[label]["train_seconds"]:
+                relate_paths[label] = {"epochs": card["metrics"]["epochs"],
+                                       "train_seconds": card["timings"]["train_seconds"],
+                                       "samples_per_second": card["timings"]["samples_per_second"]}
 
     val = accuracy["val"]
     targets = {

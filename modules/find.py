@@ -22,8 +22,9 @@ class Find(NMNModule):
     # (weighted average or softmax, paper §5.5).
     defaults = {"bias": True, "dropout": 0.0, "attention": "weighted"}
     needs = ("features",)
-    # Not recomputed by the jobs that read the features anyway (relate): reading its cache was
-    # measured faster, 4764 vs 3511 samples/s for relate's job (bench/results/clevr.json).
+    # Not recomputed by the jobs that read the features anyway (relate): with find recomputed,
+    # relate's job ran at 3616 samples/s against 4876 reading find's cache (the fastest of
+    # three, bench/results/clevr.json, relate_find_paths).
     recompute = False
 
     def __init__(self, interface, dims, instances, hparams):
