@@ -28,11 +28,15 @@ from bench_modular import best_of  # noqa: E402
 from common import write_result  # noqa: E402
 
 from modtrain.assemble import load_assembly
+from modtrain.card import load_module
 from modtrain.data import PreparedData
+from modtrain.execute import Executor
 from modtrain.io import read_json
 from modtrain.job import Job, JobSpec, module_spec
+from modtrain.layout import parse_layout
 from modtrain.plan import make_plan
 from modtrain.recipe import Recipe
+from modtrain.types import get_interface
 from modtrain.workdir import Workdir
 
 SCENE_COUNT = "measure[count](find[*all*])"
@@ -82,6 +86,20 @@ def main() -> None:
             "count_scene": {"assembled": accuracy_of(scene, predictions, split, data),
                             "encoder": accuracy_of(scene, encoder, split, data)},
         }
+    # what the learned scene marks: its mask's sum against the number of objects, on the
+    # count(scene) training questions (the only ones that train find[*all*])
+    find, _ = load_module(workdir.modules, "find")
+    train = data.split("train")
+    scene_rows = np.flatnonzero([i >= 0 and data.layouts[i].text == SCENE_COUNT for i in train.layout])
+    features = torch.from_numpy(train.features().take(train.image_index[scene_rows])).float()
+    with torch.no_grad():
+        mask = Executor({"find": find}, get_interface(recipe.interface)).run(
+            [parse_layout(SCENE_COUNT).children[0]] * len(scene_rows), features)
+    sums = mask.flatten(1).sum(1).numpy()
+    counts = np.array([int(data.answers[train.answer[r]]) for r in scene_rows])
+    scene_mask = {"questions": len(scene_rows), "pearson_r_sum_vs_count": round(float(np.corrcoef(sums, counts)[0, 1]), 3),
+                  "mean_mask_sum_by_count": {int(c): round(float(sums[counts == c].mean()), 1) for c in np.unique(counts)},
+                  "cells": int(mask[0].numel())}
     cards = {m: read_json(workdir.modules / f"{m}.json") for m in recipe.modules}
     modules = {m: {"train_questions": c["metrics"]["train_questions"], "val_accuracy": round(c["metrics"]["val_accuracy"], 4),
                    "epochs": c["metrics"]["epochs"], "train_seconds": c["timings"]["train_seconds"],
@@ -145,7 +163,7 @@ def main() -> None:
     }
     write_result(args.out, {"benchmark": "clevr", "recipe": args.recipe, "run_seconds": round(run_seconds, 1),
                             "job_seconds": jobs, "targets": targets, "accuracy": accuracy, "modules": modules,
-                            "assembler": assembler, "relate_find_paths": relate_paths,
+                            "assembler": assembler, "relate_find_paths": relate_paths, "count_scene_mask": scene_mask,
                             "plan": [[j.name for j in level] for level in make_plan(recipe).levels()]})
 
 

@@ -87,7 +87,17 @@ def main() -> None:
     assembled = {"questions": evaluated, "seconds": round(seconds, 2),
                  "questions_per_second": round(evaluated / seconds, 1),
                  "val_accuracy": round(report["splits"]["val"]["accuracy"], 4),
-                 "val_encoder_accuracy": round(report["splits"]["val"]["encoder_accuracy"], 4)}
+                 "val_encoder_accuracy": round(report["splits"]["val"]["encoder_accuracy"], 4),
+                 # the table `make demo` prints, per split and question type
+                 "splits": {name: {"questions": s["labelled"], "assembled": round(s["accuracy"], 4),
+                                   "encoder": round(s["encoder_accuracy"], 4),
+                                   "by_type": {t: {"questions": v["questions"], "assembled": round(v["accuracy"], 4),
+                                                   "encoder": round(v["encoder_accuracy"], 4)}
+                                               for t, v in s["by_type"].items()},
+                                   "by_depth": {d: {"questions": v["questions"], "assembled": round(v["accuracy"], 4),
+                                                    "encoder": round(v["encoder_accuracy"], 4)}
+                                                for d, v in s["by_depth"].items()}}
+                            for name, s in report["splits"].items()}}
 
     _, executor, _ = load_assembly(workdir, recipe, device)
     split = data.split("val")

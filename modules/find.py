@@ -23,7 +23,7 @@ class Find(NMNModule):
     defaults = {"bias": True, "dropout": 0.0, "attention": "weighted"}
     needs = ("features",)
     # Not recomputed by the jobs that read the features anyway (relate): with find recomputed,
-    # relate's job ran at 3616 samples/s against 4876 reading find's cache (the fastest of
+    # relate's job ran at 3459 samples/s against 4712 reading find's cache (the fastest of
     # three, bench/results/clevr.json, relate_find_paths).
     recompute = False
 
