@@ -143,6 +143,10 @@ def normalize_answer(answer: Any) -> str:
     raise ValueError(f"answer {answer!r} is neither a string, a boolean nor an integer")
 
 
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def parse_program(raw: Any, where: str) -> list[ProgramNode]:
     """Program nodes from JSON, accepting ``function``/``type`` and ``value_inputs``/``side_inputs``."""
     if not isinstance(raw, list) or not raw:
@@ -161,6 +165,12 @@ def parse_program(raw: Any, where: str) -> list[ProgramNode]:
             )
         values = node.get("value_inputs", node.get("side_inputs", []))
         inputs = node.get("inputs", [])
+        if not isinstance(inputs, list) or not all(_is_int(j) for j in inputs):
+            raise ModtrainError(f"{where}: program node {i} ({function}) has inputs {inputs!r}; expected a list of "
+                                f"indices of earlier nodes, e.g. [0]")
+        if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
+            raise ModtrainError(f"{where}: program node {i} ({function}) has value_inputs {values!r}; expected a "
+                                f"list of strings, e.g. [\"red\"]")
         n_inputs, n_values = FUNCTIONS[function]
         if len(inputs) != n_inputs or len(values) != n_values:
             raise ModtrainError(
@@ -168,12 +178,12 @@ def parse_program(raw: Any, where: str) -> list[ProgramNode]:
                 f"{len(values)} value inputs; it takes {n_inputs} and {n_values}"
             )
         for j in inputs:
-            if not isinstance(j, int) or not 0 <= j < i:
+            if not 0 <= j < i:
                 raise ModtrainError(
                     f"{where}: program node {i} ({function}) has input {j!r}; inputs must "
                     f"index earlier nodes (0..{i - 1})"
                 )
-        nodes.append(ProgramNode(function, list(inputs), [str(v) for v in values]))
+        nodes.append(ProgramNode(function, list(inputs), list(values)))
     return nodes
 
 
@@ -186,8 +196,13 @@ def parse_question(raw: Any, where: str, default_split: str) -> Question:
             raise ModtrainError(f"{where}: missing key {key!r}")
     split = raw.get("split", default_split)
     image_index = raw["image_index"]
-    if not isinstance(image_index, int) or image_index < 0:
+    if not _is_int(image_index) or image_index < 0:
         raise ModtrainError(f"{where}: image_index {image_index!r} is not a non-negative integer")
+    question_index = raw.get("question_index", -1)
+    if not _is_int(question_index):
+        raise ModtrainError(f"{where}: question_index {question_index!r} is not an integer")
+    if not isinstance(raw["question"], str):
+        raise ModtrainError(f"{where}: question {raw['question']!r} is not a string")
     program = parse_program(raw["program"], where) if raw.get("program") is not None else None
     answer = raw.get("answer")
     if answer is not None:
@@ -196,11 +211,11 @@ def parse_question(raw: Any, where: str, default_split: str) -> Question:
         except ValueError as e:
             raise ModtrainError(f"{where}: {e}") from None
     return Question(
-        question_index=int(raw.get("question_index", -1)),
+        question_index=question_index,
         split=split,
         image_index=image_index,
         image_filename=raw.get("image_filename", image_filename(split, image_index)),
-        question=str(raw["question"]),
+        question=raw["question"],
         program=program,
         answer=answer,
         question_family_index=raw.get("question_family_index"),

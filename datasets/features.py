@@ -262,7 +262,7 @@ def extract_features(image_paths: list[Path], backbone: Backbone, out_path: Path
                     per_image = int(np.prod(feats.shape[1:])) * feats.dtype.itemsize
                     dataset = f.create_dataset(
                         "features", shape=(n, *feats.shape[1:]), dtype=dtype,
-                        chunks=(_chunk_rows(n, per_image), *feats.shape[1:]))
+                        chunks=(_chunk_rows(n, per_image), *feats.shape[1:]), fletcher32=True)
                 dataset[start:start + len(feats)] = feats
         for key, value in {**backbone.attrs(), **(extra_attrs or {})}.items():
             f.attrs[key] = value

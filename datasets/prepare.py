@@ -103,7 +103,7 @@ def write_split(path: Path, arrays: dict[str, np.ndarray], attrs: dict) -> None:
     with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
         for name, array in arrays.items():
             chunks = (max(1, min(n, CHUNK_ROWS)), *array.shape[1:]) if n else None
-            f.create_dataset(name, data=array, chunks=chunks)
+            f.create_dataset(name, data=array, chunks=chunks, fletcher32=chunks is not None)
         for key, value in attrs.items():
             f.attrs[key] = value
 
@@ -121,6 +121,9 @@ def prepare(data_dir: str | Path, out_dir: str | Path | None = None) -> dict:
         )
     questions = {s: folder.load_questions(s) for s in splits}
     for split, qs in questions.items():
+        if not qs:
+            raise ModtrainError(f"{folder.questions_path(split)}: the questions list is empty; every split needs "
+                                f"at least one question (or remove the file)")
         num_images = _num_images(folder, split)
         folder.check_image_indices(split, qs, num_images)
     vocab = build_vocab(questions[train_split])

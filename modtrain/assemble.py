@@ -40,6 +40,14 @@ def load_assembly(workdir: Workdir, recipe: Recipe, device: torch.device):
             raise ModtrainError(f"{workdir.modules / (name + '.json')} was trained in the {card['interface']} "
                                 f"interface, but recipe {recipe.name} uses {interface.name}; retrain it")
         modules[name], cards[name] = module, card
+    for name, card in cards.items():  # every module must have trained on the producers it is assembled with
+        for producer, trained_on in card.get("inputs", {}).items():
+            current = cards.get(producer, {}).get("weights_sha256")
+            if current is not None and current != trained_on:
+                raise ModtrainError(
+                    f"mixed assembly: {workdir.modules / name}.json was trained on {producer} {str(trained_on)[:12]}, "
+                    f"but {workdir.modules / producer}.json is {current[:12]}; retrain {name} "
+                    f"('modtrain run' retrains what is out of date)")
     priors = [name for name, card in cards.items() if card["signature"]["output"] == Prior.name]
     if not priors:
         raise ModtrainError(f"recipe {recipe.name} has no module that gives a prior (an encoder); the assembler "

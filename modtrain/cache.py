@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import logging
 from pathlib import Path
 
 import h5py
@@ -37,6 +38,7 @@ from modtrain.registry import parameter_free_names
 from modtrain.types import Prior, attend, get_interface
 from modtrain.workdir import Workdir
 
+log = logging.getLogger(__name__)
 SCHEMA_VERSION = 2
 CHUNK_BYTES = 1 << 20
 NODE_BITS = 16  # an edge's key: row << NODE_BITS | node (layouts have far fewer than 65536 nodes)
@@ -53,7 +55,8 @@ def write_cache(path: Path, attrs: dict, n: int, columns: dict[str, tuple[tuple[
         for name, (shape, dtype) in columns.items():
             row_bytes = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
             datasets[name] = f.create_dataset(name, shape=(n, *shape), dtype=dtype,
-                                              chunks=(_chunk_rows(n, row_bytes), *shape) if n else None)
+                                              chunks=(_chunk_rows(n, row_bytes), *shape) if n else None,
+                                              fletcher32=bool(n))  # chunk checksums: corruption is detected
         for start, values in blocks:
             for name, array in values.items():
                 datasets[name][start:start + len(array)] = array
@@ -113,8 +116,10 @@ def _expected_attrs(workdir: Workdir, plan: Plan, producer: str, fingerprint: st
             "data_fingerprint": fingerprint}
 
 
-def cache_status(workdir: Workdir, plan: Plan, producer: str, split: str, fingerprint: str) -> str | None:
-    """None if the cache is usable, else why not (missing, stale, other data or plan)."""
+def cache_status(workdir: Workdir, plan: Plan, producer: str, split: str, fingerprint: str,
+                 verify: bool = False) -> str | None:
+    """None if the cache is usable, else why not (missing, stale, other data or plan, corrupt;
+    ``verify`` reads every chunk against its checksum)."""
     path = workdir.cache(producer, split)
     fix = f"run 'modtrain cache {producer}'"
     if not path.exists():
@@ -122,8 +127,11 @@ def cache_status(workdir: Workdir, plan: Plan, producer: str, split: str, finger
     try:
         with h5py.File(path, "r") as f:
             attrs = dict(f.attrs)
+            if verify:
+                for dataset in f.values():
+                    _read_every_chunk(dataset)
     except OSError as e:
-        return f"cache {path} cannot be read ({e}); {fix}"
+        return f"cache {path} cannot be read ({str(e).splitlines()[0]}): corrupt or truncated; {fix}"
     if attrs.get("schema_version") != SCHEMA_VERSION:
         return f"cache {path} has schema {attrs.get('schema_version')}, expected {SCHEMA_VERSION}; {fix}"
     wanted = _expected_attrs(workdir, plan, producer, fingerprint)
@@ -143,9 +151,23 @@ def cache_status(workdir: Workdir, plan: Plan, producer: str, split: str, finger
     return None
 
 
+def _read_every_chunk(dataset) -> None:
+    """Read a dataset chunk by chunk, so that h5py checks every chunk's fletcher32 checksum."""
+    step = dataset.chunks[0] if dataset.chunks else max(1, len(dataset))
+    for start in range(0, len(dataset), step):
+        dataset[start:start + step]
+
+
 def caches_up_to_date(workdir: Workdir, plan: Plan, producer: str, data: PreparedData) -> bool:
-    """Whether ``producer``'s cache of every split is usable."""
-    return all(cache_status(workdir, plan, producer, s, data.split(s).fingerprint) is None for s in data.splits())
+    """Whether ``producer``'s cache of every split is usable, every chunk checked; a corrupt one
+    is said once (it is then rebuilt)."""
+    for split in data.splits():
+        problem = cache_status(workdir, plan, producer, split, data.split(split).fingerprint, verify=True)
+        if problem is not None:
+            if "corrupt" in problem:
+                log.warning("%s", problem)
+            return False
+    return True
 
 
 def _checked(workdir: Workdir, plan: Plan, producer: str, split: str, fingerprint: str) -> Path:
@@ -158,7 +180,7 @@ def _checked(workdir: Workdir, plan: Plan, producer: str, split: str, fingerprin
 def open_cache(workdir: Workdir, plan: Plan, producer: str, split: str, fingerprint: str,
                column: str = "value") -> H5Rows:
     """A per-question column of a fresh cache (the prior's), or a clear error saying how to refresh it."""
-    return H5Rows(_checked(workdir, plan, producer, split, fingerprint), column)
+    return H5Rows(_checked(workdir, plan, producer, split, fingerprint), column, fix=f"run 'modtrain cache {producer}'")
 
 
 class EdgeCache:
@@ -167,8 +189,12 @@ class EdgeCache:
     def __init__(self, workdir: Workdir, plan: Plan, producer: str, split: str, fingerprint: str):
         self.path = _checked(workdir, plan, producer, split, fingerprint)
         self.producer = producer
-        with h5py.File(self.path, "r") as f:
-            self.keys = edge_keys(f["row"][()], f["node"][()])
+        try:
+            with h5py.File(self.path, "r") as f:
+                self.keys = edge_keys(f["row"][()], f["node"][()])
+        except OSError as e:
+            raise ModtrainError(f"cache {self.path} cannot be read ({str(e).splitlines()[0]}): corrupt or truncated; "
+                                f"run 'modtrain cache {producer}'") from None
         self._columns: dict[str, H5Rows] = {}
 
     def lookup(self, rows: np.ndarray, nodes: np.ndarray) -> np.ndarray:
@@ -185,7 +211,7 @@ class EdgeCache:
 
     def column(self, name: str) -> H5Rows:
         if name not in self._columns:
-            self._columns[name] = H5Rows(self.path, name)
+            self._columns[name] = H5Rows(self.path, name, fix=f"run 'modtrain cache {self.producer}'")
         return self._columns[name]
 
 

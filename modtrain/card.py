@@ -77,16 +77,27 @@ def load_card(modules_dir: Path, name: str) -> dict[str, Any]:
     return read_json(path, "module card")
 
 
+def load_weights(modules_dir: Path, name: str, card: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """A module's weights, checked against its card: a missing, truncated or corrupt file, or one
+    that other weights replaced, is one error naming the file and the command that rebuilds it."""
+    weights = weights_path(modules_dir, name)
+    fix = f"retrain with 'modtrain train {name}' (or 'modtrain run')"
+    if not weights.exists():
+        raise ModtrainError(f"{weights} not found, but its card {card_path(modules_dir, name)} is; {fix}")
+    try:
+        state = torch.load(weights, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - truncated, corrupt or not a torch file: the same to the user
+        raise ModtrainError(f"{weights} cannot be read ({str(e).splitlines()[0][:80]}); {fix}") from None
+    if not isinstance(state, dict) or state_sha256(state) != card["weights_sha256"]:
+        raise ModtrainError(f"{weights} does not match its card {card_path(modules_dir, name)} "
+                            f"(sha256 differs); {fix}")
+    return state
+
+
 def load_module(modules_dir: Path, name: str, device: torch.device | str = "cpu") -> tuple[NMNModule, dict]:
     """Rebuild a module from its card and load its weights (checked against the card's hash)."""
     card = load_card(modules_dir, name)
-    weights = weights_path(modules_dir, name)
-    if not weights.exists():
-        raise ModtrainError(f"{weights} not found, but its card {card_path(modules_dir, name)} is")
-    state = torch.load(weights, map_location="cpu", weights_only=True)
-    if state_sha256(state) != card["weights_sha256"]:
-        raise ModtrainError(f"{weights} does not match its card {card_path(modules_dir, name)} "
-                            f"(sha256 differs); retrain with 'modtrain train {name}'")
+    state = load_weights(modules_dir, name, card)
     module = build_module(card["name"], card["interface"], card["dimensions"], card["instances"],
                           **card["hyperparameters"])
     module.load_state_dict(state)

@@ -155,7 +155,7 @@ def _context(recipe, workdir, overrides, device):
     from modtrain.workdir import Workdir
 
     loaded, root = load_for_workdir(recipe, workdir, list(overrides))
-    return loaded, Workdir.for_recipe(loaded, root), resolve_device(device or loaded.train_config("encoder")["device"])
+    return loaded, Workdir.for_recipe(loaded, root), resolve_device(device or loaded.train_config("encoder").device)
 
 
 @main.command(context_settings=CONTEXT)
@@ -193,9 +193,9 @@ def train(module, surrogate, recipe, workdir, overrides, device):
     loaded, wd, dev = _context(recipe, workdir, overrides, device)
     if surrogate is not None:
         loaded = loaded.with_surrogate(module, surrogate)
-    wd.root.mkdir(parents=True, exist_ok=True)
-    loaded.write(wd.root)
-    card = train_module(wd, loaded, module, dev)
+    with wd.lock():
+        loaded.write(wd.root)
+        card = train_module(wd, loaded, module, dev)
     m = card["metrics"]
     click.echo(f"{module}: val accuracy {m['val_accuracy']:.1%}, val loss {m['val_loss']:.4f} "
                f"(best epoch {m['best_epoch']} of {m['epochs']}, {card['timings']['train_seconds']:.1f}s)")
@@ -218,7 +218,8 @@ def cache(module, recipe, workdir, overrides, device):
 
     loaded, wd, dev = _context(recipe, workdir, overrides, device)
     data = PreparedData(wd.data)
-    write_caches(wd, make_plan(loaded), module, data, dev)
+    with wd.lock():
+        write_caches(wd, make_plan(loaded), module, data, dev)
     click.echo(f"wrote {', '.join(str(wd.cache(module, s)) for s in data.splits())}")
 
 

@@ -23,17 +23,22 @@ IN_MEMORY_BYTES = 1 << 30  # read a whole dataset into memory when it is smaller
 class H5Rows:
     """Rows of one HDF5 dataset; ``take`` returns rows in the order asked for."""
 
-    def __init__(self, path: str | Path, name: str, in_memory_bytes: int = IN_MEMORY_BYTES):
-        self.path, self.name, self.in_memory_bytes = Path(path), name, in_memory_bytes
+    def __init__(self, path: str | Path, name: str, in_memory_bytes: int = IN_MEMORY_BYTES, fix: str = ""):
+        """``fix``: the command that rebuilds the file, named in the error if it is corrupt."""
+        self.path, self.name, self.in_memory_bytes, self.fix = Path(path), name, in_memory_bytes, fix
         self._file = None
         self._pid = None
         self._array = None
         if not self.path.exists():
             raise ModtrainError(f"file not found: {self.path}")
-        with h5py.File(self.path, "r") as f:
-            if name not in f:
-                raise ModtrainError(f"{self.path}: no dataset {name!r} (found: {', '.join(f) or 'nothing'})")
-            self.shape, self.dtype = f[name].shape, f[name].dtype
+        try:
+            with h5py.File(self.path, "r") as f:
+                if name not in f:
+                    raise ModtrainError(f"{self.path}: no dataset {name!r} (found: {', '.join(f) or 'nothing'})")
+                self.shape, self.dtype = f[name].shape, f[name].dtype
+        except OSError as e:
+            raise ModtrainError(f"{self.path} cannot be read ({str(e).splitlines()[0]}): corrupt or truncated"
+                                f"{'; ' + self.fix if self.fix else ''}") from None
 
     def __len__(self) -> int:
         return self.shape[0]
@@ -49,13 +54,33 @@ class H5Rows:
 
     def take(self, rows: np.ndarray) -> np.ndarray:
         rows = np.asarray(rows, dtype=np.int64)
-        dataset = self._dataset()
-        if self._array is None and dataset.size * dataset.dtype.itemsize <= self.in_memory_bytes:
-            self._array = dataset[()]
-        if self._array is not None:
-            return self._array[rows]
-        unique, inverse = np.unique(rows, return_inverse=True)
-        return read_rows(dataset, unique)[inverse]
+        try:
+            dataset = self._dataset()
+            if self._array is None and dataset.size * dataset.dtype.itemsize <= self.in_memory_bytes:
+                self._array = dataset[()]
+            if self._array is not None:
+                return self._array[rows]
+            unique, inverse = np.unique(rows, return_inverse=True)
+            return read_rows(dataset, unique)[inverse]
+        except OSError as e:  # a chunk whose checksum fails, a truncated file
+            raise ModtrainError(f"{self.path} cannot be read ({str(e).splitlines()[0]}): corrupt or truncated"
+                                f"{'; ' + self.fix if self.fix else ''}") from None
+
+
+def features_identity(path: Path) -> dict | None:
+    """What identifies a features file cheaply: its backbone's weights hash, size and mtime
+    (a re-extraction changes them), or None where there is no such file."""
+    if not path.exists():
+        return None
+    stat = path.stat()
+    try:
+        with h5py.File(path, "r") as f:
+            backbone = f.attrs.get("backbone_sha256")
+    except OSError as e:
+        raise ModtrainError(f"{path}: not a readable HDF5 file ({e}); run 'modtrain data features "
+                            f"{path.parent.parent}' to extract it again") from None
+    return {"backbone_sha256": None if backbone is None else str(backbone), "size": stat.st_size,
+            "mtime_ns": stat.st_mtime_ns}
 
 
 @dataclass
@@ -66,6 +91,7 @@ class SplitData:
     arrays: dict[str, np.ndarray]
     attrs: dict
     features_path: Path
+    features_identity: dict | None = None
 
     def __len__(self) -> int:
         return len(self.arrays["answer"])
@@ -78,12 +104,20 @@ class SplitData:
 
     @property
     def fingerprint(self) -> str:
-        return str(self.attrs["data_fingerprint"])
+        """The questions and vocabulary (prepare's fingerprint) and the features they are asked about."""
+        return sha256_json([str(self.attrs["data_fingerprint"]), self.features_identity])
 
     def features(self) -> H5Rows:
+        """The split's image features, checked to cover every image its questions refer to."""
+        fix = f"run 'modtrain data features {self.features_path.parent.parent}'"
         if not self.features_path.exists():
-            raise ModtrainError(f"{self.features_path} not found; run 'modtrain data features {self.features_path.parent.parent}'")
-        return H5Rows(self.features_path, "features")
+            raise ModtrainError(f"{self.features_path} not found; {fix}")
+        rows = H5Rows(self.features_path, "features", fix=fix)
+        needed = int(self.arrays["image_index"].max()) + 1 if len(self) else 0
+        if len(rows) < needed:
+            raise ModtrainError(f"{self.features_path} has {len(rows)} rows, but questions of split {self.name!r} "
+                                f"refer to image {needed - 1}; the features are not this split's ({fix})")
+        return rows
 
 
 class PreparedData:
@@ -96,6 +130,14 @@ class PreparedData:
         self.layouts: list[Layout] = [parse_layout(text) for text in self.vocab["layouts"]]
         self.answers: list[str] = sorted(self.vocab["answers"], key=self.vocab["answers"].get)
         self._splits: dict[str, SplitData] = {}
+        self.features = {p.stem: features_identity(p) for p in sorted((self.root / "features").glob("*.h5"))}
+        backbones = {name: f["backbone_sha256"] for name, f in self.features.items() if f and f["backbone_sha256"]}
+        first = next(iter(backbones), None)
+        other = next((n for n in backbones if backbones[n] != backbones[first]), None)
+        if other is not None:
+            raise ModtrainError(f"{self.root / 'features'}: {first}.h5 was extracted by backbone "
+                                f"{backbones[first][:12]} but {other}.h5 by {backbones[other][:12]}; every split "
+                                f"must come from one backbone: run 'modtrain data features {self.root}'")
 
     def splits(self) -> list[str]:
         names = [p.stem for p in sorted(self.root.glob("*.h5"))]
@@ -118,7 +160,8 @@ class PreparedData:
             if attrs.get("schema_version") != SCHEMA_VERSION:
                 raise ModtrainError(f"{path} was prepared by an older modtrain (schema {attrs.get('schema_version')}, "
                                     f"now {SCHEMA_VERSION}: layouts changed); run 'modtrain data prepare {self.root}' again")
-            self._splits[name] = SplitData(name, arrays, attrs, self.root / "features" / f"{name}.h5")
+            self._splits[name] = SplitData(name, arrays, attrs, self.root / "features" / f"{name}.h5",
+                                           self.features.get(name))
         return self._splits[name]
 
     @property

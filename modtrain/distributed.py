@@ -85,16 +85,22 @@ def _job(kind: str, module: str | None, recipe_raw: dict, recipe_where: str, roo
 def run_pipeline_on_ray(recipe, workdir, address: str, say: Callable[[str], None], gpus: float | None = None,
                         cpus_per_job: int = 1) -> dict:
     """``modtrain run --address``: the plan's jobs as Ray tasks; independent ones run at once."""
+    from modtrain.workdir import Workdir
+
+    workdir = Workdir(workdir.root.resolve(), workdir.data.resolve())
+    with workdir.lock():
+        return _run_on_ray(recipe, workdir, address, say, gpus, cpus_per_job)
+
+
+def _run_on_ray(recipe, workdir, address: str, say: Callable[[str], None], gpus: float | None,
+                cpus_per_job: int) -> dict:
     import torch
 
     from modtrain.pipeline import describe_result, ensure_data, record_job_time
     from modtrain.plan import make_plan
-    from modtrain.workdir import Workdir
 
     ray = connect(address)
     gpu = gpus_per_job(gpus)
-    workdir = Workdir(workdir.root.resolve(), workdir.data.resolve())
-    workdir.root.mkdir(parents=True, exist_ok=True)
     recipe.write(workdir.root)
     ensure_data(recipe, workdir, torch.device("cpu"), say)
     remote = ray.remote(_job)

@@ -7,6 +7,7 @@ that looks finished.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -19,20 +20,55 @@ import numpy as np
 from modtrain.errors import ModtrainError
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_temps(path: Path) -> None:
+    """Delete the temp files of ``path`` left by writers that are no longer running (killed)."""
+    for tmp in path.parent.glob(f".{path.name}.*.tmp"):
+        pid = tmp.name[len(path.name) + 2:].split(".")[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            tmp.unlink(missing_ok=True)
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temp path beside ``path``; on success move it onto ``path``, else delete it."""
+    """Yield a temp path beside ``path``; on success move it onto ``path``, else delete it (and
+    ``path`` is left as it was). A full disk is one error naming the file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temps(path)
     # os.open with 0o666 lets the umask set the mode (mkstemp would force 0600)
     tmp_path = path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
-    os.close(os.open(tmp_path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
     try:
+        os.close(os.open(tmp_path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
         yield tmp_path
         os.replace(tmp_path, path)
-    except BaseException:
+    except BaseException as e:
         tmp_path.unlink(missing_ok=True)
+        if _disk_full(e):
+            raise ModtrainError(f"no space left on the device while writing {path}; "
+                                f"{'the previous file is unchanged' if path.exists() else 'nothing was written'}") from None
         raise
+
+
+def _disk_full(error: BaseException) -> bool:
+    """Whether an error (or its cause: torch and h5py wrap the OS error) is a full disk."""
+    seen = 0
+    while error is not None and seen < 5:
+        if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if "No space left on device" in str(error):
+            return True
+        error, seen = error.__cause__ or error.__context__, seen + 1
+    return False
 
 
 def write_text(path: str | os.PathLike, text: str) -> None:

@@ -70,7 +70,7 @@ def joint_spec(plan: Plan, name: str, frozen: tuple[str, ...] = ()) -> JobSpec:
 def job_key(spec: JobSpec, recipe: Recipe, data: PreparedData, sources: dict[str, Workdir],
             workdir: Workdir) -> dict[str, Any]:
     """Everything a job's result depends on; a card whose key differs is out of date."""
-    config = {k: v for k, v in recipe.train_config(spec.name).items() if k not in ("device", "num_workers", "amp")}
+    config = recipe.train_config(spec.name).key()
     inputs = {p: weights_sha256(sources.get(p, workdir).modules, p) for p in spec.frozen}
     return {"kind": spec.training, "interface": recipe.interface, "seed": recipe.seed,
             "hyperparameters": {m: recipe.module_hparams(m) for m in spec.trainable}, "train": config,
@@ -365,7 +365,7 @@ class Job(TrainingLoop):
         self.model.eval()
         nll, correct, variance, count = 0.0, 0, 0.0, 0
         with torch.no_grad():
-            for rows in shuffled_batches(self.val_rows, self.config["batch_size"] * 4, None):
+            for rows in shuffled_batches(self.val_rows, self.config.batch_size * 4, None):
                 batch = self._load("val", rows)
                 result = self.surrogate.mc_predict(*self._surrogate_inputs(batch))
                 probs = result.mean_probs.float()

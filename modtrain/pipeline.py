@@ -18,6 +18,7 @@ import torch
 from modtrain.assemble import assemble
 from modtrain.cache import caches_up_to_date, write_caches
 from modtrain.data import PreparedData
+from modtrain.e2e import JOB as E2E, e2e_up_to_date, train_end_to_end
 from modtrain.errors import ModtrainError
 from modtrain.io import read_json, sha256_file, write_json
 from modtrain.plan import Job, Plan, make_plan
@@ -36,10 +37,10 @@ def _generated_matches(data_dir: Path, recipe: Recipe) -> bool:
         return False
     summary = read_json(summary_path)
     d = recipe.data
-    wanted = {"train": d["images"], "val": d["val_images"], "test": d["test_images"]}
-    return (summary.get("seed") == d["seed"] and summary.get("image_size") == d["image_size"]
-            and summary.get("questions_per_image") == d["questions_per_image"]
-            and summary.get("families") == [f.name for f in select_families(d["families"])]
+    wanted = {"train": d.images, "val": d.val_images, "test": d.test_images}
+    return (summary.get("seed") == d.seed and summary.get("image_size") == d.image_size
+            and summary.get("questions_per_image") == d.questions_per_image
+            and summary.get("families") == [f.name for f in select_families(d.families)]
             and {s: v["images"] for s, v in summary.get("splits", {}).items()} == {s: n for s, n in wanted.items() if n > 0})
 
 
@@ -70,18 +71,18 @@ def ensure_data(recipe: Recipe, workdir: Workdir, device: torch.device, say: Cal
 
     d = recipe.data
     root = workdir.data
-    if d["source"] == "generate":
+    if d.source == "generate":
         if _generated_matches(root, recipe):
             say(f"data: {root} is up to date")
         else:
             say(f"data: generating {root}")
             shutil.rmtree(root / "features", ignore_errors=True)  # made from the old images
-            generate(root, {"train": d["images"], "val": d["val_images"], "test": d["test_images"]},
-                     d["questions_per_image"], d["families"], d["seed"], d["image_size"], force=True)
+            generate(root, {"train": d.images, "val": d.val_images, "test": d.test_images},
+                     d.questions_per_image, d.families, d.seed, d.image_size, force=True)
     folder = ClevrFolder(root)
     missing = []
-    if d["source"] == "generate" and d["backbone"] == "clevr-cnn":
-        wanted = clevr_cnn_config(d["image_size"], d["seed"], **recipe.pretrain_options())
+    if d.source == "generate" and d.backbone == "clevr-cnn":
+        wanted = clevr_cnn_config(d.image_size, d.seed, **recipe.pretrain_options())
         card = root / "features" / "clevr-cnn.json"
         if not card.exists() or read_json(card).get("config") != wanted:
             missing = folder.splits()
@@ -92,7 +93,7 @@ def ensure_data(recipe: Recipe, workdir: Workdir, device: torch.device, say: Cal
             missing.append(split)
     if missing:
         say(f"data: features for {', '.join(missing)}")
-        features_command(root, d["backbone"], device=device, seed=d["seed"], splits=missing,
+        features_command(root, d.backbone, device=device, seed=d.seed, splits=missing,
                          **recipe.pretrain_options())
     if not _prepared_matches(root):
         say("data: preparing questions")
@@ -147,37 +148,35 @@ def describe_result(result: dict[str, Any]) -> str:
 def run_pipeline(recipe: Recipe, workdir: Workdir, device: torch.device,
                  say: Callable[[str], None] = log.info) -> dict:
     """The whole modular training of a recipe; returns the assembler's report."""
-    workdir.root.mkdir(parents=True, exist_ok=True)
-    recipe.write(workdir.root)
-    data = ensure_data(recipe, workdir, device, say)
-    plan = make_plan(recipe)
-    report = None
-    for job in plan.jobs:  # sorted by level: every job after the ones it needs
-        result = run_job(job, recipe, plan, workdir, data, device, say)
-        if job.kind != "assemble":
-            say(describe_result(result))
-        if not result["skipped"] and job.kind != "assemble":
-            record_job_time(workdir, job.name, result["seconds"])
-        report = result.get("report", report)
-    return report
+    with workdir.lock():
+        recipe.write(workdir.root)
+        data = ensure_data(recipe, workdir, device, say)
+        plan = make_plan(recipe)
+        report = None
+        for job in plan.jobs:  # sorted by level: every job after the ones it needs
+            result = run_job(job, recipe, plan, workdir, data, device, say)
+            if job.kind != "assemble":
+                say(describe_result(result))
+            if not result["skipped"] and job.kind != "assemble":
+                record_job_time(workdir, job.name, result["seconds"])
+            report = result.get("report", report)
+        return report
 
 
 def run_end_to_end(recipe: Recipe, workdir: Workdir, device: torch.device,
                    say: Callable[[str], None] = log.info) -> dict:
     """``modtrain e2e``: data, the joint training (unless up to date), assembly."""
-    from modtrain.e2e import JOB, e2e_up_to_date, train_end_to_end
-
-    workdir.root.mkdir(parents=True, exist_ok=True)
-    recipe.write(workdir.root)
-    data = ensure_data(recipe, workdir, device, say)
-    if e2e_up_to_date(recipe, data, workdir):
-        say(f"train {JOB}: up to date")
-    else:
-        say(f"train {JOB} ...")
-        start = time.perf_counter()
-        card = train_end_to_end(workdir, recipe, device, data)
-        seconds = time.perf_counter() - start
-        record_job_time(workdir, f"train {JOB}", seconds)
-        say(describe_result({"job": f"train {JOB}", "skipped": False, "seconds": seconds, "card": card}))
-    say("assemble ...")
-    return assemble(workdir, recipe, device, data=data)
+    with workdir.lock():
+        recipe.write(workdir.root)
+        data = ensure_data(recipe, workdir, device, say)
+        if e2e_up_to_date(recipe, data, workdir):
+            say(f"train {E2E}: up to date")
+        else:
+            say(f"train {E2E} ...")
+            start = time.perf_counter()
+            card = train_end_to_end(workdir, recipe, device, data)
+            seconds = time.perf_counter() - start
+            record_job_time(workdir, f"train {E2E}", seconds)
+            say(describe_result({"job": f"train {E2E}", "skipped": False, "seconds": seconds, "card": card}))
+        say("assemble ...")
+        return assemble(workdir, recipe, device, data=data)

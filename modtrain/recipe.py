@@ -8,27 +8,59 @@ recipe is written into the workdir, where later commands find it.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import importlib.resources
 import tomllib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from modtrain.errors import ModtrainError
 from modtrain.io import write_text
+from modtrain.values import build_section, check, setting
 
 RESOLVED = "recipe.toml"
 
 TOP_KEYS = {"name", "description", "interface", "seed", "data", "train", "modules", "surrogates", "search"}
-DATA_DEFAULTS: dict[str, Any] = {
-    "source": "generate", "families": "no-relate", "images": 1000, "val_images": 200, "test_images": 200,
-    "questions_per_image": 10, "image_size": 64, "seed": 0, "backbone": "clevr-cnn",
+
+
+@dataclass(frozen=True)
+class DataSection:
+    """``[data]``: where the data comes from and, when generated, how much of it."""
+
+    source: str = "generate"          # or a path to a CLEVR folder
+    families: str = "no-relate"
+    images: int = setting(1000, low=1)
+    val_images: int = setting(200, low=1)
+    test_images: int = setting(200, low=0)
+    questions_per_image: int = setting(10, low=1)
+    image_size: int = setting(64, low=16)
+    seed: int = 0
+    backbone: str = setting("clevr-cnn", choices=("clevr-cnn", "resnet101"))
     # clevr-cnn pretraining; None: the backbone's own defaults
-    "pretrain_images": None, "pretrain_epochs": None,
-}
-TRAIN_DEFAULTS: dict[str, Any] = {
-    "lr": 1e-3, "batch_size": 64, "max_epochs": 30, "patience": 4, "weight_decay": 0.0,
-    "device": "auto", "amp": True, "num_workers": 0,
-}
+    pretrain_images: int | None = setting(None, low=1)
+    pretrain_epochs: int | None = setting(None, low=1)
+
+
+@dataclass(frozen=True)
+class TrainSection:
+    """``[train]``, and a module's own training keys in ``[modules.NAME]``."""
+
+    lr: float = setting(1e-3, low=0.0, low_open=True)
+    batch_size: int = setting(64, low=1)
+    max_epochs: int = setting(30, low=1)
+    patience: int = setting(4, low=1)
+    weight_decay: float = setting(0.0, low=0.0)
+    device: str = "auto"
+    amp: bool = True
+    num_workers: int = setting(0, low=0)
+
+    def key(self) -> dict[str, Any]:
+        """The settings a trained result depends on (not where or how fast it ran)."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if k not in ("device", "num_workers", "amp")}
+
+
+TRAIN_KEYS = {f.name for f in dataclasses.fields(TrainSection)}
 # Per-module keys that are not hyperparameters of the module itself.
 MODULE_EXTRA_KEYS = {"surrogate"}
 
@@ -100,12 +132,12 @@ class Recipe:
         return int(self.raw.get("seed", 0))
 
     @property
-    def data(self) -> dict[str, Any]:
-        return {**DATA_DEFAULTS, **self.raw.get("data", {})}
+    def data(self) -> DataSection:
+        return self._data
 
     def pretrain_options(self) -> dict[str, int]:
         """The clevr-cnn pretraining settings the recipe gives (the others stay at their defaults)."""
-        return {k: v for k, v in self.data.items() if k.startswith("pretrain_") and v is not None}
+        return {k: v for k, v in dataclasses.asdict(self.data).items() if k.startswith("pretrain_") and v is not None}
 
     @property
     def modules(self) -> list[str]:
@@ -114,14 +146,11 @@ class Recipe:
 
     def module_hparams(self, name: str) -> dict[str, Any]:
         section = self.raw.get("modules", {}).get(name, {})
-        return {k: v for k, v in section.items() if k not in TRAIN_DEFAULTS and k not in MODULE_EXTRA_KEYS}
+        return {k: v for k, v in section.items() if k not in TRAIN_KEYS and k not in MODULE_EXTRA_KEYS}
 
-    def train_config(self, name: str) -> dict[str, Any]:
-        """Training settings of one module: [train] overridden by [modules.NAME]."""
-        section = self.raw.get("modules", {}).get(name, {})
-        merged = {**TRAIN_DEFAULTS, **self.raw.get("train", {})}
-        merged.update({k: v for k, v in section.items() if k in TRAIN_DEFAULTS})
-        return merged
+    def train_config(self, name: str) -> TrainSection:
+        """Training settings of one module (or job): [train] overridden by [modules.NAME]."""
+        return dataclasses.replace(self._train, **self._own_train.get(name, {}))
 
     def surrogate(self, name: str) -> tuple[str, dict[str, Any]] | None:
         """(surrogate name, its hyperparameters) for a module trained through one."""
@@ -137,26 +166,34 @@ class Recipe:
 
     # -- checks ------------------------------------------------------------------------------
     def validate(self) -> None:
-        from modtrain.registry import module_class, resolve_hparams, surrogate_class
-        from modtrain.types import get_interface
+        """Check every key and value; keep the typed sections."""
+        from modtrain.registry import module_class, surrogate_class
+        from modtrain.types import INTERFACES
+        from modtrain.values import Range, check_hyperparameters, check_section
 
         raw, where = self.raw, self.where
         _known(raw, TOP_KEYS, where, "")
         if not isinstance(raw.get("name"), str):
             raise ModtrainError(f"{where}: 'name' (a string) is required")
-        get_interface(self.interface)
-        _known(raw.get("data", {}), DATA_DEFAULTS, where, "data.")
-        _known(raw.get("train", {}), TRAIN_DEFAULTS, where, "train.")
+        check(f"{where}: interface", self.interface, str, Range(choices=tuple(INTERFACES)))
+        check(f"{where}: seed", raw.get("seed", 0), int)
+        self._data = build_section(DataSection, raw.get("data", {}), where, "data.")
+        self._train = build_section(TrainSection, raw.get("train", {}), where, "train.")
+        self._own_train = {}
+        if not isinstance(raw.get("modules", {}), dict):
+            raise ModtrainError(f"{where}: modules must be a table of [modules.NAME] sections")
         for module, section in raw.get("modules", {}).items():
             cls = module_class(module)
-            valid = set(cls.defaults) | set(TRAIN_DEFAULTS) | MODULE_EXTRA_KEYS
-            _known(section, valid, where, f"modules.{module}.")
-            resolve_hparams(cls.defaults, self.module_hparams(module), f"module {module}")
+            _known(section, set(cls.defaults) | TRAIN_KEYS | MODULE_EXTRA_KEYS, where, f"modules.{module}.")
+            check_hyperparameters(cls.defaults, self.module_hparams(module), cls.limits, f"{where}: modules.{module}")
+            self._own_train[module] = check_section(TrainSection, {k: v for k, v in section.items() if k in TRAIN_KEYS},
+                                                    where, f"modules.{module}.")
             if "surrogate" in section:
                 surrogate_class(section["surrogate"])
         for surrogate, section in raw.get("surrogates", {}).items():
             cls = surrogate_class(surrogate)
             _known(section, cls.defaults, where, f"surrogates.{surrogate}.")
+            check_hyperparameters(cls.defaults, section, getattr(cls, "limits", {}), f"{where}: surrogates.{surrogate}")
         for module in raw.get("search", {}):
             if module not in raw.get("modules", {}) and module != "e2e":
                 raise ModtrainError(f"{where}: [search.{module}] names a module the recipe does not train; "

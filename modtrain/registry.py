@@ -12,6 +12,7 @@ from torch import nn
 
 from modtrain.errors import ModtrainError
 from modtrain.types import DataType, Interface, get_interface
+from modtrain.values import Range, check_hyperparameters
 
 MODULES: dict[str, type["NMNModule"]] = {}
 SURROGATES: dict[str, type[nn.Module]] = {}
@@ -36,6 +37,8 @@ class NMNModule(nn.Module):
     # instead of reading its virtual dataset (the plan says where it does).
     recompute: ClassVar[bool] = False
     defaults: ClassVar[dict[str, Any]] = {}
+    # Valid values of hyperparameters that the rule for their kind does not cover (modtrain.values)
+    limits: ClassVar[dict[str, Range]] = {}
     # Dimensions the module needs: features (C), height, width, answers (A), tokens (V).
     needs: ClassVar[tuple[str, ...]] = ()
 
@@ -121,14 +124,15 @@ def parameter_free_names() -> list[str]:
     return sorted(name for name, cls in MODULES.items() if cls.parameter_free)
 
 
-def resolve_hparams(defaults: dict[str, Any], given: dict[str, Any], what: str) -> dict[str, Any]:
-    """Defaults overridden by ``given``; an unknown key is an error listing the valid ones."""
+def resolve_hparams(defaults: dict[str, Any], given: dict[str, Any], what: str,
+                    limits: dict[str, Range] | None = None) -> dict[str, Any]:
+    """Defaults overridden by ``given``, each value checked; an unknown key is an error listing the valid ones."""
     unknown = sorted(set(given) - set(defaults))
     if unknown:
         raise ModtrainError(
             f"unknown hyperparameter(s) {', '.join(unknown)} for {what}; valid: {', '.join(sorted(defaults)) or 'none'}"
         )
-    return {**defaults, **given}
+    return {**defaults, **check_hyperparameters(defaults, given, limits or {}, what)}
 
 
 def build_module(name: str, interface: Interface | str, dims: dict[str, int], instances: list[str] = (),
@@ -141,7 +145,7 @@ def build_module(name: str, interface: Interface | str, dims: dict[str, int], in
         raise ModtrainError(f"module {name} needs dimension(s) {', '.join(missing)}")
     if cls.has_instances and not instances:
         raise ModtrainError(f"module {name} needs at least one instance")
-    return cls(interface, dims, list(instances), resolve_hparams(cls.defaults, hparams, f"module {name}"))
+    return cls(interface, dims, list(instances), resolve_hparams(cls.defaults, hparams, f"module {name}", cls.limits))
 
 
 def surrogate_class(name: str) -> type[nn.Module]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import json
 import logging
 import time
@@ -19,15 +20,35 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from modtrain.card import load_card, weights_path
+from modtrain.card import load_card, load_weights
 from modtrain.data import PreparedData, shuffled_batches
 from modtrain.errors import ModtrainError
-from modtrain.io import atomic_path, sha256_json
+from modtrain.io import atomic_path, sha256_json, write_text
 from modtrain.progress import progress
-from modtrain.recipe import Recipe
+from modtrain.recipe import Recipe, TrainSection
 from modtrain.workdir import Workdir
 
 log = logging.getLogger(__name__)
+
+
+# An epoch whose training loss is this many times the first epoch's has diverged (a learning
+# rate far too high), even without a NaN; the first epoch's is the highest in a healthy run.
+DIVERGED = 10.0
+
+
+def _read_checkpoint(path: Path) -> dict | None:
+    """A job's checkpoint, or None; an unreadable one (a killed write, a full disk) is dropped."""
+    if not path.exists():
+        return None
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=False)
+        if not isinstance(saved, dict) or "key" not in saved:
+            raise ValueError("not a modtrain checkpoint")
+        return saved
+    except Exception as e:  # noqa: BLE001 - any unreadable file means the same: start over
+        log.warning("%s cannot be read (%s); the job starts from its first epoch", path, str(e).splitlines()[0][:100])
+        path.unlink(missing_ok=True)
+        return None
 
 
 def cards_match(modules_dir, names: list[str], key: dict[str, Any]) -> bool:
@@ -38,7 +59,12 @@ def cards_match(modules_dir, names: list[str], key: dict[str, Any]) -> bool:
             card = load_card(modules_dir, name)
         except ModtrainError:
             return False
-        if card.get("job_key") != key_hash or not weights_path(modules_dir, name).exists():
+        if card.get("job_key") != key_hash:
+            return False
+        try:
+            load_weights(modules_dir, name, card)
+        except ModtrainError as e:  # a stale artifact: said once, then rebuilt
+            log.warning("%s", e)
             return False
     return True
 
@@ -65,7 +91,7 @@ class TrainingLoop:
     recipe: Recipe
     device: torch.device
     data: PreparedData
-    config: dict[str, Any]
+    config: TrainSection
     seed: int
     key: dict[str, Any]
     model: torch.nn.Module
@@ -96,15 +122,15 @@ class TrainingLoop:
         raise NotImplementedError
 
     def _setup_optimizer(self) -> None:
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=self.config["lr"],
-                                          weight_decay=self.config["weight_decay"])
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=self.config.lr,
+                                          weight_decay=self.config.weight_decay)
 
     def _validate(self) -> dict[str, float]:
         """Validation NLL and accuracy of what the job trains on."""
         self.model.eval()
         total_loss, correct, count = 0.0, 0, 0
         with torch.no_grad():
-            for rows in shuffled_batches(self.val_rows, self.config["batch_size"] * 4, None):
+            for rows in shuffled_batches(self.val_rows, self.config.batch_size * 4, None):
                 batch = self._load("val", rows)
                 log_probs = self._forward(batch).float()
                 total_loss += F.nll_loss(log_probs, batch["answer"], reduction="sum").item()
@@ -129,7 +155,7 @@ class TrainingLoop:
             return self._fit()
 
     def _autocast(self):
-        if self.device.type == "cuda" and self.config["amp"]:
+        if self.device.type == "cuda" and self.config.amp:
             return torch.autocast("cuda", dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
@@ -143,18 +169,18 @@ class TrainingLoop:
         ckpt_path = self.checkpoint_path()
         log_path = self.workdir.logs / f"{self.name}.jsonl"
         log_path.parent.mkdir(parents=True, exist_ok=True)
-        if ckpt_path.exists():
-            saved = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-            if saved["key"] == key_hash:
-                self.model.load_state_dict(saved["model"])
-                self.optimizer.load_state_dict(saved["optimizer"])
-                torch.set_rng_state(saved["rng"])
-                state = saved["state"]
-                log.info("%s: resuming after epoch %d", self.name, state["epoch"])
-        if state["epoch"] == 0:
-            log_path.write_text("")
-        batch_size, patience = self.config["batch_size"], self.config["patience"]
-        while state["epoch"] < self.config["max_epochs"] and state["bad_epochs"] < patience:
+        saved = _read_checkpoint(ckpt_path)
+        if saved is not None and saved["key"] == key_hash:
+            self.model.load_state_dict(saved["model"])
+            self.optimizer.load_state_dict(saved["optimizer"])
+            torch.set_rng_state(saved["rng"])
+            state = saved["state"]
+            log.info("%s: resuming after epoch %d", self.name, state["epoch"])
+        # the log holds exactly the epochs the checkpoint holds (a run killed between writing an
+        # epoch's line and its checkpoint would otherwise list that epoch twice)
+        write_text(log_path, "".join(json.dumps(m) + "\n" for m in state["history"]))
+        batch_size, patience = self.config.batch_size, self.config.patience
+        while state["epoch"] < self.config.max_epochs and state["bad_epochs"] < patience:
             epoch = state["epoch"] + 1
             self.model.train()
             start = time.perf_counter()
@@ -168,12 +194,18 @@ class TrainingLoop:
                     if not torch.isfinite(loss):
                         raise ModtrainError(
                             f"{self.name}: the loss is {loss.item()} at epoch {epoch}, batch {b}; nothing was "
-                            f"saved. Lower the learning rate (now {self.config['lr']}) or check the inputs")
+                            f"saved. Lower the learning rate (now {self.config.lr}) or check the inputs")
                     self.optimizer.zero_grad(set_to_none=True)
                     loss.backward()
                     self.optimizer.step()
                     train_loss += loss.item() * len(rows)
             seconds = time.perf_counter() - start
+            if state["history"] and train_loss / len(self.train_rows) > DIVERGED * state["history"][0]["train_loss"]:
+                raise ModtrainError(
+                    f"{self.name}: training diverged: the loss of epoch {epoch} is "
+                    f"{train_loss / len(self.train_rows):.4g}, over {DIVERGED:g}× the first epoch's "
+                    f"({state['history'][0]['train_loss']:.4g}); nothing was saved. Lower the learning rate "
+                    f"(now {self.config.lr})")
             metrics = {"epoch": epoch, "train_loss": train_loss / len(self.train_rows), **self._validate(),
                        "seconds": round(seconds, 3)}
             state["seconds"] += seconds
@@ -206,7 +238,7 @@ class TrainingLoop:
         best = state["best_metrics"]
         return {
             "job_key": key_hash,
-            "train": self.config,
+            "train": dataclasses.asdict(self.config),
             "seed": self.seed,
             "data_fingerprint": self.key["data_fingerprint"],
             "vocab_sha256": self.data.vocab_sha256,

@@ -23,7 +23,7 @@ from typing import Any
 
 from modtrain.errors import ModtrainError
 from modtrain.io import read_json, sha256_json, write_json, write_text
-from modtrain.recipe import TRAIN_DEFAULTS, Recipe, _toml_value
+from modtrain.recipe import Recipe, _toml_value
 from modtrain.registry import module_class
 from modtrain.workdir import Workdir
 
@@ -209,7 +209,7 @@ def _scheduler(name: str, recipe: Recipe, module: str):
     if name == "fifo":
         return FIFOScheduler()
     if name == "asha":
-        max_t = recipe.train_config("e2e" if module == E2E else module)["max_epochs"]
+        max_t = recipe.train_config("e2e" if module == E2E else module).max_epochs
         return ASHAScheduler(time_attr="training_iteration", max_t=max_t, grace_period=min(2, max_t), reduction_factor=3)
     raise ModtrainError(f"unknown scheduler {name!r}; valid: fifo, asha")
 

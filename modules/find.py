@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from modtrain.registry import NMNModule, register_module
+from modtrain.values import Range
 
 
 @register_module("find")
@@ -21,6 +22,7 @@ class Find(NMNModule):
     # attention: how downstream modules turn this module's output into an attended vector
     # (weighted average or softmax, paper §5.5).
     defaults = {"bias": True, "dropout": 0.0, "attention": "weighted"}
+    limits = {"attention": Range(choices=("weighted", "softmax"))}
     needs = ("features",)
     # Not recomputed by the jobs that read the features anyway (relate): with find recomputed,
     # relate's job ran at 3459 samples/s against 4712 reading find's cache (the fastest of

@@ -60,3 +60,13 @@ def test_training_command_errors_are_one_line(workdir, tmp_path):
     result = runner.invoke(main, ["run", "--recipe", "nmn-typed", "--workdir", str(workdir), "--address", "auto"])
     assert result.exit_code == 1 and "cannot join the Ray cluster at 'auto'" in result.output
     assert "ray start --head" in result.output
+
+
+def test_a_bad_value_is_refused_before_anything_is_written(workdir):
+    recipe_before = (workdir / "recipe.toml").read_text()
+    card_before = (workdir / "modules" / "encoder.json").read_text()
+    result = CliRunner().invoke(main, ["train", "encoder", "--workdir", str(workdir), "--set", "train.batch_size=-8"])
+    assert result.exit_code == 1
+    assert result.output.strip() == f"Error: {workdir / 'recipe.toml'}: train.batch_size = -8: must be an integer ≥ 1"
+    assert (workdir / "recipe.toml").read_text() == recipe_before  # the rejected value is not written
+    assert (workdir / "modules" / "encoder.json").read_text() == card_before

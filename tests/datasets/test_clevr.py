@@ -133,3 +133,22 @@ def test_image_index_out_of_range_is_named(tiny_clevr):
 def test_folder_without_questions_says_how_to_make_one(tmp_path):
     with pytest.raises(ModtrainError, match="modtrain data generate"):
         ClevrFolder(tmp_path).splits()
+
+
+SCENE_NODE = {"function": "scene", "inputs": [], "value_inputs": []}
+
+
+@pytest.mark.parametrize("question, message", [
+    ({"question_index": "abc"}, r"question 0: question_index 'abc' is not an integer"),
+    ({"image_index": True}, r"question 0: image_index True is not a non-negative integer"),
+    ({"question": 7}, r"question 0: question 7 is not a string"),
+    ({"program": [SCENE_NODE, {"function": "count", "inputs": 0, "value_inputs": []}]},
+     r"program node 1 \(count\) has inputs 0; expected a list of indices of earlier nodes"),
+    ({"program": [SCENE_NODE, {"function": "filter_color", "inputs": [0], "value_inputs": [None]}]},
+     r"program node 1 \(filter_color\) has value_inputs \[None\]; expected a list of strings"),
+])
+def test_badly_typed_question_fields_are_one_clear_error(tmp_path, question, message):
+    raw = {"questions": [{"image_index": 0, "question": "How many?", "program": [SCENE_NODE], **question}]}
+    path = _write(tmp_path / "CLEVR_train_questions.json", raw)
+    with pytest.raises(ModtrainError, match=message):
+        load_questions(path)

@@ -116,3 +116,13 @@ def test_image_index_out_of_range_is_refused(tiny_clevr, tmp_path):
     path.write_text(json.dumps(raw))
     with pytest.raises(ModtrainError, match=r"CLEVR_val_questions.json: question 3 refers to image 8"):
         prepare(data)
+
+
+def test_an_empty_questions_list_is_refused_naming_the_file(tiny_clevr, tmp_path):
+    data = tmp_path / "data"
+    shutil.copytree(tiny_clevr, data)
+    path = ClevrFolder(data).questions_path("test")
+    path.write_text(json.dumps({"info": {}, "questions": []}))
+    with pytest.raises(ModtrainError, match=r"CLEVR_test_questions.json: the questions list is empty"):
+        prepare(data)
+    assert not (data / "vocab.json").exists()
