@@ -12,6 +12,8 @@ Backbones:
 """
 from __future__ import annotations
 
+import hashlib
+
 import json
 import logging
 import math
@@ -25,6 +27,7 @@ from PIL import Image
 from torch import nn
 
 from modtrain.errors import ModtrainError
+from modtrain.card import state_sha256
 from modtrain.io import atomic_path, sha256_file, write_json
 from modtrain.progress import progress
 
@@ -200,7 +203,8 @@ def load_clevr_cnn_backbone(data_dir: Path, image_size: int, seed: int, device, 
         write_json(card, {"config": config, "metrics": metrics})
         log.info("pretrained clevr-cnn: held-out cell accuracy %s", metrics["held_out_cell_accuracy"])
     net.eval().requires_grad_(False)
-    return Backbone("clevr-cnn", net, image_size, CLEVR_CNN_MEAN, CLEVR_CNN_STD, sha256_file(weights))
+    # the hash of the tensors, not of the file: torch.save writes other bytes for the same weights
+    return Backbone("clevr-cnn", net, image_size, CLEVR_CNN_MEAN, CLEVR_CNN_STD, state_sha256(net.state_dict()))
 
 
 def load_resnet101_backbone(weights: str | Path | None) -> Backbone:
@@ -250,6 +254,7 @@ def extract_features(image_paths: list[Path], backbone: Backbone, out_path: Path
         except (OSError, ValueError) as e:
             raise ModtrainError(f"cannot read image {path}: {e}") from None
 
+    digest = hashlib.sha256()  # of the values, as written: what a consumer's fingerprint names
     with atomic_path(out_path) as tmp, h5py.File(tmp, "w") as f:
         dataset = None
         n = len(image_paths)
@@ -264,7 +269,8 @@ def extract_features(image_paths: list[Path], backbone: Backbone, out_path: Path
                         "features", shape=(n, *feats.shape[1:]), dtype=dtype,
                         chunks=(_chunk_rows(n, per_image), *feats.shape[1:]), fletcher32=True)
                 dataset[start:start + len(feats)] = feats
-        for key, value in {**backbone.attrs(), **(extra_attrs or {})}.items():
+                digest.update(np.ascontiguousarray(feats).tobytes())
+        for key, value in {**backbone.attrs(), **(extra_attrs or {}), "features_sha256": digest.hexdigest()}.items():
             f.attrs[key] = value
         shape = dataset.shape
     return shape
@@ -309,10 +315,13 @@ def features_command(data_dir: str | Path, backbone: str = "clevr-cnn", weights:
                 f"--from-h5 {from_h5!r} names one file but the data has splits {', '.join(splits)}; "
                 f"use a pattern with {{split}}, e.g. /data/{{split}}_features.h5"
             )
-        for split in splits:
-            source = Path(from_h5.replace("{split}", split)).resolve()
+        sources = {split: Path(from_h5.replace("{split}", split)).resolve() for split in splits}
+        for split, source in sources.items():  # every split checked before any is linked: all or none
             shapes[split] = validate_features(source, folder.num_images(split))
+        for split, source in sources.items():
             target = features_path(data_dir, split)
+            if target.exists() and target.resolve() == source:
+                continue  # already that file (the folder's own, or linked before): nothing to replace
             target.parent.mkdir(parents=True, exist_ok=True)
             with atomic_path(target) as tmp:
                 tmp.unlink()

@@ -68,19 +68,22 @@ class H5Rows:
 
 
 def features_identity(path: Path) -> dict | None:
-    """What identifies a features file cheaply: its backbone's weights hash, size and mtime
-    (a re-extraction changes them), or None where there is no such file."""
+    """What identifies a features file without reading it: its backbone's weights hash and the
+    hash of its values that ``data features`` records (for a file from elsewhere, without one,
+    its size and modification time), or None where there is no such file."""
     if not path.exists():
         return None
-    stat = path.stat()
     try:
         with h5py.File(path, "r") as f:
-            backbone = f.attrs.get("backbone_sha256")
+            attrs = {k: f.attrs.get(k) for k in ("backbone_sha256", "features_sha256")}
     except OSError as e:
         raise ModtrainError(f"{path}: not a readable HDF5 file ({e}); run 'modtrain data features "
                             f"{path.parent.parent}' to extract it again") from None
-    return {"backbone_sha256": None if backbone is None else str(backbone), "size": stat.st_size,
-            "mtime_ns": stat.st_mtime_ns}
+    identity = {k: None if v is None else str(v) for k, v in attrs.items()}
+    if identity["features_sha256"] is None:
+        stat = path.stat()
+        identity.update(size=stat.st_size, mtime_ns=stat.st_mtime_ns)
+    return identity
 
 
 @dataclass

@@ -31,8 +31,8 @@ from modtrain.workdir import Workdir
 log = logging.getLogger(__name__)
 
 
-# An epoch whose training loss is this many times the first epoch's has diverged (a learning
-# rate far too high), even without a NaN; the first epoch's is the highest in a healthy run.
+# An epoch whose mean training loss is this many times the loss of the job's first batch (the
+# untrained module's) has diverged — a learning rate far too high — even without a NaN.
 DIVERGED = 10.0
 
 
@@ -195,17 +195,17 @@ class TrainingLoop:
                         raise ModtrainError(
                             f"{self.name}: the loss is {loss.item()} at epoch {epoch}, batch {b}; nothing was "
                             f"saved. Lower the learning rate (now {self.config.lr}) or check the inputs")
+                    state.setdefault("first_loss", loss.item())
                     self.optimizer.zero_grad(set_to_none=True)
                     loss.backward()
                     self.optimizer.step()
                     train_loss += loss.item() * len(rows)
             seconds = time.perf_counter() - start
-            if state["history"] and train_loss / len(self.train_rows) > DIVERGED * state["history"][0]["train_loss"]:
+            if train_loss / len(self.train_rows) > DIVERGED * state["first_loss"]:
                 raise ModtrainError(
                     f"{self.name}: training diverged: the loss of epoch {epoch} is "
-                    f"{train_loss / len(self.train_rows):.4g}, over {DIVERGED:g}× the first epoch's "
-                    f"({state['history'][0]['train_loss']:.4g}); nothing was saved. Lower the learning rate "
-                    f"(now {self.config.lr})")
+                    f"{train_loss / len(self.train_rows):.4g}, over {DIVERGED:g}× that of its first batch "
+                    f"({state['first_loss']:.4g}); nothing was saved. Lower the learning rate (now {self.config.lr})")
             metrics = {"epoch": epoch, "train_loss": train_loss / len(self.train_rows), **self._validate(),
                        "seconds": round(seconds, 3)}
             state["seconds"] += seconds

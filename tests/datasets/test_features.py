@@ -150,3 +150,27 @@ def test_resnet101_backbone_stops_at_layer3_in_eval_mode(monkeypatch, tmp_path):
     torch.save({"something": torch.zeros(1)}, tmp_path / "bad.pth")
     with pytest.raises(ModtrainError, match="not a ResNet-101 state dict"):
         load_resnet101_backbone(tmp_path / "bad.pth")
+
+
+def test_from_h5_links_all_splits_or_none_and_leaves_the_folders_own_files_alone(tiny_clevr, tmp_path):
+    import shutil
+    data = tmp_path / "data"
+    shutil.copytree(tiny_clevr, data)
+    own = data / "features"
+    own.mkdir()
+    for split, n in [("train", 30), ("val", 8), ("test", 8)]:
+        _iep_file(own / f"{split}.h5", n)
+    before = {p.name: p.read_bytes() for p in own.iterdir()}
+    # pointing at the folder's own files: nothing is replaced (before, each became a link to itself)
+    features_command(data, from_h5=str(own / "{split}.h5"))
+    assert {p.name: p.read_bytes() for p in own.iterdir()} == before
+    assert not any(p.is_symlink() for p in own.iterdir())
+    # one bad source split: no split is linked
+    iep = tmp_path / "iep"
+    iep.mkdir()
+    for split, n in [("train", 30), ("val", 8), ("test", 5)]:
+        _iep_file(iep / f"{split}_features.h5", n)
+    with pytest.raises(ModtrainError, match=r"test_features.h5: 'features' has 5 rows"):
+        features_command(data, from_h5=str(iep / "{split}_features.h5"))
+    assert {p.name: p.read_bytes() for p in own.iterdir()} == before
+    assert not any(p.is_symlink() for p in own.iterdir())
