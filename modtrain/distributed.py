@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 from pathlib import Path
 from typing import Any, Callable
 
 from modtrain.errors import ModtrainError
+from modtrain.reaper import descendants, watch
 
 log = logging.getLogger(__name__)
 
@@ -23,6 +25,8 @@ def connect(address: str = "local", num_cpus: int | None = None):
     """Start or join Ray once per process; returns the ``ray`` module."""
     import ray
 
+    if address != "local":
+        _reachable(address)
     if ray.is_initialized():
         return ray
     if address == "local":
@@ -30,6 +34,7 @@ def connect(address: str = "local", num_cpus: int | None = None):
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")
         ray.init(num_cpus=num_cpus or os.cpu_count(), include_dashboard=False, logging_level=logging.WARNING,
                  log_to_driver=False)
+        watch(descendants(os.getpid()))  # its processes go with this one, even if it is killed
     else:
         try:
             ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
@@ -37,6 +42,29 @@ def connect(address: str = "local", num_cpus: int | None = None):
             raise ModtrainError(f"cannot join the Ray cluster at {address!r}: {e}; start one with "
                                 f"'ray start --head' or use --address local") from None
     return ray
+
+
+def _reachable(address: str, timeout: float = 10.0) -> None:
+    """Fail at once for a HOST:PORT nobody answers at (Ray itself retries for minutes)."""
+    target = address.removeprefix("ray://")
+    if address == "auto" or ":" not in target:
+        return
+    host, _, port = target.rpartition(":")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+    except (OSError, ValueError) as e:
+        raise ModtrainError(f"cannot reach the Ray cluster at {address!r} ({e}); start one with "
+                            f"'ray start --head' or use --address local") from None
+
+
+def get(ray, refs):
+    """``ray.get``, with a user error raised in a job shown as the one line it is in-process."""
+    try:
+        return ray.get(refs)
+    except ray.exceptions.RayTaskError as e:
+        if isinstance(e.cause, ModtrainError):
+            raise ModtrainError(str(e.cause)) from None
+        raise
 
 
 def gpus_per_job(requested: float | None) -> float:
@@ -117,7 +145,7 @@ def _run_on_ray(recipe, workdir, address: str, say: Callable[[str], None], gpus:
     while pending:
         done, _ = ray.wait(list(pending.values()), num_returns=1)
         name = next(n for n, r in pending.items() if r == done[0])
-        result = ray.get(done[0])
+        result = get(ray, done[0])
         del pending[name]
         say(describe_result(result))
         if not result["skipped"] and name != "assemble":
@@ -141,4 +169,4 @@ def run_tasks(fn: Callable, arg_lists: list[tuple], address: str | None, device:
     remote = ray.remote(fn).options(num_cpus=cpus, num_gpus=gpu)
     refs = [remote.remote(*args, "cuda" if gpu else "cpu", cpus) for args in arg_lists]
     say(f"submitted {len(refs)} jobs to Ray")
-    return ray.get(refs)
+    return get(ray, refs)

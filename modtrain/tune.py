@@ -171,6 +171,7 @@ def tune_module(recipe: Recipe, workdir: Workdir, module: str, samples: int, sch
     out = workdir.root / "tune" / module
     settings = {"recipe": sha256_json(recipe.raw), "samples": samples, "scheduler": scheduler, "search": search}
     experiment = storage / module
+    finished_path = out / "finished.json"
     if fresh:
         shutil.rmtree(experiment, ignore_errors=True)
     trainable = tune.with_resources(
@@ -191,16 +192,47 @@ def tune_module(recipe: Recipe, workdir: Workdir, module: str, samples: int, sch
         tuner = tune.Tuner.restore(str(experiment), trainable, resume_errored=True)
     else:
         write_json(out / "settings.json", settings)
+        finished_path.unlink(missing_ok=True)
         tuner = tune.Tuner(trainable, param_space=space, tune_config=tune.TuneConfig(
             metric="score", mode="max", num_samples=samples, scheduler=_scheduler(scheduler, recipe, module),
             search_alg=_searcher(search, recipe.seed)),
             run_config=tune.RunConfig(name=module, storage_path=str(storage), verbose=0,
                                       failure_config=tune.FailureConfig(max_failures=retries),
                                       checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-                                      callbacks=callbacks))
+                                      callbacks=[_finished_callback(str(finished_path)), *(callbacks or [])]))
     results = tuner.fit()
     seconds = time.perf_counter() - start
+    # Ray marks a trial stopped by Ctrl-C terminated like a finished one: count those it told the
+    # callback about (finished, stopped by the scheduler, or failed), across restores
+    done = set(read_json(finished_path)) if finished_path.exists() else set()
+    finished = sum(bool(r.error) or (r.metrics or {}).get("trial_id") in done for r in results)
+    if finished < len(results):  # stopped (Ctrl-C, a lost driver): partial trials choose nothing
+        raise ModtrainError(f"the {module} search was interrupted with {finished} of {len(results)} trials finished; "
+                            f"no best configuration was written. Rerun the same command to resume it "
+                            f"(--fresh to start over)")
     return _summarize(results, recipe, workdir, module, out, seconds, settings)
+
+
+def _finished_callback(path: str):
+    """A Tune callback that records, in a file that outlives the driver, every trial that ended
+    for a reason of its own: its last epoch, the scheduler's stop, or an error."""
+    from ray import tune
+
+    class Finished(tune.Callback):
+        def __init__(self, path: str):
+            self.path = path
+
+        def _add(self, trial) -> None:
+            done = set(read_json(self.path)) if Path(self.path).exists() else set()
+            write_json(self.path, sorted(done | {trial.trial_id}))
+
+        def on_trial_complete(self, iteration, trials, trial, **info):
+            self._add(trial)
+
+        def on_trial_error(self, iteration, trials, trial, **info):
+            self._add(trial)
+
+    return Finished(path)
 
 
 def _scheduler(name: str, recipe: Recipe, module: str):
