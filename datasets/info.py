@@ -16,6 +16,8 @@ def data_info(data_dir: str | Path, top_answers: int = 10) -> dict:
     """Per split: image and question counts, answer distribution, depth histogram,
     questions per type, and distinct layouts per question family."""
     folder = ClevrFolder(data_dir)
+    # modtrain's family names hold only for folders it generated; elsewhere the index is all we know
+    generated = (folder.root / "generate.json").exists()
     out: dict = {"root": str(folder.root), "splits": {}}
     for split in folder.splits():
         questions = folder.load_questions(split)
@@ -29,7 +31,8 @@ def data_info(data_dir: str | Path, top_answers: int = 10) -> dict:
                 continue
             depths[program_depth(q.program)] += 1
             types[question_type(q.program)] += 1
-            family = FAMILY_NAMES.get(q.question_family_index, str(q.question_family_index))
+            index = q.question_family_index
+            family = FAMILY_NAMES[index] if generated and index in FAMILY_NAMES else f"family {index}"
             family_counts[family] += 1
             layouts[family].add(str(program_to_layout(q.program)))
         image_dir = folder.image_dir(split)

@@ -108,16 +108,20 @@ def write_split(path: Path, arrays: dict[str, np.ndarray], attrs: dict) -> None:
             f.attrs[key] = value
 
 
-def prepare(data_dir: str | Path, out_dir: str | Path | None = None) -> dict:
-    """Write ``vocab.json`` and ``{split}.h5`` for every split; returns a summary."""
+def prepare(data_dir: str | Path, out_dir: str | Path | None = None, vocab_split: str | None = None) -> dict:
+    """Write ``vocab.json`` and ``{split}.h5`` for every split; returns a summary. The vocabularies
+    are built on ``vocab_split`` (default: the first split whose name starts with train)."""
     folder = ClevrFolder(data_dir)
     out = Path(out_dir) if out_dir is not None else folder.root
     splits = folder.splits()
-    train_split = next((s for s in splits if s.startswith("train")), None)
+    if vocab_split is not None and vocab_split not in splits:
+        raise ModtrainError(f"--vocab-split {vocab_split!r}: {folder.root} has no such split; its splits: "
+                            f"{', '.join(splits)}")
+    train_split = vocab_split or next((s for s in splits if s.startswith("train")), None)
     if train_split is None:
         raise ModtrainError(
-            f"{folder.root}: no training split (questions/CLEVR_train_questions.json); "
-            f"vocabularies are built on train only"
+            f"{folder.root}: no training split (questions/CLEVR_train_questions.json); vocabularies are built "
+            f"on the training split only (name another with --vocab-split)"
         )
     questions = {s: folder.load_questions(s) for s in splits}
     for split, qs in questions.items():
@@ -132,8 +136,8 @@ def prepare(data_dir: str | Path, out_dir: str | Path | None = None) -> dict:
     vocab["layouts"] = list(layout_ids)
     write_json(out / "vocab.json", vocab)
     vocab_hash = sha256_json(vocab)
-    summary = {"vocab": {"question_tokens": len(vocab["question_tokens"]), "answers": len(vocab["answers"]),
-                         "layouts": len(vocab["layouts"])}, "splits": {}}
+    summary = {"vocab": {"split": train_split, "question_tokens": len(vocab["question_tokens"]),
+                         "answers": len(vocab["answers"]), "layouts": len(vocab["layouts"])}, "splits": {}}
     for split in splits:
         arrays = encoded[split]
         unlabelled = int((arrays["answer"] == NO_ANSWER).sum())

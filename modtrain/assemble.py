@@ -20,7 +20,7 @@ from modtrain.card import load_module
 from modtrain.data import PreparedData
 from modtrain.errors import ModtrainError
 from modtrain.execute import Executor
-from modtrain.io import write_json
+from modtrain.io import read_json, write_json
 from modtrain.layout import Layout
 from modtrain.progress import progress
 from modtrain.recipe import Recipe
@@ -80,11 +80,12 @@ def _accuracy(correct: np.ndarray, groups: np.ndarray | None = None, names=None)
 
 def assemble(workdir: Workdir, recipe: Recipe, device: torch.device, splits: list[str] | None = None,
              batch_size: int = 512, data: PreparedData | None = None) -> dict[str, Any]:
-    """Evaluate the assembled NMN; write ``reports/assemble.json`` and predictions."""
+    """Evaluate the assembled NMN on ``splits``; merge them into ``reports/assemble.json`` (the
+    splits evaluated before with the same modules stay), write predictions; return their report."""
     data = data or PreparedData(workdir.data)
     encoder, executor, cards = load_assembly(workdir, recipe, device)
     interface = executor.interface
-    splits = splits or [s for s in data.splits() if s != "train"]
+    splits = splits or [s for s in data.splits() if s != recipe.data.train_split]
     report: dict[str, Any] = {
         "recipe": recipe.name, "interface": interface.name,
         "modules": {n: {"weights_sha256": c["weights_sha256"], "val_accuracy": c["metrics"]["val_accuracy"]}
@@ -148,7 +149,17 @@ def assemble(workdir: Workdir, recipe: Recipe, device: torch.device, splits: lis
         write_json(workdir.reports / "predictions" / f"{split_name}.json",
                    [{"question_index": int(q), "answer": answers[p], "encoder_answer": answers[e]}
                     for q, p, e in zip(split.question_index, predicted, prior_predicted)], indent=None)
-    write_json(workdir.reports / "assemble.json", report)
+    path = workdir.reports / "assemble.json"
+    merged = report
+    if path.exists():  # keep the splits evaluated before with the same modules
+        try:
+            earlier = read_json(path, "assembly report")
+        except ModtrainError:
+            earlier = {}
+        if earlier.get("modules") == report["modules"] and earlier.get("recipe") == report["recipe"]:
+            merged = {**report, "splits": {**{s: v for s, v in earlier.get("splits", {}).items()
+                                              if s not in report["splits"]}, **report["splits"]}}
+    write_json(path, merged)
     return report
 
 

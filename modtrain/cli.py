@@ -113,14 +113,17 @@ def features(directory, backbone, weights, from_h5, dtype, batch_size, device, s
 @click.argument("directory", type=click.Path(exists=True, file_okay=False))
 @click.option("--out", type=click.Path(file_okay=False), default=None,
               help="Where vocab.json and {split}.h5 go [default: DIRECTORY].")
-def prepare(directory, out):
-    """Build vocabularies on train and write {split}.h5 question arrays."""
+@click.option("--vocab-split", default=None,
+              help="The split the vocabularies are built on [default: the first named train*, e.g. trainA].")
+def prepare(directory, out, vocab_split):
+    """Build vocabularies on the training split and write {split}.h5 question arrays."""
     from modtrain.datasets.prepare import prepare as run
 
     start = time.perf_counter()
-    summary = run(directory, out)
+    summary = run(directory, out, vocab_split)
     v = summary["vocab"]
-    click.echo(f"vocab: {v['question_tokens']} tokens, {v['answers']} answers, {v['layouts']} layouts")
+    click.echo(f"vocab (built on {v['split']}): {v['question_tokens']} tokens, {v['answers']} answers, "
+               f"{v['layouts']} layouts")
     for split, s in summary["splits"].items():
         click.echo(f"{split}: {s['questions']} questions ({s['unlabelled']} unlabelled)")
     click.echo(f"done in {time.perf_counter() - start:.1f}s")
@@ -138,8 +141,11 @@ def info(directory, as_json):
 
 
 def recipe_options(fn):
-    """--recipe, --workdir, --set and --device, shared by the training commands."""
+    """--recipe, --workdir, --data, --set and --device, shared by the training commands."""
     fn = click.option("--device", default=None, help="auto, cpu, cuda or cuda:N [default: the recipe's train.device].")(fn)
+    fn = click.option("--data", "data_dir", type=click.Path(exists=True, file_okay=False), default=None,
+                      help="An existing data folder (prepared, or to prepare) instead of the recipe's "
+                           "data.source; the same as --set data.source=DIR.")(fn)
     fn = click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
                       help="Override a recipe key, e.g. --set train.lr=3e-4 (repeatable).")(fn)
     fn = click.option("--workdir", type=click.Path(file_okay=False), default=None,
@@ -149,18 +155,22 @@ def recipe_options(fn):
     return fn
 
 
-def _context(recipe, workdir, overrides, device):
+def _context(recipe, workdir, overrides, device, data_dir=None):
+    from pathlib import Path
+
     from modtrain.device import resolve_device
     from modtrain.recipe import load_for_workdir
     from modtrain.workdir import Workdir
 
+    if data_dir is not None:
+        overrides = [*overrides, f"data.source={str(Path(data_dir).resolve())!r}"]
     loaded, root = load_for_workdir(recipe, workdir, list(overrides))
     return loaded, Workdir.for_recipe(loaded, root), resolve_device(device or loaded.train_config("encoder").device)
 
 
 @main.command(context_settings=CONTEXT)
 @recipe_options
-def plan(recipe, workdir, overrides, device):
+def plan(recipe, workdir, overrides, data_dir, device):
     """Print the dependency table (paper Table 1) and the job graph.
 
     With prepared data in the workdir, the table also says how many training questions each
@@ -169,11 +179,8 @@ def plan(recipe, workdir, overrides, device):
     from modtrain.data import PreparedData
     from modtrain.job import training_questions
     from modtrain.plan import format_plan, make_plan
-    from modtrain.recipe import load_for_workdir
-    from modtrain.workdir import Workdir
 
-    loaded, root = load_for_workdir(recipe, workdir, list(overrides))
-    wd = Workdir.for_recipe(loaded, root)
+    loaded, wd, _ = _context(recipe, workdir, overrides, "cpu", data_dir)
     trained = {m for m in loaded.modules if card_path(wd.modules, m).exists()}
     plan_ = make_plan(loaded, trained)
     questions = None
@@ -186,11 +193,11 @@ def plan(recipe, workdir, overrides, device):
 @click.argument("module")
 @click.option("--surrogate", default=None, help="Train through this surrogate (for modules without a loss of their own).")
 @recipe_options
-def train(module, surrogate, recipe, workdir, overrides, device):
+def train(module, surrogate, recipe, workdir, overrides, data_dir, device):
     """Train one MODULE as its own job; writes modules/MODULE.pt and its card."""
     from modtrain.job import train_module
 
-    loaded, wd, dev = _context(recipe, workdir, overrides, device)
+    loaded, wd, dev = _context(recipe, workdir, overrides, device, data_dir)
     if surrogate is not None:
         loaded = loaded.with_surrogate(module, surrogate)
     with wd.lock():
@@ -210,13 +217,13 @@ def train(module, surrogate, recipe, workdir, overrides, device):
 @main.command(context_settings=CONTEXT)
 @click.argument("module")
 @recipe_options
-def cache(module, recipe, workdir, overrides, device):
+def cache(module, recipe, workdir, overrides, data_dir, device):
     """Write MODULE's virtual dataset (caches/MODULE/{split}.h5) for every split."""
     from modtrain.cache import write_caches
     from modtrain.data import PreparedData
     from modtrain.plan import make_plan
 
-    loaded, wd, dev = _context(recipe, workdir, overrides, device)
+    loaded, wd, dev = _context(recipe, workdir, overrides, device, data_dir)
     data = PreparedData(wd.data)
     with wd.lock():
         write_caches(wd, make_plan(loaded), module, data, dev)
@@ -224,14 +231,17 @@ def cache(module, recipe, workdir, overrides, device):
 
 
 @main.command(context_settings=CONTEXT)
-@click.option("--split", "splits", multiple=True, help="Split(s) to evaluate [default: all but train].")
+@click.option("--split", "splits", multiple=True,
+              help="Split(s) to evaluate, repeated or comma-separated; merged into reports/assemble.json "
+                   "[default: all but the training split].")
 @recipe_options
-def assemble(splits, recipe, workdir, overrides, device):
+def assemble(splits, recipe, workdir, overrides, data_dir, device):
     """Compose the trained modules per question and report accuracy."""
     from modtrain.assemble import assemble as run, format_report
 
-    loaded, wd, dev = _context(recipe, workdir, overrides, device)
-    report = run(wd, loaded, dev, list(splits) or None)
+    loaded, wd, dev = _context(recipe, workdir, overrides, device, data_dir)
+    names = [name.strip() for item in splits for name in item.split(",") if name.strip()]
+    report = run(wd, loaded, dev, names or None)
     click.echo(format_report(report))
     click.echo(f"\nwrote {wd.reports / 'assemble.json'}")
 
@@ -243,12 +253,12 @@ def assemble(splits, recipe, workdir, overrides, device):
               help="GPUs per training job on Ray [default: 1 where the cluster has GPUs, else 0].")
 @click.option("--cpus-per-job", type=int, default=1, show_default=True, help="CPUs per job on Ray.")
 @recipe_options
-def run(address, gpus_per_job, cpus_per_job, recipe, workdir, overrides, device):
+def run(address, gpus_per_job, cpus_per_job, recipe, workdir, overrides, data_dir, device):
     """The whole pipeline: data, plan, train and cache each module, assemble (resumable)."""
     from modtrain.assemble import format_report
     from modtrain.pipeline import run_pipeline
 
-    loaded, wd, dev = _context(recipe, workdir, overrides, device)
+    loaded, wd, dev = _context(recipe, workdir, overrides, device, data_dir)
     start = time.perf_counter()
     say = lambda text: click.echo(text, err=True)  # noqa: E731
     if address is not None:
@@ -263,12 +273,12 @@ def run(address, gpus_per_job, cpus_per_job, recipe, workdir, overrides, device)
 
 @main.command(context_settings=CONTEXT)
 @recipe_options
-def e2e(recipe, workdir, overrides, device):
+def e2e(recipe, workdir, overrides, data_dir, device):
     """Train the recipe's NMN end to end (the baseline), then assemble and report."""
     from modtrain.assemble import format_report
     from modtrain.pipeline import run_end_to_end
 
-    loaded, wd, dev = _context(recipe, workdir, overrides, device)
+    loaded, wd, dev = _context(recipe, workdir, overrides, device, data_dir)
     start = time.perf_counter()
     report = run_end_to_end(loaded, wd, dev, say=lambda text: click.echo(text, err=True))
     click.echo(format_report(report))
@@ -320,11 +330,11 @@ def compare(recipe_name, seeds, workdir, data_dir, overrides, device, fresh):
 @click.option("--fresh", is_flag=True, help="Discard an earlier search of this module instead of resuming it.")
 @recipe_options
 def tune(module, samples, scheduler, search, address, storage, cpus_per_trial, gpus_per_trial, retries, fresh,
-         recipe, workdir, overrides, device):
+         recipe, workdir, overrides, data_dir, device):
     """Search MODULE's hyperparameters on Ray Tune (or 'e2e' for the whole network)."""
     from modtrain.tune import tune_module
 
-    loaded, wd, _ = _context(recipe, workdir, overrides, device)
+    loaded, wd, _ = _context(recipe, workdir, overrides, device, data_dir)
     summary = tune_module(loaded, wd, module, samples, scheduler, search, address, storage, cpus_per_trial,
                           gpus_per_trial, retries, fresh, say=lambda text: click.echo(text, err=True))
     best = summary["best"]
@@ -379,11 +389,11 @@ def correlation(recipe, module, n_modules, k_select, max_epochs, seed, workdir, 
 @click.argument("questions", nargs=-1, type=int, required=True)
 @click.option("--split", default="val", show_default=True)
 @recipe_options
-def explain(questions, split, recipe, workdir, overrides, device):
+def explain(questions, split, recipe, workdir, overrides, data_dir, device):
     """Draw each module's attention for QUESTIONS (question indices) as one PNG each."""
     from modtrain.reports.explain import explain as run
 
-    loaded, wd, dev = _context(recipe, workdir, overrides, device)
+    loaded, wd, dev = _context(recipe, workdir, overrides, device, data_dir)
     for path in run(wd, loaded, dev, list(questions), split):
         click.echo(f"wrote {path}")
 

@@ -167,14 +167,13 @@ class PreparedData:
                                            self.features.get(name))
         return self._splits[name]
 
-    @property
-    def fingerprint(self) -> str:
+    def fingerprint(self, train: str = "train", val: str = "val") -> str:
         """One hash for the data a module trains and validates on."""
-        return sha256_json([self.split(s).fingerprint for s in ("train", "val")])
+        return sha256_json([self.split(s).fingerprint for s in (train, val)])
 
     def dims(self) -> dict[str, int]:
         """Dimensions modules are built with: features C, height, width, answers, tokens."""
-        shape = self.split("train").features().shape
+        shape = self.split(self.splits()[0]).features().shape
         return {"features": shape[1], "height": shape[2], "width": shape[3],
                 "answers": len(self.vocab["answers"]), "tokens": len(self.vocab["question_tokens"])}
 

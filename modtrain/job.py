@@ -38,7 +38,6 @@ from modtrain.train import TrainingLoop, cards_match
 from modtrain.types import Attended, DataType, Features, Prior, get_interface
 from modtrain.workdir import Workdir
 
-SPLITS = ("train", "val")
 
 
 @dataclass(frozen=True)
@@ -75,7 +74,7 @@ def job_key(spec: JobSpec, recipe: Recipe, data: PreparedData, sources: dict[str
     return {"kind": spec.training, "interface": recipe.interface, "seed": recipe.seed,
             "hyperparameters": {m: recipe.module_hparams(m) for m in spec.trainable}, "train": config,
             "surrogate": recipe.surrogate(spec.surrogate) if spec.surrogate else None,
-            "data_fingerprint": data.fingerprint, "inputs": inputs}
+            "data_fingerprint": data.fingerprint(recipe.data.train_split, recipe.data.val_split), "inputs": inputs}
 
 
 @dataclass
@@ -193,7 +192,9 @@ class Job(TrainingLoop):
 
     # -- data --------------------------------------------------------------------------------
     def _setup_data(self) -> None:
-        self.splits = {s: self.data.split(s) for s in SPLITS}
+        # the two roles, "train" and "val", and the splits that play them
+        self.splits = {"train": self.data.split(self.recipe.data.train_split),
+                       "val": self.data.split(self.recipe.data.val_split)}
         wirings = [None if self.layout_free else self.wirer.wire(layout) for layout in self.data.layouts]
         self.wirings = wirings
         self.rows: dict[str, np.ndarray] = {}
@@ -207,7 +208,7 @@ class Job(TrainingLoop):
         if self.layout_free:
             self.needs_features, self.runs = False, set()
             return
-        used = [wirings[i] for i in np.unique(np.concatenate([self.splits[s].layout[self.rows[s]] for s in SPLITS]))]
+        used = [wirings[i] for i in np.unique(np.concatenate([split.layout[self.rows[s]] for s, split in self.splits.items()]))]
         self.needs_features = any(self._reads_features(w) for w in used)
         self.runs = {node.module for w in used for node in w.layout.nodes()}  # modules the wirings run
         self.features = {s: split.features() for s, split in self.splits.items()} if self.needs_features else {}
@@ -224,7 +225,7 @@ class Job(TrainingLoop):
             self.root_ids = np.array([index.get(w.root, -1) if w else -1 for w in wirings] + [-1])
             self.root_kind = np.array([kinds.get(w.root_reads, -1) if w else -1 for w in wirings] + [-1])
         if self.prior_source == "cache":
-            self.priors = {s: open_cache(self._source(self.prior_producer), self.plan, self.prior_producer, s,
+            self.priors = {s: open_cache(self._source(self.prior_producer), self.plan, self.prior_producer, split.name,
                                          split.fingerprint) for s, split in self.splits.items()}
 
     def _reads_features(self, wiring: Wiring) -> bool:
@@ -256,7 +257,7 @@ class Job(TrainingLoop):
         self.given_sources = sources
         self.given_slots = dict(slots)
         owners = sorted({owner for owner, _ in sources})
-        self.caches = {s: {o: EdgeCache(self._source(o), self.plan, o, s, split.fingerprint) for o in owners}
+        self.caches = {s: {o: EdgeCache(self._source(o), self.plan, o, split.name, split.fingerprint) for o in owners}
                        for s, split in self.splits.items()}
         self.given_edges: dict[str, dict[str, np.ndarray]] = {}
         self.given_from: dict[str, dict[str, np.ndarray]] = {}
@@ -418,10 +419,10 @@ def is_up_to_date(recipe: Recipe, name: str, data: PreparedData, workdir: Workdi
     return cards_match(workdir.modules, [name], job_key(spec, recipe, data, {}, workdir))
 
 
-def training_questions(plan: Plan, recipe: Recipe, data: PreparedData, split: str = "train") -> dict[str, int]:
-    """How many labelled questions of ``split`` each module's job trains on (for ``modtrain plan``)."""
+def training_questions(plan: Plan, recipe: Recipe, data: PreparedData) -> dict[str, int]:
+    """How many labelled questions of the training split each module's job trains on (``modtrain plan``)."""
     interface = get_interface(recipe.interface)
-    s = data.split(split)
+    s = data.split(recipe.data.train_split)
     labelled = s.answer >= 0
     counts = {}
     for m in plan.modules:

@@ -37,6 +37,9 @@ class DataSection:
     image_size: int = setting(64, low=16)
     seed: int = 0
     backbone: str = setting("clevr-cnn", choices=("clevr-cnn", "resnet101"))
+    # the splits modules train and stop on (CLEVR-CoGenT: trainA, valA); assembly reports the others
+    train_split: str = "train"
+    val_split: str = "val"
     # clevr-cnn pretraining; None: the backbone's own defaults
     pretrain_images: int | None = setting(None, low=1)
     pretrain_epochs: int | None = setting(None, low=1)

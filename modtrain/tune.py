@@ -162,7 +162,7 @@ def tune_module(recipe: Recipe, workdir: Workdir, module: str, samples: int, sch
     if module != E2E:  # its producers' caches must exist and be fresh in the shared workdir
         plan = make_plan(recipe)
         for producer in plan.module(module).reads:
-            for split in ("train", "val"):
+            for split in (recipe.data.train_split, recipe.data.val_split):
                 problem = cache_status(workdir, plan, producer, split, data.split(split).fingerprint)
                 if problem:
                     raise ModtrainError(f"tuning {module} needs {producer}'s cache: {problem}")

@@ -57,8 +57,8 @@ def test_training_command_errors_are_one_line(workdir, tmp_path):
     assert result.exit_code == 1 and "needs a surrogate" in result.output
     result = runner.invoke(main, ["train", "find", "--workdir", str(tmp_path / "empty")])
     assert result.exit_code == 1 and "give --recipe NAME" in result.output
-    result = runner.invoke(main, ["run", "--recipe", "nmn-typed", "--workdir", str(workdir), "--address", "auto"])
-    assert result.exit_code == 1 and "cannot join the Ray cluster at 'auto'" in result.output
+    result = runner.invoke(main, ["run", "--recipe", "nmn-typed", "--workdir", str(workdir), "--address", "127.0.0.1:1"])
+    assert result.exit_code == 1 and "cannot reach the Ray cluster at '127.0.0.1:1'" in result.output
     assert "ray start --head" in result.output
 
 

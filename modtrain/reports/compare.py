@@ -49,10 +49,10 @@ def _check_same_data(workdir: Workdir, data: PreparedData) -> None:
                 f"cannot compare: {workdir.modules / card['name']}.json was trained with another vocabulary "
                 f"({str(card.get('vocab_sha256'))[:12]} vs {data.vocab_sha256[:12]} of {data.root}); "
                 f"use another --workdir or remove {workdir.root}")
-        if card.get("data_fingerprint") != data.fingerprint:
+        if card.get("data_fingerprint") != data.fingerprint():
             raise ModtrainError(
                 f"cannot compare: {workdir.modules / card['name']}.json was trained on another dataset "
-                f"({str(card.get('data_fingerprint'))[:12]} vs {data.fingerprint[:12]} of {data.root}); "
+                f"({str(card.get('data_fingerprint'))[:12]} vs {data.fingerprint()[:12]} of {data.root}); "
                 f"use another --workdir or remove {workdir.root}")
 
 
@@ -135,7 +135,7 @@ def summarize(runs: list[dict], data: PreparedData, plan: Plan) -> dict:
                 fractions[f"{m.name}, then its cache and what reads it ({', '.join(after)})"] = seconds / e2e
         fractions["all modules, caches included"] = v["total_seconds"]["with_caches"] / e2e
         retraining[label] = fractions
-    return {"split": split, "dataset": {"root": str(data.root), "data_fingerprint": data.fingerprint,
+    return {"split": split, "dataset": {"root": str(data.root), "data_fingerprint": data.fingerprint(),
                                         "vocab_sha256": data.vocab_sha256},
             "jobs": [j.name for j in plan.jobs if j.kind != "assemble"],
             "versions": versions, "retraining_vs_end_to_end": retraining}
