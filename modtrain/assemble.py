@@ -88,7 +88,9 @@ def assemble(workdir: Workdir, recipe: Recipe, device: torch.device, splits: lis
     splits = splits or [s for s in data.splits() if s != recipe.data.train_split]
     report: dict[str, Any] = {
         "recipe": recipe.name, "interface": interface.name,
-        "modules": {n: {"weights_sha256": c["weights_sha256"], "val_accuracy": c["metrics"]["val_accuracy"]}
+        "modules": {n: {"weights_sha256": c["weights_sha256"], "val_accuracy": c["metrics"]["val_accuracy"],
+                        **({"trustworthy": c["surrogate"]["trustworthy"],
+                            "predictive_variance": c["surrogate"]["predictive_variance"]} if "surrogate" in c else {})}
                     for n, c in cards.items()},
         "splits": {},
     }
@@ -170,6 +172,10 @@ def _merge(assembled: dict, encoder: dict) -> dict:
 def format_report(report: dict[str, Any]) -> str:
     """The accuracy table: assembled NMN next to the encoder alone."""
     lines = [f"recipe {report['recipe']} ({report['interface']} interface)"]
+    for name, module in report["modules"].items():
+        if module.get("trustworthy") is False:
+            lines.append(f"warning: {name} is not trustworthy (its surrogate's predictive variance is "
+                         f"{module['predictive_variance']:.5f}, over the threshold)")
     for split, s in report["splits"].items():
         skipped = "".join(f"; skipped ({reason}): {count}" for reason, count in s.get("skipped", {}).items())
         lines += ["", f"[{split}] {s['labelled']} labelled of {s['questions']} questions{skipped}",

@@ -216,8 +216,10 @@ def train(module, surrogate, recipe, workdir, overrides, data_dir, device):
 
 @main.command(context_settings=CONTEXT)
 @click.argument("module")
+@click.option("--allow-untrusted", is_flag=True,
+              help="Cache a module whose surrogate's predictive variance is over its threshold.")
 @recipe_options
-def cache(module, recipe, workdir, overrides, data_dir, device):
+def cache(module, allow_untrusted, recipe, workdir, overrides, data_dir, device):
     """Write MODULE's virtual dataset (caches/MODULE/{split}.h5) for every split."""
     from modtrain.cache import write_caches
     from modtrain.data import PreparedData
@@ -226,7 +228,7 @@ def cache(module, recipe, workdir, overrides, data_dir, device):
     loaded, wd, dev = _context(recipe, workdir, overrides, device, data_dir)
     data = PreparedData(wd.data)
     with wd.lock():
-        write_caches(wd, make_plan(loaded), module, data, dev)
+        write_caches(wd, make_plan(loaded), module, data, dev, allow_untrusted=allow_untrusted)
     click.echo(f"wrote {', '.join(str(wd.cache(module, s)) for s in data.splits())}")
 
 
@@ -252,8 +254,10 @@ def assemble(splits, recipe, workdir, overrides, data_dir, device):
 @click.option("--gpus-per-job", type=float, default=None,
               help="GPUs per training job on Ray [default: 1 where the cluster has GPUs, else 0].")
 @click.option("--cpus-per-job", type=int, default=1, show_default=True, help="CPUs per job on Ray.")
+@click.option("--allow-untrusted", is_flag=True,
+              help="Cache and use a module whose surrogate's predictive variance is over its threshold.")
 @recipe_options
-def run(address, gpus_per_job, cpus_per_job, recipe, workdir, overrides, data_dir, device):
+def run(address, gpus_per_job, cpus_per_job, allow_untrusted, recipe, workdir, overrides, data_dir, device):
     """The whole pipeline: data, plan, train and cache each module, assemble (resumable)."""
     from modtrain.assemble import format_report
     from modtrain.pipeline import run_pipeline
@@ -264,9 +268,9 @@ def run(address, gpus_per_job, cpus_per_job, recipe, workdir, overrides, data_di
     if address is not None:
         from modtrain.distributed import run_pipeline_on_ray
 
-        report = run_pipeline_on_ray(loaded, wd, address, say, gpus_per_job, cpus_per_job)
+        report = run_pipeline_on_ray(loaded, wd, address, say, gpus_per_job, cpus_per_job, allow_untrusted)
     else:
-        report = run_pipeline(loaded, wd, dev, say=say)
+        report = run_pipeline(loaded, wd, dev, say=say, allow_untrusted=allow_untrusted)
     click.echo(format_report(report))
     click.echo(f"\nworkdir {wd.root}; total {time.perf_counter() - start:.0f}s")
 
@@ -340,7 +344,7 @@ def tune(module, samples, scheduler, search, address, storage, cpus_per_trial, g
     best = summary["best"]
     done = sum(t["status"] == "done" for t in summary["trials"])
     click.echo(f"{module}: {done} of {len(summary['trials'])} trials finished in {summary['search_seconds']:.0f}s; "
-               f"best score {best['best_score']:.4f} with {best['config']}")
+               f"best trustworthy trial: validation accuracy {best['kept_accuracy']:.4f} with {best['config']}")
     click.echo(f"wrote {wd.root / 'tune' / module}/best.toml, recipe.toml, trials.json"
                + (f"; best card {summary['best_card']}" if summary["best_card"] else ""))
 

@@ -92,7 +92,7 @@ def absolute(path: str | Path, what: str = "storage path") -> Path:
 
 
 def _job(kind: str, module: str | None, recipe_raw: dict, recipe_where: str, root: str, data: str,
-         device: str, threads: int, *upstream: Any) -> dict[str, Any]:
+         device: str, threads: int, allow_untrusted: bool, *upstream: Any) -> dict[str, Any]:
     """One job of the plan, run in a Ray worker (``upstream`` only orders it after its dependencies)."""
     import torch
 
@@ -107,21 +107,21 @@ def _job(kind: str, module: str | None, recipe_raw: dict, recipe_where: str, roo
     plan = make_plan(recipe)
     job = next(j for j in plan.jobs if (j.kind, j.module) == (kind, module))
     return run_job(job, recipe, plan, Workdir(Path(root), Path(data)), PreparedData(data), torch.device(device),
-                   say=log.info)
+                   say=log.info, allow_untrusted=allow_untrusted)
 
 
 def run_pipeline_on_ray(recipe, workdir, address: str, say: Callable[[str], None], gpus: float | None = None,
-                        cpus_per_job: int = 1) -> dict:
+                        cpus_per_job: int = 1, allow_untrusted: bool = False) -> dict:
     """``modtrain run --address``: the plan's jobs as Ray tasks; independent ones run at once."""
     from modtrain.workdir import Workdir
 
     workdir = Workdir(workdir.root.resolve(), workdir.data.resolve())
     with workdir.lock():
-        return _run_on_ray(recipe, workdir, address, say, gpus, cpus_per_job)
+        return _run_on_ray(recipe, workdir, address, say, gpus, cpus_per_job, allow_untrusted)
 
 
 def _run_on_ray(recipe, workdir, address: str, say: Callable[[str], None], gpus: float | None,
-                cpus_per_job: int) -> dict:
+                cpus_per_job: int, allow_untrusted: bool) -> dict:
     import torch
 
     from modtrain.pipeline import describe_result, ensure_data, record_job_time
@@ -138,7 +138,7 @@ def _run_on_ray(recipe, workdir, address: str, say: Callable[[str], None], gpus:
         use_gpu = gpu if job.kind == "train" else 0.0
         refs[job.name] = remote.options(num_cpus=cpus_per_job, num_gpus=use_gpu, name=job.name).remote(
             job.kind, job.module, recipe.raw, recipe.where, str(workdir.root), str(workdir.data),
-            "cuda" if use_gpu else "cpu", cpus_per_job, *[refs[d] for d in job.after])
+            "cuda" if use_gpu else "cpu", cpus_per_job, allow_untrusted, *[refs[d] for d in job.after])
     say(f"submitted {len(refs)} jobs to Ray: " + " | ".join(" ∥ ".join(j.name for j in level) for level in plan.levels()))
     report = None
     pending = dict(refs)

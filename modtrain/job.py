@@ -34,6 +34,7 @@ from modtrain.layout import Layout
 from modtrain.plan import Plan, make_plan
 from modtrain.recipe import Recipe
 from modtrain.registry import build_module, module_class, surrogate_class
+from modtrain.surrogates.factorized import mc_metrics
 from modtrain.train import TrainingLoop, cards_match
 from modtrain.types import Attended, DataType, Features, Prior, get_interface
 from modtrain.workdir import Workdir
@@ -362,18 +363,20 @@ class Job(TrainingLoop):
     def _validate(self) -> dict[str, float]:
         if self.surrogate is None:
             return super()._validate()
-        # MC-dropout validation (§5.3): NLL of the mean prediction, accuracy, predictive variance
-        self.model.eval()
+        # MC-dropout validation (§5.3): NLL of the mean prediction, accuracy, predictive variance.
+        # Every sample runs with the dropout training used — the module's own as well as the
+        # surrogate's — so a module whose output dropout shakes is not called trustworthy.
+        samples = self.surrogate.hparams["mc_samples"]
         nll, correct, variance, count = 0.0, 0, 0.0, 0
         with torch.no_grad():
             for rows in shuffled_batches(self.val_rows, self.config.batch_size * 4, None):
                 batch = self._load("val", rows)
-                result = self.surrogate.mc_predict(*self._surrogate_inputs(batch))
-                probs = result.mean_probs.float()
-                nll -= torch.log(probs.gather(1, batch["answer"][:, None]).clamp_min(1e-12)).sum().item()
-                correct += (probs.argmax(1) == batch["answer"]).sum().item()
-                variance += result.variance.sum().item()
+                self.model.train()
+                sums = mc_metrics(torch.stack([self.surrogate(*self._surrogate_inputs(batch)).exp()
+                                               for _ in range(samples)]), batch["answer"])
+                nll, correct, variance = nll + sums["nll"], correct + sums["correct"], variance + sums["variance"]
                 count += len(rows)
+        self.model.eval()
         return {"val_loss": nll / count, "val_accuracy": correct / count, "val_variance": variance / count}
 
     # -- cards -------------------------------------------------------------------------------

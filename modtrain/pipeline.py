@@ -16,7 +16,8 @@ import h5py
 import torch
 
 from modtrain.assemble import assemble
-from modtrain.cache import caches_up_to_date, write_caches
+from modtrain.cache import caches_up_to_date, check_trusted, write_caches
+from modtrain.card import load_card
 from modtrain.data import PreparedData
 from modtrain.e2e import JOB as E2E, e2e_up_to_date, train_end_to_end
 from modtrain.errors import ModtrainError
@@ -113,9 +114,10 @@ def record_job_time(workdir: Workdir, job: str, seconds: float) -> None:
 
 
 def run_job(job: Job, recipe: Recipe, plan: Plan, workdir: Workdir, data: PreparedData, device: torch.device,
-            say: Callable[[str], None] = log.info) -> dict[str, Any]:
+            say: Callable[[str], None] = log.info, allow_untrusted: bool = False) -> dict[str, Any]:
     """One job of the plan, unless its result is up to date — the one path for in-process and
-    Ray runs. Returns ``{"job", "skipped"}`` and, when it ran, ``seconds`` and the card or report."""
+    Ray runs. Returns ``{"job", "skipped"}`` and, when it ran, ``seconds`` and the card or report.
+    A module its surrogate does not trust stops the run before it is cached, unless ``allow_untrusted``."""
     start = time.perf_counter()
     if job.kind == "train":
         if is_up_to_date(recipe, job.module, data, workdir):
@@ -124,10 +126,12 @@ def run_job(job: Job, recipe: Recipe, plan: Plan, workdir: Workdir, data: Prepar
         card = train_module(workdir, recipe, job.module, device, data)
         return {"job": job.name, "skipped": False, "seconds": time.perf_counter() - start, "card": card}
     if job.kind == "cache":
+        if not allow_untrusted:  # before the up-to-date check: an untrusted module is never used silently
+            check_trusted(load_card(workdir.modules, job.module), workdir.modules / f"{job.module}.json")
         if caches_up_to_date(workdir, plan, job.module, data):
             return {"job": job.name, "skipped": True}
         say(f"{job.name} ...")
-        write_caches(workdir, plan, job.module, data, device)
+        write_caches(workdir, plan, job.module, data, device, allow_untrusted=allow_untrusted)
         return {"job": job.name, "skipped": False, "seconds": time.perf_counter() - start}
     say(f"{job.name} ...")
     report = assemble(workdir, recipe, device, data=data)
@@ -146,7 +150,7 @@ def describe_result(result: dict[str, Any]) -> str:
 
 
 def run_pipeline(recipe: Recipe, workdir: Workdir, device: torch.device,
-                 say: Callable[[str], None] = log.info) -> dict:
+                 say: Callable[[str], None] = log.info, allow_untrusted: bool = False) -> dict:
     """The whole modular training of a recipe; returns the assembler's report."""
     with workdir.lock():
         recipe.write(workdir.root)
@@ -154,7 +158,7 @@ def run_pipeline(recipe: Recipe, workdir: Workdir, device: torch.device,
         plan = make_plan(recipe)
         report = None
         for job in plan.jobs:  # sorted by level: every job after the ones it needs
-            result = run_job(job, recipe, plan, workdir, data, device, say)
+            result = run_job(job, recipe, plan, workdir, data, device, say, allow_untrusted)
             if job.kind != "assemble":
                 say(describe_result(result))
             if not result["skipped"] and job.kind != "assemble":

@@ -64,8 +64,11 @@ class TrainSection:
 
 
 TRAIN_KEYS = {f.name for f in dataclasses.fields(TrainSection)}
-# Per-module keys that are not hyperparameters of the module itself.
+# Per-module keys that are not hyperparameters of the module itself: its surrogate, and that
+# surrogate's settings for this module alone (``surrogate_dropout = 0.2`` overrides
+# [surrogates.factorized] dropout), which a search can then vary per module.
 MODULE_EXTRA_KEYS = {"surrogate"}
+SURROGATE_PREFIX = "surrogate_"
 
 
 def shipped_recipes() -> list[str]:
@@ -149,7 +152,8 @@ class Recipe:
 
     def module_hparams(self, name: str) -> dict[str, Any]:
         section = self.raw.get("modules", {}).get(name, {})
-        return {k: v for k, v in section.items() if k not in TRAIN_KEYS and k not in MODULE_EXTRA_KEYS}
+        return {k: v for k, v in section.items()
+                if k not in TRAIN_KEYS and k not in MODULE_EXTRA_KEYS and not k.startswith(SURROGATE_PREFIX)}
 
     def train_config(self, name: str) -> TrainSection:
         """Training settings of one module (or job): [train] overridden by [modules.NAME]."""
@@ -157,10 +161,12 @@ class Recipe:
 
     def surrogate(self, name: str) -> tuple[str, dict[str, Any]] | None:
         """(surrogate name, its hyperparameters) for a module trained through one."""
-        chosen = self.raw.get("modules", {}).get(name, {}).get("surrogate")
+        section = self.raw.get("modules", {}).get(name, {})
+        chosen = section.get("surrogate")
         if chosen is None:
             return None
-        return chosen, dict(self.raw.get("surrogates", {}).get(chosen, {}))
+        own = {k[len(SURROGATE_PREFIX):]: v for k, v in section.items() if k.startswith(SURROGATE_PREFIX)}
+        return chosen, {**self.raw.get("surrogates", {}).get(chosen, {}), **own}
 
     def with_surrogate(self, module: str, surrogate: str) -> "Recipe":
         raw = copy.deepcopy(self.raw)
@@ -172,7 +178,7 @@ class Recipe:
         """Check every key and value; keep the typed sections."""
         from modtrain.registry import module_class, surrogate_class
         from modtrain.types import INTERFACES
-        from modtrain.values import Range, check_hyperparameters, check_section
+        from modtrain.values import Range, check_hyperparameters, check_section, hyperparameter_range
 
         raw, where = self.raw, self.where
         _known(raw, TOP_KEYS, where, "")
@@ -187,12 +193,19 @@ class Recipe:
             raise ModtrainError(f"{where}: modules must be a table of [modules.NAME] sections")
         for module, section in raw.get("modules", {}).items():
             cls = module_class(module)
-            _known(section, set(cls.defaults) | TRAIN_KEYS | MODULE_EXTRA_KEYS, where, f"modules.{module}.")
+            surrogate = surrogate_class(section["surrogate"]) if "surrogate" in section else None
+            own_surrogate = {SURROGATE_PREFIX + k for k in surrogate.defaults} if surrogate else set()
+            _known(section, set(cls.defaults) | TRAIN_KEYS | MODULE_EXTRA_KEYS | own_surrogate, where, f"modules.{module}.")
+            if surrogate is not None:
+                for key in section.keys() & own_surrogate:
+                    name = key[len(SURROGATE_PREFIX):]
+                    check_hyperparameters({key: surrogate.defaults[name]}, {key: section[key]},
+                                          {key: getattr(surrogate, "limits", {}).get(name) or
+                                           hyperparameter_range(name, surrogate.defaults[name], {})},
+                                          f"{where}: modules.{module}")
             check_hyperparameters(cls.defaults, self.module_hparams(module), cls.limits, f"{where}: modules.{module}")
             self._own_train[module] = check_section(TrainSection, {k: v for k, v in section.items() if k in TRAIN_KEYS},
                                                     where, f"modules.{module}.")
-            if "surrogate" in section:
-                surrogate_class(section["surrogate"])
         for surrogate, section in raw.get("surrogates", {}).items():
             cls = surrogate_class(surrogate)
             _known(section, cls.defaults, where, f"surrogates.{surrogate}.")

@@ -180,7 +180,12 @@ class TrainingLoop:
         # epoch's line and its checkpoint would otherwise list that epoch twice)
         write_text(log_path, "".join(json.dumps(m) + "\n" for m in state["history"]))
         batch_size, patience = self.config.batch_size, self.config.patience
-        while state["epoch"] < self.config.max_epochs and state["bad_epochs"] < patience:
+        result = None
+
+        def finished() -> bool:
+            return state["epoch"] >= self.config.max_epochs or state["bad_epochs"] >= patience
+
+        while not finished():
             epoch = state["epoch"] + 1
             self.model.train()
             start = time.perf_counter()
@@ -226,10 +231,14 @@ class TrainingLoop:
                 torch.save({"key": key_hash, "model": self.model.state_dict(),
                             "optimizer": self.optimizer.state_dict(), "rng": torch.get_rng_state(),
                             "state": state}, tmp)
+            if finished():  # the card before the last report: a scheduler may stop the job at that report
+                self.model.load_state_dict(state["best"])
+                result = self._save(key_hash, state)
             if self.on_epoch is not None:
                 self.on_epoch(metrics, ckpt_path)
-        self.model.load_state_dict(state["best"])
-        result = self._save(key_hash, state)
+        if result is None:  # resumed from the checkpoint of a job that had finished
+            self.model.load_state_dict(state["best"])
+            result = self._save(key_hash, state)
         ckpt_path.unlink(missing_ok=True)
         return result
 
@@ -242,7 +251,9 @@ class TrainingLoop:
             "seed": self.seed,
             "data_fingerprint": self.key["data_fingerprint"],
             "vocab_sha256": self.data.vocab_sha256,
-            "metrics": {"best_epoch": best["epoch"], "epochs": state["epoch"], "val_accuracy": best["val_accuracy"],
+            # the epoch kept is the one of best validation accuracy; its loss is that epoch's
+            "metrics": {"selected_on": "val_accuracy", "best_epoch": best["epoch"], "epochs": state["epoch"],
+                        "val_accuracy": best["val_accuracy"],
                         "val_loss": best["val_loss"], "train_loss": best["train_loss"],
                         "train_questions": int(len(self.train_rows)), "val_questions": int(len(self.val_rows))},
             "timings": {"train_seconds": round(state["seconds"], 2),

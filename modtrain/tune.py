@@ -23,8 +23,8 @@ from typing import Any
 
 from modtrain.errors import ModtrainError
 from modtrain.io import read_json, sha256_json, write_json, write_text
-from modtrain.recipe import Recipe, _toml_value
-from modtrain.registry import module_class
+from modtrain.recipe import SURROGATE_PREFIX, Recipe, _toml_value
+from modtrain.registry import module_class, surrogate_class
 from modtrain.workdir import Workdir
 
 E2E = "e2e"
@@ -61,6 +61,9 @@ def search_space(recipe: Recipe, module: str) -> dict[str, Any]:
         raise ModtrainError(f"recipe {recipe.name} has no [search.{module}] table; add one, e.g. "
                             f"[search.{module}] lr = \"loguniform(1e-5, 1e-1)\"")
     valid = set(SEARCH_KEYS_TRAIN) | ({"dropout"} if module == E2E else set(module_class(module).defaults))
+    chosen = recipe.surrogate(module) if module != E2E else None
+    if chosen is not None:  # the surrogate's own settings are searched too (§5.3: a variance check that can fail)
+        valid |= {SURROGATE_PREFIX + k for k in surrogate_class(chosen[0]).defaults}
     space = {}
     for key, text in table.items():
         if key not in valid:
@@ -126,12 +129,10 @@ def _trial(config: dict, *, recipe_raw: dict, recipe_where: str, module: str, ro
     threshold = (recipe.surrogate(module) or (None, {}))[1].get("variance_threshold", 0.0025)
 
     def report(metrics: dict, ckpt_path: Path) -> None:
-        score = metrics["val_accuracy"]
-        if "val_variance" in metrics and metrics["val_variance"] > threshold:
-            score = 0.0  # untrustworthy surrogate: a failed evaluation (paper §5.3–5.4)
         with tempfile.TemporaryDirectory() as folder:
             shutil.copy(ckpt_path, Path(folder) / "job.ckpt")
-            tune.report({**metrics, "score": score}, checkpoint=tune.Checkpoint.from_directory(folder))
+            tune.report({**metrics, "score": trial_score(metrics, threshold)},
+                        checkpoint=tune.Checkpoint.from_directory(folder))
 
     job.on_epoch = report
     job.run()
@@ -213,6 +214,14 @@ def tune_module(recipe: Recipe, workdir: Workdir, module: str, samples: int, sch
     return _summarize(results, recipe, workdir, module, out, seconds, settings)
 
 
+def trial_score(metrics: dict[str, float], threshold: float) -> float:
+    """What a search maximizes: validation accuracy, or 0 for a module its surrogate does not
+    trust — a failed evaluation, as paper Fig. 9 shows them (§5.3–5.4)."""
+    if metrics.get("val_variance", 0.0) > threshold:
+        return 0.0
+    return metrics["val_accuracy"]
+
+
 def _finished_callback(path: str):
     """A Tune callback that records, in a file that outlives the driver, every trial that ended
     for a reason of its own: its last epoch, the scheduler's stop, or an error."""
@@ -265,24 +274,37 @@ def _searcher(name: str, seed: int):
 def _summarize(results, recipe: Recipe, workdir: Workdir, module: str, out: Path, seconds: float,
                settings: dict) -> dict[str, Any]:
     trials = []
+    kept_module = recipe.modules[0] if module == E2E else module
     for result in results:
         frame = result.metrics_dataframe
         best = float(frame["score"].max()) if frame is not None and "score" in frame else None
         metrics = result.metrics or {}
+        path = out / "trials" / str(metrics.get("trial_id"))
+        # what the trial kept (the epoch its card records), and whether its surrogate trusts it
+        card = read_json(path / "modules" / f"{kept_module}.json") if (path / "modules" / f"{kept_module}.json").exists() else None
+        trustworthy = None if card is None else card.get("surrogate", {}).get("trustworthy", True)
         trials.append({"trial_id": metrics.get("trial_id"), "config": result.config,
                        "status": "error" if result.error else "done",
                        "error": str(result.error).splitlines()[0] if result.error else None,
                        "epochs": int(metrics.get("training_iteration", 0)), "best_score": best,
+                       "kept_accuracy": None if card is None else card["metrics"]["val_accuracy"],
+                       "trustworthy": trustworthy,
                        "val_accuracy": metrics.get("val_accuracy"), "val_variance": metrics.get("val_variance"),
-                       "seconds": float(metrics.get("time_total_s", 0.0)),
-                       "path": str(out / "trials" / str(metrics.get("trial_id")))})
-    finished = [t for t in trials if t["best_score"] is not None]
+                       "seconds": float(metrics.get("time_total_s", 0.0)), "path": str(path)})
+    finished = [t for t in trials if t["kept_accuracy"] is not None]
     if not finished:
-        raise ModtrainError(f"every trial of the {module} search failed; first error: {trials[0]['error']}")
-    best = max(finished, key=lambda t: t["best_score"])
+        raise ModtrainError(f"no trial of the {module} search finished (stopped early or failed); first error: "
+                            f"{next((t['error'] for t in trials if t['error']), 'none')}")
+    trusted = [t for t in finished if t["trustworthy"]]
+    if not trusted:
+        raise ModtrainError(f"no trial of the {module} search is trustworthy: in every one the surrogate's predictive "
+                            f"variance is over its threshold (paper §5.3); widen the search (surrogate_dropout, "
+                            f"surrogate_rank) or run more trials")
+    best = max(trusted, key=lambda t: t["kept_accuracy"])
     overrides = config_overrides(recipe, module, best["config"])
     best_recipe = recipe.with_overrides(overrides)
-    write_text(out / "best.toml", f"# best of {len(trials)} trials: score {best['best_score']:.4f}\n"
+    write_text(out / "best.toml", f"# best trustworthy of {len(trials)} trials: validation accuracy "
+                                  f"{best['kept_accuracy']:.4f}\n"
                                   f"# apply with: --set {' --set '.join(overrides)}\n"
                                   + "\n".join(o.replace("=", " = ", 1) for o in overrides) + "\n")
     best_recipe.write(out)  # out/recipe.toml: the whole recipe with the best configuration

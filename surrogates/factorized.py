@@ -32,6 +32,25 @@ class MCResult:
     variance: torch.Tensor    # (B,) variance over samples of the argmax answer's probability
 
 
+def mc_summary(probs: torch.Tensor) -> MCResult:
+    """From (T, B, A) probabilities of T dropout samples: the mean prediction, and per question the
+    variance over samples of the probability of its most likely answer (§5.3)."""
+    mean = probs.mean(0)
+    top = mean.argmax(1)
+    top_probs = probs.gather(2, top.view(1, -1, 1).expand(len(probs), -1, 1)).squeeze(2)  # T, B
+    return MCResult(mean, top_probs.var(0, unbiased=False))
+
+
+def mc_metrics(probs: torch.Tensor, answers: torch.Tensor) -> dict[str, float]:
+    """Sums over a batch, from (T, B, A) MC-dropout probabilities and the true answers: the
+    negative log-likelihood of the mean prediction (a true NLL, not cross-entropy applied to
+    probabilities), the correct answers, and the predictive variance."""
+    result = mc_summary(probs)
+    mean = result.mean_probs.float()
+    return {"nll": -torch.log(mean.gather(1, answers[:, None]).clamp_min(1e-12)).sum().item(),
+            "correct": (mean.argmax(1) == answers).sum().item(), "variance": result.variance.sum().item()}
+
+
 @register_surrogate("factorized")
 class FactorizedSurrogate(nn.Module):
     defaults = {"rank": 64, "dropout": 0.3, "mc_samples": 20, "variance_threshold": 0.0025}
@@ -67,12 +86,8 @@ class FactorizedSurrogate(nn.Module):
     def mc_predict(self, values, part, root, prior=None, samples: int | None = None) -> MCResult:
         """Mean prediction and predictive variance over ``samples`` dropout masks."""
         samples = samples or self.hparams["mc_samples"]
-        probs = torch.stack([self(values, part, root, prior, force_dropout=True).exp()
-                             for _ in range(samples)])            # T, B, A
-        mean = probs.mean(0)
-        top = mean.argmax(1)
-        top_probs = probs.gather(2, top.view(1, -1, 1).expand(samples, -1, 1)).squeeze(2)  # T, B
-        return MCResult(mean, top_probs.var(0, unbiased=False))
+        return mc_summary(torch.stack([self(values, part, root, prior, force_dropout=True).exp()
+                                       for _ in range(samples)]))
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())

@@ -1,6 +1,7 @@
 """End-to-end baseline, the compare report and explain, on the tiny dataset."""
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -32,7 +33,7 @@ def test_end_to_end_trains_every_module_and_assembles(tiny_run, tiny_overrides, 
     for name in recipe.modules:
         load_module(workdir.modules, name)  # ordinary cards: the assembler loads them like modular ones
     val = report["splits"]["val"]
-    assert val["accuracy"] > 0.4 and 0 <= val["encoder_accuracy"] <= 1
+    assert val["accuracy"] > val["encoder_accuracy"], val
     assert json.loads((workdir.reports / "jobs.json").read_text())["train e2e"] > 0
     again = []
     run_end_to_end(recipe, workdir, CPU, say=again.append)
@@ -58,9 +59,19 @@ def test_compare_report_has_every_cell_and_the_plot(compared):
     assert "train e2e" in summary["versions"]["end-to-end"]["seconds"]
     assert "cache encoder" in summary["versions"]["modular + data types"]["seconds"]
     assert "cache encoder" not in summary["versions"]["modular"]["seconds"]  # §5.4: no prior while training
-    for fractions in summary["retraining_vs_end_to_end"].values():
-        assert all(0 < f < 10 for f in fractions.values())
-        assert fractions["describe alone"] < fractions["find, then its cache and what reads it (describe, measure)"]
+    e2e = summary["versions"]["end-to-end"]
+    for label, fractions in summary["retraining_vs_end_to_end"].items():
+        version = summary["versions"][label]
+        # each time is the mean over seeds of what the runs recorded, each fraction that over one e2e training
+        for job, seconds in version["seconds"].items():
+            recorded = [json.loads((Path(w) / "reports" / "jobs.json").read_text())[job] for w in version["workdirs"]]
+            assert seconds == pytest.approx(sum(recorded) / len(recorded))
+        for module in ("encoder", "find", "describe", "measure"):
+            assert fractions[f"{module} alone"] == pytest.approx(version["seconds"][f"train {module}"]
+                                                                 / e2e["total_seconds"]["training"])
+        assert fractions["find, then its cache and what reads it (describe, measure)"] == pytest.approx(sum(
+            version["seconds"].get(job, 0.0) for job in ("train find", "cache find", "train describe", "train measure"))
+            / e2e["total_seconds"]["training"])
     markdown = (root / "reports" / "compare.md").read_text()
     assert "| modular + data types |" in markdown and "nan" not in markdown
     with Image.open(root / "reports" / "compare_time.png") as image:

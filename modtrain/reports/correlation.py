@@ -130,7 +130,7 @@ def train_final(recipe_raw: dict, where: str, module: str, root: str, data_dir: 
     candidate = Workdir(Path(candidate_root), Path(data_dir))
     frozen = _frozen(plan, module)
     if not caches_up_to_date(candidate, plan, module, data):
-        write_caches(candidate, plan, module, data, torch.device(device))
+        write_caches(candidate, plan, module, data, torch.device(device), allow_untrusted=True)  # the report judges trust
     workdir = Workdir(Path(root), Path(data_dir))
     spec = joint_spec(plan, FINAL, frozen)
     sources = {m: candidate for m in frozen}
@@ -204,15 +204,20 @@ def run_correlation(root: str | Path, recipe_name: str, n_modules: int, k_select
     for e in entries:
         e["selected"], e["discarded"] = e["index"] in selected, e["index"] in discarded
     final_recipe = Recipe.load(recipe_name, [*overrides, source, f"seed={seed}"])
+    # the discarded ones too (up to K, lowest loss first): does the threshold keep the better modules?
+    trained_discarded = sorted((i for i in discarded if math.isfinite(entries[i]["surrogate_loss"])),
+                               key=lambda i: entries[i]["surrogate_loss"])[:k_select]
+    transplanted = [*selected, *trained_discarded]
     finals = [(final_recipe.raw, final_recipe.where, module, str(root / "final" / f"{module}-{i:03d}"), data_dir,
-               entries[i]["workdir"]) for i in selected]
-    for i, result in zip(selected, run_tasks(train_final, finals, address, str(device), say,
-                                             [f"final NMN around {module} {i}" for i in selected])):
+               entries[i]["workdir"]) for i in transplanted]
+    for i, result in zip(transplanted, run_tasks(train_final, finals, address, str(device), say,
+                                                 [f"final NMN around {module} {i}" for i in transplanted])):
         entries[i].update(result)
 
     report = {"recipe": base_recipe.name, "interface": base_recipe.interface, "module": module,
               "modules": n_modules, "select": k_select,
               "seed": seed, "variance_threshold": threshold, "candidates": entries,
+              "threshold_check": threshold_check(entries, threshold),
               "loss": correlation([entries[i]["surrogate_loss"] for i in selected], [entries[i]["final_loss"] for i in selected]),
               "accuracy": correlation([entries[i]["surrogate_accuracy"] for i in selected],
                                       [entries[i]["final_accuracy"] for i in selected])}
@@ -223,6 +228,27 @@ def run_correlation(root: str | Path, recipe_name: str, n_modules: int, k_select
     plot_variance(report, reports / "correlation_variance.png")
     plot_losses(report, reports / "correlation_loss.png")
     return report
+
+
+def threshold_check(entries: list[dict], threshold: float) -> dict[str, Any]:
+    """How many candidates the variance threshold discarded, how the final losses of the discarded
+    compare with the kept, and a threshold calibrated on this data's variances (Tukey's upper
+    fence, Q3 + 1.5·IQR: what is an outlier among these modules) for when the paper's does not
+    separate them (§5.3)."""
+    finite = [e for e in entries if math.isfinite(e["variance"])]
+    variances = np.array([e["variance"] for e in finite])
+    q1, q3 = np.percentile(variances, [25, 75]) if len(variances) else (math.nan, math.nan)
+
+    def final(group):
+        losses = [e["final_loss"] for e in group if math.isfinite(e.get("final_loss", math.nan))]
+        return {"transplanted": len(losses), "mean_final_loss": float(np.mean(losses)) if losses else None}
+
+    kept = [e for e in entries if e["selected"]]
+    discarded = [e for e in entries if e["discarded"]]
+    return {"threshold": threshold, "candidates": len(entries), "discarded": len(discarded),
+            "failed": sum("failed" in e for e in entries),
+            "kept": final(kept), "discarded_finals": final(discarded),
+            "variance_quartiles": [float(q1), float(q3)], "calibrated_threshold": float(q3 + 1.5 * (q3 - q1))}
 
 
 def correlation(x: list[float], y: list[float]) -> dict[str, Any]:
@@ -259,19 +285,30 @@ def format_markdown(report: dict) -> str:
         return (f"| {name} | {c['n']} | {c['pearson_r']:.3f} | {c['pearson_p']:.2g} | [{lo:.3f}, {hi:.3f}] | "
                 f"{c['spearman_rho']:.3f} | {c['spearman_p']:.2g} |")
     kept = sum(not e["discarded"] for e in report["candidates"])
+    check = report["threshold_check"]
+
+    def mean(group):
+        value = check[group]["mean_final_loss"]
+        return "-" if value is None else f"{value:.3f} ({check[group]['transplanted']} transplanted)"
+
     return "\n".join([
-        f"# Surrogate vs final ({report['recipe']}, {report['interface']} interface)", "",
-        f"{report['modules']} find modules trained through the surrogate; {kept} under the variance threshold "
-        f"{report['variance_threshold']}; {report['select']} selected and transplanted, frozen, into the NMN.", "",
+        f"# Surrogate vs final ({report['recipe']}, {report['interface']} interface, {report.get('module', 'find')})", "",
+        f"{report['modules']} modules trained through the surrogate; {kept} under the variance threshold "
+        f"{report['variance_threshold']}, {check['discarded']} over it or failed; {report['select']} selected and "
+        f"transplanted, frozen, into the NMN.", "",
         "| measure | n | Pearson r | p | 95% CI | Spearman ρ | p |", "|---|---|---|---|---|---|---|",
         row("surrogate loss vs final loss", report["loss"]),
-        row("surrogate accuracy vs final accuracy", report["accuracy"]), ""])
+        row("surrogate accuracy vs final accuracy", report["accuracy"]), "",
+        f"Final validation loss: selected {mean('kept')}, discarded {mean('discarded_finals')}. A threshold "
+        f"calibrated on these variances (Q3 + 1.5·IQR): {check['calibrated_threshold']:.4g}.", ""])
 
 
 def plot_variance(report: dict, path: Path) -> Path:
-    """Fig. 7: every module's surrogate loss and predictive variance; discarded and selected marked."""
+    """Fig. 7: every module's surrogate loss and predictive variance, discarded and selected marked,
+    the paper's threshold and the calibrated one; beside it, the final loss of every transplanted
+    module against its variance (does the threshold discard the worse ones?)."""
     plt = pyplot()
-    figure, axis = plt.subplots(figsize=(7, 4.5))
+    figure, (axis, finals) = plt.subplots(1, 2, figsize=(12, 4.5))
     groups = (("discarded", "tab:red"), ("selected", "tab:blue"), ("other", "tab:gray"))
     for name, color in groups:
         points = [e for e in report["candidates"] if math.isfinite(e["surrogate_loss"]) and math.isfinite(e["variance"])
@@ -279,12 +316,25 @@ def plot_variance(report: dict, path: Path) -> Path:
                        else not e["discarded"] and not e["selected"])]
         axis.scatter([e["surrogate_loss"] for e in points], [max(e["variance"], 1e-9) for e in points],
                      c=color, label=f"{name} ({len(points)})", s=28)
-    axis.axhline(report["variance_threshold"], color="tab:red", linestyle="--", linewidth=1)
-    axis.set_yscale("log")
+    calibrated = report["threshold_check"]["calibrated_threshold"]
+    for ax in (axis, finals):
+        ax.axhline(report["variance_threshold"], color="tab:red", linestyle="--", linewidth=1,
+                   label=f"threshold {report['variance_threshold']:g}")
+        if math.isfinite(calibrated) and calibrated > 0:
+            ax.axhline(calibrated, color="tab:purple", linestyle=":", linewidth=1, label=f"calibrated {calibrated:.2g}")
+        ax.set_yscale("log")
+        ax.set_ylabel("predictive variance (MC dropout)")
     axis.set_xlabel("surrogate validation loss (NLL)")
-    axis.set_ylabel("predictive variance (MC dropout)")
-    axis.set_title("Find modules trained through the surrogate (paper Fig. 7)")
+    axis.set_title("Modules trained through the surrogate (paper Fig. 7)")
     axis.legend(fontsize="small")
+    moved = [e for e in report["candidates"] if math.isfinite(e.get("final_loss", math.nan)) and math.isfinite(e["variance"])]
+    for name, color in (("discarded", "tab:red"), ("selected", "tab:blue")):
+        points = [e for e in moved if e[name]]
+        finals.scatter([e["final_loss"] for e in points], [max(e["variance"], 1e-9) for e in points], c=color,
+                       label=f"{name} ({len(points)})", s=28)
+    finals.set_xlabel("final NMN validation loss (NLL), module frozen")
+    finals.set_title("Does the threshold discard the worse modules?")
+    finals.legend(fontsize="small")
     figure.tight_layout()
     return save_figure(figure, path)
 

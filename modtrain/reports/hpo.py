@@ -38,7 +38,7 @@ def hpo_report(workdir: str | Path, e2e_workdir: str | Path | None = None) -> di
         scores = [t["best_score"] if t["best_score"] is not None else 0.0 for t in s["trials"]]
         report["modules"][module] = {
             "trials": len(s["trials"]), "failed": sum(t["status"] == "error" for t in s["trials"]),
-            "untrustworthy": sum(t["best_score"] == 0.0 for t in s["trials"]),
+            "untrustworthy": sum(t.get("trustworthy") is False for t in s["trials"]),
             "scores": scores, "best_score": max(scores), "best_config": s["best"]["config"],
             "trial_seconds": s["trial_seconds"], "search_seconds": s["search_seconds"],
             "scheduler": s["scheduler"], "search": s["search"]}

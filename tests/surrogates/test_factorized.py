@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from modtrain.registry import surrogate_class
@@ -48,7 +49,22 @@ def test_reads_attended_for_describe_and_attention_for_measure():
     assert torch.allclose(base[measure_rows], changed_attended[measure_rows])
 
 
-def test_factorization_is_low_rank():
-    s = _surrogate()
-    full = s.project.weight.T @ s.read[0]  # (C + HW) × A
-    assert torch.linalg.matrix_rank(full) <= 3
+def test_factorization_holds_rank_times_the_sides_not_their_product():
+    s = _surrogate()  # inputs 6 + 20, rank 3, 3 roots, 7 answers
+    assert s.num_parameters() == (6 + 20) * 3 + 3 * 3 * 7 + 3 * 7
+    assert s.num_parameters() < (6 + 20) * 7 * 3  # a full map per root would hold this many
+
+
+def test_mc_metrics_on_a_hand_made_case():
+    import math
+
+    from modtrain.surrogates.factorized import mc_metrics
+
+    probs = torch.tensor([[[0.5, 0.3, 0.2], [0.1, 0.1, 0.8]],    # sample 1
+                          [[0.4, 0.4, 0.2], [0.1, 0.3, 0.6]]])   # sample 2
+    sums = mc_metrics(probs, torch.tensor([0, 1]))
+    # mean predictions [0.45, 0.35, 0.2] and [0.1, 0.2, 0.7]: a true NLL of the mean, not of the samples
+    assert sums["nll"] == pytest.approx(-(math.log(0.45) + math.log(0.2)))
+    assert sums["correct"] == 1  # the second question's most likely answer is 2, not 1
+    # variance of the top answer's probability: (0.5, 0.4) → 0.0025; (0.8, 0.6) → 0.01
+    assert sums["variance"] == pytest.approx(0.0125)
