@@ -307,7 +307,10 @@ def report() -> None:
               help="Override a key of every version's recipe, e.g. --set train.max_epochs=10.")
 @click.option("--device", default="auto", show_default=True)
 @click.option("--fresh", is_flag=True, help="Train every version and seed again instead of reusing trained runs.")
-def compare(recipe_name, seeds, workdir, data_dir, overrides, device, fresh):
+@click.option("--tune", "trials", default=0, show_default=True,
+              help="Search every version's hyperparameters with N trials per module (N for the whole network end "
+                   "to end) before training the seeds; 0: every version on one shared set of defaults.")
+def compare(recipe_name, seeds, workdir, data_dir, overrides, device, fresh, trials):
     """Modular vs end-to-end: accuracy (Table 2), training time (Fig. 10), retraining cost."""
     from pathlib import Path
 
@@ -315,7 +318,8 @@ def compare(recipe_name, seeds, workdir, data_dir, overrides, device, fresh):
     from modtrain.reports.compare import format_markdown, run_compare
 
     summary = run_compare(workdir, seeds, resolve_device(device), list(overrides), data_dir,
-                          say=lambda text: click.echo(text, err=True), fresh=fresh, recipe_name=recipe_name)
+                          say=lambda text: click.echo(text, err=True), fresh=fresh, recipe_name=recipe_name,
+                          tune=trials)
     click.echo(format_markdown(summary))
     reports = Path(workdir) / "reports"
     click.echo(f"wrote {reports / 'compare.json'}, {reports / 'compare.md'}, {reports / 'compare_time.png'}")

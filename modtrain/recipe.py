@@ -62,6 +62,11 @@ class TrainSection:
         """The settings a trained result depends on (not where or how fast it ran)."""
         return {k: v for k, v in dataclasses.asdict(self).items() if k not in ("device", "num_workers", "amp")}
 
+    @staticmethod
+    def searched() -> tuple[str, ...]:
+        """The settings a hyperparameter search varies (and a fair comparison shares)."""
+        return ("lr", "batch_size", "weight_decay", "max_epochs", "patience")
+
 
 TRAIN_KEYS = {f.name for f in dataclasses.fields(TrainSection)}
 # Per-module keys that are not hyperparameters of the module itself: its surrogate, and that

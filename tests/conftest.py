@@ -86,7 +86,9 @@ def clevr_run(tmp_path_factory):
     recipe = Recipe.load("nmn-clevr", CLEVR_RUN)
     workdir = Workdir.for_recipe(recipe, tmp_path_factory.mktemp("clevr-run"))
     messages = []
-    report = run_pipeline(recipe, workdir, torch.device("cpu"), say=messages.append)
+    # On 400 images find's surrogate is less sure than the paper's threshold allows (predictive
+    # variance 0.0047 > 0.0025): the run goes on as a user would after reading that message.
+    report = run_pipeline(recipe, workdir, torch.device("cpu"), say=messages.append, allow_untrusted=True)
     return recipe, workdir, report, messages
 
 

@@ -153,3 +153,32 @@ def test_explain_draws_what_relate_reads_and_gives(clevr_run):
     (path,) = explain(workdir, recipe, CPU, [int(split.question_index[row])], "val")
     with Image.open(path) as image:
         assert image.size == (1400, 900)
+
+
+def test_every_version_trains_on_one_shared_set_of_defaults(compared):
+    root, summary = compared
+    assert summary["protocol"] == {"name": "shared defaults", "trials_per_module": 0}
+    settings = {json.dumps(train, sort_keys=True) for v in summary["versions"].values() for train in v["train"].values()}
+    assert len(settings) == 1  # every module of every version, and end to end: the one [train] table
+    for version in summary["versions"].values():
+        for epochs in version["epochs"].values():
+            assert all(1 <= e["best_epoch"] <= e["epochs"] for e in epochs.values())
+    assert "Protocol: shared defaults" in (root / "reports" / "compare.md").read_text()
+
+
+@pytest.mark.slow
+def test_tuned_protocol_searches_every_version_with_the_same_budget(ray_local, tiny_run, tmp_path):
+    _, typed, _, _ = tiny_run
+    root = tmp_path / "tuned"
+    summary = run_compare(root, 1, CPU, FAST, data_dir=typed.data, say=lambda m: None, tune=2)
+    protocol = summary["protocol"]
+    assert protocol["name"] == "tuned" and protocol["trials_per_module"] == 2
+    assert set(protocol["search_trial_seconds"]["end-to-end"]) == {"e2e"}
+    for label in ("modular", "modular + data types"):
+        assert set(protocol["search_trial_seconds"][label]) == {"encoder", "find", "describe", "measure"}
+        for module in ("find", "describe"):  # the seeds trained with the best trial's configuration
+            search = json.loads((root / label.replace(" + ", "-").replace(" ", "-") / "search" / "tune" / module
+                                 / "trials.json").read_text())
+            assert len(search["trials"]) == 2
+            assert summary["versions"][label]["train"][module]["lr"] == pytest.approx(search["best"]["config"]["lr"])
+    assert "Protocol: tuned" in (root / "reports" / "compare.md").read_text()

@@ -227,8 +227,9 @@ def test_original_recipe_runs_on_the_same_data(tiny_run, tiny_overrides, tmp_pat
     workdir = Workdir.for_recipe(recipe, tmp_path / "original")
     assert workdir.data == typed_workdir.data
     messages = []
-    report = run_pipeline(recipe, workdir, CPU, say=messages.append)
-    assert report["interface"] == "gradient"
+    # its find is over the variance threshold on 250 images (0.0042 > 0.0025): used anyway, knowingly
+    report = run_pipeline(recipe, workdir, CPU, say=messages.append, allow_untrusted=True)
+    assert report["interface"] == "gradient" and report["modules"]["find"]["trustworthy"] is False
     # §5.4: no prior while training, so encoder and find train independently (no cache encoder)
     assert "cache encoder ..." not in messages
     find = json.loads((workdir.modules / "find.json").read_text())

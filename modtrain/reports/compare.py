@@ -11,6 +11,8 @@ retraining one module after a change costs as a fraction of an end-to-end traini
 """
 from __future__ import annotations
 
+import copy
+import dataclasses
 import math
 import shutil
 import statistics
@@ -23,9 +25,9 @@ from modtrain.card import trained_cards
 from modtrain.data import PreparedData
 from modtrain.errors import ModtrainError
 from modtrain.io import read_json, write_json, write_text
-from modtrain.pipeline import JOB_TIMES, ensure_data, run_end_to_end, run_pipeline
+from modtrain.pipeline import JOB_TIMES, ensure_data, run_end_to_end, run_job, run_pipeline
 from modtrain.plan import Plan, make_plan
-from modtrain.recipe import Recipe
+from modtrain.recipe import Recipe, TrainSection
 from modtrain.reports.plots import pyplot, save_figure
 from modtrain.workdir import Workdir
 
@@ -61,13 +63,59 @@ def _mean_std(values: list[float]) -> dict[str, float]:
             "per_seed": values}
 
 
+def shared_defaults(recipe: Recipe) -> Recipe:
+    """The recipe with every module's own training settings removed: every module, and the whole
+    network end to end, trains with the one ``[train]`` table."""
+    raw = copy.deepcopy(recipe.raw)
+    for section in raw.get("modules", {}).values():
+        for key in TrainSection.searched():
+            section.pop(key, None)
+    return Recipe(raw, recipe.where)
+
+
+def tuned(recipe: Recipe, workdir: Workdir, how: str, trials: int, device: torch.device,
+          say: Callable[[str], None]) -> tuple[Recipe, dict[str, float]]:
+    """The recipe with the best configuration of ``trials`` random trials per module — searched in
+    training order, each module trained and cached with its best before the next is searched — or,
+    end to end, for the whole network (paper §5.4: the same budget for every version). Returns it
+    and each search's total trial time."""
+    from modtrain.tune import E2E, config_overrides, tune_module
+
+    cost = {}
+    if how == "end-to-end":
+        summary = tune_module(recipe, workdir, E2E, trials, say=say)
+        return recipe.with_overrides(config_overrides(recipe, E2E, summary["best"]["config"])), {
+            E2E: summary["trial_seconds"]}
+    with workdir.lock():
+        recipe.write(workdir.root)
+        data = ensure_data(recipe, workdir, device, say)
+    for name in [m.name for m in make_plan(recipe).modules]:
+        summary = tune_module(recipe, workdir, name, trials, say=say)
+        recipe = recipe.with_overrides(config_overrides(recipe, name, summary["best"]["config"]))
+        cost[name] = summary["trial_seconds"]
+        plan = make_plan(recipe)
+        with workdir.lock():
+            recipe.write(workdir.root)
+            for job in plan.jobs:
+                if job.module == name and job.kind in ("train", "cache"):
+                    run_job(job, recipe, plan, workdir, data, device, say)
+    return recipe, cost
+
+
 def run_compare(root: str | Path, seeds: int, device: torch.device, overrides: list[str] = (),
                 data_dir: str | Path | None = None, say: Callable[[str], None] = print, fresh: bool = False,
-                recipe_name: str = "nmn-typed") -> dict:
+                recipe_name: str = "nmn-typed", tune: int = 0) -> dict:
     """Train (or reuse, unless ``fresh``) every version × seed of the recipe and write
-    ``reports/compare.{json,md}`` and the plot. The data folder is reused either way."""
+    ``reports/compare.{json,md}`` and the plot. The data folder is reused either way.
+
+    Every version gets the same treatment: without ``tune``, one shared set of defaults (the
+    recipe's ``[train]``, every module's own training settings dropped); with ``tune`` = N, N
+    random trials per module (and N for the whole network end to end) on the recipe's search
+    spaces, then the seeds trained with the best configuration."""
     if seeds < 1:
         raise ModtrainError(f"--seeds {seeds}: need at least one seed")
+    if tune < 0:
+        raise ModtrainError(f"--tune {tune}: trials per module must be 0 (shared defaults) or more")
     root = Path(root)
     base = Recipe.load(recipe_name, list(overrides))
     if data_dir is None:
@@ -75,11 +123,18 @@ def run_compare(root: str | Path, seeds: int, device: torch.device, overrides: l
     else:
         data = PreparedData(data_dir)
     source = str(Path(data.root).resolve())
-    runs = []
+    runs, searches = [], {}
     for label, interface, how in VERSIONS:
+        version = shared_defaults(Recipe.load(recipe_name, [*overrides, f"interface='{interface}'",
+                                                            f"data.source='{source}'"]))
+        if tune:
+            search = Workdir.for_recipe(version, root / _slug(label) / "search")
+            if fresh:
+                shutil.rmtree(search.root, ignore_errors=True)
+            say(f"== {label}: searching {tune} trials per {'module' if how == 'modular' else 'network'}")
+            version, searches[label] = tuned(version, search, how, tune, device, say)
         for seed in range(seeds):
-            recipe = Recipe.load(recipe_name, [*overrides, f"interface='{interface}'", f"seed={seed}",
-                                               f"data.source='{source}'"])
+            recipe = version.with_overrides([f"seed={seed}"])
             folder = root / _slug(label) / f"seed{seed}"
             if fresh:
                 shutil.rmtree(folder, ignore_errors=True)
@@ -89,8 +144,14 @@ def run_compare(root: str | Path, seeds: int, device: torch.device, overrides: l
             run = run_end_to_end if how == "end-to-end" else run_pipeline
             report = run(recipe, workdir, device, say=say)
             times = read_json(workdir.reports / JOB_TIMES)
-            runs.append({"version": label, "seed": seed, "workdir": str(workdir.root), "report": report, "times": times})
+            epochs = {c["name"]: {"epochs": c["metrics"]["epochs"], "best_epoch": c["metrics"]["best_epoch"]}
+                      for c in trained_cards(workdir.modules)}
+            runs.append({"version": label, "seed": seed, "workdir": str(workdir.root), "report": report,
+                         "times": times, "epochs": epochs, "train": {m: dataclasses.asdict(recipe.train_config(
+                             "e2e" if how == "end-to-end" else m)) for m in recipe.modules}})
     summary = summarize(runs, data, make_plan(base))
+    summary["protocol"] = ({"name": "tuned", "trials_per_module": tune, "search_trial_seconds": searches}
+                           if tune else {"name": "shared defaults", "trials_per_module": 0})
     reports = root / "reports"
     write_json(reports / "compare.json", summary)
     write_text(reports / "compare.md", format_markdown(summary))
@@ -113,6 +174,9 @@ def summarize(runs: list[dict], data: PreparedData, plan: Plan) -> dict:
         train_total = sum(v for j, v in times.items() if j.startswith("train "))
         versions[label] = {
             "how": how, "seeds": [r["seed"] for r in mine], "workdirs": [r["workdir"] for r in mine],
+            # per seed and module: the epochs trained and the one kept (early stopping)
+            "epochs": {str(r["seed"]): r.get("epochs", {}) for r in mine},
+            "train": mine[0].get("train", {}),
             "accuracy": _mean_std([s["accuracy"] for s in splits]),
             "by_type": {t: _mean_std([s["by_type"][t]["accuracy"] for s in splits]) for t in types},
             "seconds": times,
@@ -149,7 +213,15 @@ def format_markdown(summary: dict) -> str:
     """Table 2 (accuracy), per type, times and retraining costs, as markdown."""
     versions = summary["versions"]
     seeds = max(len(v["seeds"]) for v in versions.values())
-    lines = [f"# Modular vs end-to-end ({summary['split']} split, {seeds} seed(s), mean ± std %)", "",
+    protocol = summary.get("protocol", {"name": "shared defaults"})
+    if protocol["name"] == "tuned":
+        said = (f"Protocol: tuned — {protocol['trials_per_module']} random trials per module for the modular versions "
+                f"and {protocol['trials_per_module']} for the whole network end to end, on the recipe's search spaces; "
+                f"the seeds trained with each version's best configuration.")
+    else:
+        said = ("Protocol: shared defaults — every module of every version, and the whole network end to end, "
+                "trained with the recipe's one [train] table (no module's own settings).")
+    lines = [f"# Modular vs end-to-end ({summary['split']} split, {seeds} seed(s), mean ± std %)", "", said, "",
              "| version | accuracy |", "|---|---|"]
     lines += [f"| {label} | {_pm(v['accuracy'])} |" for label, v in versions.items()]
     types = list(next(iter(versions.values()))["by_type"])
@@ -162,6 +234,17 @@ def format_markdown(summary: dict) -> str:
         cells = [f"{v['seconds'][j]:.1f}" if j in v["seconds"] else "-" for j in (*jobs, "train e2e")]
         lines.append(f"| {label} | " + " | ".join(cells) +
                      f" | {v['total_seconds']['training']:.1f} | {v['total_seconds']['with_caches']:.1f} |")
+    lines += ["", "Epochs trained / kept (early stopping), per seed:", "", "| version | seed | epochs |", "|---|---|---|"]
+    for label, v in versions.items():
+        for seed, epochs in v.get("epochs", {}).items():
+            cells = ", ".join(f"{m} {e['epochs']}/{e['best_epoch']}" for m, e in epochs.items())
+            lines.append(f"| {label} | {seed} | {cells} |")
+    if protocol["name"] == "tuned":
+        lines += ["", "Search cost, total trial time (s) per module against the end-to-end search (paper Fig. 10):", "",
+                  "| version | searches | total |", "|---|---|---|"]
+        for label, cost in protocol["search_trial_seconds"].items():
+            lines.append(f"| {label} | " + ", ".join(f"{m} {s:.0f}" for m, s in cost.items())
+                         + f" | {sum(cost.values()):.0f} |")
     if summary["retraining_vs_end_to_end"]:
         lines += ["", "Retraining after a change, as a fraction of one end-to-end training:", "",
                   "| version | change | fraction |", "|---|---|---|"]
