@@ -1,7 +1,8 @@
 """Modular vs end-to-end benchmark (paper Table 2 and Fig. 10) on 2 CPU cores: three versions ×
 3 seeds of one recipe's NMN on one procedural dataset, with the targets checked.
 
-    python bench/bench_compare.py --out bench/results/compare.json        # nmn-typed, ~7 minutes
+    python bench/bench_compare.py --out bench/results/compare.json        # nmn-typed, shared defaults
+    python bench/bench_compare.py --tune 4 --out bench/results/compare-tuned.json     # 4 trials per module
     python bench/bench_compare.py --recipe nmn-clevr --images 1000 --out bench/results/compare-clevr.json
 """
 from __future__ import annotations
@@ -27,12 +28,15 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=800, help="training images (val and test: a fifth each)")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--reuse", action="store_true", help="keep up-to-date trained runs (default: train afresh)")
+    parser.add_argument("--tune", type=int, default=0,
+                        help="trials per module (and for the whole network) before the seeds; 0: shared defaults")
     args = parser.parse_args()
     overrides = [f"data.images={args.images}", f"data.val_images={args.images // 5}",
                  f"data.test_images={args.images // 5}"]
     start = time.perf_counter()
     summary = run_compare(args.workdir, args.seeds, torch.device("cpu"), overrides,
-                          say=lambda m: print(m, file=sys.stderr), fresh=not args.reuse, recipe_name=args.recipe)
+                          say=lambda m: print(m, file=sys.stderr), fresh=not args.reuse, recipe_name=args.recipe,
+                          tune=args.tune)
     seconds = time.perf_counter() - start
     versions = summary["versions"]
     e2e = versions["end-to-end"]["accuracy"]["mean"]
@@ -50,6 +54,7 @@ def main() -> None:
             value = typed_costs[f"{module} alone"]
             targets[f"{module} alone <= {limit:.0%} of end-to-end"] = {"value": round(value, 4), "met": value <= limit}
     write_result(args.out, {"benchmark": "compare", "recipe": args.recipe, "images": args.images, "seeds": args.seeds,
+                            "protocol": summary["protocol"],
                             "wall_seconds": round(seconds, 1), "targets": targets, "summary": summary})
     stem = Path(args.out).stem
     keep_reports(args.workdir, args.out, {"compare.md": f"{stem}.md", "compare_time.png": f"{stem}_time.png"})

@@ -35,11 +35,13 @@ def main() -> None:
         "benchmark": "correlation", "modules": args.modules, "select": args.select, "address": args.address,
         "wall_seconds": round(seconds, 1),
         "kept_under_threshold": sum(not c["discarded"] for c in report["candidates"]),
+        "threshold_check": report["threshold_check"],
         "loss": report["loss"], "accuracy": report["accuracy"],
         "targets": {"wall time <= 30 minutes": seconds <= 1800,
                     "Pearson r >= 0.9 (surrogate vs final loss)": report["loss"]["pearson_r"] >= 0.9},
     })
-    keep_reports(args.workdir, args.out, ("correlation_loss.png", "correlation_variance.png", "correlation.csv"))
+    keep_reports(args.workdir, args.out, ("correlation_loss.png", "correlation_variance.png", "correlation.csv",
+                                          "correlation.md"))
 
 
 if __name__ == "__main__":

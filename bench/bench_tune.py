@@ -48,10 +48,14 @@ def main() -> None:
         runs[scheduler] = {"wall_seconds": round(time.perf_counter() - start, 1),
                            "trial_seconds": summary["trial_seconds"],
                            "epochs_trained": sum(t["epochs"] for t in summary["trials"]),
-                           "best_score": summary["best"]["best_score"], "best_config": summary["best"]["config"],
-                           "failed_or_untrustworthy": sum((t["best_score"] or 0.0) == 0.0 for t in summary["trials"]),
-                           "trials": [{"batch_size": t["config"]["batch_size"], "epochs": t["epochs"],
-                                       "seconds": round(t["seconds"], 1), "best_score": t["best_score"]}
+                           "best_kept_accuracy": summary["best"]["kept_accuracy"], "best_config": summary["best"]["config"],
+                           "untrustworthy": sum(t["trustworthy"] is False for t in summary["trials"]),
+                           "stopped_early": sum(t["kept_accuracy"] is None for t in summary["trials"]),
+                           "trials": [{"batch_size": t["config"]["batch_size"],
+                                       "surrogate_dropout": round(t["config"].get("surrogate_dropout", 0), 3),
+                                       "epochs": t["epochs"], "seconds": round(t["seconds"], 1),
+                                       "best_score": t["best_score"], "kept_accuracy": t["kept_accuracy"],
+                                       "trustworthy": t["trustworthy"]}
                                       for t in sorted(summary["trials"], key=lambda t: t["config"]["batch_size"])]}
     write_result(args.out, {"benchmark": "tune", "module": "find", "samples": args.samples, "cpus": 2,
                             "max_epochs": args.max_epochs, "runs": runs})

@@ -58,6 +58,9 @@ def draw_hyperparameters(seed: int, index: int, max_epochs: int = 20) -> dict[st
         "weight_decay": float(10 ** rng.uniform(-10, 0)),        # 1e-10 … 1
         "dropout": float(rng.uniform(0.0, 0.9)),                 # find's dropout on its input features
         "epochs": int(rng.integers(1, max_epochs + 1)),
+        # the surrogate's own settings (§5.3): its dropout is what the MC variance measures
+        "surrogate_dropout": float(rng.uniform(0.0, 0.5)),
+        "surrogate_rank": int(rng.choice([4, 8, 16, 32, 64])),
     }
 
 
@@ -181,6 +184,8 @@ def run_correlation(root: str | Path, recipe_name: str, n_modules: int, k_select
                     f"modules.{module}.max_epochs={hp['epochs']}", f"modules.{module}.patience={hp['epochs']}"]
         if "dropout" in own:
             settings.append(f"modules.{module}.dropout={hp['dropout']}")
+        settings += [f"modules.{module}.surrogate_dropout={hp['surrogate_dropout']}",
+                     f"modules.{module}.surrogate_rank={hp['surrogate_rank']}"]
         recipe = Recipe.load(recipe_name, [*overrides, source, f"seed={seed + i}", *settings])
         workdir = Workdir(root / "candidates" / f"{module}-{i:03d}", Path(data_dir))
         for name in upstream:
