@@ -6,6 +6,8 @@ from click.testing import CliRunner
 
 from modtrain.cli import main
 
+pytestmark = pytest.mark.slow  # trains on tiny data: 'pytest -m "not slow"' skips it
+
 
 @pytest.fixture
 def workdir(tiny_run, tmp_path):

@@ -81,12 +81,14 @@ def interrupted_then_resumed(tiny_run, tmp_path_factory):
     return root, report, first, trained[len(first):]
 
 
+@pytest.mark.slow
 def test_interrupted_report_resumes_without_retraining(interrupted_then_resumed):
     _, _, first, second = interrupted_then_resumed
     assert first == [("base", "encoder"), ("find-000", "find"), ("find-001", "find")]
     assert second == [("find-002", "find"), ("find-003", "find")]
 
 
+@pytest.mark.slow
 def test_report_holds_k_finite_pairs_and_both_figures(interrupted_then_resumed):
     root, report, _, _ = interrupted_then_resumed
     picked = [c for c in report["candidates"] if c["selected"]]

@@ -16,6 +16,8 @@ from modtrain.reports.explain import explain, tree_text
 from modtrain.layout import parse_layout
 from modtrain.workdir import Workdir
 
+pytestmark = pytest.mark.slow  # trains on tiny data: 'pytest -m "not slow"' skips it
+
 CPU = torch.device("cpu")
 FAST = ["train.max_epochs=4", "train.patience=2", "train.device='cpu'"]
 

@@ -80,6 +80,7 @@ def test_each_module_runs_its_layouts_with_frozen_parts_given():
     assert str(joint.layout) == "measure[count](and(given:Mask[0],relate[left](given:Mask[1])))"
 
 
+@pytest.mark.slow
 def test_all_family_pipeline_beats_the_prior_and_skips_nothing(clevr_run):
     recipe, _, report, messages = clevr_run
     assert [m for m in messages if m.endswith("...")] == [
@@ -93,6 +94,7 @@ def test_all_family_pipeline_beats_the_prior_and_skips_nothing(clevr_run):
         assert s["accuracy"] > s["encoder_accuracy"] + 0.05, s
 
 
+@pytest.mark.slow
 def test_plan_counts_the_questions_each_module_trains_on(clevr_run):
     recipe, workdir, _, _ = clevr_run
     data = PreparedData(workdir.data)
@@ -120,6 +122,7 @@ def copied_clevr(clevr_run, tmp_path):
     return recipe, Workdir(root, workdir.data)
 
 
+@pytest.mark.slow
 def test_stale_relate_cache_is_refused(copied_clevr):
     recipe, workdir = copied_clevr
     relate, card = load_module(workdir.modules, "relate")
@@ -137,6 +140,7 @@ def test_stale_relate_cache_is_refused(copied_clevr):
         EdgeCache(workdir, make_plan(recipe), "describe", "train", split.fingerprint)
 
 
+@pytest.mark.slow
 def test_recomputing_find_equals_reading_its_cache(copied_clevr):
     recipe, workdir = copied_clevr
     recipe = recipe.with_overrides(["modules.relate.max_epochs=2"])
@@ -172,6 +176,7 @@ def _rename_module(source, target, old: str, new: str):
             f.attrs["data_fingerprint"] = sha256_json([sha256_json(vocab), f.attrs["questions_sha256"]])
 
 
+@pytest.mark.slow
 def test_a_module_registered_only_here_trains_caches_and_assembles(tiny_run, tiny_overrides, tmp_path):
     typed_recipe, typed, typed_report, _ = tiny_run
     register_module("describe_copy")(DescribeCopy)

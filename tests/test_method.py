@@ -20,6 +20,8 @@ from modtrain.tune import trial_score, tune_module
 from modtrain.types import TypeCheckError
 from modtrain.workdir import Workdir
 
+pytestmark = pytest.mark.slow  # trains on tiny data: 'pytest -m "not slow"' skips it
+
 CPU = torch.device("cpu")
 
 

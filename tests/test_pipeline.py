@@ -22,6 +22,8 @@ from modtrain.job import train_module
 from modtrain.types import attend, get_interface
 from modtrain.workdir import Workdir
 
+pytestmark = pytest.mark.slow  # trains on tiny data: 'pytest -m "not slow"' skips it
+
 CPU = torch.device("cpu")
 
 

@@ -19,6 +19,8 @@ from modtrain.job import train_module
 from modtrain.tune import parse_expression, search_space, tune_module
 from modtrain.workdir import Workdir
 
+pytestmark = pytest.mark.slow  # trains on tiny data: 'pytest -m "not slow"' skips it
+
 FAST = ["train.max_epochs=3", "train.patience=3", "train.device='cpu'"]
 
 

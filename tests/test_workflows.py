@@ -15,6 +15,8 @@ from modtrain.job import Job
 from modtrain.recipe import Recipe
 from modtrain.workdir import Workdir
 
+pytestmark = pytest.mark.slow  # trains on tiny data: 'pytest -m "not slow"' skips it
+
 CPU = torch.device("cpu")
 
 
