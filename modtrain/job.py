@@ -36,7 +36,7 @@ from modtrain.recipe import Recipe
 from modtrain.registry import build_module, module_class, surrogate_class
 from modtrain.surrogates.factorized import mc_metrics
 from modtrain.train import TrainingLoop, cards_match
-from modtrain.types import Attended, DataType, Features, Prior, get_interface
+from modtrain.types import Attended, DataType, Features, get_interface
 from modtrain.workdir import Workdir
 
 
@@ -168,8 +168,7 @@ class Job(TrainingLoop):
         self.sources = dict(sources or {})
         self.key = job_key(spec, recipe, self.data, self.sources, workdir)
         self.wirer = Wirer(spec, self.plan, self.interface)
-        prior = [m.name for m in self.plan.modules if module_class(m.name).output == Prior.name]
-        self.prior_producer = prior[0] if prior else None
+        self.prior_producer = self.plan.prior
         if self.prior_producer in spec.trainable:
             self.prior_source = "train"
         elif self.prior_producer in spec.frozen and self.interface.train_with_prior():
@@ -430,7 +429,7 @@ def training_questions(plan: Plan, recipe: Recipe, data: PreparedData) -> dict[s
     counts = {}
     for m in plan.modules:
         spec = module_spec(plan, m.name)
-        if module_class(m.name).output == Prior.name:
+        if m.name == plan.prior:
             counts[m.name] = int(labelled.sum())
             continue
         wirer = Wirer(spec, plan, interface)

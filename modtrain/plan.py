@@ -62,6 +62,7 @@ class Plan:
     interface: str
     modules: list[ModulePlan]
     jobs: list[Job]
+    prior: str | None = None   # the module whose output is the prior (the encoder), if any
 
     def module(self, name: str) -> ModulePlan:
         for m in self.modules:
@@ -159,7 +160,7 @@ def make_plan(recipe: Recipe, trained: set[str] = frozenset(), end_to_end: bool 
         inputs, output = signatures[m.name]
         _explain(m, recipe, interface, output, prior_producers, any(interface.converts(output, t) for t in inputs),
                  end_to_end)
-    return Plan(recipe.name, interface.name, modules, _jobs(modules))
+    return Plan(recipe.name, interface.name, modules, _jobs(modules), prior_producers[0] if prior_producers else None)
 
 
 def _explain(m: ModulePlan, recipe: Recipe, interface, output: DataType, prior_producers: list[str],

@@ -12,7 +12,6 @@ file and a full recipe, and its module card is kept. An interrupted search resum
 from __future__ import annotations
 
 import ast
-import json
 import os
 import re
 import shutil

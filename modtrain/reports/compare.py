@@ -98,7 +98,7 @@ def tuned(recipe: Recipe, workdir: Workdir, how: str, trials: int, device: torch
             recipe.write(workdir.root)
             for job in plan.jobs:
                 if job.module == name and job.kind in ("train", "cache"):
-                    run_job(job, recipe, plan, workdir, data, device, say)
+                    run_job(job, recipe, plan, workdir, data, device, say, allow_untrusted=True)
     return recipe, cost
 
 
@@ -141,14 +141,19 @@ def run_compare(root: str | Path, seeds: int, device: torch.device, overrides: l
             workdir = Workdir.for_recipe(recipe, folder)
             _check_same_data(workdir, data)
             say(f"== {label}, seed {seed} ({workdir.root})")
-            run = run_end_to_end if how == "end-to-end" else run_pipeline
-            report = run(recipe, workdir, device, say=say)
+            if how == "end-to-end":
+                report = run_end_to_end(recipe, workdir, device, say=say)
+            else:  # a comparison goes on past an untrusted module, and says so (paper §5.3)
+                report = run_pipeline(recipe, workdir, device, say=say, allow_untrusted=True)
             times = read_json(workdir.reports / JOB_TIMES)
             epochs = {c["name"]: {"epochs": c["metrics"]["epochs"], "best_epoch": c["metrics"]["best_epoch"]}
                       for c in trained_cards(workdir.modules)}
+            untrusted = {n: m["predictive_variance"] for n, m in report["modules"].items()
+                         if m.get("trustworthy") is False}
             runs.append({"version": label, "seed": seed, "workdir": str(workdir.root), "report": report,
-                         "times": times, "epochs": epochs, "train": {m: dataclasses.asdict(recipe.train_config(
-                             "e2e" if how == "end-to-end" else m)) for m in recipe.modules}})
+                         "times": times, "epochs": epochs, "untrusted": untrusted,
+                         "train": {m: dataclasses.asdict(recipe.train_config("e2e" if how == "end-to-end" else m))
+                                   for m in recipe.modules}})
     summary = summarize(runs, data, make_plan(base))
     summary["protocol"] = ({"name": "tuned", "trials_per_module": tune, "search_trial_seconds": searches}
                            if tune else {"name": "shared defaults", "trials_per_module": 0})
@@ -176,6 +181,8 @@ def summarize(runs: list[dict], data: PreparedData, plan: Plan) -> dict:
             "how": how, "seeds": [r["seed"] for r in mine], "workdirs": [r["workdir"] for r in mine],
             # per seed and module: the epochs trained and the one kept (early stopping)
             "epochs": {str(r["seed"]): r.get("epochs", {}) for r in mine},
+            # per seed: modules over their surrogate's variance threshold, used anyway
+            "untrusted": {str(r["seed"]): r["untrusted"] for r in mine if r.get("untrusted")},
             "train": mine[0].get("train", {}),
             "accuracy": _mean_std([s["accuracy"] for s in splits]),
             "by_type": {t: _mean_std([s["by_type"][t]["accuracy"] for s in splits]) for t in types},
@@ -239,6 +246,11 @@ def format_markdown(summary: dict) -> str:
         for seed, epochs in v.get("epochs", {}).items():
             cells = ", ".join(f"{m} {e['epochs']}/{e['best_epoch']}" for m, e in epochs.items())
             lines.append(f"| {label} | {seed} | {cells} |")
+    untrusted = [(label, seed, module, variance) for label, v in versions.items()
+                 for seed, modules in v.get("untrusted", {}).items() for module, variance in modules.items()]
+    if untrusted:
+        lines += ["", "Used although over the surrogate's variance threshold (paper §5.3): " + "; ".join(
+            f"{label} seed {seed}: {module} ({variance:.5f})" for label, seed, module, variance in untrusted) + "."]
     if protocol["name"] == "tuned":
         lines += ["", "Search cost, total trial time (s) per module against the end-to-end search (paper Fig. 10):", "",
                   "| version | searches | total |", "|---|---|---|"]

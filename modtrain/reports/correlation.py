@@ -44,7 +44,6 @@ from modtrain.registry import module_class
 from modtrain.reports.plots import pyplot, save_figure
 from modtrain.job import is_up_to_date, train_module
 from modtrain.train import cards_match
-from modtrain.types import Prior
 from modtrain.workdir import Workdir
 
 FINAL = "final"  # the job around the frozen candidate: its [train] settings are the recipe's defaults
@@ -98,7 +97,7 @@ def _link(target: Path, link: Path) -> None:
 def _frozen(plan: Plan, module: str) -> tuple[str, ...]:
     """What the final NMN keeps frozen: the studied module and the modules it reads, but not the
     prior's producer (the encoder), which trains with the rest."""
-    upstream = [m for m in plan.module(module).consumes if module_class(m).output != Prior.name]
+    upstream = [m for m in plan.module(module).consumes if m != plan.prior]
     return (*upstream, module)
 
 

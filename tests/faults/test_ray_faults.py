@@ -10,7 +10,6 @@ import pytest
 
 from modtrain.distributed import connect, run_pipeline_on_ray
 from modtrain.errors import ModtrainError
-from modtrain.recipe import Recipe
 from modtrain.workdir import Workdir
 
 pytestmark = pytest.mark.slow
