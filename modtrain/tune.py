@@ -140,7 +140,8 @@ def _trial(config: dict, *, recipe_raw: dict, recipe_where: str, module: str, ro
 def tune_module(recipe: Recipe, workdir: Workdir, module: str, samples: int, scheduler: str = "fifo",
                 search: str = "random", address: str = "local", storage: str | Path | None = None,
                 cpus_per_trial: int = 1, gpus_per_trial: float | None = None, retries: int = 1,
-                fresh: bool = False, callbacks: list | None = None, say=print) -> dict[str, Any]:
+                fresh: bool = False, callbacks: list | None = None, say=print,
+                allow_untrusted: bool = False) -> dict[str, Any]:
     """Run (or resume) the search for one module; returns its summary. ``callbacks`` are extra
     Ray Tune callbacks (logging, notifications) for a new search."""
     from ray import tune
@@ -210,7 +211,7 @@ def tune_module(recipe: Recipe, workdir: Workdir, module: str, samples: int, sch
         raise ModtrainError(f"the {module} search was interrupted with {finished} of {len(results)} trials finished; "
                             f"no best configuration was written. Rerun the same command to resume it "
                             f"(--fresh to start over)")
-    return _summarize(results, recipe, workdir, module, out, seconds, settings)
+    return _summarize(results, recipe, workdir, module, out, seconds, settings, allow_untrusted)
 
 
 def trial_score(metrics: dict[str, float], threshold: float) -> float:
@@ -271,7 +272,7 @@ def _searcher(name: str, seed: int):
 
 
 def _summarize(results, recipe: Recipe, workdir: Workdir, module: str, out: Path, seconds: float,
-               settings: dict) -> dict[str, Any]:
+               settings: dict, allow_untrusted: bool = False) -> dict[str, Any]:
     trials = []
     kept_module = recipe.modules[0] if module == E2E else module
     for result in results:
@@ -295,6 +296,8 @@ def _summarize(results, recipe: Recipe, workdir: Workdir, module: str, out: Path
         raise ModtrainError(f"no trial of the {module} search finished (stopped early or failed); first error: "
                             f"{next((t['error'] for t in trials if t['error']), 'none')}")
     trusted = [t for t in finished if t["trustworthy"]]
+    if not trusted and allow_untrusted:  # the best of the untrusted; its "trustworthy" says so
+        trusted = finished
     if not trusted:
         raise ModtrainError(f"no trial of the {module} search is trustworthy: in every one the surrogate's predictive "
                             f"variance is over its threshold (paper §5.3); widen the search (surrogate_dropout, "

@@ -58,7 +58,7 @@ def draw_hyperparameters(seed: int, index: int, max_epochs: int = 20) -> dict[st
         "dropout": float(rng.uniform(0.0, 0.9)),                 # find's dropout on its input features
         "epochs": int(rng.integers(1, max_epochs + 1)),
         # the surrogate's own settings (§5.3): its dropout is what the MC variance measures
-        "surrogate_dropout": float(rng.uniform(0.0, 0.5)),
+        "surrogate_dropout": float(10 ** rng.uniform(math.log10(0.003), math.log10(0.3))),  # straddles the threshold
         "surrogate_rank": int(rng.choice([4, 8, 16, 32, 64])),
     }
 
