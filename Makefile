@@ -36,6 +36,7 @@ bench: $(STAMP)
 # CLEVR program), Fig. 8, per-module search.
 bench-long: $(STAMP)
 	$(BIN)/python bench/bench_compare.py --out bench/results/compare.json
+	$(BIN)/python bench/bench_compare.py --tune 4 --workdir runs/bench-compare-tuned --out bench/results/compare-tuned.json
 	$(BIN)/python bench/bench_compare.py --recipe nmn-clevr --images 1000 --out bench/results/compare-clevr.json
 	$(BIN)/python bench/bench_correlation.py --address local --out bench/results/correlation.json
 	$(BIN)/python bench/bench_tune.py --out bench/results/tune.json
