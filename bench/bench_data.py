@@ -77,7 +77,8 @@ def main() -> None:
         data = Path(tmp) / "data"
         steps = {}
         steps["generate_s"], _ = timed(generate, data, {"train": args.images, "val": args.images // 5,
-                                                        "test": args.images // 5}, 10, "all", 0, 64)
+                                                        "test": args.images // 5}, 10, "all", 0, 64,
+                                                balance_depth="3-12")  # as 'modtrain data generate' does
         steps["features_s"], _ = timed(features_command, data, device="cpu")
         steps["prepare_s"], _ = timed(prepare, data)
         steps["info_s"], _ = timed(data_info, data)

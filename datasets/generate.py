@@ -21,7 +21,7 @@ from modtrain.io import write_json
 from modtrain.progress import progress
 
 from modtrain.datasets.clevr import Question, Scene, image_filename, write_questions, write_scenes
-from modtrain.datasets.executor import ProgramError, execute
+from modtrain.datasets.executor import ProgramError, execute, program_depth
 from modtrain.datasets.families import Family, select_families
 from modtrain.datasets.scenes import make_scene, render_scene
 
@@ -49,6 +49,40 @@ class AnswerBalancer:
         self.counts.setdefault(family, Counter())[answer] += 1
 
 
+@dataclass
+class DepthBalancer:
+    """Keeps program depths ``low``..``high`` about equally common (paper §5.6 needs questions at
+    every depth): rejects a question whose depth would be more than ``ratio``× as common as the
+    rarest depth of that range seen so far (plus ``slack``). Depths outside the range pass, and
+    so do depths the families never produce (they are never seen), so any family set works."""
+
+    low: int
+    high: int
+    ratio: float = 1.2
+    slack: int = 3
+    counts: Counter = field(default_factory=Counter)
+
+    def accepts(self, depth: int) -> bool:
+        if not self.low <= depth <= self.high:
+            return True
+        floor = min(c for d, c in self.counts.items() if self.low <= d <= self.high) if self.counts else 0
+        return self.counts[depth] + 1 <= max(self.ratio * floor, floor + self.slack)
+
+    def add(self, depth: int) -> None:
+        if self.low <= depth <= self.high:
+            self.counts[depth] += 1
+
+
+def parse_depth_range(text: str | None) -> tuple[int, int] | None:
+    """``"3-12"`` → (3, 12); None or ``"none"`` → None; anything else is an error saying what is valid."""
+    if text is None or text == "none":
+        return None
+    low, _, high = text.partition("-")
+    if not (low.isdigit() and high.isdigit()) or not 1 <= int(low) <= int(high):
+        raise ModtrainError(f"depth range {text!r}: must be LOW-HIGH with 1 ≤ LOW ≤ HIGH, e.g. 3-12 (or none)")
+    return int(low), int(high)
+
+
 def split_rng(seed: int, split: str) -> np.random.Generator:
     """The generator of one split: independent of the other splits' sizes."""
     code = SPLIT_CODES.get(split, sum(map(ord, split)) + 100)
@@ -56,18 +90,23 @@ def split_rng(seed: int, split: str) -> np.random.Generator:
 
 
 def sample_questions(rng: np.random.Generator, scene: Scene, families: list[Family], count: int,
-                     balancer: AnswerBalancer, tries: int = 40) -> list[tuple[Family, list, str, str]]:
-    """Up to ``count`` distinct (family, program, text, answer) for one scene."""
+                     balancer: AnswerBalancer, tries: int = 40,
+                     depths: DepthBalancer | None = None) -> list[tuple[Family, list, str, str]]:
+    """Up to ``count`` distinct (family, program, text, answer) for one scene. With ``depths``, a
+    question of an over-represented depth is rejected and another family drawn (5× the tries)."""
     out = []
     seen: set[str] = set()
     for _ in range(count):
         family = families[int(rng.integers(len(families)))]
-        for _ in range(tries):
+        for _ in range(tries if depths is None else 5 * tries):
             sampled = family.sample(rng, scene)
             if sampled is None:
                 continue
             program, text = sampled
             if text in seen:
+                continue
+            if depths is not None and not depths.accepts(program_depth(program)):
+                family = families[int(rng.integers(len(families)))]
                 continue
             try:
                 answer = execute(program, scene)
@@ -76,6 +115,8 @@ def sample_questions(rng: np.random.Generator, scene: Scene, families: list[Fami
             if not balancer.accepts(family.index, answer):
                 continue
             balancer.add(family.index, answer)
+            if depths is not None:
+                depths.add(program_depth(program))
             seen.add(text)
             out.append((family, program, text, answer))
             break
@@ -84,10 +125,11 @@ def sample_questions(rng: np.random.Generator, scene: Scene, families: list[Fami
 
 def generate_split(root: Path, split: str, num_images: int, questions_per_image: int,
                    families: list[Family], seed: int, image_size: int,
-                   combos: str | None) -> tuple[list[Scene], list[Question]]:
+                   combos: str | None, balance_depth: tuple[int, int] | None = None) -> tuple[list[Scene], list[Question]]:
     """Render a split's images into ``root/images/split`` and return its scenes and questions."""
     rng = split_rng(seed, split)
     balancer = AnswerBalancer()
+    depths = DepthBalancer(*balance_depth) if balance_depth else None
     image_dir = root / "images" / split
     image_dir.mkdir(parents=True, exist_ok=True)
     scenes: list[Scene] = []
@@ -98,7 +140,7 @@ def generate_split(root: Path, split: str, num_images: int, questions_per_image:
             render_scene(scene.objects, image_size).save(image_dir / scene.image_filename, compress_level=1)
             scenes.append(scene)
             for family, program, text, answer in sample_questions(
-                    rng, scene, families, questions_per_image, balancer):
+                    rng, scene, families, questions_per_image, balancer, depths=depths):
                 questions.append(Question(
                     question_index=len(questions), split=split, image_index=index,
                     image_filename=image_filename(split, index), question=text,
@@ -108,14 +150,16 @@ def generate_split(root: Path, split: str, num_images: int, questions_per_image:
 
 def generate(root: str | Path, images: dict[str, int], questions_per_image: int = 10,
              families: str = "all", seed: int = 0, image_size: int = 64,
-             combos: str | None = None, force: bool = False) -> dict:
-    """Write a CLEVR v1.0 folder; ``images`` maps split name to image count.
+             combos: str | None = None, force: bool = False, balance_depth: str | None = None) -> dict:
+    """Write a CLEVR v1.0 folder; ``images`` maps split name to image count. ``balance_depth``
+    (``"3-12"``) keeps the program depths of that range about equally common in every split.
 
     With a CoGenT condition (``combos`` A or B) split names get its letter, as in
     CLEVR-CoGenT (trainA, valB, ...).
     """
     root = Path(root)
     selected = select_families(families)
+    depth_range = parse_depth_range(balance_depth)
     if image_size < 32:
         raise ModtrainError(f"--image-size {image_size} is too small; use at least 32 pixels")
     splits = {f"{s}{combos or ''}": n for s, n in images.items() if n > 0}
@@ -129,11 +173,12 @@ def generate(root: str | Path, images: dict[str, int], questions_per_image: int 
     staging = root / ".generate-staging"
     shutil.rmtree(staging, ignore_errors=True)
     summary = {"seed": seed, "image_size": image_size, "questions_per_image": questions_per_image,
-               "families": [f.name for f in selected], "combos": combos, "splits": {}}
+               "families": [f.name for f in selected], "combos": combos,
+               "balance_depth": None if depth_range is None else f"{depth_range[0]}-{depth_range[1]}", "splits": {}}
     for split, count in splits.items():
         base = split[:-1] if combos else split
         scenes, questions = generate_split(staging, split, count, questions_per_image, selected,
-                                           seed, image_size, combos)
+                                           seed, image_size, combos, depth_range)
         write_scenes(staging / "scenes" / f"CLEVR_{split}_scenes.json", split, scenes)
         write_questions(staging / "questions" / f"CLEVR_{split}_questions.json", split, questions)
         summary["splits"][split] = {"images": count, "questions": len(questions), "seed_split": base}

@@ -42,7 +42,15 @@ def _generated_matches(data_dir: Path, recipe: Recipe) -> bool:
     return (summary.get("seed") == d.seed and summary.get("image_size") == d.image_size
             and summary.get("questions_per_image") == d.questions_per_image
             and summary.get("families") == [f.name for f in select_families(d.families)]
+            and summary.get("balance_depth") == _depth_range_text(d.balance_depth)
             and {s: v["images"] for s, v in summary.get("splits", {}).items()} == {s: n for s, n in wanted.items() if n > 0})
+
+
+def _depth_range_text(text: str | None) -> str | None:
+    from modtrain.datasets.generate import parse_depth_range
+
+    depth_range = parse_depth_range(text)
+    return None if depth_range is None else f"{depth_range[0]}-{depth_range[1]}"
 
 
 def _prepared_matches(data_dir: Path) -> bool:
@@ -79,7 +87,8 @@ def ensure_data(recipe: Recipe, workdir: Workdir, device: torch.device, say: Cal
             say(f"data: generating {root}")
             shutil.rmtree(root / "features", ignore_errors=True)  # made from the old images
             generate(root, {"train": d.images, "val": d.val_images, "test": d.test_images},
-                     d.questions_per_image, d.families, d.seed, d.image_size, force=True)
+                     d.questions_per_image, d.families, d.seed, d.image_size, force=True,
+                     balance_depth=d.balance_depth)
     folder = ClevrFolder(root)
     missing = []
     if d.source == "generate" and d.backbone == "clevr-cnn":

@@ -8,7 +8,8 @@ import pytest
 from modtrain.datasets.clevr import ATTRIBUTES, FUNCTIONS, ClevrFolder
 from modtrain.datasets.executor import execute, program_depth
 from modtrain.datasets.families import FAMILIES, GROUPS, select_families
-from modtrain.datasets.generate import AnswerBalancer, generate, sample_questions, split_rng
+from modtrain.datasets.generate import (AnswerBalancer, DepthBalancer, generate, parse_depth_range, sample_questions,
+                                        split_rng)
 from modtrain.datasets.scenes import BOUND, COGENT, HALF_SIZE, make_scene, render_scene
 from modtrain.errors import ModtrainError
 
@@ -72,6 +73,44 @@ def test_balancer_rule():
     assert not b.accepts(0, "yes")
     assert b.accepts(0, "no")
     assert b.accepts(1, "anything")  # families are balanced separately
+
+
+def test_depth_balancer_rule():
+    b = DepthBalancer(3, 5, ratio=1.2, slack=3)
+    assert b.accepts(4)  # nothing seen: the slack lets the first few through
+    for depth, n in ((3, 10), (4, 13), (5, 14)):
+        for _ in range(n):
+            b.add(depth)
+    assert not b.accepts(4) and not b.accepts(5)  # 14 > max(1.2 × 10, 10 + 3)
+    assert b.accepts(3) and b.accepts(2) and b.accepts(9)  # the rarest, and depths outside the range
+    b.add(9)
+    assert 9 not in b.counts  # outside the range: not counted, never the floor
+
+
+def test_depth_balanced_split_has_every_depth_about_equally(tmp_path):
+    """The nmn-clevr data settings (300 val images, 3-12): ≥ 200 questions at every depth 3..12 of
+    val, the depth experiment's evaluation set; unbalanced, depths 11 and 12 have a fraction of that."""
+    counts = {}
+    for balance in ("3-12", None):
+        rng, balancer = split_rng(0, "val"), AnswerBalancer()
+        depths = DepthBalancer(*parse_depth_range(balance)) if balance else None
+        found = Counter()
+        for i in range(300):
+            scene = make_scene(rng, "val", i, 64)
+            for _, program, _, _ in sample_questions(rng, scene, list(FAMILIES), 10, balancer, depths=depths):
+                found[program_depth(program)] += 1
+        counts[balance] = found
+    assert sum(counts["3-12"].values()) >= 2900  # still about 10 questions per image
+    assert min(counts["3-12"][d] for d in range(3, 13)) >= 200, counts["3-12"]
+    assert max(counts["3-12"][d] for d in range(3, 13)) <= 1.2 * min(counts["3-12"][d] for d in range(3, 13)) + 3
+    assert counts[None][12] < 100 and counts[None][6] > 4 * counts[None][12]
+
+
+def test_depth_range_is_checked():
+    assert parse_depth_range("3-12") == (3, 12) and parse_depth_range("none") is None
+    for bad in ("12-3", "3", "a-b", "0-4"):
+        with pytest.raises(ModtrainError, match="must be LOW-HIGH with 1 ≤ LOW ≤ HIGH"):
+            parse_depth_range(bad)
 
 
 def test_scenes_have_no_overlaps_and_relations_follow_positions():
