@@ -24,6 +24,7 @@ from modtrain.io import read_json, write_json
 from modtrain.layout import Layout
 from modtrain.progress import progress
 from modtrain.recipe import Recipe
+from modtrain.registry import reads_features, run_prior
 from modtrain.types import AnswerLogits, Prior, TypeCheckError, get_interface
 from modtrain.workdir import Workdir
 
@@ -95,6 +96,7 @@ def assemble(workdir: Workdir, recipe: Recipe, device: torch.device, splits: lis
         "splits": {},
     }
     type_names = data.vocab["question_types"]
+    prior_alone = set(cards) == {encoder.name}  # a recipe of one module that answers alone (FiLM)
     for split_name in splits:
         split = data.split(split_name)
         n = len(split)
@@ -102,6 +104,8 @@ def assemble(workdir: Workdir, recipe: Recipe, device: torch.device, splits: lis
         skipped: dict[str, int] = {}
         for layout_id, count in zip(*np.unique(split.layout[split.layout >= 0], return_counts=True)):
             layout = data.layouts[layout_id]
+            if prior_alone:  # the prior is the whole system (FiLM): nothing is skipped
+                break
             reason = skip_reason(executor, layout)
             if reason is not None:
                 skipped[reason] = skipped.get(reason, 0) + int(count)
@@ -117,14 +121,16 @@ def assemble(workdir: Workdir, recipe: Recipe, device: torch.device, splits: lis
         # sorted by shape, so that each batch holds few large groups
         shapes = np.array([data.layouts[i].shape() if i >= 0 else "" for i in split.layout])
         order = np.argsort(shapes, kind="stable")
-        features = split.features() if with_layout.any() else None
+        features = split.features() if with_layout.any() or reads_features(encoder) else None
         predicted = np.full(n, -1, np.int64)
         prior_predicted = np.full(n, -1, np.int64)
         with torch.no_grad(), progress(range(0, n, batch_size), f"assemble {split_name}") as bar:
             for start in bar:
                 rows = order[start:start + batch_size]
-                prior = encoder(torch.from_numpy(split.tokens[rows]).long().to(device),
-                                torch.from_numpy(split.lengths[rows]).long())
+                image = (torch.from_numpy(features.take(split.image_index[rows])).float().to(device)
+                         if reads_features(encoder) else None)
+                prior = run_prior(encoder, torch.from_numpy(split.tokens[rows]).long().to(device),
+                                  torch.from_numpy(split.lengths[rows]).long(), image)
                 prior_predicted[rows] = prior.argmax(1).cpu().numpy()
                 predicted[rows] = prior_predicted[rows]  # questions without a layout: the encoder alone
                 mask = with_layout[rows]

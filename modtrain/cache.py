@@ -35,7 +35,7 @@ from modtrain.io import atomic_path
 from modtrain.layout import Layout
 from modtrain.plan import Plan
 from modtrain.progress import progress
-from modtrain.registry import parameter_free_names
+from modtrain.registry import parameter_free_names, reads_features, run_prior
 from modtrain.types import Prior, attend, get_interface
 from modtrain.workdir import Workdir
 
@@ -260,14 +260,18 @@ def write_caches(workdir: Workdir, plan: Plan, producer: str, data: PreparedData
 
 
 def _write_question_cache(path: Path, attrs: dict, module, split, batch_size: int, device: torch.device) -> None:
-    """One value per question, computed from its tokens (the encoder's prior)."""
+    """One value per question, computed from its tokens (the encoder's prior; FiLM's reads the image too)."""
+    features = split.features() if reads_features(module) else None
+
     def blocks():
         with progress(range(0, len(split), batch_size), label=f"cache {module.name} {split.name}") as bar:
             for start in bar:
                 rows = slice(start, start + batch_size)
+                image = (torch.from_numpy(features.take(split.image_index[rows])).float().to(device)
+                         if features is not None else None)
                 with torch.no_grad():
-                    value = module(torch.from_numpy(split.tokens[rows]).long().to(device),
-                                   torch.from_numpy(split.lengths[rows]).long())
+                    value = run_prior(module, torch.from_numpy(split.tokens[rows]).long().to(device),
+                                      torch.from_numpy(split.lengths[rows]).long(), image)
                 yield start, {"value": value.float().cpu().numpy()}
 
     answers = module.dims["answers"]

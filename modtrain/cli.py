@@ -63,8 +63,11 @@ def data() -> None:
 @click.option("--combos", type=click.Choice(["A", "B"]), default=None,
               help="CoGenT shape-color condition; split names get its letter (trainA, valA, ...).")
 @click.option("--force", is_flag=True, help="Replace splits that already exist.")
+@click.option("--balance-depth", default="3-12", show_default=True, metavar="LOW-HIGH|none",
+              help="Keep program depths LOW..HIGH about equally common in every split (the depth experiment "
+                   "needs questions at every depth); none: as the families fall.")
 def generate(directory, images, val_images, test_images, questions_per_image, families, seed,
-             image_size, combos, force):
+             image_size, combos, force, balance_depth):
     """Generate a procedural dataset as a CLEVR v1.0 folder in DIRECTORY."""
     from modtrain.datasets.generate import generate as run
 
@@ -72,7 +75,7 @@ def generate(directory, images, val_images, test_images, questions_per_image, fa
     counts = {"train": images,
               "val": images // 5 if val_images is None else val_images,
               "test": images // 5 if test_images is None else test_images}
-    summary = run(directory, counts, questions_per_image, families, seed, image_size, combos, force)
+    summary = run(directory, counts, questions_per_image, families, seed, image_size, combos, force, balance_depth)
     for split, s in summary["splits"].items():
         click.echo(f"{split}: {s['images']} images, {s['questions']} questions")
     click.echo(f"wrote {directory} in {time.perf_counter() - start:.1f}s")
@@ -148,6 +151,10 @@ def recipe_options(fn):
                            "data.source; the same as --set data.source=DIR.")(fn)
     fn = click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
                       help="Override a recipe key, e.g. --set train.lr=3e-4 (repeatable).")(fn)
+    fn = click.option("--max-train-depth", type=int, default=None, expose_value=False, metavar="D",
+                      callback=lambda ctx, _, value: ctx.meta.__setitem__("max_train_depth", value),
+                      help="Train and stop early only on questions of program depth ≤ D (paper §5.6); the reported "
+                           "splits are never filtered. The same as --set data.max_train_depth=D.")(fn)
     fn = click.option("--workdir", type=click.Path(file_okay=False), default=None,
                       help="Experiment folder [default: runs/<recipe name>].")(fn)
     fn = click.option("--recipe", default=None,
@@ -164,6 +171,9 @@ def _context(recipe, workdir, overrides, device, data_dir=None):
 
     if data_dir is not None:
         overrides = [*overrides, f"data.source={str(Path(data_dir).resolve())!r}"]
+    depth = click.get_current_context().meta.get("max_train_depth")
+    if depth is not None:
+        overrides = [*overrides, f"data.max_train_depth={depth}"]
     loaded, root = load_for_workdir(recipe, workdir, list(overrides))
     return loaded, Workdir.for_recipe(loaded, root), resolve_device(device or loaded.train_config("encoder").device)
 
@@ -291,7 +301,7 @@ def e2e(recipe, workdir, overrides, data_dir, device):
 
 @main.group(cls=_Group, context_settings=CONTEXT)
 def report() -> None:
-    """Reports that test the method: compare, ..."""
+    """Reports that test the method: compare, correlation, hpo, depth."""
 
 
 @report.command(context_settings=CONTEXT)
@@ -323,6 +333,40 @@ def compare(recipe_name, seeds, workdir, data_dir, overrides, device, fresh, tri
     click.echo(format_markdown(summary))
     reports = Path(workdir) / "reports"
     click.echo(f"wrote {reports / 'compare.json'}, {reports / 'compare.md'}, {reports / 'compare_time.png'}")
+
+
+@report.command(context_settings=CONTEXT)
+@click.option("--max-train-depth", "max_depth", type=int, default=5, show_default=True,
+              help="Train every system on questions of program depth ≤ D only; evaluate on every depth.")
+@click.option("--recipe", "recipe_name", default="nmn-clevr", show_default=True,
+              help="The NMN whose modular and end-to-end versions, typed and gradient, are measured.")
+@click.option("--system", "systems", multiple=True, metavar="NAME",
+              help="Only these systems (repeatable): modular typed, modular gradient, end-to-end typed, "
+                   "end-to-end gradient, FiLM [default: all].")
+@click.option("--reference", is_flag=True, help="Also train every system on every depth (its reference curve).")
+@click.option("--workdir", type=click.Path(file_okay=False), default="runs/depth", show_default=True,
+              help="Holds the shared data, one folder per system and depth limit, and reports/.")
+@click.option("--data", "data_dir", type=click.Path(exists=True, file_okay=False), default=None,
+              help="An already prepared data folder to use instead of generating one.")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="Override a key of every system's recipe, e.g. --set train.max_epochs=10.")
+@click.option("--min-questions", default=20, show_default=True,
+              help="Depths with fewer questions are drawn and averaged no more (too noisy).")
+@click.option("--device", default="auto", show_default=True)
+@click.option("--fresh", is_flag=True, help="Train every system again instead of reusing trained runs.")
+def depth(max_depth, recipe_name, systems, reference, workdir, data_dir, overrides, min_questions, device, fresh):
+    """Generalization by program depth (paper Fig. 13/14): error per depth, seen vs unseen."""
+    from pathlib import Path
+
+    from modtrain.device import resolve_device
+    from modtrain.reports.depth import format_markdown, run_depth
+
+    summary = run_depth(workdir, max_depth, resolve_device(device), recipe_name, list(systems), reference,
+                        list(overrides), data_dir, say=lambda text: click.echo(text, err=True), fresh=fresh,
+                        min_questions=min_questions)
+    click.echo(format_markdown(summary))
+    reports = Path(workdir) / "reports"
+    click.echo(f"wrote {reports / 'depth.json'}, {reports / 'depth.md'}, {reports / 'depth.png'}")
 
 
 @main.command(context_settings=CONTEXT)

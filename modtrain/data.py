@@ -105,6 +105,14 @@ class SplitData:
             return arrays[key]
         raise AttributeError(key)
 
+    def trainable(self, max_depth: int | None = None) -> np.ndarray:
+        """Which questions a job may train or stop on: labelled and, with ``max_depth``, of
+        program depth ≤ it (questions without a program have depth −1 and stay)."""
+        keep = self.arrays["answer"] >= 0
+        if max_depth is not None:
+            keep &= self.arrays["depth"] <= max_depth
+        return keep
+
     @property
     def fingerprint(self) -> str:
         """The questions and vocabulary (prepare's fingerprint) and the features they are asked about."""

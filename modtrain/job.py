@@ -33,7 +33,7 @@ from modtrain.execute import Executor, Given, given_name
 from modtrain.layout import Layout
 from modtrain.plan import Plan, make_plan
 from modtrain.recipe import Recipe
-from modtrain.registry import build_module, module_class, surrogate_class
+from modtrain.registry import build_module, module_class, reads_features, run_prior, surrogate_class
 from modtrain.surrogates.factorized import mc_metrics
 from modtrain.train import TrainingLoop, cards_match
 from modtrain.types import Attended, DataType, Features, get_interface
@@ -75,7 +75,8 @@ def job_key(spec: JobSpec, recipe: Recipe, data: PreparedData, sources: dict[str
     return {"kind": spec.training, "interface": recipe.interface, "seed": recipe.seed,
             "hyperparameters": {m: recipe.module_hparams(m) for m in spec.trainable}, "train": config,
             "surrogate": recipe.surrogate(spec.surrogate) if spec.surrogate else None,
-            "data_fingerprint": data.fingerprint(recipe.data.train_split, recipe.data.val_split), "inputs": inputs}
+            "data_fingerprint": data.fingerprint(recipe.data.train_split, recipe.data.val_split), "inputs": inputs,
+            **({"max_train_depth": recipe.data.max_train_depth} if recipe.data.max_train_depth is not None else {})}
 
 
 @dataclass
@@ -199,14 +200,15 @@ class Job(TrainingLoop):
         self.wirings = wirings
         self.rows: dict[str, np.ndarray] = {}
         for s, split in self.splits.items():
-            keep = split.answer >= 0
+            keep = split.trainable(self.recipe.data.max_train_depth)
             if not self.layout_free:
                 trainable = np.array([w is not None for w in wirings] + [False], bool)
                 keep &= trainable[split.layout]  # layout −1 (no program) picks the trailing False
             self.rows[s] = np.flatnonzero(keep)
         self.train_rows, self.val_rows = self.rows["train"], self.rows["val"]
-        if self.layout_free:
-            self.needs_features, self.runs = False, set()
+        if self.layout_free:  # the prior alone, from the question (and the image, for FiLM)
+            self.needs_features, self.runs = reads_features(module_class(self.prior_producer)), set()
+            self.features = {s: split.features() for s, split in self.splits.items()} if self.needs_features else {}
             return
         used = [wirings[i] for i in np.unique(np.concatenate([split.layout[self.rows[s]] for s, split in self.splits.items()]))]
         self.needs_features = any(self._reads_features(w) for w in used)
@@ -299,13 +301,13 @@ class Job(TrainingLoop):
             batch["lengths"] = torch.from_numpy(s.lengths[rows]).long()
         elif self.prior_source == "cache":
             batch["prior"] = torch.from_numpy(self.priors[split].take(rows)).to(self.device)
+        if self.needs_features:
+            batch["features"] = torch.from_numpy(self.features[split].take(s.image_index[rows])).float().to(self.device)
         if self.layout_free:
             return batch
         layout_ids = s.layout[rows]
         batch["layouts"] = [self.wirings[i].layout for i in layout_ids]
         batch["given"] = self._given(split, rows)
-        if self.needs_features:
-            batch["features"] = torch.from_numpy(self.features[split].take(s.image_index[rows])).float().to(self.device)
         if self.spec.surrogate is not None:
             batch["root"] = torch.from_numpy(self.root_ids[layout_ids]).to(self.device)
             batch["part"] = torch.from_numpy(self.root_kind[layout_ids]).to(self.device)
@@ -341,7 +343,7 @@ class Job(TrainingLoop):
 
     def _prior(self, batch: dict[str, Any]) -> torch.Tensor | None:
         if self.prior_source == "train":
-            return self.modules[self.prior_producer](batch["tokens"], batch["lengths"])
+            return run_prior(self.modules[self.prior_producer], batch["tokens"], batch["lengths"], batch.get("features"))
         return batch.get("prior")
 
     def _surrogate_inputs(self, batch: dict[str, Any]):
@@ -425,7 +427,7 @@ def training_questions(plan: Plan, recipe: Recipe, data: PreparedData) -> dict[s
     """How many labelled questions of the training split each module's job trains on (``modtrain plan``)."""
     interface = get_interface(recipe.interface)
     s = data.split(recipe.data.train_split)
-    labelled = s.answer >= 0
+    labelled = s.trainable(recipe.data.max_train_depth)
     counts = {}
     for m in plan.modules:
         spec = module_spec(plan, m.name)

@@ -40,6 +40,12 @@ class DataSection:
     # the splits modules train and stop on (CLEVR-CoGenT: trainA, valA); assembly reports the others
     train_split: str = "train"
     val_split: str = "val"
+    # train (and stop early) only on questions of program depth ≤ this (paper §5.6); the
+    # reported splits are never filtered. None: every depth.
+    max_train_depth: int | None = setting(None, low=1)
+    # generated data: keep program depths LOW-HIGH about equally common in every split ("3-12"),
+    # so that every depth has questions to evaluate (paper §5.6); None: as the families fall
+    balance_depth: str | None = None
     # clevr-cnn pretraining; None: the backbone's own defaults
     pretrain_images: int | None = setting(None, low=1)
     pretrain_epochs: int | None = setting(None, low=1)
@@ -192,6 +198,12 @@ class Recipe:
         check(f"{where}: interface", self.interface, str, Range(choices=tuple(INTERFACES)))
         check(f"{where}: seed", raw.get("seed", 0), int)
         self._data = build_section(DataSection, raw.get("data", {}), where, "data.")
+        from modtrain.datasets.generate import parse_depth_range
+
+        try:
+            parse_depth_range(self._data.balance_depth)
+        except ModtrainError as e:
+            raise ModtrainError(f"{where}: data.balance_depth = {self._data.balance_depth!r}: {e}") from None
         self._train = build_section(TrainSection, raw.get("train", {}), where, "train.")
         self._own_train = {}
         if not isinstance(raw.get("modules", {}), dict):

@@ -76,6 +76,21 @@ class NMNModule(nn.Module):
         return any(True for _ in self.parameters())
 
 
+def reads_features(module: NMNModule) -> bool:
+    """Whether a module that gives the prior also reads the image (FiLM does; the encoder does not)."""
+    return "Features" in module.inputs
+
+
+def run_prior(module: NMNModule, tokens: torch.Tensor, lengths: torch.Tensor,
+              features: torch.Tensor | None = None) -> torch.Tensor:
+    """The prior of a batch: from the question, and the image features where the module reads them."""
+    if not reads_features(module):
+        return module(tokens, lengths)
+    if features is None:
+        raise ModtrainError(f"module {module.name} reads the image features, but none were given")
+    return module(tokens, lengths, features)
+
+
 def pick_instance(per_instance: torch.Tensor, instance: torch.Tensor) -> torch.Tensor:
     """From (B, n_instances, ...) outputs computed for every instance, each sample's own.
 

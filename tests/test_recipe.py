@@ -13,7 +13,10 @@ def test_every_shipped_recipe_is_valid(name):
 
     recipe = Recipe.load(name)
     assert recipe.name == name
-    assert recipe.modules[:2] == ["encoder", "find"] and {"describe", "measure"} <= set(recipe.modules)
+    if name == "film":  # the monolithic baseline: one module that answers alone
+        assert recipe.modules == ["film"] and make_plan(recipe).prior == "film"
+    else:
+        assert recipe.modules[:2] == ["encoder", "find"] and {"describe", "measure"} <= set(recipe.modules)
     for module in recipe.modules:
         cls = module_class(module)
         assert set(recipe.module_hparams(module)) <= set(cls.defaults)
@@ -56,7 +59,7 @@ def test_overrides_are_typed_and_checked():
 
 
 def test_unknown_recipe_module_surrogate_and_interface():
-    with pytest.raises(ModtrainError, match="unknown recipe 'nmn-fancy'; shipped: e2e, nmn-clevr, nmn-clevr-original, nmn-original, nmn-typed"):
+    with pytest.raises(ModtrainError, match="unknown recipe 'nmn-fancy'; shipped: e2e, film, nmn-clevr, nmn-clevr-original, nmn-original, nmn-typed"):
         Recipe.load("nmn-fancy")
     with pytest.raises(ModtrainError, match="unknown module 'transform'; valid:"):
         Recipe.load("nmn-typed", ["modules.transform.hidden=3"])

@@ -20,7 +20,7 @@ from modtrain.data import PreparedData
 from modtrain.errors import ModtrainError
 from modtrain.layout import Layout
 from modtrain.recipe import Recipe
-from modtrain.registry import parameter_free_names
+from modtrain.registry import parameter_free_names, run_prior
 from modtrain.reports.plots import pyplot, save_figure
 from modtrain.workdir import Workdir
 
@@ -92,8 +92,8 @@ def explain(workdir: Workdir, recipe: Recipe, device: torch.device, question_ind
         feats = torch.from_numpy(features.take([image_index])).float().to(device)
         with torch.no_grad():
             trace = executor.trace(layout, feats)
-            prior_logits = encoder(torch.from_numpy(split_data.tokens[row:row + 1]).long().to(device),
-                                   torch.from_numpy(split_data.lengths[row:row + 1]).long())
+            prior_logits = run_prior(encoder, torch.from_numpy(split_data.tokens[row:row + 1]).long().to(device),
+                                     torch.from_numpy(split_data.lengths[row:row + 1]).long(), feats)
             final = interface.combine(trace[-1][2], prior_logits).exp()[0].cpu().numpy()
             prior = torch.softmax(prior_logits, -1)[0].cpu().numpy()
         maps = attention_panels(trace, interface.attention)

@@ -1,0 +1,186 @@
+"""``modtrain report depth``: compositional generalization by program depth (paper §5.6, Fig. 13/14).
+
+Every system trains only on questions of program depth ≤ D (``data.max_train_depth``: the
+training split and the validation questions that stop it early; the reported splits are never
+filtered) and is then evaluated, by the assembler, on every depth of the validation split and on
+the training split's questions deeper than D, which it never saw (as the paper does). With
+``--reference`` each system is also trained on every depth: its curve shows what the depth
+limit costs at each depth.
+
+Systems (one shared data folder, one shared set of training defaults, as ``report compare``):
+the recipe's NMN modular with data types (typed) and without (gradient), the same NMN trained
+end to end in each interface, and FiLM (``recipes/film.toml``). The paper trained both NMN
+versions end to end for this experiment; modtrain measures modular training as well.
+"""
+from __future__ import annotations
+
+import math
+import shutil
+import statistics
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from modtrain.assemble import assemble
+from modtrain.data import PreparedData
+from modtrain.errors import ModtrainError
+from modtrain.io import write_json, write_text
+from modtrain.pipeline import ensure_data, run_end_to_end, run_pipeline
+from modtrain.recipe import Recipe
+from modtrain.reports.compare import _check_same_data, _slug, shared_defaults
+from modtrain.reports.plots import pyplot, save_figure
+from modtrain.workdir import Workdir
+
+# (label, recipe — None: the report's --recipe —, interface, how it trains)
+SYSTEMS = (
+    ("modular typed", None, "typed", "modular"),
+    ("modular gradient", None, "gradient", "modular"),
+    ("end-to-end typed", None, "typed", "end-to-end"),
+    ("end-to-end gradient", None, "gradient", "end-to-end"),
+    ("FiLM", "film", "typed", "end-to-end"),
+)
+LIMITED, ALL = "depth-limited", "all depths"
+
+
+def _errors(by_depth: dict, keep: Callable[[int], bool]) -> dict[str, dict]:
+    """Error (1 − accuracy) and question count per depth, for the depths ``keep`` accepts."""
+    return {d: {"questions": v["questions"], "error": 1.0 - v["accuracy"]}
+            for d, v in sorted(by_depth.items(), key=lambda kv: int(kv[0])) if int(d) >= 0 and keep(int(d))}
+
+
+def mean_error(errors: dict[str, dict], depths: Callable[[int], bool], min_questions: int) -> float:
+    """The unweighted mean error over the depths ``depths`` accepts that have at least
+    ``min_questions`` questions (each depth counts once, as in the paper's per-depth curves)."""
+    values = [e["error"] for d, e in errors.items() if depths(int(d)) and e["questions"] >= min_questions]
+    return statistics.fmean(values) if values else math.nan
+
+
+def run_depth(root: str | Path, max_depth: int, device: torch.device, recipe_name: str = "nmn-clevr",
+              systems: list[str] | None = None, reference: bool = False, overrides: list[str] = (),
+              data_dir: str | Path | None = None, say: Callable[[str], None] = print, fresh: bool = False,
+              min_questions: int = 20) -> dict:
+    """Train (or reuse, unless ``fresh``) every system on depths ≤ ``max_depth`` (and on all depths
+    with ``reference``); write ``reports/depth.{json,md,png}``; return the summary."""
+    if max_depth < 1:
+        raise ModtrainError(f"--max-train-depth {max_depth}: must be ≥ 1")
+    labels = [s[0] for s in SYSTEMS]
+    chosen = systems or labels
+    unknown = [s for s in chosen if s not in labels]
+    if unknown:
+        raise ModtrainError(f"unknown system(s) {', '.join(map(repr, unknown))}; valid: {', '.join(labels)}")
+    root = Path(root)
+    base = Recipe.load(recipe_name, list(overrides))
+    data = (ensure_data(base, Workdir.for_recipe(base, root), device, say) if data_dir is None
+            else PreparedData(data_dir))
+    source = str(Path(data.root).resolve())
+    val, train = base.data.val_split, base.data.train_split
+    regimes = [(LIMITED, max_depth)] + ([(ALL, None)] if reference else [])
+    results: dict[str, dict] = {}
+    for label, name, interface, how in SYSTEMS:
+        if label not in chosen:
+            continue
+        for regime, limit in regimes:
+            recipe = shared_defaults(Recipe.load(name or recipe_name, [
+                *overrides, f"interface='{interface}'", f"data.source='{source}'",
+                *([f"data.max_train_depth={limit}"] if limit is not None else [])]))
+            folder = root / _slug(label) / (f"depth-{limit}" if limit is not None else "all-depths")
+            if fresh:
+                shutil.rmtree(folder, ignore_errors=True)
+            workdir = Workdir.for_recipe(recipe, folder)
+            _check_same_data(workdir, data)
+            say(f"== {label}, trained on {f'depths ≤ {limit}' if limit is not None else 'every depth'} ({folder})")
+            if how == "end-to-end":
+                run_end_to_end(recipe, workdir, device, say=say)
+            else:  # goes on past an untrusted module, and says so, as report compare does
+                run_pipeline(recipe, workdir, device, say=say, allow_untrusted=True)
+            report = assemble(workdir, recipe, device, splits=[val, train], data=data)
+            entry = {"workdir": str(folder), "val_accuracy": report["splits"][val]["accuracy"],
+                     "val": _errors(report["splits"][val]["by_depth"], lambda d: True),
+                     "untrusted": sorted(n for n, m in report["modules"].items() if m.get("trustworthy") is False)}
+            if limit is not None:
+                entry["train_unseen"] = _errors(report["splits"][train]["by_depth"], lambda d: d > max_depth)
+            results.setdefault(label, {})[regime] = entry
+    summary = summarize(results, max_depth, min_questions)
+    summary.update(recipe=recipe_name, dataset={"root": str(data.root), "data_fingerprint": data.fingerprint()},
+                   splits={"val": val, "train": train})
+    reports = root / "reports"
+    write_json(reports / "depth.json", summary)
+    write_text(reports / "depth.md", format_markdown(summary))
+    plot_depth(summary, reports / "depth.png")
+    return summary
+
+
+def summarize(results: dict[str, dict], max_depth: int, min_questions: int) -> dict:
+    """Per system: mean error at seen (≤ D) and unseen (> D) depths of val, their ratio, and the
+    same on the training split's unseen questions."""
+    seen, unseen = (lambda d: d <= max_depth), (lambda d: d > max_depth)
+    for regimes in results.values():
+        limited = regimes[LIMITED]
+        limited["seen_error"] = mean_error(limited["val"], seen, min_questions)
+        limited["unseen_error"] = mean_error(limited["val"], unseen, min_questions)
+        limited["unseen_over_seen"] = limited["unseen_error"] / limited["seen_error"] if limited["seen_error"] else math.nan
+        limited["train_unseen_error"] = mean_error(limited["train_unseen"], unseen, min_questions)
+        if ALL in regimes:
+            regimes[ALL]["unseen_error"] = mean_error(regimes[ALL]["val"], unseen, min_questions)
+    return {"max_train_depth": max_depth, "min_questions": min_questions, "systems": results}
+
+
+def format_markdown(summary: dict) -> str:
+    d, systems = summary["max_train_depth"], summary["systems"]
+    depths = sorted({int(k) for s in systems.values() for k in s[LIMITED]["val"]})
+    lines = [f"# Error by program depth, trained on depths ≤ {d} (paper §5.6)", "",
+             f"Validation error (%) per exact depth; depths with fewer than {summary['min_questions']} questions are "
+             f"left out of the means. Seen: ≤ {d}; unseen: > {d}.", "",
+             "| system | seen | unseen | unseen / seen | train questions > D | " + " | ".join(map(str, depths)) + " |",
+             "|---" * (len(depths) + 5) + "|"]
+    for label, regimes in systems.items():
+        s = regimes[LIMITED]
+        cells = [f"{100 * s['val'][str(k)]['error']:.1f}" if str(k) in s["val"] else "-" for k in depths]
+        lines.append(f"| {label} | {100 * s['seen_error']:.1f} | {100 * s['unseen_error']:.1f} | "
+                     f"{s['unseen_over_seen']:.2f} | {100 * s['train_unseen_error']:.1f} | " + " | ".join(cells) + " |")
+    counts = next(iter(systems.values()))[LIMITED]["val"]
+    lines.append("| (questions) | | | | | " + " | ".join(str(counts.get(str(k), {}).get("questions", 0)) for k in depths) + " |")
+    if any(ALL in r for r in systems.values()):
+        lines += ["", "Trained on every depth (reference): mean validation error at depths > D, %:", "",
+                  "| system | unseen, depth-limited | unseen, every depth trained |", "|---|---|---|"]
+        lines += [f"| {label} | {100 * r[LIMITED]['unseen_error']:.1f} | {100 * r[ALL]['unseen_error']:.1f} |"
+                  for label, r in systems.items() if ALL in r]
+    untrusted = [f"{label} ({regime}): {', '.join(e['untrusted'])}" for label, r in systems.items()
+                 for regime, e in r.items() if e.get("untrusted")]
+    if untrusted:
+        lines += ["", "Used although over the surrogate's variance threshold (§5.3): " + "; ".join(untrusted) + "."]
+    return "\n".join(lines) + "\n"
+
+
+def plot_depth(summary: dict, path: Path) -> Path:
+    """Error by depth per system (Fig. 13/14): validation, and the training split's unseen questions;
+    a dashed line between seen and unseen depths; each system's every-depth reference, thin."""
+    plt = pyplot()
+    import seaborn as sns
+
+    d, n = summary["max_train_depth"], summary["min_questions"]
+    systems = summary["systems"]
+    colors = dict(zip(systems, sns.color_palette("tab10", len(systems))))
+    figure, axes = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
+
+    def curve(axis, errors, **style):
+        points = [(int(k), 100 * e["error"]) for k, e in errors.items() if e["questions"] >= n]
+        if points:
+            axis.plot(*zip(*points), **style)
+
+    for label, regimes in systems.items():
+        curve(axes[0], regimes[LIMITED]["val"], color=colors[label], marker="o", label=label)
+        if ALL in regimes:
+            curve(axes[0], regimes[ALL]["val"], color=colors[label], linewidth=1, alpha=0.5, linestyle=":",
+                  label=f"{label}, every depth trained")
+        curve(axes[1], regimes[LIMITED]["train_unseen"], color=colors[label], marker="o", label=label)
+    for axis, title in zip(axes, ("validation questions", f"training questions deeper than {d} (never trained on)")):
+        axis.axvline(d + 0.5, color="black", linestyle="--", linewidth=1)
+        axis.set_xlabel("program depth")
+        axis.set_title(title, fontsize="medium")
+    axes[0].set_ylabel("error (%)")
+    axes[0].legend(fontsize="small")
+    figure.suptitle(f"Trained on depths ≤ {d} (dashed: seen | unseen); depths with ≥ {n} questions")
+    figure.tight_layout()
+    return save_figure(figure, path)

@@ -1,0 +1,135 @@
+"""Generalization by program depth (paper §5.6): the training depth limit, FiLM, the depth report."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from modtrain.data import PreparedData, SplitData
+from modtrain.errors import ModtrainError
+from modtrain.io import sha256_json
+from modtrain.job import Job, training_questions
+from modtrain.modules.film import coordinates
+from modtrain.pipeline import run_end_to_end
+from modtrain.plan import make_plan
+from modtrain.recipe import Recipe
+from modtrain.registry import build_module
+from modtrain.reports.depth import ALL, LIMITED, mean_error, run_depth
+from modtrain.workdir import Workdir
+
+CPU = torch.device("cpu")
+FAST = ["train.max_epochs=4", "train.patience=2", "train.device='cpu'"]
+DIMS = {"features": 6, "height": 4, "width": 5, "answers": 7, "tokens": 11}
+
+
+def test_trainable_rows_are_labelled_and_no_deeper_than_the_limit():
+    split = SplitData("train", {"answer": np.array([0, -1, 2, 1, 3]), "depth": np.array([3, 3, 6, -1, 4])}, {}, None)
+    assert split.trainable().tolist() == [True, False, True, True, True]
+    # depth −1 (no program): a question the depth says nothing about stays
+    assert split.trainable(4).tolist() == [True, False, False, True, True]
+
+
+def test_film_appends_coordinates_and_modulates_every_block_and_channel():
+    coords = coordinates(4, 5)
+    assert coords.shape == (2, 4, 5)
+    assert torch.equal(coords[0, :, 0], torch.full((4,), -1.0)) and torch.equal(coords[0, :, -1], torch.ones(4))
+    assert torch.equal(coords[1, 0], torch.full((5,), -1.0)) and torch.equal(coords[1, -1], torch.ones(5))
+    film = build_module("film", "typed", DIMS, channels=8, blocks=3).eval()
+    tokens, lengths = torch.randint(1, 11, (2, 6)), torch.tensor([6, 3])
+    gamma, beta = film.modulation(tokens, lengths)
+    assert gamma.shape == beta.shape == (2, 3, 8)
+    # with the modulation's weights zero, γ = 1 and β = 0: every block passes its normalized map through
+    torch.nn.init.zeros_(film.modulate.weight), torch.nn.init.zeros_(film.modulate.bias)
+    gamma, beta = film.modulation(tokens, lengths)
+    assert torch.equal(gamma, torch.ones(2, 3, 8)) and torch.equal(beta, torch.zeros(2, 3, 8))
+    # the question changes the answer only through (γ, β): with them fixed, two questions answer alike
+    features = torch.randn(1, 6, 4, 5).expand(2, -1, -1, -1)
+    out = film(tokens, lengths, features)
+    assert torch.allclose(out[0], out[1], atol=1e-6)
+    # the coordinate channels reach the blocks: the stem's weights on them are real inputs
+    assert film.stem[0].in_channels == 6 + 2 and film.blocks[0].project.in_channels == 8 + 2
+
+
+def test_mean_error_counts_each_depth_once_and_skips_thin_ones():
+    errors = {"3": {"questions": 100, "error": 0.1}, "4": {"questions": 10, "error": 0.3},
+              "6": {"questions": 50, "error": 0.5}, "7": {"questions": 5, "error": 0.9}}
+    assert mean_error(errors, lambda d: d <= 4, 20) == pytest.approx(0.1)
+    assert mean_error(errors, lambda d: d <= 4, 5) == pytest.approx(0.2)
+    assert mean_error(errors, lambda d: d > 4, 20) == pytest.approx(0.5)
+
+
+@pytest.mark.slow
+def test_the_depth_limit_filters_training_and_stopping_but_not_what_is_reported(tiny_run, tmp_path):
+    _, typed, _, _ = tiny_run
+    data = PreparedData(typed.data)
+    train, val = data.split("train"), data.split("val")
+    assert len(set(train.depth.tolist())) > 2  # the limit must cut something
+    recipe = Recipe.load("nmn-typed", [*FAST, f"data.source='{typed.data}'", "data.max_train_depth=4"])
+    workdir = Workdir.for_recipe(recipe, tmp_path / "limited")
+    card = Job.for_module(workdir, recipe, "encoder", CPU, data).run()
+    expected = lambda s: int(((s.answer >= 0) & (s.depth <= 4)).sum())  # noqa: E731
+    assert card["metrics"]["train_questions"] == expected(train) < int((train.answer >= 0).sum())
+    assert card["metrics"]["val_questions"] == expected(val) < int((val.answer >= 0).sum())
+    assert training_questions(make_plan(recipe), recipe, data)["encoder"] == expected(train)
+    # an unlimited card is not this one: the limit is part of what a trained result depends on
+    unlimited = Recipe.load("nmn-typed", [*FAST, f"data.source='{typed.data}'"])
+    assert sha256_json(Job.for_module(workdir, recipe, "encoder", CPU, data).key) == card["job_key"]
+    assert sha256_json(Job.for_module(workdir, unlimited, "encoder", CPU, data).key) != card["job_key"]
+
+
+@pytest.mark.slow
+def test_film_trains_above_the_prior_on_tiny_data(tiny_run, tmp_path):
+    _, typed, report, _ = tiny_run
+    recipe = Recipe.load("film", [f"data.source='{typed.data}'", "train.max_epochs=15", "train.patience=4",
+                                  "train.lr=0.002", "train.device='cpu'"])
+    workdir = Workdir.for_recipe(recipe, tmp_path / "film")
+    result = run_end_to_end(recipe, workdir, CPU, say=lambda m: None)
+    film = result["splits"]["val"]
+    assert film["skipped"] == {}  # FiLM answers every question on its own
+    # the prior: the question-only encoder of the same data, trained module by module
+    assert film["accuracy"] > report["splits"]["val"]["encoder_accuracy"], (film["accuracy"], report["splits"]["val"])
+
+
+@pytest.mark.slow
+def test_depth_report_on_tiny_data(tiny_run, tmp_path):
+    _, typed, _, _ = tiny_run
+    root = tmp_path / "depth"
+    summary = run_depth(root, 4, CPU, recipe_name="nmn-typed", systems=["end-to-end typed", "FiLM"], reference=True,
+                        overrides=FAST, data_dir=typed.data, say=lambda m: None, min_questions=1)
+    saved = json.loads((root / "reports" / "depth.json").read_text())
+    assert saved["max_train_depth"] == 4 and set(saved["systems"]) == {"end-to-end typed", "FiLM"}
+    data = PreparedData(typed.data)
+    val_depths = {str(d) for d in data.split("val").depth.tolist()}
+    for label, regimes in summary["systems"].items():
+        limited = regimes[LIMITED]
+        # every val depth is reported (the limit never filters what is evaluated) ...
+        assert set(limited["val"]) == val_depths
+        # ... and the errors are the assembler's, per depth, of that system's own workdir
+        assembled = json.loads((Workdir(limited["workdir"], typed.data).reports / "assemble.json").read_text())
+        for depth, e in limited["val"].items():
+            by_depth = assembled["splits"]["val"]["by_depth"][depth]
+            assert e["error"] == pytest.approx(1 - by_depth["accuracy"]) and e["questions"] == by_depth["questions"]
+        # the training split's questions deeper than the limit, which no job trained on
+        assert limited["train_unseen"] and all(int(d) > 4 for d in limited["train_unseen"])
+        seen = [e["error"] for d, e in limited["val"].items() if int(d) <= 4]
+        unseen = [e["error"] for d, e in limited["val"].items() if int(d) > 4]
+        assert limited["seen_error"] == pytest.approx(np.mean(seen))
+        assert limited["unseen_error"] == pytest.approx(np.mean(unseen))
+        cards = [json.loads(p.read_text()) for p in (root / label.replace(" ", "-") / "depth-4" / "modules").glob("*.json")]
+        assert cards and all(c["metrics"]["train_questions"] < len(data.split("train")) for c in cards)
+        # the reference trained on every depth: more training questions than the limited run
+        reference = [json.loads(p.read_text()) for p in (root / label.replace(" ", "-") / "all-depths" / "modules").glob("*.json")]
+        assert reference[0]["metrics"]["train_questions"] > cards[0]["metrics"]["train_questions"]
+        assert ALL in regimes
+    markdown = (root / "reports" / "depth.md").read_text()
+    assert "| end-to-end typed |" in markdown and "| FiLM |" in markdown
+    assert (root / "reports" / "depth.png").stat().st_size > 10_000
+
+
+def test_bad_depth_settings_are_one_clear_error():
+    with pytest.raises(ModtrainError, match=r"data.balance_depth = '12-3': depth range '12-3': must be LOW-HIGH"):
+        Recipe.load("nmn-clevr", ["data.balance_depth='12-3'"])
+    with pytest.raises(ModtrainError, match=r"data.max_train_depth = 0: must be an integer ≥ 1"):
+        Recipe.load("nmn-clevr", ["data.max_train_depth=0"])
+    with pytest.raises(ModtrainError, match=r"unknown system\(s\) 'CNN'; valid: modular typed"):
+        run_depth("/nonexistent", 5, CPU, systems=["CNN"])
