@@ -14,7 +14,7 @@ from modtrain.pipeline import run_end_to_end
 from modtrain.plan import make_plan
 from modtrain.recipe import Recipe
 from modtrain.registry import build_module
-from modtrain.reports.depth import ALL, LIMITED, mean_error, run_depth
+from modtrain.reports.depth import ALL, LIMITED, composable, mean_error, run_depth
 from modtrain.workdir import Workdir
 
 CPU = torch.device("cpu")
@@ -91,6 +91,23 @@ def test_film_trains_above_the_prior_on_tiny_data(tiny_run, tmp_path):
 
 
 @pytest.mark.slow
+def test_composable_questions_use_only_what_shallow_questions_taught(tiny_run):
+    _, typed, _, _ = tiny_run
+    data = PreparedData(typed.data)
+    val = data.split("val")
+    # depth ≤ 2: only "how many things are there?" (measure[count](find[*all*])) is taught
+    mask = composable(data, "val", "train", 2)
+    layouts = [str(data.layouts[i]) for i in val.layout]
+    assert all(m == (text == "measure[count](find[*all*])") for m, text in zip(mask, layouts)), \
+        sorted({t for m, t in zip(mask, layouts) if m})
+    assert mask.any()
+    # more depths teach more: the subsets grow, and a layout asked in training is always composable
+    deeper, everything = composable(data, "val", "train", 4), composable(data, "val", "train", 100)
+    assert (mask <= deeper).all() and (deeper <= everything).all() and deeper.sum() > mask.sum()
+    assert everything[np.isin(val.layout, data.split("train").layout[data.split("train").answer >= 0])].all()
+
+
+@pytest.mark.slow
 def test_depth_report_on_tiny_data(tiny_run, tmp_path):
     _, typed, _, _ = tiny_run
     root = tmp_path / "depth"
@@ -121,6 +138,11 @@ def test_depth_report_on_tiny_data(tiny_run, tmp_path):
         reference = [json.loads(p.read_text()) for p in (root / label.replace(" ", "-") / "all-depths" / "modules").glob("*.json")]
         assert reference[0]["metrics"]["train_questions"] > cards[0]["metrics"]["train_questions"]
         assert ALL in regimes
+        # the composable subset is a subset, the same questions for every system
+        for depth, e in limited["val_composable"].items():
+            assert e["questions"] <= limited["val"][depth]["questions"]
+    counts = [{d: e["questions"] for d, e in r[LIMITED]["val_composable"].items()} for r in summary["systems"].values()]
+    assert counts[0] == counts[1]
     markdown = (root / "reports" / "depth.md").read_text()
     assert "| end-to-end typed |" in markdown and "| FiLM |" in markdown
     assert (root / "reports" / "depth.png").stat().st_size > 10_000

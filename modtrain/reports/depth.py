@@ -20,14 +20,16 @@ import statistics
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import torch
 
 from modtrain.assemble import assemble
 from modtrain.data import PreparedData
 from modtrain.errors import ModtrainError
-from modtrain.io import write_json, write_text
+from modtrain.io import read_json, write_json, write_text
 from modtrain.pipeline import ensure_data, run_end_to_end, run_pipeline
 from modtrain.recipe import Recipe
+from modtrain.registry import parameter_free_names
 from modtrain.reports.compare import _check_same_data, _slug, shared_defaults
 from modtrain.reports.plots import pyplot, save_figure
 from modtrain.workdir import Workdir
@@ -43,10 +45,34 @@ SYSTEMS = (
 LIMITED, ALL = "depth-limited", "all depths"
 
 
-def _errors(by_depth: dict, keep: Callable[[int], bool]) -> dict[str, dict]:
-    """Error (1 − accuracy) and question count per depth, for the depths ``keep`` accepts."""
-    return {d: {"questions": v["questions"], "error": 1.0 - v["accuracy"]}
-            for d, v in sorted(by_depth.items(), key=lambda kv: int(kv[0])) if int(d) >= 0 and keep(int(d))}
+def errors_by_depth(correct: np.ndarray, depth: np.ndarray) -> dict[str, dict]:
+    """Error (1 − accuracy) and question count per program depth (questions without one left out)."""
+    return {str(d): {"questions": int((depth == d).sum()), "error": float(1.0 - correct[depth == d].mean())}
+            for d in sorted(set(depth[depth >= 0].tolist()))}
+
+
+def composable(data: PreparedData, split: str, train_split: str, max_depth: int) -> np.ndarray:
+    """Which questions of ``split`` a depth-limited NMN can answer by composition: every module
+    instance of their layout occurs in a training question of depth ≤ ``max_depth`` (modules
+    without parameters always can). A relate question is deeper than 5 in CLEVR's programs, so
+    with D = 5 no relate is ever trained and the NMNs answer those questions by their prior alone;
+    this subset, the same for every system, separates composition from what was never taught."""
+    train = data.split(train_split)
+    used = train.layout[train.trainable(max_depth) & (train.layout >= 0)]
+    taught = {(n.module, n.instance) for i in np.unique(used) for n in data.layouts[i].nodes()}
+    free = set(parameter_free_names())
+    ok = np.array([all(n.module in free or (n.module, n.instance) in taught for n in layout.nodes())
+                   for layout in data.layouts] + [False])
+    return ok[data.split(split).layout]
+
+
+def _correct(workdir: Workdir, data: PreparedData, split: str) -> np.ndarray:
+    """Per question of ``split``, whether the system's assembled answer (its predictions file) is right."""
+    predictions = read_json(workdir.reports / "predictions" / f"{split}.json", "predictions")
+    index = {a: i for i, a in enumerate(data.answers)}
+    s = data.split(split)
+    by_question = {p["question_index"]: index[p["answer"]] for p in predictions}
+    return np.array([by_question[int(q)] for q in s.question_index]) == s.answer
 
 
 def mean_error(errors: dict[str, dict], depths: Callable[[int], bool], min_questions: int) -> float:
@@ -76,6 +102,7 @@ def run_depth(root: str | Path, max_depth: int, device: torch.device, recipe_nam
     source = str(Path(data.root).resolve())
     val, train = base.data.val_split, base.data.train_split
     regimes = [(LIMITED, max_depth)] + ([(ALL, None)] if reference else [])
+    masks = {split: composable(data, split, train, max_depth) for split in (val, train)}
     results: dict[str, dict] = {}
     for label, name, interface, how in SYSTEMS:
         if label not in chosen:
@@ -96,12 +123,24 @@ def run_depth(root: str | Path, max_depth: int, device: torch.device, recipe_nam
                 run_pipeline(recipe, workdir, device, say=say, allow_untrusted=True)
             report = assemble(workdir, recipe, device, splits=[val, train], data=data)
             entry = {"workdir": str(folder), "val_accuracy": report["splits"][val]["accuracy"],
-                     "val": _errors(report["splits"][val]["by_depth"], lambda d: True),
                      "untrusted": sorted(n for n, m in report["modules"].items() if m.get("trustworthy") is False)}
-            if limit is not None:
-                entry["train_unseen"] = _errors(report["splits"][train]["by_depth"], lambda d: d > max_depth)
+            for split, role in ((val, "val"), (train, "train_unseen")):
+                s = data.split(split)
+                keep = s.answer >= 0
+                if role == "train_unseen":  # the training questions deeper than D, never trained on
+                    if limit is None:
+                        continue
+                    keep &= s.depth > max_depth
+                correct = _correct(workdir, data, split)
+                entry[role] = errors_by_depth(correct[keep], s.depth[keep])
+                subset = keep & masks[split]
+                entry[f"{role}_composable"] = errors_by_depth(correct[subset], s.depth[subset])
             results.setdefault(label, {})[regime] = entry
-    summary = summarize(results, max_depth, min_questions)
+    share = {}  # per split and depth: the fraction of questions in the composable subset
+    for split in (val, train):
+        depth = data.split(split).depth
+        share[split] = {str(d): float(masks[split][depth == d].mean()) for d in sorted(set(depth[depth >= 0].tolist()))}
+    summary = summarize(results, max_depth, min_questions, share)
     summary.update(recipe=recipe_name, dataset={"root": str(data.root), "data_fingerprint": data.fingerprint()},
                    splits={"val": val, "train": train})
     reports = root / "reports"
@@ -111,40 +150,53 @@ def run_depth(root: str | Path, max_depth: int, device: torch.device, recipe_nam
     return summary
 
 
-def summarize(results: dict[str, dict], max_depth: int, min_questions: int) -> dict:
+def summarize(results: dict[str, dict], max_depth: int, min_questions: int, composable_share: dict) -> dict:
     """Per system: mean error at seen (≤ D) and unseen (> D) depths of val, their ratio, and the
-    same on the training split's unseen questions."""
+    same on the training split's unseen questions; on every question and on the composable ones."""
     seen, unseen = (lambda d: d <= max_depth), (lambda d: d > max_depth)
     for regimes in results.values():
-        limited = regimes[LIMITED]
-        limited["seen_error"] = mean_error(limited["val"], seen, min_questions)
-        limited["unseen_error"] = mean_error(limited["val"], unseen, min_questions)
-        limited["unseen_over_seen"] = limited["unseen_error"] / limited["seen_error"] if limited["seen_error"] else math.nan
-        limited["train_unseen_error"] = mean_error(limited["train_unseen"], unseen, min_questions)
-        if ALL in regimes:
-            regimes[ALL]["unseen_error"] = mean_error(regimes[ALL]["val"], unseen, min_questions)
-    return {"max_train_depth": max_depth, "min_questions": min_questions, "systems": results}
+        for regime, entry in regimes.items():
+            for subset in ("", "_composable"):
+                val = entry[f"val{subset}"]
+                entry[f"seen_error{subset}"] = mean_error(val, seen, min_questions)
+                entry[f"unseen_error{subset}"] = mean_error(val, unseen, min_questions)
+                entry[f"unseen_over_seen{subset}"] = (entry[f"unseen_error{subset}"] / entry[f"seen_error{subset}"]
+                                                      if entry[f"seen_error{subset}"] else math.nan)
+                if f"train_unseen{subset}" in entry:
+                    entry[f"train_unseen_error{subset}"] = mean_error(entry[f"train_unseen{subset}"], unseen,
+                                                                      min_questions)
+    return {"max_train_depth": max_depth, "min_questions": min_questions, "composable_share": composable_share,
+            "systems": results}
 
 
 def format_markdown(summary: dict) -> str:
     d, systems = summary["max_train_depth"], summary["systems"]
     depths = sorted({int(k) for s in systems.values() for k in s[LIMITED]["val"]})
     lines = [f"# Error by program depth, trained on depths ≤ {d} (paper §5.6)", "",
-             f"Validation error (%) per exact depth; depths with fewer than {summary['min_questions']} questions are "
-             f"left out of the means. Seen: ≤ {d}; unseen: > {d}.", "",
-             "| system | seen | unseen | unseen / seen | train questions > D | " + " | ".join(map(str, depths)) + " |",
-             "|---" * (len(depths) + 5) + "|"]
-    for label, regimes in systems.items():
-        s = regimes[LIMITED]
-        cells = [f"{100 * s['val'][str(k)]['error']:.1f}" if str(k) in s["val"] else "-" for k in depths]
-        lines.append(f"| {label} | {100 * s['seen_error']:.1f} | {100 * s['unseen_error']:.1f} | "
-                     f"{s['unseen_over_seen']:.2f} | {100 * s['train_unseen_error']:.1f} | " + " | ".join(cells) + " |")
-    counts = next(iter(systems.values()))[LIMITED]["val"]
-    lines.append("| (questions) | | | | | " + " | ".join(str(counts.get(str(k), {}).get("questions", 0)) for k in depths) + " |")
+             f"Validation error (%) per exact depth. Seen: ≤ {d}; unseen: > {d}. Means count each depth once, "
+             f"leaving out depths with fewer than {summary['min_questions']} questions. Composable: the questions "
+             f"whose every module instance occurs in a training question of depth ≤ {d} (the same questions for "
+             f"every system)."]
+    for subset, title in (("", "every question"), ("_composable", "composable questions")):
+        lines += ["", f"## {title}", "",
+                  "| system | seen | unseen | unseen / seen | train questions > D | " + " | ".join(map(str, depths)) + " |",
+                  "|---" * (len(depths) + 5) + "|"]
+        for label, regimes in systems.items():
+            s = regimes[LIMITED]
+            val = s[f"val{subset}"]
+            cells = [f"{100 * val[str(k)]['error']:.1f}" if str(k) in val else "-" for k in depths]
+            lines.append(f"| {label} | {100 * s[f'seen_error{subset}']:.1f} | {100 * s[f'unseen_error{subset}']:.1f} | "
+                         f"{s[f'unseen_over_seen{subset}']:.2f} | {100 * s[f'train_unseen_error{subset}']:.1f} | "
+                         + " | ".join(cells) + " |")
+        counts = next(iter(systems.values()))[LIMITED][f"val{subset}"]
+        lines.append("| (questions) | | | | | " + " | ".join(str(counts.get(str(k), {}).get("questions", 0))
+                                                         for k in depths) + " |")
     if any(ALL in r for r in systems.values()):
         lines += ["", "Trained on every depth (reference): mean validation error at depths > D, %:", "",
-                  "| system | unseen, depth-limited | unseen, every depth trained |", "|---|---|---|"]
-        lines += [f"| {label} | {100 * r[LIMITED]['unseen_error']:.1f} | {100 * r[ALL]['unseen_error']:.1f} |"
+                  "| system | depth-limited | every depth trained | composable, depth-limited | composable, every depth |",
+                  "|---|---|---|---|---|"]
+        lines += [f"| {label} | {100 * r[LIMITED]['unseen_error']:.1f} | {100 * r[ALL]['unseen_error']:.1f} | "
+                  f"{100 * r[LIMITED]['unseen_error_composable']:.1f} | {100 * r[ALL]['unseen_error_composable']:.1f} |"
                   for label, r in systems.items() if ALL in r]
     untrusted = [f"{label} ({regime}): {', '.join(e['untrusted'])}" for label, r in systems.items()
                  for regime, e in r.items() if e.get("untrusted")]
@@ -154,33 +206,37 @@ def format_markdown(summary: dict) -> str:
 
 
 def plot_depth(summary: dict, path: Path) -> Path:
-    """Error by depth per system (Fig. 13/14): validation, and the training split's unseen questions;
-    a dashed line between seen and unseen depths; each system's every-depth reference, thin."""
+    """Error by depth per system (Fig. 13/14): validation and the training split's unseen questions,
+    every question (top) and the composable ones (bottom); a dashed line between seen and unseen
+    depths; each system's every-depth reference, thin and dotted."""
     plt = pyplot()
     import seaborn as sns
 
     d, n = summary["max_train_depth"], summary["min_questions"]
     systems = summary["systems"]
     colors = dict(zip(systems, sns.color_palette("tab10", len(systems))))
-    figure, axes = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
+    figure, axes = plt.subplots(2, 2, figsize=(12, 8), sharey=True, sharex=True)
 
     def curve(axis, errors, **style):
         points = [(int(k), 100 * e["error"]) for k, e in errors.items() if e["questions"] >= n]
         if points:
             axis.plot(*zip(*points), **style)
 
-    for label, regimes in systems.items():
-        curve(axes[0], regimes[LIMITED]["val"], color=colors[label], marker="o", label=label)
-        if ALL in regimes:
-            curve(axes[0], regimes[ALL]["val"], color=colors[label], linewidth=1, alpha=0.5, linestyle=":",
-                  label=f"{label}, every depth trained")
-        curve(axes[1], regimes[LIMITED]["train_unseen"], color=colors[label], marker="o", label=label)
-    for axis, title in zip(axes, ("validation questions", f"training questions deeper than {d} (never trained on)")):
-        axis.axvline(d + 0.5, color="black", linestyle="--", linewidth=1)
+    for row, subset in enumerate(("", "_composable")):
+        for label, regimes in systems.items():
+            curve(axes[row, 0], regimes[LIMITED][f"val{subset}"], color=colors[label], marker="o", label=label)
+            if ALL in regimes:
+                curve(axes[row, 0], regimes[ALL][f"val{subset}"], color=colors[label], linewidth=1, alpha=0.6,
+                      linestyle=":", label=f"{label}, every depth trained")
+            curve(axes[row, 1], regimes[LIMITED][f"train_unseen{subset}"], color=colors[label], marker="o", label=label)
+        which = "every question" if not subset else "composable questions"
+        for axis, title in zip(axes[row], (f"validation, {which}", f"training questions deeper than {d}, {which}")):
+            axis.axvline(d + 0.5, color="black", linestyle="--", linewidth=1)
+            axis.set_title(title, fontsize="medium")
+        axes[row, 0].set_ylabel("error (%)")
+    for axis in axes[1]:
         axis.set_xlabel("program depth")
-        axis.set_title(title, fontsize="medium")
-    axes[0].set_ylabel("error (%)")
-    axes[0].legend(fontsize="small")
+    axes[0, 0].legend(fontsize="x-small")
     figure.suptitle(f"Trained on depths ≤ {d} (dashed: seen | unseen); depths with ≥ {n} questions")
     figure.tight_layout()
     return save_figure(figure, path)
