@@ -185,6 +185,8 @@ def summarize(runs: list[dict], data: PreparedData, plan: Plan) -> dict:
             "untrusted": {str(r["seed"]): r["untrusted"] for r in mine if r.get("untrusted")},
             "train": mine[0].get("train", {}),
             "accuracy": _mean_std([s["accuracy"] for s in splits]),
+            # the encoder of the same runs alone: the prior from the question (end to end, a part of the network)
+            "encoder_alone": _mean_std([s["encoder_accuracy"] for s in splits]),
             "by_type": {t: _mean_std([s["by_type"][t]["accuracy"] for s in splits]) for t in types},
             "seconds": times,
             "total_seconds": {"training": train_total,
