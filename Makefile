@@ -32,14 +32,15 @@ bench: $(STAMP)
 	$(BIN)/python bench/bench_modular.py --out bench/results/modular.json
 	$(BIN)/python bench/bench_clevr.py --out bench/results/clevr.json
 
-# The method's experiments (about 42 minutes on 2 CPU cores): Table 2 (four-module NMN, and every
-# CLEVR program), Fig. 8, per-module search.
+# The method's experiments (about 95 minutes on 2 CPU cores): Table 2 (four-module NMN, and every
+# CLEVR program; shared defaults and tuned), Fig. 7/8, per-module search, generalization by depth.
 bench-long: $(STAMP)
 	$(BIN)/python bench/bench_compare.py --out bench/results/compare.json
 	$(BIN)/python bench/bench_compare.py --tune 4 --workdir runs/bench-compare-tuned --out bench/results/compare-tuned.json
 	$(BIN)/python bench/bench_compare.py --recipe nmn-clevr --images 1000 --out bench/results/compare-clevr.json
 	$(BIN)/python bench/bench_correlation.py --address local --out bench/results/correlation.json
 	$(BIN)/python bench/bench_tune.py --out bench/results/tune.json
+	$(BIN)/python bench/bench_depth.py --images 2000 --out bench/results/depth.json
 
 clean:
 	rm -rf $(VENV) runs

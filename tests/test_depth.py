@@ -1,5 +1,6 @@
 """Generalization by program depth (paper §5.6): the training depth limit, FiLM, the depth report."""
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -122,7 +123,7 @@ def test_depth_report_on_tiny_data(tiny_run, tmp_path):
         # every val depth is reported (the limit never filters what is evaluated) ...
         assert set(limited["val"]) == val_depths
         # ... and the errors are the assembler's, per depth, of that system's own workdir
-        assembled = json.loads((Workdir(limited["workdir"], typed.data).reports / "assemble.json").read_text())
+        assembled = json.loads((Path(limited["workdir"]) / "reports" / "assemble.json").read_text())
         for depth, e in limited["val"].items():
             by_depth = assembled["splits"]["val"]["by_depth"][depth]
             assert e["error"] == pytest.approx(1 - by_depth["accuracy"]) and e["questions"] == by_depth["questions"]

@@ -270,7 +270,8 @@ def correlation(x: list[float], y: list[float]) -> dict[str, Any]:
             "spearman_rho": float(spearman.statistic), "spearman_p": float(spearman.pvalue)}
 
 
-COLUMNS = ("index", "batch_size", "lr", "weight_decay", "dropout", "epochs", "surrogate_loss", "surrogate_accuracy",
+COLUMNS = ("index", "batch_size", "lr", "weight_decay", "dropout", "surrogate_dropout", "surrogate_rank", "epochs",
+           "surrogate_loss", "surrogate_accuracy",
            "variance", "discarded", "selected", "final_loss", "final_accuracy", "failed")
 
 
