@@ -16,6 +16,8 @@ surrogate reads the module's output the way each question's root would (paper §
 """
 from __future__ import annotations
 
+import logging
+
 from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any
@@ -38,6 +40,8 @@ from modtrain.surrogates.factorized import mc_metrics
 from modtrain.train import TrainingLoop, cards_match
 from modtrain.types import Attended, DataType, Features, get_interface
 from modtrain.workdir import Workdir
+
+log = logging.getLogger(__name__)
 
 
 
@@ -218,11 +222,14 @@ class Job(TrainingLoop):
         if self.spec.surrogate is not None:
             self.roots = sorted({w.root for w in (wirings[i] for i in np.unique(self.splits["train"].layout[self.train_rows]))})
             self.root_types = sorted({w.root_reads for w in used}, key=lambda t: t.name)
-            unknown = sorted({w.root for w in used} - set(self.roots))
-            if unknown:
-                raise ModtrainError(f"{self.name}: validation questions have root(s) {', '.join(unknown)}, "
-                                    f"never seen in training")
             index = {r: i for i, r in enumerate(self.roots)}
+            unknown = sorted({w.root for w in used} - set(self.roots))
+            if unknown:  # the surrogate has no weights for them: left out of validation, and said
+                known = np.array([w is not None and w.root in index for w in wirings] + [False])
+                keep = known[self.splits["val"].layout[self.val_rows]]
+                log.warning("%s: %d validation questions left out: their root(s) %s never occur in training",
+                            self.name, int((~keep).sum()), ", ".join(unknown))
+                self.rows["val"] = self.val_rows = self.val_rows[keep]
             kinds = {t: k for k, t in enumerate(self.root_types)}
             self.root_ids = np.array([index.get(w.root, -1) if w else -1 for w in wirings] + [-1])
             self.root_kind = np.array([kinds.get(w.root_reads, -1) if w else -1 for w in wirings] + [-1])

@@ -148,7 +148,10 @@ class TrainingLoop:
                 raise ModtrainError(
                     f"{self.name}: no labelled {'training' if len(self.train_rows) == 0 else 'validation'} questions "
                     f"for this job (a module trains on the questions whose path from it to the root crosses only "
-                    f"modules trained before it or without parameters); does the data hold questions that use it?")
+                    f"modules trained before it or without parameters); does the data hold questions that use it?"
+                    + (f" With data.max_train_depth = {self.recipe.data.max_train_depth}, only questions that shallow "
+                       f"count: raise it, or leave the module out of the recipe ('modtrain report depth' does)"
+                       if self.recipe.data.max_train_depth is not None else ""))
             self._setup_model()
             self.model.to(self.device)
             self._setup_optimizer()

@@ -15,7 +15,7 @@ from modtrain.pipeline import run_end_to_end
 from modtrain.plan import make_plan
 from modtrain.recipe import Recipe
 from modtrain.registry import build_module
-from modtrain.reports.depth import ALL, LIMITED, composable, mean_error, run_depth
+from modtrain.reports.depth import ALL, LIMITED, composable, mean_error, run_depth, without_untaught
 from modtrain.workdir import Workdir
 
 CPU = torch.device("cpu")
@@ -156,3 +156,26 @@ def test_bad_depth_settings_are_one_clear_error():
         Recipe.load("nmn-clevr", ["data.max_train_depth=0"])
     with pytest.raises(ModtrainError, match=r"unknown system\(s\) 'CNN'; valid: modular typed"):
         run_depth("/nonexistent", 5, CPU, systems=["CNN"])
+
+
+def test_modules_no_shallow_question_uses_are_left_out_of_a_depth_limited_recipe(tiny_clevr, tmp_path):
+    from modtrain.datasets.prepare import prepare
+
+    prepare(tiny_clevr, tmp_path / "prepared")
+    data = PreparedData(tmp_path / "prepared")
+    train = data.split("train")
+    relate_depths = [int(d) for i, d in zip(train.layout, train.depth) if i >= 0
+                     and any(n.module == "relate" for n in data.layouts[i].nodes())]
+    shallowest = min(relate_depths)  # CLEVR's relate questions are deep: 5 at the least here
+    assert shallowest > 3
+    def used(split, depth):  # modules in the labelled questions of a split up to a depth
+        s = data.split(split)
+        return {n.module for i, d, a in zip(s.layout, s.depth, s.answer) if i >= 0 and d <= depth and a >= 0
+                for n in data.layouts[i].nodes()}
+
+    limited, untaught = without_untaught(Recipe.load("nmn-clevr", [f"data.max_train_depth={shallowest - 1}"]), data)
+    assert "relate" in untaught and "relate" not in limited.modules and "relate" not in limited.raw["search"]
+    both = used("train", shallowest - 1) & used("val", shallowest - 1)
+    assert set(limited.modules) == {"encoder"} | (both & set(Recipe.load("nmn-clevr").modules))
+    unlimited, none = without_untaught(Recipe.load("nmn-clevr"), data)
+    assert none == [] and "relate" in unlimited.modules

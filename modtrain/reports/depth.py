@@ -14,6 +14,7 @@ versions end to end for this experiment; modtrain measures modular training as w
 """
 from __future__ import annotations
 
+import copy
 import math
 import shutil
 import statistics
@@ -28,6 +29,7 @@ from modtrain.data import PreparedData
 from modtrain.errors import ModtrainError
 from modtrain.io import read_json, write_json, write_text
 from modtrain.pipeline import ensure_data, run_end_to_end, run_pipeline
+from modtrain.plan import make_plan
 from modtrain.recipe import Recipe
 from modtrain.registry import parameter_free_names
 from modtrain.reports.compare import _check_same_data, _slug, shared_defaults
@@ -51,19 +53,44 @@ def errors_by_depth(correct: np.ndarray, depth: np.ndarray) -> dict[str, dict]:
             for d in sorted(set(depth[depth >= 0].tolist()))}
 
 
+def taught(data: PreparedData, split: str, max_depth: int) -> set[tuple[str, str | None]]:
+    """Every (module, instance) that occurs in a labelled question of ``split`` of depth ≤ ``max_depth``."""
+    train = data.split(split)
+    used = train.layout[train.trainable(max_depth) & (train.layout >= 0)]
+    return {(n.module, n.instance) for i in np.unique(used) for n in data.layouts[i].nodes()}
+
+
 def composable(data: PreparedData, split: str, train_split: str, max_depth: int) -> np.ndarray:
     """Which questions of ``split`` a depth-limited NMN can answer by composition: every module
     instance of their layout occurs in a training question of depth ≤ ``max_depth`` (modules
     without parameters always can). A relate question is deeper than 5 in CLEVR's programs, so
     with D = 5 no relate is ever trained and the NMNs answer those questions by their prior alone;
     this subset, the same for every system, separates composition from what was never taught."""
-    train = data.split(train_split)
-    used = train.layout[train.trainable(max_depth) & (train.layout >= 0)]
-    taught = {(n.module, n.instance) for i in np.unique(used) for n in data.layouts[i].nodes()}
+    seen = taught(data, train_split, max_depth)
     free = set(parameter_free_names())
-    ok = np.array([all(n.module in free or (n.module, n.instance) in taught for n in layout.nodes())
+    ok = np.array([all(n.module in free or (n.module, n.instance) in seen for n in layout.nodes())
                    for layout in data.layouts] + [False])
     return ok[data.split(split).layout]
+
+
+def without_untaught(recipe: Recipe, data: PreparedData) -> tuple[Recipe, list[str]]:
+    """The recipe without the layout modules that no training or no validation question within its
+    depth limit uses (they could not train or stop; the questions that need them are answered by the prior alone,
+    counted as skipped), and their names."""
+    if recipe.data.max_train_depth is None:
+        return recipe, []
+    d = recipe.data  # a job needs questions to train on and to stop on
+    seen = set.intersection(*({module for module, _ in taught(data, split, d.max_train_depth)}
+                              for split in (d.train_split, d.val_split)))
+    prior = make_plan(recipe).prior
+    untaught = sorted(m for m in recipe.modules if m != prior and m not in seen)
+    if not untaught:
+        return recipe, []
+    raw = copy.deepcopy(recipe.raw)
+    for m in untaught:
+        raw["modules"].pop(m, None)
+        raw.get("search", {}).pop(m, None)
+    return Recipe(raw, recipe.where), untaught
 
 
 def _correct(workdir: Workdir, data: PreparedData, split: str) -> np.ndarray:
@@ -111,6 +138,10 @@ def run_depth(root: str | Path, max_depth: int, device: torch.device, recipe_nam
             recipe = shared_defaults(Recipe.load(name or recipe_name, [
                 *overrides, f"interface='{interface}'", f"data.source='{source}'",
                 *([f"data.max_train_depth={limit}"] if limit is not None else [])]))
+            recipe, untaught = without_untaught(recipe, data)
+            if untaught:
+                say(f"{label}: no training question of depth ≤ {limit} uses {', '.join(untaught)}: not trained; "
+                    f"the questions that need it are answered by the prior alone")
             folder = root / _slug(label) / (f"depth-{limit}" if limit is not None else "all-depths")
             if fresh:
                 shutil.rmtree(folder, ignore_errors=True)
@@ -122,7 +153,8 @@ def run_depth(root: str | Path, max_depth: int, device: torch.device, recipe_nam
             else:  # goes on past an untrusted module, and says so, as report compare does
                 run_pipeline(recipe, workdir, device, say=say, allow_untrusted=True)
             report = assemble(workdir, recipe, device, splits=[val, train], data=data)
-            entry = {"workdir": str(folder), "val_accuracy": report["splits"][val]["accuracy"],
+            entry = {"workdir": str(folder), "val_accuracy": report["splits"][val]["accuracy"], "untaught": untaught,
+                     "skipped": report["splits"][val]["skipped"],
                      "untrusted": sorted(n for n, m in report["modules"].items() if m.get("trustworthy") is False)}
             for split, role in ((val, "val"), (train, "train_unseen")):
                 s = data.split(split)
@@ -198,6 +230,11 @@ def format_markdown(summary: dict) -> str:
         lines += [f"| {label} | {100 * r[LIMITED]['unseen_error']:.1f} | {100 * r[ALL]['unseen_error']:.1f} | "
                   f"{100 * r[LIMITED]['unseen_error_composable']:.1f} | {100 * r[ALL]['unseen_error_composable']:.1f} |"
                   for label, r in systems.items() if ALL in r]
+    untaught = sorted({m for r in systems.values() for m in r[LIMITED].get("untaught", [])})
+    if untaught:
+        lines += ["", f"Not trained by any system (no training question of depth ≤ {d} uses them): "
+                      f"{', '.join(untaught)}; the questions that need them are answered by the prior alone "
+                      f"(FiLM answers them as it answers any)."]
     untrusted = [f"{label} ({regime}): {', '.join(e['untrusted'])}" for label, r in systems.items()
                  for regime, e in r.items() if e.get("untrusted")]
     if untrusted:
