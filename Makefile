@@ -32,7 +32,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/bench_modular.py --out bench/results/modular.json
 	$(BIN)/python bench/bench_clevr.py --out bench/results/clevr.json
 
-# The method's experiments (about 85 minutes on 2 CPU cores): Table 2 (four-module NMN, and every
+# The method's experiments (about 105 minutes on 2 CPU cores): Table 2 (four-module NMN, and every
 # CLEVR program; shared defaults and tuned), Fig. 7/8, per-module search, generalization by depth.
 bench-long: $(STAMP)
 	$(BIN)/python bench/bench_compare.py --out bench/results/compare.json
@@ -41,6 +41,7 @@ bench-long: $(STAMP)
 	$(BIN)/python bench/bench_correlation.py --address local --out bench/results/correlation.json
 	$(BIN)/python bench/bench_tune.py --out bench/results/tune.json
 	$(BIN)/python bench/bench_depth.py --images 2000 --out bench/results/depth.json
+	$(BIN)/python bench/bench_depth.py --images 2000 --reference --reuse --out bench/results/depth-reference.json
 
 clean:
 	rm -rf $(VENV) runs
