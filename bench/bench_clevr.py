@@ -24,10 +24,9 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_modular import best_of  # noqa: E402
+from bench_modular import batched_vs_reference  # noqa: E402
 from common import write_result  # noqa: E402
 
-from modtrain.assemble import load_assembly
 from modtrain.card import load_module
 from modtrain.data import PreparedData
 from modtrain.execute import Executor
@@ -117,25 +116,7 @@ def main() -> None:
                for m, c in cards.items()}
 
     # batched assembler vs the per-sample reference, the whole val split, one process
-    device = torch.device("cpu")
-    _, executor, _ = load_assembly(workdir, recipe, device)
-    split = data.split("val")
-    rows = np.flatnonzero(split.layout >= 0)
-    layouts = [data.layouts[i] for i in split.layout[rows]]
-    features = torch.from_numpy(split.features().take(split.image_index[rows])).float()
-
-    def batched():
-        for begin in range(0, len(rows), 512):
-            executor.run(layouts[begin:begin + 512], features[begin:begin + 512])
-
-    with torch.no_grad():
-        executor.run(layouts, features)  # every shape compiled once: both paths run warm
-        batched_seconds = best_of(3, batched)
-        reference_seconds = best_of(3, lambda: executor.run_reference(layouts, features))
-    assembler = {"questions": len(rows), "distinct_shapes": len({lay.shape() for lay in layouts}),
-                 "batched_questions_per_second": round(len(rows) / batched_seconds, 1),
-                 "per_sample_questions_per_second": round(len(rows) / reference_seconds, 1),
-                 "speedup": round(reference_seconds / batched_seconds, 1)}
+    assembler = batched_vs_reference(workdir, recipe, data, np.flatnonzero(data.split("val").layout >= 0))
 
     # relate with find recomputed (the plan's choice) vs find read from its virtual dataset
     fixed = recipe.with_overrides([f"modules.relate.max_epochs={args.relate_epochs}",
@@ -150,7 +131,7 @@ def main() -> None:
             scratch = Workdir(root / "relate-paths" / label.replace(" ", "-").replace("'", ""), workdir.data)
             shutil.copytree(workdir.modules, scratch.modules, dirs_exist_ok=True)
             shutil.copytree(workdir.caches, scratch.caches, dirs_exist_ok=True)
-            card = Job(scratch, fixed, device, chosen, data, plan=plan).run()
+            card = Job(scratch, fixed, torch.device("cpu"), chosen, data, plan=plan).run()
             if label not in relate_paths or card["timings"]["train_seconds"] < relate_paths[label]["train_seconds"]:
                 relate_paths[label] = {"epochs": card["metrics"]["epochs"],
                                        "train_seconds": card["timings"]["train_seconds"],

@@ -45,12 +45,15 @@ def best_of(repeats: int, fn) -> float:
     return min(times)
 
 
-def batched_vs_reference(workdir: Workdir, recipe: Recipe, data: PreparedData, questions: int) -> dict:
+def first_val_rows(data: PreparedData, questions: int) -> np.ndarray:
+    return np.arange(min(questions, len(data.split("val"))))
+
+
+def batched_vs_reference(workdir: Workdir, recipe: Recipe, data: PreparedData, rows: np.ndarray) -> dict:
     """Questions/s of the batched assembler and of the per-sample reference on the same val
-    questions, both warm (every shape compiled once), best of 3."""
+    questions (``rows``), both warm (every shape compiled once), best of 3, one process."""
     _, executor, _ = load_assembly(workdir, recipe, torch.device("cpu"))
     split = data.split("val")
-    rows = np.arange(min(questions, len(split)))
     layouts = [data.layouts[i] for i in split.layout[rows]]
     features = torch.from_numpy(split.features().take(split.image_index[rows])).float()
 
@@ -81,7 +84,8 @@ def main() -> None:
     recipe = Recipe.load("nmn-typed")
     workdir = Workdir.for_recipe(recipe, args.workdir)
     if args.reference_only:
-        print(json.dumps(batched_vs_reference(workdir, recipe, PreparedData(workdir.data), args.reference_questions)))
+        data = PreparedData(workdir.data)
+        print(json.dumps(batched_vs_reference(workdir, recipe, data, first_val_rows(data, args.reference_questions))))
         return
     if not args.reuse:
         for folder in (workdir.modules, workdir.caches):
@@ -128,7 +132,7 @@ def main() -> None:
                                                 for d, v in s["by_depth"].items()}}
                             for name, s in report["splits"].items()}}
 
-    comparison = batched_vs_reference(workdir, recipe, data, args.reference_questions)
+    comparison = batched_vs_reference(workdir, recipe, data, first_val_rows(data, args.reference_questions))
     # The same comparison in a new process: a ratio that depended on what ran before it in the
     # process (the old reference's did, 17.8x after training vs 29.7x fresh) is not understood.
     fresh = subprocess.run([sys.executable, __file__, "--workdir", str(args.workdir), "--reference-only",

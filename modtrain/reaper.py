@@ -17,17 +17,9 @@ import sys
 import time
 from pathlib import Path
 
+from modtrain.io import pid_alive
+
 PROC = Path("/proc")
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def descendants(pid: int) -> list[int]:
@@ -61,11 +53,11 @@ def watch(pids: list[int]) -> subprocess.Popen | None:
 
 def main(argv: list[str]) -> None:
     driver, pids = int(argv[0]), [int(p) for p in argv[1:]]
-    while _alive(driver):
-        if not any(_alive(p) for p in pids):
+    while pid_alive(driver):
+        if not any(pid_alive(p) for p in pids):
             return  # Ray was shut down the normal way
         time.sleep(0.5)
-    doomed = {q for p in pids if _alive(p) for q in (p, *descendants(p))}
+    doomed = {q for p in pids if pid_alive(p) for q in (p, *descendants(p))}
     for pid in doomed:
         try:
             os.kill(pid, signal.SIGKILL)

@@ -63,6 +63,15 @@ def _mean_std(values: list[float]) -> dict[str, float]:
             "per_seed": values}
 
 
+def train_version(how: str, recipe: Recipe, workdir: Workdir, device: torch.device,
+                  say: Callable[[str], None]) -> dict:
+    """Train one version ("end-to-end" or "modular") unless up to date; the assembler's report.
+    A comparison goes on past an untrusted module, and says so (paper §5.3)."""
+    if how == "end-to-end":
+        return run_end_to_end(recipe, workdir, device, say=say)
+    return run_pipeline(recipe, workdir, device, say=say, allow_untrusted=True)
+
+
 def shared_defaults(recipe: Recipe) -> Recipe:
     """The recipe with every module's own training settings removed: every module, and the whole
     network end to end, trains with the one ``[train]`` table."""
@@ -141,10 +150,7 @@ def run_compare(root: str | Path, seeds: int, device: torch.device, overrides: l
             workdir = Workdir.for_recipe(recipe, folder)
             _check_same_data(workdir, data)
             say(f"== {label}, seed {seed} ({workdir.root})")
-            if how == "end-to-end":
-                report = run_end_to_end(recipe, workdir, device, say=say)
-            else:  # a comparison goes on past an untrusted module, and says so (paper §5.3)
-                report = run_pipeline(recipe, workdir, device, say=say, allow_untrusted=True)
+            report = train_version(how, recipe, workdir, device, say)
             times = read_json(workdir.reports / JOB_TIMES)
             epochs = {c["name"]: {"epochs": c["metrics"]["epochs"], "best_epoch": c["metrics"]["best_epoch"]}
                       for c in trained_cards(workdir.modules)}

@@ -28,11 +28,11 @@ from modtrain.assemble import assemble
 from modtrain.data import PreparedData
 from modtrain.errors import ModtrainError
 from modtrain.io import read_json, write_json, write_text
-from modtrain.pipeline import ensure_data, run_end_to_end, run_pipeline
+from modtrain.pipeline import ensure_data
 from modtrain.plan import make_plan
 from modtrain.recipe import Recipe
 from modtrain.registry import parameter_free_names
-from modtrain.reports.compare import _check_same_data, _slug, shared_defaults
+from modtrain.reports.compare import _check_same_data, _slug, shared_defaults, train_version
 from modtrain.reports.plots import pyplot, save_figure
 from modtrain.workdir import Workdir
 
@@ -55,8 +55,8 @@ def errors_by_depth(correct: np.ndarray, depth: np.ndarray) -> dict[str, dict]:
 
 def taught(data: PreparedData, split: str, max_depth: int) -> set[tuple[str, str | None]]:
     """Every (module, instance) that occurs in a labelled question of ``split`` of depth ≤ ``max_depth``."""
-    train = data.split(split)
-    used = train.layout[train.trainable(max_depth) & (train.layout >= 0)]
+    s = data.split(split)
+    used = s.layout[s.trainable(max_depth) & (s.layout >= 0)]
     return {(n.module, n.instance) for i in np.unique(used) for n in data.layouts[i].nodes()}
 
 
@@ -148,11 +148,8 @@ def run_depth(root: str | Path, max_depth: int, device: torch.device, recipe_nam
             workdir = Workdir.for_recipe(recipe, folder)
             _check_same_data(workdir, data)
             say(f"== {label}, trained on {f'depths ≤ {limit}' if limit is not None else 'every depth'} ({folder})")
-            if how == "end-to-end":
-                run_end_to_end(recipe, workdir, device, say=say)
-            else:  # goes on past an untrusted module, and says so, as report compare does
-                run_pipeline(recipe, workdir, device, say=say, allow_untrusted=True)
-            report = assemble(workdir, recipe, device, splits=[val, train], data=data)
+            report = train_version(how, recipe, workdir, device, say)  # assembles every split but train
+            assemble(workdir, recipe, device, splits=[train], data=data)  # its predictions, for the unseen depths
             entry = {"workdir": str(folder), "val_accuracy": report["splits"][val]["accuracy"], "untaught": untaught,
                      "skipped": report["splits"][val]["skipped"],
                      "untrusted": sorted(n for n, m in report["modules"].items() if m.get("trustworthy") is False)}
