@@ -322,6 +322,8 @@ def _split_from_name(name: str, kind: str) -> str:
 class ClevrFolder:
     """A CLEVR v1.0 folder on disk (a real CLEVR or one written by ``data generate``)."""
 
+    kind = "clevr"
+
     def __init__(self, root: str | Path):
         self.root = Path(root)
         if not self.root.is_dir():
@@ -357,6 +359,20 @@ class ClevrFolder:
         if not directory.is_dir():
             raise ModtrainError(f"image folder not found: {directory}")
         return sum(1 for _ in directory.glob(f"CLEVR_{split}_*.png"))
+
+    def image_paths(self, split: str) -> list[Path]:
+        """The image file of every row: CLEVR images are numbered 0..N−1."""
+        n = self.num_images(split)
+        paths = [self.image_path(split, i) for i in range(n)]
+        missing = next((p for p in paths if not p.is_file()), None)
+        if missing is not None:
+            raise ModtrainError(f"{self.image_dir(split)} has {n} images but {missing.name} is missing; "
+                                f"images must be numbered 0..{n - 1}")
+        return paths
+
+    def source_files(self, split: str) -> list[Path]:
+        """The files a prepared split is made from (their hashes say whether it is up to date)."""
+        return [self.questions_path(split)]
 
     def load_questions(self, split: str) -> list[Question]:
         return load_questions(self.questions_path(split), split)

@@ -18,6 +18,7 @@ import json
 import logging
 import math
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 import h5py
@@ -31,7 +32,7 @@ from modtrain.card import state_sha256
 from modtrain.io import atomic_path, sha256_file, write_json
 from modtrain.progress import progress
 
-from modtrain.datasets.clevr import ATTRIBUTES, ClevrFolder
+from modtrain.datasets.clevr import ATTRIBUTES
 from modtrain.datasets.scenes import make_scene, object_id_map, render_scene
 
 log = logging.getLogger(__name__)
@@ -239,8 +240,9 @@ def _chunk_rows(n_images: int, bytes_per_image: int) -> int:
 def extract_features(image_paths: list[Path], backbone: Backbone, out_path: Path,
                      dtype: str = "float32", batch_size: int = 64,
                      device: torch.device | str = "cpu", extra_attrs: dict | None = None,
-                     label: str = "features") -> tuple[int, ...]:
-    """Run the backbone over images (row i = image i) into an HDF5 file, atomically."""
+                     label: str = "features", image_ids: np.ndarray | None = None) -> tuple[int, ...]:
+    """Run the backbone over images (row i = image i) into an HDF5 file, atomically; ``image_ids``
+    (a VQA split's ids in row order) are kept beside them as the dataset ``image_ids``."""
     if dtype not in ("float32", "float16"):
         raise ModtrainError(f"--dtype {dtype!r} is not supported; valid: float32, float16")
     if not image_paths:
@@ -270,14 +272,18 @@ def extract_features(image_paths: list[Path], backbone: Backbone, out_path: Path
                         chunks=(_chunk_rows(n, per_image), *feats.shape[1:]), fletcher32=True)
                 dataset[start:start + len(feats)] = feats
                 digest.update(np.ascontiguousarray(feats).tobytes())
+        if image_ids is not None:
+            f.create_dataset("image_ids", data=np.asarray(image_ids, np.int64))
         for key, value in {**backbone.attrs(), **(extra_attrs or {}), "features_sha256": digest.hexdigest()}.items():
             f.attrs[key] = value
         shape = dataset.shape
     return shape
 
 
-def validate_features(path: str | Path, num_images: int | None = None) -> tuple[int, ...]:
-    """Check a clevr-iep layout file: dataset ``features`` (N, C, H, W) of floats, N = images."""
+def validate_features(path: str | Path, num_images: int | None = None,
+                      image_ids: np.ndarray | None = None) -> tuple[int, ...]:
+    """Check a clevr-iep layout file: dataset ``features`` (N, C, H, W) of floats, N = images, and
+    where the file keeps its rows' ``image_ids`` (a VQA split), that they are ``image_ids``."""
     path = Path(path)
     if not path.is_file():
         raise ModtrainError(f"features file not found: {path}")
@@ -286,6 +292,7 @@ def validate_features(path: str | Path, num_images: int | None = None) -> tuple[
             if "features" not in f:
                 raise ModtrainError(f"{path}: no dataset 'features' (found: {', '.join(f.keys()) or 'nothing'})")
             shape, kind = f["features"].shape, f["features"].dtype.kind
+            stored_ids = f["image_ids"][()] if "image_ids" in f else None
     except OSError as e:
         raise ModtrainError(f"{path}: not a readable HDF5 file ({e})") from None
     if len(shape) != 4:
@@ -297,6 +304,11 @@ def validate_features(path: str | Path, num_images: int | None = None) -> tuple[
             f"{path}: 'features' has {shape[0]} rows but the split has {num_images} images; "
             f"row i must hold image index i"
         )
+    if image_ids is not None and stored_ids is not None and not np.array_equal(stored_ids, image_ids):
+        first = int(np.flatnonzero(stored_ids != image_ids)[0]) if len(stored_ids) == len(image_ids) else 0
+        raise ModtrainError(f"{path}: row {first} holds image_id {int(stored_ids[first])}, but the split's row {first} "
+                            f"is image_id {int(image_ids[first])}; the features were extracted for other questions: "
+                            f"run 'modtrain data features' again")
     return shape
 
 
@@ -305,8 +317,10 @@ def features_command(data_dir: str | Path, backbone: str = "clevr-cnn", weights:
                      device: torch.device | str = "cpu", seed: int = 0, retrain: bool = False,
                      pretrain_images: int = PRETRAIN_IMAGES, pretrain_epochs: int = PRETRAIN_EPOCHS,
                      splits: list[str] | None = None) -> dict[str, tuple[int, ...]]:
-    """Features for every split of a CLEVR folder; returns each split's array shape."""
-    folder = ClevrFolder(data_dir)
+    """Features for every split of a CLEVR or VQA folder; returns each split's array shape."""
+    from modtrain.datasets.folders import open_folder
+
+    folder = open_folder(data_dir)
     splits = splits or folder.splits()
     shapes: dict[str, tuple[int, ...]] = {}
     if from_h5 is not None:
@@ -317,7 +331,8 @@ def features_command(data_dir: str | Path, backbone: str = "clevr-cnn", weights:
             )
         sources = {split: Path(from_h5.replace("{split}", split)).resolve() for split in splits}
         for split, source in sources.items():  # every split checked before any is linked: all or none
-            shapes[split] = validate_features(source, folder.num_images(split))
+            shapes[split] = validate_features(source, folder.num_images(split),
+                                              folder.image_ids(split) if folder.kind == "vqa" else None)
         for split, source in sources.items():
             target = features_path(data_dir, split)
             if target.exists() and target.resolve() == source:
@@ -329,28 +344,25 @@ def features_command(data_dir: str | Path, backbone: str = "clevr-cnn", weights:
         return shapes
     if backbone not in BACKBONES:
         raise ModtrainError(f"unknown backbone {backbone!r}; valid: {', '.join(BACKBONES)}")
-    image_size = _image_size(folder, splits[0])
+    image_size = _image_size(folder.image_paths(splits[0])[0])
+    if backbone == "clevr-cnn" and not (Path(data_dir) / "generate.json").exists():
+        warnings.warn(f"{data_dir}: modtrain did not generate these images, and clevr-cnn is pretrained on its own "
+                      f"procedural scenes: on another generator's shapes a linear probe of its features recognised "
+                      f"shape only 67% of the time (colour 96%), so expect a weak stand-in. Use --backbone resnet101 "
+                      f"--weights PATH, or --from-h5 with features extracted elsewhere", stacklevel=2)
     if backbone == "clevr-cnn":
         net = load_clevr_cnn_backbone(Path(data_dir), image_size, seed, device, retrain,
                                       pretrain_images, pretrain_epochs)
     else:
         net = load_resnet101_backbone(weights)
     for split in splits:
-        n = folder.num_images(split)
-        paths = [folder.image_path(split, i) for i in range(n)]
-        missing = next((p for p in paths if not p.is_file()), None)
-        if missing is not None:
-            raise ModtrainError(
-                f"{folder.image_dir(split)} has {n} images but {missing.name} is missing; "
-                f"images must be numbered 0..{n - 1}"
-            )
-        shapes[split] = extract_features(paths, net, features_path(data_dir, split), dtype, batch_size,
-                                         device, {"split": split}, label=f"features {split}")
+        ids = folder.image_ids(split) if folder.kind == "vqa" else None
+        shapes[split] = extract_features(folder.image_paths(split), net, features_path(data_dir, split), dtype,
+                                         batch_size, device, {"split": split}, label=f"features {split}", image_ids=ids)
     return shapes
 
 
-def _image_size(folder: ClevrFolder, split: str) -> int:
-    path = folder.image_path(split, 0)
+def _image_size(path: Path) -> int:
     if not path.is_file():
         raise ModtrainError(f"image not found: {path}")
     with Image.open(path) as image:

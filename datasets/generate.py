@@ -150,8 +150,10 @@ def generate_split(root: Path, split: str, num_images: int, questions_per_image:
 
 def generate(root: str | Path, images: dict[str, int], questions_per_image: int = 10,
              families: str = "all", seed: int = 0, image_size: int = 64,
-             combos: str | None = None, force: bool = False, balance_depth: str | None = None) -> dict:
-    """Write a CLEVR v1.0 folder; ``images`` maps split name to image count. ``balance_depth``
+             combos: str | None = None, force: bool = False, balance_depth: str | None = None,
+             format: str = "clevr") -> dict:
+    """Write a CLEVR v1.0 folder (or, ``format="vqa"``, the same data as a VQA v1 folder:
+    ``generate_vqa.py``); ``images`` maps split name to image count. ``balance_depth``
     (``"3-12"``) keeps the program depths of that range about equally common in every split.
 
     With a CoGenT condition (``combos`` A or B) split names get its letter, as in
@@ -165,7 +167,23 @@ def generate(root: str | Path, images: dict[str, int], questions_per_image: int 
     splits = {f"{s}{combos or ''}": n for s, n in images.items() if n > 0}
     if not splits:
         raise ModtrainError("no images requested: give at least one split a positive count")
-    existing = [s for s in splits if (root / "questions" / f"CLEVR_{s}_questions.json").exists()]
+    if format not in ("clevr", "vqa"):
+        raise ModtrainError(f"--format {format!r}: valid: clevr, vqa")
+    from modtrain.datasets.generate_vqa import vqa_files, write_vqa_split
+
+    def files(split: str) -> list[str]:  # what marks the split as present comes last
+        if format == "vqa":
+            return vqa_files(split)
+        return [f"images/{split}", f"scenes/CLEVR_{split}_scenes.json", f"questions/CLEVR_{split}_questions.json"]
+
+    if format == "vqa":
+        from modtrain.datasets.families import GROUPS
+
+        beyond = [f.name for f in selected if f.name not in GROUPS["no-relate"]]
+        if beyond:
+            raise ModtrainError(f"--format vqa: families {', '.join(beyond)} use relate, same or compare, which NMN "
+                                f"parses cannot express; use --families no-relate")
+    existing = [s for s in splits if (root / files(s)[-1]).exists()]
     if existing and not force:
         raise ModtrainError(
             f"{root} already holds split(s) {', '.join(existing)}; pass --force to replace them"
@@ -174,30 +192,33 @@ def generate(root: str | Path, images: dict[str, int], questions_per_image: int 
     shutil.rmtree(staging, ignore_errors=True)
     summary = {"seed": seed, "image_size": image_size, "questions_per_image": questions_per_image,
                "families": [f.name for f in selected], "combos": combos,
-               "balance_depth": None if depth_range is None else f"{depth_range[0]}-{depth_range[1]}", "splits": {}}
+               "balance_depth": None if depth_range is None else f"{depth_range[0]}-{depth_range[1]}",
+               "format": format, "splits": {}}
     for split, count in splits.items():
         base = split[:-1] if combos else split
         scenes, questions = generate_split(staging, split, count, questions_per_image, selected,
                                            seed, image_size, combos, depth_range)
-        write_scenes(staging / "scenes" / f"CLEVR_{split}_scenes.json", split, scenes)
-        write_questions(staging / "questions" / f"CLEVR_{split}_questions.json", split, questions)
+        if format == "vqa":
+            write_vqa_split(staging, split, SPLIT_CODES.get(base, 9), questions, split_rng(seed + 1, split),
+                            {f.index: f.name for f in selected})
+        else:
+            write_scenes(staging / "scenes" / f"CLEVR_{split}_scenes.json", split, scenes)
+            write_questions(staging / "questions" / f"CLEVR_{split}_questions.json", split, questions)
         summary["splits"][split] = {"images": count, "questions": len(questions), "seed_split": base}
         log.info("%s: %d images, %d questions", split, count, len(questions))
-    # Move into place: images and scenes first, the questions file (which marks a split
-    # as present) last, so an interruption never leaves a split that looks complete.
+    # Move into place: images (and scenes, annotations, parses) first, the questions file (which
+    # marks a split as present) last, so an interruption never leaves a split that looks complete.
     for split in splits:
-        (root / "questions" / f"CLEVR_{split}_questions.json").unlink(missing_ok=True)
-        target = root / "images" / split
-        if target.exists():
-            shutil.rmtree(target)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        (staging / "images" / split).replace(target)
-        (root / "scenes").mkdir(exist_ok=True)
-        (staging / "scenes" / f"CLEVR_{split}_scenes.json").replace(root / "scenes" / f"CLEVR_{split}_scenes.json")
+        (root / files(split)[-1]).unlink(missing_ok=True)
+        for name in files(split)[:-1]:
+            target = root / name
+            if target.is_dir():
+                shutil.rmtree(target)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            (staging / name).replace(target)
     for split in splits:
-        (root / "questions").mkdir(exist_ok=True)
-        (staging / "questions" / f"CLEVR_{split}_questions.json").replace(
-            root / "questions" / f"CLEVR_{split}_questions.json")
+        (root / files(split)[-1]).parent.mkdir(parents=True, exist_ok=True)
+        (staging / files(split)[-1]).replace(root / files(split)[-1])
     shutil.rmtree(staging, ignore_errors=True)
     write_json(root / "generate.json", summary)
     return summary

@@ -19,7 +19,7 @@ import numpy as np
 from modtrain.errors import ModtrainError
 from modtrain.io import atomic_path, read_json, sha256_file, sha256_json, write_json
 
-from modtrain.datasets.clevr import ClevrFolder, Question
+from modtrain.datasets.clevr import Question
 from modtrain.datasets.executor import QUESTION_TYPES, program_depth, question_type, relate_hops
 from modtrain.datasets.features import features_path, validate_features
 from modtrain.datasets.layouts import program_to_layout
@@ -44,19 +44,24 @@ def tokenize(text: str) -> list[str]:
 
 def build_vocab(train: list[Question]) -> dict:
     """Token, answer and module-instance vocabularies from the training questions."""
-    tokens = Counter(t for q in train for t in tokenize(q.question))
-    answers = sorted({q.answer for q in train if q.answer is not None})
     instances: dict[str, set[str]] = defaultdict(set)
     for q in train:
         if q.program is not None:
             for module, instance in program_to_layout(q.program).instances():
                 instances[module].add(instance)
+    return make_vocab(Counter(t for q in train for t in tokenize(q.question)),
+                      sorted({q.answer for q in train if q.answer is not None}), instances, QUESTION_TYPES)
+
+
+def make_vocab(tokens: Counter, answers: list[str], instances: dict[str, set[str]], question_types) -> dict:
+    """vocab.json's tables: tokens (after the special ones), answers (after ``<UNK>``), each module's
+    instances, the names of the question types; the layouts are filled in as splits are encoded."""
     return {
         "schema_version": SCHEMA_VERSION,
         "question_tokens": {t: i for i, t in enumerate([*SPECIAL_TOKENS, *sorted(tokens)])},
         "answers": {a: i for i, a in enumerate([UNK_ANSWER, *answers])},
         "instances": {m: sorted(v) for m, v in sorted(instances.items())},
-        "question_types": list(QUESTION_TYPES),
+        "question_types": list(question_types),
         "layouts": [],
     }
 
@@ -103,15 +108,22 @@ def write_split(path: Path, arrays: dict[str, np.ndarray], attrs: dict) -> None:
     with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
         for name, array in arrays.items():
             chunks = (max(1, min(n, CHUNK_ROWS)), *array.shape[1:]) if n else None
-            f.create_dataset(name, data=array, chunks=chunks, fletcher32=chunks is not None)
+            f.create_dataset(name, data=array, chunks=chunks,  # (HDF5 filters cannot check variable-length strings)
+                             fletcher32=chunks is not None and array.dtype.kind != "O")
         for key, value in attrs.items():
             f.attrs[key] = value
 
 
-def prepare(data_dir: str | Path, out_dir: str | Path | None = None, vocab_split: str | None = None) -> dict:
-    """Write ``vocab.json`` and ``{split}.h5`` for every split; returns a summary. The vocabularies
-    are built on ``vocab_split`` (default: the first split whose name starts with train)."""
-    folder = ClevrFolder(data_dir)
+def prepare(data_dir: str | Path, out_dir: str | Path | None = None, vocab_split: str | None = None,
+            answers: int = 1000, min_instance_count: int = 3, format: str | None = None) -> dict:
+    """Write ``vocab.json`` and ``{split}.h5`` for every split of a CLEVR or VQA folder (detected);
+    returns a summary, also written to ``prepare.json``. The vocabularies are built on ``vocab_split``
+    (default: the first split whose name starts with train). VQA only: the answer set is the
+    ``answers`` most frequent training answers, and a module instance (a parse word) seen fewer than
+    ``min_instance_count`` times in training becomes ``<UNK>``. ``format``: clevr or vqa (None: detected)."""
+    from modtrain.datasets.folders import open_folder
+
+    folder = open_folder(data_dir, format)
     out = Path(out_dir) if out_dir is not None else folder.root
     splits = folder.splits()
     if vocab_split is not None and vocab_split not in splits:
@@ -120,48 +132,68 @@ def prepare(data_dir: str | Path, out_dir: str | Path | None = None, vocab_split
     train_split = vocab_split or next((s for s in splits if s.startswith("train")), None)
     if train_split is None:
         raise ModtrainError(
-            f"{folder.root}: no training split (questions/CLEVR_train_questions.json); vocabularies are built "
-            f"on the training split only (name another with --vocab-split)"
+            f"{folder.root}: no training split (e.g. {folder.questions_path(splits[0]).name.replace(splits[0], 'train')}); "
+            f"vocabularies are built on the training split only (name another with --vocab-split)"
         )
-    questions = {s: folder.load_questions(s) for s in splits}
-    for split, qs in questions.items():
-        if not qs:
-            raise ModtrainError(f"{folder.questions_path(split)}: the questions list is empty; every split needs "
-                                f"at least one question (or remove the file)")
-        num_images = _num_images(folder, split)
-        folder.check_image_indices(split, qs, num_images)
-    vocab = build_vocab(questions[train_split])
-    layout_ids: dict[str, int] = {}
-    encoded = {s: encode_split(questions[s], vocab, layout_ids) for s in splits}
-    vocab["layouts"] = list(layout_ids)
+    num_images = {s: _num_images(folder, s) for s in splits}  # a features file must agree with the images
+    if folder.kind == "vqa":
+        from modtrain.datasets.vqa_prepare import encode_vqa
+
+        vocab, encoded, counts = encode_vqa(folder, splits, train_split, answers, min_instance_count)
+    else:
+        questions = {s: folder.load_questions(s) for s in splits}
+        for split, qs in questions.items():
+            _check_not_empty(folder, split, len(qs))
+            folder.check_image_indices(split, qs, num_images[split])
+        vocab = build_vocab(questions[train_split])
+        layout_ids: dict[str, int] = {}
+        encoded = {s: encode_split(questions[s], vocab, layout_ids) for s in splits}
+        vocab["layouts"] = list(layout_ids)
+        counts = {}
     write_json(out / "vocab.json", vocab)
     vocab_hash = sha256_json(vocab)
-    summary = {"vocab": {"split": train_split, "question_tokens": len(vocab["question_tokens"]),
-                         "answers": len(vocab["answers"]), "layouts": len(vocab["layouts"])}, "splits": {}}
+    summary = {"format": folder.kind, "vocab": {"split": train_split, "question_tokens": len(vocab["question_tokens"]),
+                                                "answers": len(vocab["answers"]), "layouts": len(vocab["layouts"])},
+               "splits": {}}
     for split in splits:
         arrays = encoded[split]
         unlabelled = int((arrays["answer"] == NO_ANSWER).sum())
         if unlabelled:
             warnings.warn(f"{split}: {unlabelled} of {len(arrays['answer'])} questions have no answer; "
                           f"usable for prediction, skipped for accuracy", stacklevel=2)
-        questions_hash = sha256_file(folder.questions_path(split))
+        sources_hash = sources_sha256(folder, split)
         write_split(out / f"{split}.h5", arrays, {
             "schema_version": SCHEMA_VERSION, "split": split, "vocab_sha256": vocab_hash,
-            "questions_sha256": questions_hash,
-            "data_fingerprint": sha256_json([vocab_hash, questions_hash]),
+            "questions_sha256": sources_hash,
+            "data_fingerprint": sha256_json([vocab_hash, sources_hash]),
         })
         summary["splits"][split] = {"questions": len(arrays["answer"]), "unlabelled": unlabelled,
-                                    "max_tokens": int(arrays["tokens"].shape[1])}
+                                    "max_tokens": int(arrays["tokens"].shape[1]), **counts.get(split, {})}
+    write_json(out / "prepare.json", summary)
     return summary
 
 
-def _num_images(folder: ClevrFolder, split: str) -> int:
-    """Images of a split; a features file must agree with the image folder when both exist."""
+def sources_sha256(folder, split: str) -> str:
+    """One hash of the files a split is prepared from (a CLEVR split: its questions file's hash)."""
+    files = folder.source_files(split)
+    hashes = [sha256_file(p) for p in files]
+    return hashes[0] if len(hashes) == 1 else sha256_json([[p.name, h] for p, h in zip(files, hashes)])
+
+
+def _check_not_empty(folder, split: str, n: int) -> None:
+    if not n:
+        raise ModtrainError(f"{folder.questions_path(split)}: the questions list is empty; every split needs "
+                            f"at least one question (or remove the file)")
+
+
+def _num_images(folder, split: str) -> int:
+    """Images of a split; a features file must agree with the image folder (a VQA split: with its
+    questions' image ids) when both exist."""
     path = features_path(folder.root, split)
-    image_dir_exists = folder.image_dir(split).is_dir()
+    known = folder.kind == "vqa" or folder.image_dir(split).is_dir()
     if path.exists():
-        rows = validate_features(path, folder.num_images(split) if image_dir_exists else None)[0]
-        return rows
+        return validate_features(path, folder.num_images(split) if known else None,
+                                 folder.image_ids(split) if folder.kind == "vqa" else None)[0]
     return folder.num_images(split)
 
 

@@ -28,6 +28,8 @@ from modtrain.registry import reads_features, run_prior
 from modtrain.types import AnswerLogits, Prior, TypeCheckError, get_interface
 from modtrain.workdir import Workdir
 
+from modtrain.datasets.vqa import vqa_scores
+
 log = logging.getLogger(__name__)
 
 
@@ -146,6 +148,7 @@ def assemble(workdir: Workdir, recipe: Recipe, device: torch.device, splits: lis
         correct = (predicted == split.answer)[labelled]
         prior_correct = (prior_predicted == split.answer)[labelled]
         types, depths = split.question_type[labelled], split.depth[labelled]
+        answers = data.answers
         report["splits"][split_name] = {
             "questions": n, "labelled": int(labelled.sum()), "without_layout": int((split.layout < 0).sum()),
             "skipped": dict(sorted(skipped.items())),
@@ -153,9 +156,18 @@ def assemble(workdir: Workdir, recipe: Recipe, device: torch.device, splits: lis
             "by_type": _merge(_accuracy(correct, types, type_names), _accuracy(prior_correct, types, type_names)),
             "by_depth": _merge(_accuracy(correct, depths), _accuracy(prior_correct, depths)),
         }
-        answers = data.answers
+        vqa = "vqa_answers" in split.arrays
+        if vqa:  # VQA accuracy (the official formula) beside accuracy against the most common answer
+            humans = split.vqa_answers[labelled]
+            scores = vqa_scores([answers[p] for p in predicted[labelled]], humans)
+            prior_scores = vqa_scores([answers[p] for p in prior_predicted[labelled]], humans)
+            s = report["splits"][split_name]
+            s["vqa_accuracy"], s["encoder_vqa_accuracy"] = _accuracy(scores)["accuracy"], _accuracy(prior_scores)["accuracy"]
+            for key, row in _merge(_accuracy(scores, types, type_names), _accuracy(prior_scores, types, type_names)).items():
+                s["by_type"][key].update(vqa_accuracy=row["accuracy"], encoder_vqa_accuracy=row["encoder_accuracy"])
+        key = "question_id" if vqa else "question_index"  # VQA: the official results format
         write_json(workdir.reports / "predictions" / f"{split_name}.json",
-                   [{"question_index": int(q), "answer": answers[p], "encoder_answer": answers[e]}
+                   [{key: int(q), "answer": answers[p], "encoder_answer": answers[e]}
                     for q, p, e in zip(split.question_index, predicted, prior_predicted)], indent=None)
     path = workdir.reports / "assemble.json"
     merged = report
@@ -184,11 +196,21 @@ def format_report(report: dict[str, Any]) -> str:
                          f"{module['predictive_variance']:.5f}, over the threshold)")
     for split, s in report["splits"].items():
         skipped = "".join(f"; skipped ({reason}): {count}" for reason, count in s.get("skipped", {}).items())
+        vqa = "vqa_accuracy" in s
+        head = f"{'VQA acc':>10}{'encoder':>9}" if vqa else ""
+
+        def vqa_cells(row):
+            return f"{row['vqa_accuracy']:>10.1%}{row['encoder_vqa_accuracy']:>9.1%}" if vqa else ""
+
         lines += ["", f"[{split}] {s['labelled']} labelled of {s['questions']} questions{skipped}",
-                  f"  {'':<22}{'questions':>10}{'assembled':>11}{'encoder':>9}",
-                  f"  {'overall':<22}{s['labelled']:>10}{s['accuracy']:>10.1%}{s['encoder_accuracy']:>9.1%}"]
+                  f"  {'':<22}{'questions':>10}{'assembled':>11}{'encoder':>9}{head}",
+                  f"  {'overall':<22}{s['labelled']:>10}{s['accuracy']:>10.1%}{s['encoder_accuracy']:>9.1%}{vqa_cells(s)}"]
+        if vqa:
+            lines.append("  (assembled, encoder: accuracy against the most common answer; VQA acc: min(humans agreeing / 3, 1), "
+                         "averaged over the humans left out)")
         for name, row in s["by_type"].items():
-            lines.append(f"  {name:<22}{row['questions']:>10}{row['accuracy']:>10.1%}{row['encoder_accuracy']:>9.1%}")
+            lines.append(f"  {name:<22}{row['questions']:>10}{row['accuracy']:>10.1%}{row['encoder_accuracy']:>9.1%}"
+                         f"{vqa_cells(row)}")
         lines.append("  by depth")
         for depth, row in s["by_depth"].items():
             lines.append(f"  {'  ' + depth:<22}{row['questions']:>10}{row['accuracy']:>10.1%}{row['encoder_accuracy']:>9.1%}")

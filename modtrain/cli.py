@@ -56,26 +56,35 @@ def data() -> None:
 @click.option("--val-images", type=int, default=None, help="Validation images [default: images/5].")
 @click.option("--test-images", type=int, default=None, help="Test images [default: images/5].")
 @click.option("--questions-per-image", default=10, show_default=True)
-@click.option("--families", default="all", show_default=True,
-              help="Comma-separated question families or groups (all, no-relate, compare, relate, same).")
+@click.option("--families", default=None,
+              help="Comma-separated question families or groups (all, no-relate, compare, relate, same) "
+                   "[default: all; with --format vqa: no-relate].")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--image-size", default=64, show_default=True, help="Square image side in pixels.")
 @click.option("--combos", type=click.Choice(["A", "B"]), default=None,
               help="CoGenT shape-color condition; split names get its letter (trainA, valA, ...).")
 @click.option("--force", is_flag=True, help="Replace splits that already exist.")
-@click.option("--balance-depth", default="3-12", show_default=True, metavar="LOW-HIGH|none",
+@click.option("--balance-depth", default=None, metavar="LOW-HIGH|none",
               help="Keep program depths LOW..HIGH about equally common in every split (the depth experiment "
-                   "needs questions at every depth); none: as the families fall.")
+                   "needs questions at every depth); none: as the families fall [default: 3-12; with --format "
+                   "vqa: none].")
+@click.option("--format", "format_", type=click.Choice(["clevr", "vqa"]), default="clevr", show_default=True,
+              help="Write a CLEVR v1.0 folder, or the same data as a VQA v1 folder (questions, annotations with "
+                   "ten answers each, NMN .sps2 parses).")
 def generate(directory, images, val_images, test_images, questions_per_image, families, seed,
-             image_size, combos, force, balance_depth):
-    """Generate a procedural dataset as a CLEVR v1.0 folder in DIRECTORY."""
+             image_size, combos, force, balance_depth, format_):
+    """Generate a procedural dataset as a CLEVR v1.0 (or VQA v1) folder in DIRECTORY."""
     from modtrain.datasets.generate import generate as run
 
     start = time.perf_counter()
+    vqa = format_ == "vqa"
+    families = families or ("no-relate" if vqa else "all")
+    balance_depth = balance_depth or ("none" if vqa else "3-12")
     counts = {"train": images,
               "val": images // 5 if val_images is None else val_images,
               "test": images // 5 if test_images is None else test_images}
-    summary = run(directory, counts, questions_per_image, families, seed, image_size, combos, force, balance_depth)
+    summary = run(directory, counts, questions_per_image, families, seed, image_size, combos, force, balance_depth,
+                  format_)
     for split, s in summary["splits"].items():
         click.echo(f"{split}: {s['images']} images, {s['questions']} questions")
     click.echo(f"wrote {directory} in {time.perf_counter() - start:.1f}s")
@@ -118,17 +127,25 @@ def features(directory, backbone, weights, from_h5, dtype, batch_size, device, s
               help="Where vocab.json and {split}.h5 go [default: DIRECTORY].")
 @click.option("--vocab-split", default=None,
               help="The split the vocabularies are built on [default: the first named train*, e.g. trainA].")
-def prepare(directory, out, vocab_split):
-    """Build vocabularies on the training split and write {split}.h5 question arrays."""
+@click.option("--format", "format_", type=click.Choice(["clevr", "vqa"]), default=None,
+              help="The folder's format [default: detected].")
+@click.option("--answers", default=1000, show_default=True,
+              help="VQA: the answer set is this many most frequent training answers (others: evaluated, not trained).")
+@click.option("--min-instance-count", default=3, show_default=True,
+              help="VQA: a parse word seen fewer times in training becomes the <UNK> module instance.")
+def prepare(directory, out, vocab_split, format_, answers, min_instance_count):
+    """Build vocabularies on the training split and write {split}.h5 question arrays (CLEVR or VQA)."""
     from modtrain.datasets.prepare import prepare as run
 
     start = time.perf_counter()
-    summary = run(directory, out, vocab_split)
+    summary = run(directory, out, vocab_split, answers, min_instance_count, format_)
     v = summary["vocab"]
     click.echo(f"vocab (built on {v['split']}): {v['question_tokens']} tokens, {v['answers']} answers, "
                f"{v['layouts']} layouts")
     for split, s in summary["splits"].items():
-        click.echo(f"{split}: {s['questions']} questions ({s['unlabelled']} unlabelled)")
+        vqa = (f"; {s['no_parse']} without a parse, {s['answer_outside_set']} with an answer outside the set, "
+               f"{s['unknown_word']} with a <UNK> word" if "no_parse" in s else "")
+        click.echo(f"{split}: {s['questions']} questions ({s['unlabelled']} unlabelled{vqa})")
     click.echo(f"done in {time.perf_counter() - start:.1f}s")
 
 

@@ -106,9 +106,10 @@ class SplitData:
         raise AttributeError(key)
 
     def trainable(self, max_depth: int | None = None) -> np.ndarray:
-        """Which questions a job may train or stop on: labelled and, with ``max_depth``, of
-        program depth ≤ it (questions without a program have depth −1 and stay)."""
-        keep = self.arrays["answer"] >= 0
+        """Which questions a job may train or stop on: labelled with an answer of the answer set (not
+        ``<UNK>``, id 0: a VQA answer outside the set, a CLEVR answer never seen in training) and, with
+        ``max_depth``, of program depth ≤ it (questions without a program have depth −1 and stay)."""
+        keep = self.arrays["answer"] > 0
         if max_depth is not None:
             keep &= self.arrays["depth"] <= max_depth
         return keep

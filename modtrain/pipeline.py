@@ -21,7 +21,7 @@ from modtrain.card import load_card
 from modtrain.data import PreparedData
 from modtrain.e2e import JOB as E2E, e2e_up_to_date, train_end_to_end
 from modtrain.errors import ModtrainError
-from modtrain.io import read_json, sha256_file, write_json
+from modtrain.io import read_json, write_json
 from modtrain.plan import Job, Plan, make_plan
 from modtrain.recipe import Recipe
 from modtrain.job import is_up_to_date, train_module
@@ -43,6 +43,7 @@ def _generated_matches(data_dir: Path, recipe: Recipe) -> bool:
             and summary.get("questions_per_image") == d.questions_per_image
             and summary.get("families") == [f.name for f in select_families(d.families)]
             and summary.get("balance_depth") == _depth_range_text(d.balance_depth)
+            and summary.get("format", "clevr") == generated_format(recipe)
             and {s: v["images"] for s, v in summary.get("splits", {}).items()} == {s: n for s, n in wanted.items() if n > 0})
 
 
@@ -53,19 +54,30 @@ def _depth_range_text(text: str | None) -> str | None:
     return None if depth_range is None else f"{depth_range[0]}-{depth_range[1]}"
 
 
-def _prepared_matches(data_dir: Path) -> bool:
-    from modtrain.datasets.clevr import ClevrFolder
-    from modtrain.datasets.prepare import SCHEMA_VERSION
+def generated_format(recipe: Recipe) -> str:
+    """The format generated data is written in: the recipe's, CLEVR by default."""
+    return "clevr" if recipe.data.format == "auto" else recipe.data.format
+
+
+def prepare_options(recipe: Recipe, folder) -> dict:
+    """The recipe's settings that shape a prepared VQA folder (none for CLEVR)."""
+    d = recipe.data
+    return {"answers": d.answers, "min_instance_count": d.min_instance_count} if folder.kind == "vqa" else {}
+
+
+def _prepared_matches(data_dir: Path, folder, options: dict) -> bool:
+    from modtrain.datasets.prepare import SCHEMA_VERSION, sources_sha256
 
     if not (data_dir / "vocab.json").exists():
         return False
-    folder = ClevrFolder(data_dir)
+    if read_json(data_dir / "vocab.json").get("options", {}) != options:
+        return False
     for split in folder.splits():
         path = data_dir / f"{split}.h5"
         if not path.exists():
             return False
         with h5py.File(path, "r") as f:
-            if (f.attrs.get("questions_sha256") != sha256_file(folder.questions_path(split))
+            if (f.attrs.get("questions_sha256") != sources_sha256(folder, split)
                     or f.attrs.get("schema_version") != SCHEMA_VERSION):
                 return False
     return True
@@ -73,7 +85,7 @@ def _prepared_matches(data_dir: Path) -> bool:
 
 def ensure_data(recipe: Recipe, workdir: Workdir, device: torch.device, say: Callable[[str], None]) -> PreparedData:
     """Generate (if the recipe says so), extract features and prepare, each only when needed."""
-    from modtrain.datasets.clevr import ClevrFolder
+    from modtrain.datasets.folders import open_folder
     from modtrain.datasets.features import clevr_cnn_config, features_command, features_path, validate_features
     from modtrain.datasets.generate import generate
     from modtrain.datasets.prepare import prepare
@@ -88,8 +100,8 @@ def ensure_data(recipe: Recipe, workdir: Workdir, device: torch.device, say: Cal
             shutil.rmtree(root / "features", ignore_errors=True)  # made from the old images
             generate(root, {"train": d.images, "val": d.val_images, "test": d.test_images},
                      d.questions_per_image, d.families, d.seed, d.image_size, force=True,
-                     balance_depth=d.balance_depth)
-    folder = ClevrFolder(root)
+                     balance_depth=d.balance_depth, format=generated_format(recipe))
+    folder = open_folder(root, None if d.format == "auto" else d.format)
     missing = []
     if d.source == "generate" and d.backbone == "clevr-cnn":
         wanted = clevr_cnn_config(d.image_size, d.seed, **recipe.pretrain_options())
@@ -98,16 +110,18 @@ def ensure_data(recipe: Recipe, workdir: Workdir, device: torch.device, say: Cal
             missing = folder.splits()
     for split in [s for s in folder.splits() if s not in missing]:
         try:
-            validate_features(features_path(root, split), folder.num_images(split))
+            validate_features(features_path(root, split), folder.num_images(split),
+                              folder.image_ids(split) if folder.kind == "vqa" else None)
         except ModtrainError:
             missing.append(split)
     if missing:
         say(f"data: features for {', '.join(missing)}")
         features_command(root, d.backbone, device=device, seed=d.seed, splits=missing,
                          **recipe.pretrain_options())
-    if not _prepared_matches(root):
+    options = prepare_options(recipe, folder)
+    if not _prepared_matches(root, folder, options):
         say("data: preparing questions")
-        prepare(root)
+        prepare(root, format=folder.kind, **options)
     return PreparedData(root)
 
 

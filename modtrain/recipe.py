@@ -28,7 +28,9 @@ TOP_KEYS = {"name", "description", "interface", "seed", "data", "train", "module
 class DataSection:
     """``[data]``: where the data comes from and, when generated, how much of it."""
 
-    source: str = "generate"          # or a path to a CLEVR folder
+    source: str = "generate"          # or a path to a CLEVR or VQA folder
+    # the folder's format: generated data is written in it; a folder on disk must be of it (auto: detected)
+    format: str = setting("auto", choices=("auto", "clevr", "vqa"))
     families: str = "no-relate"
     images: int = setting(1000, low=1)
     val_images: int = setting(200, low=1)
@@ -46,6 +48,10 @@ class DataSection:
     # generated data: keep program depths LOW-HIGH about equally common in every split ("3-12"),
     # so that every depth has questions to evaluate (paper §5.6); None: as the families fall
     balance_depth: str | None = None
+    # VQA: the answer set is the N most frequent training answers (the reference code: 1000); a
+    # parse word seen fewer times than min_instance_count in training becomes the <UNK> instance
+    answers: int = setting(1000, low=1)
+    min_instance_count: int = setting(3, low=1)
     # clevr-cnn pretraining; None: the backbone's own defaults
     pretrain_images: int | None = setting(None, low=1)
     pretrain_epochs: int | None = setting(None, low=1)
