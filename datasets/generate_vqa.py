@@ -6,10 +6,11 @@ the NMN ``.sps2`` parse of each question derived from its program, so that the w
 (prepare, features, training, VQA accuracy) runs on this machine. The parses exist for the
 families of the original NMN's modules (no relate, same or compare: ``--families no-relate``).
 
-Simulated annotators: each gives the true answer in one of its surface forms ("2", "two", "Red.",
-"the cube") with probability 0.9, and otherwise another answer of the same type (a neighbouring
-count, another colour, the other of yes/no), so that VQA accuracy and its answer processing are
-exercised as on real annotations. ``multiple_choice_answer`` is the most common processed answer.
+Simulated annotators: each gives the true answer with probability 0.9, in one of the forms VQA's
+released (lower-cased) answers take ("2" or "two", now and then a trailing period), and otherwise
+another answer of the same type (a neighbouring count, another colour, the other of yes/no), so
+that VQA accuracy and its answer processing are exercised as on real annotations.
+``multiple_choice_answer`` is the most common processed answer.
 """
 from __future__ import annotations
 
@@ -58,11 +59,9 @@ def answer_type(program) -> str:
 
 
 def _surface(rng: np.random.Generator, answer: str) -> str:
-    if answer.isdigit() and int(answer) < len(_NUMBER_WORDS) and rng.random() < 0.3:
-        return _NUMBER_WORDS[int(answer)]
-    if answer in ("yes", "no"):
-        return answer if rng.random() < 0.8 else answer.capitalize()
-    return str(rng.choice([answer, answer, answer.capitalize(), answer + ".", "the " + answer]))
+    if answer.isdigit() and int(answer) < len(_NUMBER_WORDS) and rng.random() < 0.2:
+        return _NUMBER_WORDS[int(answer)]  # the official evaluation never credits it: VQA's own noise
+    return answer + "." if rng.random() < 0.1 else answer
 
 
 def _other(rng: np.random.Generator, answer: str, kind: str) -> str:

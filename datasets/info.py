@@ -4,6 +4,8 @@ from __future__ import annotations
 from collections import Counter, defaultdict
 from pathlib import Path
 
+from modtrain.io import read_json
+
 from modtrain.datasets.clevr import ClevrFolder
 from modtrain.datasets.executor import program_depth, question_type
 from modtrain.datasets.families import FAMILIES
@@ -14,7 +16,13 @@ FAMILY_NAMES = {f.index: f.name for f in FAMILIES}
 
 def data_info(data_dir: str | Path, top_answers: int = 10) -> dict:
     """Per split: image and question counts, answer distribution, depth histogram,
-    questions per type, and distinct layouts per question family."""
+    questions per type, and distinct layouts per question family (a VQA folder: per answer type,
+    layout depth, and the questions without a parse; once prepared, those whose answer is
+    outside the answer set and those with a ``<UNK>`` word)."""
+    from modtrain.datasets.folders import detect_format
+
+    if detect_format(data_dir) == "vqa":
+        return _vqa_info(Path(data_dir), top_answers)
     folder = ClevrFolder(data_dir)
     # modtrain's family names hold only for folders it generated; elsewhere the index is all we know
     generated = (folder.root / "generate.json").exists()
@@ -51,6 +59,37 @@ def data_info(data_dir: str | Path, top_answers: int = 10) -> dict:
     return out
 
 
+def _vqa_info(root: Path, top_answers: int) -> dict:
+    import warnings
+
+    from modtrain.datasets.vqa import VQAFolder
+
+    folder = VQAFolder(root)
+    prepared = read_json(root / "prepare.json") if (root / "prepare.json").exists() else {}
+    out: dict = {"root": str(root), "format": "vqa", "splits": {}}
+    for split in folder.splits():
+        with warnings.catch_warnings():  # counted below instead
+            warnings.simplefilter("ignore")
+            questions = folder.load_questions(split)
+        answers = Counter(q.answer for q in questions if q.answer is not None)
+        layouts = [q.layout for q in questions if q.layout is not None]
+        counted = prepared.get("splits", {}).get(split, {})
+        out["splits"][split] = {
+            "images": folder.num_images(split),
+            "questions": len(questions),
+            "unlabelled": sum(q.answer is None for q in questions),
+            "answers": len(answers),
+            "top_answers": answers.most_common(top_answers),
+            "depth_histogram": dict(sorted(Counter(layout.depth for layout in layouts).items())),
+            "question_types": dict(Counter(q.answer_type for q in questions if q.answer_type).most_common()),
+            "families": {},
+            "distinct_layouts": len(set(map(str, layouts))),
+            "no_parse": len(questions) - len(layouts),
+            **{k: counted[k] for k in ("answer_outside_set", "unknown_word") if k in counted},
+        }
+    return out
+
+
 def format_info(info: dict, bar_width: int = 40) -> str:
     """A readable report of ``data_info``'s result."""
     lines = [f"data folder: {info['root']}"]
@@ -62,9 +101,15 @@ def format_info(info: dict, bar_width: int = 40) -> str:
         if s["top_answers"]:
             lines.append("  top answers: " + ", ".join(f"{a} {c}" for a, c in s["top_answers"]))
         if s["question_types"]:
-            lines.append("  question types: " + ", ".join(f"{t} {c}" for t, c in s["question_types"].items()))
+            kind = "answer types" if info.get("format") == "vqa" else "question types"
+            lines.append(f"  {kind}: " + ", ".join(f"{t} {c}" for t, c in s["question_types"].items()))
+        if "no_parse" in s:
+            lines.append(f"  without a usable parse (answered by the encoder alone): {s['no_parse']}")
+        if "answer_outside_set" in s:
+            lines.append(f"  prepared: {s['answer_outside_set']} with an answer outside the answer set (evaluated, "
+                         f"not trained), {s['unknown_word']} with a word below the instance count (<UNK>)")
         if s["depth_histogram"]:
-            lines.append("  depth histogram:")
+            lines.append("  layout depth histogram:" if info.get("format") == "vqa" else "  depth histogram:")
             peak = max(s["depth_histogram"].values())
             for depth, count in s["depth_histogram"].items():
                 bar = "#" * max(1, round(bar_width * count / peak))

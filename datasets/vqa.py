@@ -124,6 +124,7 @@ _COMMA_IN_NUMBER = re.compile(r"\d,\d")
 _PERIOD = re.compile(r"\.(?!\d)")  # a period not starting a decimal part: 5. → 5, 3.5 stays
 
 
+@functools.lru_cache(maxsize=1 << 16)
 def _punctuation(text: str) -> str:
     # A mark touching a space, or any mark when the text has a number with a thousands comma,
     # is dropped; another mark becomes a space (t-shirt → t shirt).
@@ -148,13 +149,15 @@ def normalize_vqa_answer(answer: str) -> str:
 
 def vqa_accuracy(prediction: str, answers: list[str]) -> float:
     """The official VQA accuracy of one prediction against its (10) human answers: for each human
-    left out in turn, min(#other humans who gave the prediction / 3, 1), averaged. As in the official
-    evaluation, answers are processed only when the humans disagree (when all gave one answer, the
-    prediction must equal it as written)."""
-    prediction = prediction.replace("\n", " ").replace("\t", " ").strip()
+    left out in turn, min(#other humans who gave the prediction / 3, 1), averaged.
+
+    As the official evaluation (vqaEval.py) does: the prediction is processed fully
+    (``normalize_vqa_answer``); the human answers, which VQA releases already lower-cased, only
+    have their punctuation processed, and only when the humans disagree. So ``two`` from a human
+    never matches a prediction (``two`` → ``2``), and a ``Red`` never matches ``red``."""
+    prediction = normalize_vqa_answer(prediction)
     if len(set(answers)) > 1:
-        answers = [normalize_vqa_answer(a) for a in answers]
-        prediction = normalize_vqa_answer(prediction)
+        answers = [_punctuation(a) for a in answers]
     matches = sum(a == prediction for a in answers)
     # leaving out a matching human leaves matches − 1 others; leaving out another leaves all
     return sum(min((matches - (a == prediction)) / 3.0, 1.0) for a in answers) / len(answers)

@@ -24,10 +24,11 @@ DIMS = {"features": 6, "height": 4, "width": 5, "answers": 7, "tokens": 11}
 
 
 def test_trainable_rows_are_labelled_and_no_deeper_than_the_limit():
-    split = SplitData("train", {"answer": np.array([0, -1, 2, 1, 3]), "depth": np.array([3, 3, 6, -1, 4])}, {}, None)
-    assert split.trainable().tolist() == [True, False, True, True, True]
+    split = SplitData("train", {"answer": np.array([5, -1, 2, 1, 3, 0]), "depth": np.array([3, 3, 6, -1, 4, 3])}, {}, None)
+    # unlabelled (−1) and <UNK> (0: an answer outside the answer set) never train
+    assert split.trainable().tolist() == [True, False, True, True, True, False]
     # depth −1 (no program): a question the depth says nothing about stays
-    assert split.trainable(4).tolist() == [True, False, False, True, True]
+    assert split.trainable(4).tolist() == [True, False, False, True, True, False]
 
 
 def test_film_appends_coordinates_and_modulates_every_block_and_channel():

@@ -1,16 +1,26 @@
+import json
+import shutil
 from pathlib import Path
 
+import h5py
+import numpy as np
 import pytest
 
+from modtrain.data import PreparedData
+from modtrain.datasets.features import validate_features
+from modtrain.datasets.prepare import prepare
 from modtrain.datasets.vqa import (
-    load_vqa, normalize_vqa_answer, parse_sexpr, parse_sps2_line, parse_to_layout, vqa_accuracy,
+    VQAFolder, load_vqa, normalize_vqa_answer, parse_sexpr, parse_sps2_line, parse_to_layout, vqa_accuracy,
+    vqa_scores,
 )
+from modtrain.datasets.vqa_prepare import encode_vqa
 from modtrain.errors import ModtrainError
 
 FIXTURES = Path(__file__).parent.parent / "fixtures" / "vqa"
 QUESTIONS = FIXTURES / "OpenEnded_mscoco_tiny_questions.json"
 ANNOTATIONS = FIXTURES / "mscoco_tiny_annotations.json"
 SPS2 = FIXTURES / "tiny.sps2"
+FIXTURE20 = Path(__file__).parent.parent / "fixtures" / "vqa20"
 
 
 def test_parse_sexpr():
@@ -50,15 +60,80 @@ def test_load_vqa_joins_questions_parses_and_annotations():
 def test_vqa_accuracy():
     questions = load_vqa(QUESTIONS, SPS2, ANNOTATIONS)
     bus, dog, count = questions[1].answers, questions[2].answers, questions[3].answers
-    assert vqa_accuracy("red", bus) == 1.0          # red, Red, red. → 3 agree
-    assert vqa_accuracy("maroon", bus) == pytest.approx(2 / 3)
-    assert vqa_accuracy("burgundy", bus) == pytest.approx(1 / 3)
+    # the official rules: humans' answers only lose punctuation (red. → red, Red stays), and each
+    # human is left out in turn: 2 matches → (2·1/3 + 8·2/3) / 10
+    assert vqa_accuracy("red", bus) == pytest.approx(0.6)
+    assert vqa_accuracy("maroon", bus) == pytest.approx(0.6)
+    assert vqa_accuracy("burgundy", bus) == pytest.approx(0.3)
     assert vqa_accuracy("blue", bus) == 0.0
-    assert vqa_accuracy("couch", dog) == 1.0
-    assert vqa_accuracy("on couch", dog) == 1.0     # "on the couch" normalizes to "on couch"
-    assert vqa_accuracy("two", count) == 1.0
+    assert vqa_accuracy("couch", dog) == pytest.approx(0.9)  # 3 of 10: (3·2/3 + 7·1) / 10
+    assert vqa_accuracy("two", count) == 1.0        # the prediction is processed: two → 2 (7 humans)
     assert normalize_vqa_answer("  The Red, Bus. ") == "red bus"
     assert normalize_vqa_answer("3.5") == "3.5"
+    assert normalize_vqa_answer("t-shirt") == "t shirt" and normalize_vqa_answer("1,000") == "1000"
+
+
+def test_official_vqa_accuracy_on_twenty_tricky_questions():
+    """Numbers as words, articles, punctuation, disagreeing and unanimous humans: every value was
+    worked out by hand from the official evaluation's rules (expected.json)."""
+    folder = VQAFolder(FIXTURE20)
+    with pytest.warns(UserWarning):
+        questions = folder.load_questions("train2014")
+    expected = json.loads((FIXTURE20 / "expected.json").read_text())
+    by_id = expected["by_question_id"]
+    got = [vqa_accuracy(by_id[str(q.question_id)]["prediction"], q.answers) for q in questions]
+    assert got == pytest.approx([by_id[str(q.question_id)]["vqa_accuracy"] for q in questions])
+    assert np.mean(got) == pytest.approx(expected["mean"])
+    # vqa_scores (what assemble calls) on the answers as prepare stores them: the same values
+    with pytest.warns(UserWarning, match="2 of 20 questions have no usable parse"):
+        arrays = encode_vqa(folder, ["train2014"], "train2014", 1000, 1)[1]["train2014"]
+    scores = vqa_scores([by_id[str(int(q))]["prediction"] for q in arrays["question_index"]],
+                        arrays["vqa_answers"].astype(object))
+    assert scores == pytest.approx(got)
+def test_prepare_a_vqa_folder(tmp_path):
+    """Parses with and, a missing and an unparseable parse, answers outside the set, rare words."""
+    data = tmp_path / "vqa"
+    shutil.copytree(FIXTURE20, data)
+    with pytest.warns(UserWarning, match=r"2 of 20 questions have no usable parse.*question_id 4587730 "
+                                         r"\(train2014.sps2 line 7: no parse on the line\).*question_id 4587871 "
+                                         r"\(train2014.sps2 line 12: unbalanced parentheses"):
+        summary = prepare(data, answers=4, min_instance_count=2)
+    s = summary["splits"]["train2014"]
+    vocab = json.loads((data / "vocab.json").read_text())
+    # the answer set: the 4 most frequent multiple-choice answers, ties by name
+    assert list(vocab["answers"]) == ["<UNK>", "3", "black and white", "blue", "sofa"]  # 3 ×3, blue ×3, then 2 each
+    assert s["no_parse"] == 2 and s["images"] == 10
+    with h5py.File(data / "train2014.h5") as f:
+        answer, layout, image_index = f["answer"][()], f["layout"][()], f["image_index"][()]
+        image_id, qid = f["image_id"][()], f["question_index"][()]
+    mca = [a["multiple_choice_answer"] for a in json.loads(
+        (data / "Annotations" / "mscoco_train2014_annotations.json").read_text())["annotations"]]
+    outside = [a not in vocab["answers"] for a in mca]
+    assert s["answer_outside_set"] == sum(outside) == int((answer == 0).sum())
+    # outside the set: evaluated (labelled), never trained on
+    split = PreparedData(data).split("train2014")
+    assert (split.trainable() == ~np.array(outside)).all() and (answer >= 0).all()
+    layouts = [None if i < 0 else vocab["layouts"][i] for i in layout]
+    assert layouts[6] is None and layouts[11] is None                 # missing and unparseable parse
+    assert layouts[3] == "describe[where](and(find[cat],find[sit]))"  # cat ×2, sit ×2: kept
+    assert layouts[0] == "measure[is](find[cat])"                     # cat ×3, is ×2
+    assert layouts[5] == "describe[color](find[<UNK>])"               # bus: once
+    assert "<UNK>" in vocab["instances"]["find"] and "bus" not in vocab["instances"]["find"]
+    assert s["unknown_word"] == sum("<UNK>" in (t or "") for t in layouts)
+    # VQA ids kept; image rows are the distinct image ids in increasing order
+    assert (qid == [q["question_id"] for q in json.loads(
+        (data / "Questions" / "OpenEnded_mscoco_train2014_questions.json").read_text())["questions"]]).all()
+    assert (image_id == 458752 + 7 * image_index).all() and image_index.max() == 9
+
+
+def test_features_of_another_question_set_are_refused(tmp_path):
+    path = tmp_path / "train.h5"
+    with h5py.File(path, "w") as f:
+        f.create_dataset("features", data=np.zeros((3, 2, 2, 2), np.float32))
+        f.create_dataset("image_ids", data=np.array([5, 9, 12]))
+    assert validate_features(path, 3, np.array([5, 9, 12]))[0] == 3
+    with pytest.raises(ModtrainError, match="row 1 holds image_id 9, but the split's row 1 is image_id 10"):
+        validate_features(path, 3, np.array([5, 10, 12]))
 
 
 def test_line_count_mismatch_is_refused(tmp_path):
