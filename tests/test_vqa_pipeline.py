@@ -11,6 +11,7 @@ from modtrain.cli import main
 from modtrain.datasets.generate import generate
 from modtrain.datasets.prepare import prepare
 from modtrain.datasets.vqa import vqa_accuracy
+from modtrain.errors import ModtrainError
 from modtrain.layout import parse_layout
 from modtrain.recipe import Recipe
 from modtrain.workdir import Workdir
@@ -80,3 +81,28 @@ def test_tiny_vqa_pipeline_beats_the_prior_and_reports_official_vqa_accuracy(tmp
     assert np.mean(scores) == pytest.approx(val["vqa_accuracy"])
     numbers = [s for p, s in zip(predictions, scores) if annotations[p["question_id"]]["answer_type"] == "number"]
     assert np.mean(numbers) == pytest.approx(val["by_type"]["number"]["vqa_accuracy"])
+
+
+def test_features_of_a_vqa_folder_keep_the_id_to_row_map(tmp_path):
+    from modtrain.datasets.features import features_command
+    from modtrain.datasets.vqa import VQAFolder
+
+    data = tmp_path / "vqa"
+    generate(data, {"train": 6, "val": 3}, 3, "no-relate", format="vqa")
+    (data / "generate.json").unlink()  # as if from another generator: clevr-cnn says what it is
+    with pytest.warns(UserWarning, match="modtrain did not generate these images.*--backbone resnet101"):
+        shapes = features_command(data, "clevr-cnn", pretrain_images=20, pretrain_epochs=1)
+    folder = VQAFolder(data)
+    for split in ("train", "val"):
+        with h5py.File(data / "features" / f"{split}.h5") as f:
+            assert (f["image_ids"][()] == folder.image_ids(split)).all()
+        assert shapes[split][0] == folder.num_images(split) == len(folder.image_paths(split))
+    # --from-h5: features made elsewhere are checked against the split's image ids
+    elsewhere = tmp_path / "elsewhere_{split}.h5"
+    for split in ("train", "val"):
+        with h5py.File(str(elsewhere).replace("{split}", split), "w") as f:
+            f.create_dataset("features", data=np.zeros((folder.num_images(split), 4, 2, 2), np.float32))
+            ids = folder.image_ids(split)
+            f.create_dataset("image_ids", data=ids[::-1] if split == "val" else ids)
+    with pytest.raises(ModtrainError, match=r"elsewhere_val.h5: row 0 holds image_id \d+, but the split's row 0"):
+        features_command(data, from_h5=str(elsewhere))

@@ -194,6 +194,11 @@ def summarize(runs: list[dict], data: PreparedData, plan: Plan) -> dict:
             # the encoder of the same runs alone: the prior from the question (end to end, a part of the network)
             "encoder_alone": _mean_std([s["encoder_accuracy"] for s in splits]),
             "by_type": {t: _mean_std([s["by_type"][t]["accuracy"] for s in splits]) for t in types},
+            # VQA data: the official VQA accuracy too, overall and per answer type
+            **({"vqa_accuracy": _mean_std([s["vqa_accuracy"] for s in splits]),
+                "encoder_alone_vqa": _mean_std([s["encoder_vqa_accuracy"] for s in splits]),
+                "by_type_vqa": {t: _mean_std([s["by_type"][t]["vqa_accuracy"] for s in splits]) for t in types}}
+               if "vqa_accuracy" in splits[0] else {}),
             "seconds": times,
             "total_seconds": {"training": train_total,
                               "with_caches": train_total + sum(v for j, v in times.items() if j.startswith("cache "))},
@@ -236,12 +241,20 @@ def format_markdown(summary: dict) -> str:
     else:
         said = ("Protocol: shared defaults — every module of every version, and the whole network end to end, "
                 "trained with the recipe's one [train] table (no module's own settings).")
-    lines = [f"# Modular vs end-to-end ({summary['split']} split, {seeds} seed(s), mean ± std %)", "", said, "",
-             "| version | accuracy |", "|---|---|"]
-    lines += [f"| {label} | {_pm(v['accuracy'])} |" for label, v in versions.items()]
+    vqa = all("vqa_accuracy" in v for v in versions.values())
+    lines = [f"# Modular vs end-to-end ({summary['split']} split, {seeds} seed(s), mean ± std %)", "", said, ""]
+    if vqa:
+        lines += ["| version | VQA accuracy | accuracy (most common answer) | encoder alone, VQA accuracy |",
+                  "|---|---|---|---|"]
+        lines += [f"| {label} | {_pm(v['vqa_accuracy'])} | {_pm(v['accuracy'])} | {_pm(v['encoder_alone_vqa'])} |"
+                  for label, v in versions.items()]
+    else:
+        lines += ["| version | accuracy |", "|---|---|"]
+        lines += [f"| {label} | {_pm(v['accuracy'])} |" for label, v in versions.items()]
     types = list(next(iter(versions.values()))["by_type"])
-    lines += ["", "| version | " + " | ".join(types) + " |", "|---" * (len(types) + 1) + "|"]
-    lines += [f"| {label} | " + " | ".join(_pm(v["by_type"][t]) for t in types) + " |" for label, v in versions.items()]
+    for key, what in ([("by_type_vqa", "VQA accuracy per answer type")] if vqa else []) + [("by_type", "Accuracy per type")]:
+        lines += ["", f"{what}:", "", "| version | " + " | ".join(types) + " |", "|---" * (len(types) + 1) + "|"]
+        lines += [f"| {label} | " + " | ".join(_pm(v[key][t]) for t in types) + " |" for label, v in versions.items()]
     jobs = summary["jobs"]
     lines += ["", "Training wall time (s, mean over seeds):", "", "| version | " + " | ".join(jobs) +
               " | train e2e | total training | total with caches |", "|---" * (len(jobs) + 4) + "|"]

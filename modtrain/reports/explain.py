@@ -9,6 +9,7 @@ really finds red things, and whether relate[left] moves the attention to the lef
 from __future__ import annotations
 
 import textwrap
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -66,15 +67,20 @@ def attention_panels(trace: list[tuple[Layout, object, torch.Tensor]], attention
 
 def explain(workdir: Workdir, recipe: Recipe, device: torch.device, question_indices: list[int],
             split: str = "val", out_dir: Path | None = None) -> list[Path]:
-    """One PNG per question in ``reports/explain/``; returns their paths."""
-    from modtrain.datasets.clevr import ClevrFolder
+    """One PNG per question in ``reports/explain/``; returns their paths. On a VQA folder a question
+    is named by its question_id."""
+    from modtrain.datasets.folders import open_folder
 
     data = PreparedData(workdir.data)
     split_data = data.split(split)
     encoder, executor, _ = load_assembly(workdir, recipe, device)
     interface = executor.interface
-    folder = ClevrFolder(workdir.data)
-    texts = {q.question_index: q.question for q in folder.load_questions(split)}
+    folder = open_folder(workdir.data)
+    with warnings.catch_warnings():  # a VQA folder's parse problems were reported by prepare
+        warnings.simplefilter("ignore")
+        texts = {getattr(q, "question_index", getattr(q, "question_id", None)): q.question
+                 for q in folder.load_questions(split)}
+    image_paths = folder.image_paths(split)
     out_dir = Path(out_dir or workdir.reports / "explain")
     features = split_data.features()
     answers = data.answers
@@ -99,7 +105,7 @@ def explain(workdir: Workdir, recipe: Recipe, device: torch.device, question_ind
         maps = attention_panels(trace, interface.attention)
         truth = answers[split_data.answer[row]] if split_data.answer[row] >= 0 else None
         path = out_dir / f"{split}_{question_index}.png"
-        _draw(path, folder.image_path(split, image_index), texts.get(question_index, ""), layout, maps,
+        _draw(path, image_paths[image_index], texts.get(question_index, ""), layout, maps,
               prior, final, answers, truth, interface.name)
         paths.append(path)
     return paths
