@@ -33,6 +33,7 @@ from modtrain.execute import Executor
 from modtrain.io import read_json
 from modtrain.job import Job, JobSpec, module_spec
 from modtrain.layout import parse_layout
+from modtrain.pipeline import job_times
 from modtrain.plan import make_plan
 from modtrain.recipe import Recipe
 from modtrain.types import get_interface
@@ -77,7 +78,7 @@ def main() -> None:
     workdir = Workdir.for_recipe(recipe, root)
     data = PreparedData(workdir.data)
     report = read_json(workdir.reports / "assemble.json")
-    jobs = read_json(workdir.reports / "jobs.json")
+    jobs = job_times(workdir)
 
     accuracy = {}
     for split_name in ("val", "test"):

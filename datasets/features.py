@@ -29,7 +29,7 @@ from torch import nn
 
 from modtrain.errors import ModtrainError
 from modtrain.card import state_sha256
-from modtrain.io import atomic_path, sha256_file, write_json
+from modtrain.io import atomic_path, default_workers, sha256_file, write_json
 from modtrain.progress import progress
 
 from modtrain.datasets.clevr import ATTRIBUTES
@@ -72,6 +72,38 @@ class ClevrCNN(nn.Module):
         return self.body(images)
 
 
+def prepare_image(image: Image.Image, size: int, mean, std) -> np.ndarray:
+    """(3, size, size) float32 input: RGB, resized (bicubic) where needed, normalized."""
+    image = image.convert("RGB")
+    if image.size != (size, size):
+        image = image.resize((size, size), Image.Resampling.BICUBIC)
+    array = np.asarray(image, dtype=np.float32) / 255.0
+    array = (array - np.array(mean, np.float32)) / np.array(std, np.float32)
+    return array.transpose(2, 0, 1)
+
+
+class ImageFiles(torch.utils.data.Dataset):
+    """Image files decoded and prepared for a backbone: what DataLoader workers read in parallel
+    with the backbone's compute (holds no network, so it pickles cheaply to the workers)."""
+
+    def __init__(self, paths: list[Path], size: int, mean, std):
+        self.paths, self.size, self.mean, self.std = list(paths), size, mean, std
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        try:
+            with Image.open(self.paths[i]) as image:
+                return prepare_image(image, self.size, self.mean, self.std)
+        except (OSError, ValueError) as e:
+            raise ModtrainError(f"cannot read image {self.paths[i]}: {e}") from None
+
+
+def _stack(arrays: list[np.ndarray]) -> torch.Tensor:
+    return torch.from_numpy(np.stack(arrays))
+
+
 @dataclass
 class Backbone:
     """A frozen feature extractor and how images are prepared for it."""
@@ -85,12 +117,7 @@ class Backbone:
 
     def prepare(self, image: Image.Image) -> np.ndarray:
         """(3, S, S) float32 normalized input for one PIL image."""
-        image = image.convert("RGB")
-        if image.size != (self.input_size, self.input_size):
-            image = image.resize((self.input_size, self.input_size), Image.Resampling.BICUBIC)
-        array = np.asarray(image, dtype=np.float32) / 255.0
-        array = (array - np.array(self.mean, np.float32)) / np.array(self.std, np.float32)
-        return array.transpose(2, 0, 1)
+        return prepare_image(image, self.input_size, self.mean, self.std)
 
     @torch.no_grad()
     def __call__(self, batch: torch.Tensor) -> torch.Tensor:
@@ -240,31 +267,35 @@ def _chunk_rows(n_images: int, bytes_per_image: int) -> int:
 def extract_features(image_paths: list[Path], backbone: Backbone, out_path: Path,
                      dtype: str = "float32", batch_size: int = 64,
                      device: torch.device | str = "cpu", extra_attrs: dict | None = None,
-                     label: str = "features", image_ids: np.ndarray | None = None) -> tuple[int, ...]:
+                     label: str = "features", image_ids: np.ndarray | None = None,
+                     workers: int | None = None) -> tuple[int, ...]:
     """Run the backbone over images (row i = image i) into an HDF5 file, atomically; ``image_ids``
-    (a VQA split's ids in row order) are kept beside them as the dataset ``image_ids``."""
+    (a VQA split's ids in row order) are kept beside them as the dataset ``image_ids``. ``workers``
+    processes (default: one per other core) decode the images while the backbone computes."""
     if dtype not in ("float32", "float16"):
         raise ModtrainError(f"--dtype {dtype!r} is not supported; valid: float32, float16")
     if not image_paths:
         raise ModtrainError(f"no images to extract features from for {out_path}")
     net = backbone.net.to(device).eval()
-
-    def load(path: Path) -> np.ndarray:
-        try:
-            with Image.open(path) as image:
-                return backbone.prepare(image)
-        except (OSError, ValueError) as e:
-            raise ModtrainError(f"cannot read image {path}: {e}") from None
-
+    workers = default_workers() if workers is None else workers
+    n = len(image_paths)
+    loader = torch.utils.data.DataLoader(
+        ImageFiles(image_paths, backbone.input_size, backbone.mean, backbone.std), batch_size=batch_size,
+        num_workers=workers if n > 2 * batch_size else 0, pin_memory=torch.device(device).type == "cuda",
+        collate_fn=_stack)
     digest = hashlib.sha256()  # of the values, as written: what a consumer's fingerprint names
     with atomic_path(out_path) as tmp, h5py.File(tmp, "w") as f:
         dataset = None
-        n = len(image_paths)
+        batches = iter(loader)
         with progress(range(0, n, batch_size), label=label) as bar:
             for start in bar:
-                batch = torch.from_numpy(np.stack([load(p) for p in image_paths[start:start + batch_size]]))
+                try:
+                    batch = next(batches)
+                except ModtrainError as e:  # from a worker: its message without the worker's traceback
+                    text = str(e)
+                    raise ModtrainError(text.rsplit("ModtrainError: ", 1)[-1].strip()) from None
                 with torch.no_grad():
-                    feats = net(batch.to(device)).float().cpu().numpy().astype(dtype)
+                    feats = net(batch.to(device, non_blocking=True)).float().cpu().numpy().astype(dtype)
                 if dataset is None:
                     per_image = int(np.prod(feats.shape[1:])) * feats.dtype.itemsize
                     dataset = f.create_dataset(
@@ -316,8 +347,9 @@ def features_command(data_dir: str | Path, backbone: str = "clevr-cnn", weights:
                      from_h5: str | None = None, dtype: str = "float32", batch_size: int = 64,
                      device: torch.device | str = "cpu", seed: int = 0, retrain: bool = False,
                      pretrain_images: int = PRETRAIN_IMAGES, pretrain_epochs: int = PRETRAIN_EPOCHS,
-                     splits: list[str] | None = None) -> dict[str, tuple[int, ...]]:
-    """Features for every split of a CLEVR or VQA folder; returns each split's array shape."""
+                     splits: list[str] | None = None, workers: int | None = None) -> dict[str, tuple[int, ...]]:
+    """Features for every split of a CLEVR or VQA folder; returns each split's array shape.
+    ``workers`` processes decode the images (default: one per other core)."""
     from modtrain.datasets.folders import open_folder
 
     folder = open_folder(data_dir)
@@ -358,7 +390,8 @@ def features_command(data_dir: str | Path, backbone: str = "clevr-cnn", weights:
     for split in splits:
         ids = folder.image_ids(split) if folder.kind == "vqa" else None
         shapes[split] = extract_features(folder.image_paths(split), net, features_path(data_dir, split), dtype,
-                                         batch_size, device, {"split": split}, label=f"features {split}", image_ids=ids)
+                                         batch_size, device, {"split": split}, label=f"features {split}", image_ids=ids,
+                                         workers=workers)
     return shapes
 
 

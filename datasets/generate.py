@@ -9,6 +9,7 @@ at the end, so an interrupted run leaves no split that looks complete.
 from __future__ import annotations
 
 import logging
+import multiprocessing
 import shutil
 from collections import Counter
 from dataclasses import dataclass, field
@@ -17,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from modtrain.errors import ModtrainError
-from modtrain.io import write_json
+from modtrain.io import default_workers, write_json
 from modtrain.progress import progress
 
 from modtrain.datasets.clevr import Question, Scene, image_filename, write_questions, write_scenes
@@ -123,10 +124,54 @@ def sample_questions(rng: np.random.Generator, scene: Scene, families: list[Fami
     return out
 
 
+def _render(jobs: list[tuple[list[dict], int, Path]]) -> None:
+    for objects, image_size, path in jobs:
+        render_scene(objects, image_size).save(path, compress_level=1)
+
+
+class Renderer:
+    """Draws and saves images: in ``workers`` processes beside this one (rendering is per image and
+    independent of the random stream, so the output does not depend on the number of workers), or
+    here with 0 workers."""
+
+    CHUNK = 32
+
+    def __init__(self, workers: int | None):
+        self.workers = default_workers() if workers is None else workers
+        self._pool = multiprocessing.get_context("fork").Pool(self.workers) if self.workers > 0 else None
+        self._pending: list = []
+        self._chunk: list = []
+
+    def add(self, objects: list[dict], image_size: int, path: Path) -> None:
+        self._chunk.append((objects, image_size, path))
+        if len(self._chunk) >= self.CHUNK:
+            self._flush()
+
+    def _flush(self) -> None:
+        if self._chunk:
+            if self._pool is None:
+                _render(self._chunk)
+            else:
+                self._pending.append(self._pool.apply_async(_render, (self._chunk,)))
+            self._chunk = []
+
+    def finish(self) -> None:
+        self._flush()
+        try:
+            for result in self._pending:
+                result.get()
+        finally:
+            if self._pool is not None:
+                self._pool.close()
+                self._pool.join()
+
+
 def generate_split(root: Path, split: str, num_images: int, questions_per_image: int,
                    families: list[Family], seed: int, image_size: int,
-                   combos: str | None, balance_depth: tuple[int, int] | None = None) -> tuple[list[Scene], list[Question]]:
-    """Render a split's images into ``root/images/split`` and return its scenes and questions."""
+                   combos: str | None, balance_depth: tuple[int, int] | None = None,
+                   workers: int | None = None) -> tuple[list[Scene], list[Question]]:
+    """Render a split's images into ``root/images/split`` (``workers`` processes draw them while
+    this one samples questions) and return its scenes and questions."""
     rng = split_rng(seed, split)
     balancer = AnswerBalancer()
     depths = DepthBalancer(*balance_depth) if balance_depth else None
@@ -134,10 +179,11 @@ def generate_split(root: Path, split: str, num_images: int, questions_per_image:
     image_dir.mkdir(parents=True, exist_ok=True)
     scenes: list[Scene] = []
     questions: list[Question] = []
+    renderer = Renderer(workers if num_images > Renderer.CHUNK else 0)
     with progress(range(num_images), label=f"generate {split}") as bar:
         for index in bar:
             scene = make_scene(rng, split, index, image_size, combos)
-            render_scene(scene.objects, image_size).save(image_dir / scene.image_filename, compress_level=1)
+            renderer.add(scene.objects, image_size, image_dir / scene.image_filename)
             scenes.append(scene)
             for family, program, text, answer in sample_questions(
                     rng, scene, families, questions_per_image, balancer, depths=depths):
@@ -145,15 +191,17 @@ def generate_split(root: Path, split: str, num_images: int, questions_per_image:
                     question_index=len(questions), split=split, image_index=index,
                     image_filename=image_filename(split, index), question=text,
                     program=program, answer=answer, question_family_index=family.index))
+    renderer.finish()
     return scenes, questions
 
 
 def generate(root: str | Path, images: dict[str, int], questions_per_image: int = 10,
              families: str = "all", seed: int = 0, image_size: int = 64,
              combos: str | None = None, force: bool = False, balance_depth: str | None = None,
-             format: str = "clevr") -> dict:
+             format: str = "clevr", workers: int | None = None) -> dict:
     """Write a CLEVR v1.0 folder (or, ``format="vqa"``, the same data as a VQA v1 folder:
-    ``generate_vqa.py``); ``images`` maps split name to image count. ``balance_depth``
+    ``generate_vqa.py``); ``images`` maps split name to image count; ``workers`` processes render
+    the images (default: one per other core; 0: this process alone). ``balance_depth``
     (``"3-12"``) keeps the program depths of that range about equally common in every split.
 
     With a CoGenT condition (``combos`` A or B) split names get its letter, as in
@@ -197,7 +245,7 @@ def generate(root: str | Path, images: dict[str, int], questions_per_image: int 
     for split, count in splits.items():
         base = split[:-1] if combos else split
         scenes, questions = generate_split(staging, split, count, questions_per_image, selected,
-                                           seed, image_size, combos, depth_range)
+                                           seed, image_size, combos, depth_range, workers)
         if format == "vqa":
             write_vqa_split(staging, split, SPLIT_CODES.get(base, 9), questions, split_rng(seed + 1, split),
                             {f.index: f.name for f in selected})

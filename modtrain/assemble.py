@@ -17,7 +17,7 @@ import torch
 
 from modtrain.cache import attention_mode
 from modtrain.card import load_module
-from modtrain.data import PreparedData
+from modtrain.data import PreparedData, set_in_memory_bytes
 from modtrain.errors import ModtrainError
 from modtrain.execute import Executor
 from modtrain.io import read_json, write_json
@@ -85,6 +85,7 @@ def assemble(workdir: Workdir, recipe: Recipe, device: torch.device, splits: lis
              batch_size: int = 512, data: PreparedData | None = None) -> dict[str, Any]:
     """Evaluate the assembled NMN on ``splits``; merge them into ``reports/assemble.json`` (the
     splits evaluated before with the same modules stay), write predictions; return their report."""
+    set_in_memory_bytes(recipe.data.in_memory_bytes)
     data = data or PreparedData(workdir.data)
     encoder, executor, cards = load_assembly(workdir, recipe, device)
     interface = executor.interface

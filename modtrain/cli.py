@@ -71,8 +71,10 @@ def data() -> None:
 @click.option("--format", "format_", type=click.Choice(["clevr", "vqa"]), default="clevr", show_default=True,
               help="Write a CLEVR v1.0 folder, or the same data as a VQA v1 folder (questions, annotations with "
                    "ten answers each, NMN .sps2 parses).")
+@click.option("--workers", type=int, default=None,
+              help="Processes that render images beside this one [default: one per other core; 0: none].")
 def generate(directory, images, val_images, test_images, questions_per_image, families, seed,
-             image_size, combos, force, balance_depth, format_):
+             image_size, combos, force, balance_depth, format_, workers):
     """Generate a procedural dataset as a CLEVR v1.0 (or VQA v1) folder in DIRECTORY."""
     from modtrain.datasets.generate import generate as run
 
@@ -84,7 +86,7 @@ def generate(directory, images, val_images, test_images, questions_per_image, fa
               "val": images // 5 if val_images is None else val_images,
               "test": images // 5 if test_images is None else test_images}
     summary = run(directory, counts, questions_per_image, families, seed, image_size, combos, force, balance_depth,
-                  format_)
+                  format_, workers)
     for split, s in summary["splits"].items():
         click.echo(f"{split}: {s['images']} images, {s['questions']} questions")
     click.echo(f"wrote {directory} in {time.perf_counter() - start:.1f}s")
@@ -105,8 +107,10 @@ def generate(directory, images, val_images, test_images, questions_per_image, fa
 @click.option("--pretrain-images", type=int, default=None,
               help="Generated scenes the clevr-cnn pretrains on [default: 2500].")
 @click.option("--pretrain-epochs", type=int, default=None, help="[default: 12]")
+@click.option("--workers", type=int, default=None,
+              help="Processes that decode images while the backbone computes [default: one per other core; 0: none].")
 def features(directory, backbone, weights, from_h5, dtype, batch_size, device, seed, retrain,
-             pretrain_images, pretrain_epochs):
+             pretrain_images, pretrain_epochs, workers):
     """Extract image features into DIRECTORY/features/{split}.h5."""
     from modtrain.datasets.features import features_command
     from modtrain.device import resolve_device
@@ -115,7 +119,7 @@ def features(directory, backbone, weights, from_h5, dtype, batch_size, device, s
     pretrain = {k: v for k, v in [("pretrain_images", pretrain_images), ("pretrain_epochs", pretrain_epochs)]
                 if v is not None}
     shapes = features_command(directory, backbone, weights, from_h5, dtype, batch_size,
-                              resolve_device(device), seed, retrain, **pretrain)
+                              resolve_device(device), seed, retrain, **pretrain, workers=workers)
     for split, shape in shapes.items():
         click.echo(f"{split}: features {tuple(shape)}")
     click.echo(f"done in {time.perf_counter() - start:.1f}s")
@@ -249,10 +253,11 @@ def train(module, surrogate, recipe, workdir, overrides, data_dir, device):
 def cache(module, allow_untrusted, recipe, workdir, overrides, data_dir, device):
     """Write MODULE's virtual dataset (caches/MODULE/{split}.h5) for every split."""
     from modtrain.cache import write_caches
-    from modtrain.data import PreparedData
+    from modtrain.data import PreparedData, set_in_memory_bytes
     from modtrain.plan import make_plan
 
     loaded, wd, dev = _context(recipe, workdir, overrides, device, data_dir)
+    set_in_memory_bytes(loaded.data.in_memory_bytes)
     data = PreparedData(wd.data)
     with wd.lock():
         write_caches(wd, make_plan(loaded), module, data, dev, allow_untrusted=allow_untrusted)

@@ -17,14 +17,27 @@ from modtrain.errors import ModtrainError
 from modtrain.io import read_json, read_rows, sha256_json
 from modtrain.layout import Layout, parse_layout
 
-IN_MEMORY_BYTES = 1 << 30  # read a whole dataset into memory when it is smaller than this
+IN_MEMORY_BYTES = 1 << 30  # the default budget: a whole dataset smaller than this is read into memory
+_budget = {"bytes": IN_MEMORY_BYTES}
+
+
+def set_in_memory_bytes(budget: int) -> None:
+    """The process's memory budget per features or cache dataset (the recipe's ``data.in_memory_bytes``,
+    set by every job): one no larger is read whole on first use, a larger one is streamed by
+    batches of rows (``read_rows``) and never held whole. One process runs one job at a time."""
+    _budget["bytes"] = int(budget)
+
+
+def in_memory_bytes() -> int:
+    return _budget["bytes"]
 
 
 class H5Rows:
     """Rows of one HDF5 dataset; ``take`` returns rows in the order asked for."""
 
-    def __init__(self, path: str | Path, name: str, in_memory_bytes: int = IN_MEMORY_BYTES, fix: str = ""):
-        """``fix``: the command that rebuilds the file, named in the error if it is corrupt."""
+    def __init__(self, path: str | Path, name: str, in_memory_bytes: int | None = None, fix: str = ""):
+        """``fix``: the command that rebuilds the file, named in the error if it is corrupt;
+        ``in_memory_bytes``: None for the process's budget (``set_in_memory_bytes``)."""
         self.path, self.name, self.in_memory_bytes, self.fix = Path(path), name, in_memory_bytes, fix
         self._file = None
         self._pid = None
@@ -56,7 +69,8 @@ class H5Rows:
         rows = np.asarray(rows, dtype=np.int64)
         try:
             dataset = self._dataset()
-            if self._array is None and dataset.size * dataset.dtype.itemsize <= self.in_memory_bytes:
+            budget = self.in_memory_bytes if self.in_memory_bytes is not None else _budget["bytes"]
+            if self._array is None and dataset.size * dataset.dtype.itemsize <= budget:
                 self._array = dataset[()]
             if self._array is not None:
                 return self._array[rows]

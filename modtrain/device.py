@@ -17,3 +17,11 @@ def resolve_device(name: str = "auto") -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ModtrainError(f"device {name!r} asked for, but CUDA is not available here; use --device cpu")
     return device
+
+
+def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A batch tensor on ``device``: on CUDA copied from pinned memory without blocking, so the next
+    batch is read while the GPU computes; on the CPU, the tensor itself."""
+    if device.type != "cuda":
+        return tensor
+    return tensor.pin_memory().to(device, non_blocking=True)

@@ -136,3 +136,8 @@ def read_rows(dataset, rows) -> np.ndarray:
         lo, hi = rows[s], rows[e - 1] + 1
         out[s:e] = dataset[lo:hi][rows[s:e] - lo]
     return out
+
+
+def default_workers() -> int:
+    """Processes that decode or render images beside the main one: one per other core."""
+    return max(0, (os.cpu_count() or 1) - 1)

@@ -29,7 +29,8 @@ from torch import nn
 
 from modtrain.cache import EdgeCache, attention_mode, open_cache, parametric_modules
 from modtrain.card import load_module, save_module, weights_sha256
-from modtrain.data import PreparedData, shuffled_batches
+from modtrain.data import PreparedData, set_in_memory_bytes, shuffled_batches
+from modtrain.device import to_device
 from modtrain.errors import ModtrainError
 from modtrain.execute import Executor, Given, given_name
 from modtrain.layout import Layout
@@ -165,6 +166,7 @@ class Job(TrainingLoop):
         """``sources``: where a frozen module and its virtual dataset live, if not in ``workdir``."""
         self.workdir, self.recipe, self.device, self.spec = workdir, recipe, device, spec
         self.name = spec.name
+        set_in_memory_bytes(recipe.data.in_memory_bytes)
         self.data = data or PreparedData(workdir.data)
         self.plan = plan or make_plan(recipe)
         self.interface = get_interface(recipe.interface)
@@ -297,27 +299,28 @@ class Job(TrainingLoop):
                     values = np.zeros((len(rows), k, *read.shape[1:]), np.float32)
                 values[mask] = read
             if values is not None:
-                out[given_name(self.given_types[t])] = torch.from_numpy(values).to(self.device)
+                out[given_name(self.given_types[t])] = to_device(torch.from_numpy(values), self.device)
         return out
 
     def _load(self, split: str, rows: np.ndarray) -> dict[str, Any]:
         s = self.splits[split]
-        batch: dict[str, Any] = {"answer": torch.from_numpy(s.answer[rows]).long().to(self.device)}
+        batch: dict[str, Any] = {"answer": to_device(torch.from_numpy(s.answer[rows]).long(), self.device)}
         if self.prior_source == "train":
-            batch["tokens"] = torch.from_numpy(s.tokens[rows]).long().to(self.device)
+            batch["tokens"] = to_device(torch.from_numpy(s.tokens[rows]).long(), self.device)
             batch["lengths"] = torch.from_numpy(s.lengths[rows]).long()
         elif self.prior_source == "cache":
-            batch["prior"] = torch.from_numpy(self.priors[split].take(rows)).to(self.device)
+            batch["prior"] = to_device(torch.from_numpy(self.priors[split].take(rows)), self.device)
         if self.needs_features:
-            batch["features"] = torch.from_numpy(self.features[split].take(s.image_index[rows])).float().to(self.device)
+            batch["features"] = to_device(torch.from_numpy(self.features[split].take(s.image_index[rows])).float(),
+                                          self.device)
         if self.layout_free:
             return batch
         layout_ids = s.layout[rows]
         batch["layouts"] = [self.wirings[i].layout for i in layout_ids]
         batch["given"] = self._given(split, rows)
         if self.spec.surrogate is not None:
-            batch["root"] = torch.from_numpy(self.root_ids[layout_ids]).to(self.device)
-            batch["part"] = torch.from_numpy(self.root_kind[layout_ids]).to(self.device)
+            batch["root"] = to_device(torch.from_numpy(self.root_ids[layout_ids]), self.device)
+            batch["part"] = to_device(torch.from_numpy(self.root_kind[layout_ids]), self.device)
         return batch
 
     # -- model -------------------------------------------------------------------------------

@@ -18,7 +18,7 @@ import torch
 from modtrain.assemble import assemble
 from modtrain.cache import caches_up_to_date, check_trusted, write_caches
 from modtrain.card import load_card
-from modtrain.data import PreparedData
+from modtrain.data import PreparedData, set_in_memory_bytes
 from modtrain.e2e import JOB as E2E, e2e_up_to_date, train_end_to_end
 from modtrain.errors import ModtrainError
 from modtrain.io import read_json, write_json
@@ -128,12 +128,22 @@ def ensure_data(recipe: Recipe, workdir: Workdir, device: torch.device, say: Cal
 JOB_TIMES = "jobs.json"
 
 
-def record_job_time(workdir: Workdir, job: str, seconds: float) -> None:
-    """Keep each job's last wall time in ``reports/jobs.json`` (what ``report compare`` reads)."""
+def record_job_time(workdir: Workdir, job: str, seconds: float, placement: dict | None = None) -> None:
+    """Keep each job's last wall time in ``reports/jobs.json`` (what ``report compare`` reads) and,
+    for a job that ran on Ray, where it ran (node, GPU ids, device, start and end) under ``placement``."""
     path = workdir.reports / JOB_TIMES
     times = read_json(path) if path.exists() else {}
     times[job] = round(seconds, 3)
+    if placement is not None:
+        times.setdefault("placement", {})[job] = placement
     write_json(path, times)
+
+
+def job_times(workdir: Workdir) -> dict[str, float]:
+    """Each job's last wall time from ``reports/jobs.json`` (its placement left out)."""
+    path = workdir.reports / JOB_TIMES
+    times = read_json(path) if path.exists() else {}
+    return {job: seconds for job, seconds in times.items() if isinstance(seconds, (int, float))}
 
 
 def run_job(job: Job, recipe: Recipe, plan: Plan, workdir: Workdir, data: PreparedData, device: torch.device,
@@ -142,6 +152,7 @@ def run_job(job: Job, recipe: Recipe, plan: Plan, workdir: Workdir, data: Prepar
     Ray runs. Returns ``{"job", "skipped"}`` and, when it ran, ``seconds`` and the card or report.
     A module its surrogate does not trust stops the run before it is cached, unless ``allow_untrusted``."""
     start = time.perf_counter()
+    set_in_memory_bytes(recipe.data.in_memory_bytes)
     if job.kind == "train":
         if is_up_to_date(recipe, job.module, data, workdir):
             return {"job": job.name, "skipped": True}

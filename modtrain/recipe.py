@@ -52,6 +52,9 @@ class DataSection:
     # parse word seen fewer times than min_instance_count in training becomes the <UNK> instance
     answers: int = setting(1000, low=1)
     min_instance_count: int = setting(3, low=1)
+    # features or caches larger than this (bytes) are streamed by batches of rows, never loaded whole;
+    # smaller ones are read whole once (default 1 GiB)
+    in_memory_bytes: int = setting(1 << 30, low=0)
     # clevr-cnn pretraining; None: the backbone's own defaults
     pretrain_images: int | None = setting(None, low=1)
     pretrain_epochs: int | None = setting(None, low=1)

@@ -24,8 +24,8 @@ import torch
 from modtrain.card import trained_cards
 from modtrain.data import PreparedData
 from modtrain.errors import ModtrainError
-from modtrain.io import read_json, write_json, write_text
-from modtrain.pipeline import JOB_TIMES, ensure_data, run_end_to_end, run_job, run_pipeline
+from modtrain.io import write_json, write_text
+from modtrain.pipeline import ensure_data, job_times, run_end_to_end, run_job, run_pipeline
 from modtrain.plan import Plan, make_plan
 from modtrain.recipe import Recipe, TrainSection
 from modtrain.reports.plots import pyplot, save_figure
@@ -151,7 +151,7 @@ def run_compare(root: str | Path, seeds: int, device: torch.device, overrides: l
             _check_same_data(workdir, data)
             say(f"== {label}, seed {seed} ({workdir.root})")
             report = train_version(how, recipe, workdir, device, say)
-            times = read_json(workdir.reports / JOB_TIMES)
+            times = job_times(workdir)
             epochs = {c["name"]: {"epochs": c["metrics"]["epochs"], "best_epoch": c["metrics"]["best_epoch"]}
                       for c in trained_cards(workdir.modules)}
             untrusted = {n: m["predictive_variance"] for n, m in report["modules"].items()

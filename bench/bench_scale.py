@@ -1,0 +1,221 @@
+"""How every cost of a modular run grows with the data (issue: scale), on this machine's 2 cores.
+
+The whole nmn-typed pipeline — data generate, features, prepare, every training and cache job,
+assemble — at 1×, 4× and 16× the default data (1000 / 200 / 200 images, 10 questions each: 10k
+training questions at 1×, 160k at 16×), one process per stage (the `modtrain` command, as a user
+runs it), each in a fresh folder. Per stage: wall time, peak resident memory of the stage's
+process tree (every process below it, summed, sampled every 50 ms from /proc) and bytes written
+(the growth of the folder). The growth exponent of each is the slope of a least-squares line in
+log-log (questions → cost).
+
+So that a slope measures the cost of the data and not early stopping's choices, every module
+trains exactly ``--epochs`` epochs (patience above it). The clevr-cnn backbone is pretrained once
+(a constant cost, reported apart) and copied into every size's folder, so the features stage is
+extraction alone. Training runs under ``data.in_memory_bytes`` = ``--budget`` (64 MiB): features
+and caches larger than it stream by batches of rows, so the training stages' memory is bounded
+by the budget, not by the data.
+
+Each module job's data path (question rows → features / caches → a batch on the device) is also
+timed alone, in samples/s, next to the job's measured training rate (samples/s, the card).
+
+    python bench/bench_scale.py --out bench/results/scale.json           # 1×, 4×, 16× (~15 min)
+    python bench/bench_scale.py --factors 1,2 --out /tmp/scale.json      # a quick look
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from common import write_result  # noqa: E402
+
+from modtrain.data import PreparedData, set_in_memory_bytes, shuffled_batches  # noqa: E402
+from modtrain.job import Job  # noqa: E402
+from modtrain.plan import make_plan  # noqa: E402
+from modtrain.recipe import Recipe  # noqa: E402
+from modtrain.reaper import descendants  # noqa: E402
+from modtrain.workdir import Workdir  # noqa: E402
+
+MODTRAIN = str(Path(sys.executable).parent / "modtrain")
+BASE = {"images": 1000, "val_images": 200, "test_images": 200, "questions_per_image": 10}
+
+
+def _rss_kib(pid: int) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    except (OSError, ValueError):
+        pass
+    return 0
+
+
+def _size(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file() and not p.is_symlink()) if path.exists() else 0
+
+
+def stage(command: list[str], folder: Path) -> dict:
+    """Run one command; its wall time, the peak summed RSS of its process tree and the bytes it added."""
+    before = _size(folder)
+    start = time.perf_counter()
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    peak = [0]
+
+    def sample() -> None:
+        while process.poll() is None:
+            peak[0] = max(peak[0], sum(_rss_kib(p) for p in [process.pid, *descendants(process.pid)]))
+            time.sleep(0.05)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    output, _ = process.communicate()
+    seconds = time.perf_counter() - start
+    sampler.join()
+    if process.returncode != 0:
+        raise SystemExit(f"{' '.join(command)} failed:\n{output[-3000:]}")
+    return {"seconds": round(seconds, 2), "peak_rss_mib": round(peak[0] / 1024, 1),
+            "bytes_written": _size(folder) - before}
+
+
+def data_path_rate(workdir: Workdir, recipe: Recipe, module: str, max_batches: int = 200) -> float:
+    """Samples/s of a module job's data path alone: its training batches loaded onto the device, no model."""
+    set_in_memory_bytes(recipe.data.in_memory_bytes)
+    job = Job.for_module(workdir, recipe, module, torch.device("cpu"), PreparedData(workdir.data))
+    batches = shuffled_batches(job.train_rows, job.config.batch_size, 0, 1)[:max_batches]
+    start = time.perf_counter()
+    for rows in batches:
+        job._load("train", rows)
+    return sum(len(b) for b in batches) / (time.perf_counter() - start)
+
+
+def run_size(factor: int, root: Path, epochs: int, budget: int, backbone: Path | None) -> dict:
+    data, work = root / "data", root / "work"
+    shutil.rmtree(root, ignore_errors=True)
+    root.mkdir(parents=True)
+    counts = {k: v * factor if k != "questions_per_image" else v for k, v in BASE.items()}
+    stages = {"data generate": stage([MODTRAIN, "data", "generate", str(data), "--images", str(counts["images"]),
+                                      "--val-images", str(counts["val_images"]), "--test-images",
+                                      str(counts["test_images"]), "--families", "no-relate", "--balance-depth", "none"],
+                                     root)}
+    pretrain = None
+    if backbone is not None:  # pretrained once: the features stage is extraction alone
+        (data / "features").mkdir(parents=True, exist_ok=True)
+        for suffix in (".pt", ".json"):
+            shutil.copy(backbone.with_suffix(suffix), data / "features" / f"clevr-cnn{suffix}")
+    stages["data features"] = stage([MODTRAIN, "data", "features", str(data), "--device", "cpu"], root)
+    if backbone is None:
+        pretrain = stages["data features"]
+    stages["data prepare"] = stage([MODTRAIN, "data", "prepare", str(data)], root)
+    sets = ["--set", f"train.max_epochs={epochs}", "--set", f"train.patience={epochs + 1}",
+            "--set", f"data.in_memory_bytes={budget}", "--set", "train.device='cpu'"]
+    for module in ("encoder", "find", "describe", "measure"):
+        sets += ["--set", f"modules.{module}.max_epochs={epochs}", "--set", f"modules.{module}.patience={epochs + 1}"]
+    common = ["--recipe", "nmn-typed", "--data", str(data), "--workdir", str(work), "--device", "cpu", *sets]
+    recipe = Recipe.load("nmn-typed", [s for s in sets if s != "--set"] + [f"data.source='{data}'"])
+    for job in make_plan(recipe).jobs:
+        command = [MODTRAIN, job.kind, *([job.module] if job.module else []), *common]
+        if job.kind == "cache":
+            command.append("--allow-untrusted")  # a growth benchmark: the trust check is not what is measured
+        stages[job.name] = stage(command, root)
+        print(f"{factor}×: {job.name} {stages[job.name]}", file=sys.stderr)
+    workdir = Workdir(work, data)
+    prepared = PreparedData(data)
+    questions = len(prepared.split("train"))
+    from modtrain.card import load_card
+
+    rates = {}
+    for module in recipe.modules:
+        card = load_card(workdir.modules, module)
+        train_rate = card["timings"]["samples_per_second"]
+        rates[module] = {"data_path_samples_per_second": round(data_path_rate(workdir, recipe, module), 1),
+                         "training_samples_per_second": train_rate}
+        rates[module]["ratio"] = round(rates[module]["data_path_samples_per_second"] / train_rate, 2)
+    return {"factor": factor, "questions": questions, "images": counts, "stages": stages, "data_path": rates,
+            "pretrain": pretrain}
+
+
+def slope(xs: list[float], ys: list[float]) -> float | None:
+    """Least-squares slope of log y on log x (None where a value is not positive)."""
+    if len(xs) < 2 or min(ys) <= 0:
+        return None
+    return float(np.polyfit(np.log(xs), np.log(ys), 1)[0])
+
+
+def plot(sizes: list[dict], path: Path) -> None:
+    from modtrain.reports.plots import pyplot, save_figure
+
+    plt = pyplot()
+    figure, axis = plt.subplots(figsize=(8, 5))
+    x = [s["questions"] for s in sizes]
+    for name in sizes[0]["stages"]:
+        axis.loglog(x, [max(s["stages"][name]["seconds"], 1e-2) for s in sizes], marker="o", label=name)
+    axis.loglog(x, [sizes[0]["stages"]["data generate"]["seconds"] * q / x[0] for q in x], "k--", label="linear")
+    axis.set_xlabel("training questions")
+    axis.set_ylabel("wall time (s)")
+    axis.set_title("Cost of every stage against the data (log-log)")
+    axis.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize="small")
+    figure.tight_layout()
+    save_figure(figure, path)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default="bench/results/scale.json")
+    parser.add_argument("--workdir", default="runs/bench-scale")
+    parser.add_argument("--factors", default="1,4,16")
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--budget", type=int, default=64 << 20, help="data.in_memory_bytes for every job")
+    args = parser.parse_args()
+    factors = [int(f) for f in args.factors.split(",")]
+    root = Path(args.workdir).resolve()
+    start = time.perf_counter()
+    sizes, backbone = [], None
+    for factor in factors:
+        sizes.append(run_size(factor, root / f"x{factor}", args.epochs, args.budget, backbone))
+        if backbone is None:  # the first size pretrained it: keep it for the others
+            kept = root / "clevr-cnn.pt"
+            shutil.copy(root / f"x{factor}" / "data" / "features" / "clevr-cnn.pt", kept)
+            shutil.copy(root / f"x{factor}" / "data" / "features" / "clevr-cnn.json", kept.with_suffix(".json"))
+            backbone = kept
+    questions = [s["questions"] for s in sizes]
+    names = list(sizes[0]["stages"])
+    slopes = {name: {metric: slope(questions, [s["stages"][name][metric] for s in sizes])
+                     for metric in ("seconds", "peak_rss_mib", "bytes_written")} for name in names}
+    # the first size's features stage pretrained the backbone too: its slope is measured without it
+    if len(sizes) > 2:
+        slopes["data features"]["seconds (without the first size)"] = slope(
+            questions[1:], [s["stages"]["data features"]["seconds"] for s in sizes[1:]])
+    training = [n for n in names if n.startswith(("train ", "cache ", "assemble"))]
+    peak_training = max(s["stages"][n]["peak_rss_mib"] for s in sizes for n in training)
+    targets = {
+        "every stage's time grows at most linearly (slope <= 1.1)": {
+            "value": {n: None if v["seconds"] is None else round(v["seconds"], 3) for n, v in slopes.items()},
+            "met": all(v["seconds"] is not None and v["seconds"] <= 1.1 for n, v in slopes.items()
+                       if n != "data features") and
+                   (slopes["data features"].get("seconds (without the first size)") or slopes["data features"]["seconds"]) <= 1.1},
+        "training memory bounded: peak RSS slope of training jobs <= 0.25": {
+            "value": {n: None if slopes[n]["peak_rss_mib"] is None else round(slopes[n]["peak_rss_mib"], 3) for n in training},
+            "met": all(slopes[n]["peak_rss_mib"] is not None and slopes[n]["peak_rss_mib"] <= 0.25 for n in training)},
+        "data path >= 10x the training rate, every job, every size": {
+            "value": {f"{s['factor']}x {m}": r["ratio"] for s in sizes for m, r in s["data_path"].items()},
+            "met": all(r["ratio"] >= 10 for s in sizes for r in s["data_path"].values())},
+    }
+    out = Path(args.out)
+    plot(sizes, out.with_suffix(".png"))
+    write_result(out, {"benchmark": "scale", "recipe": "nmn-typed", "factors": factors, "epochs": args.epochs,
+                       "in_memory_bytes": args.budget, "wall_seconds": round(time.perf_counter() - start, 1),
+                       "peak_training_rss_mib": peak_training, "targets": targets, "slopes": slopes, "sizes": sizes,
+                       "clevr_cnn_pretraining_note": "in the first size's 'data features' stage only"})
+
+
+if __name__ == "__main__":
+    main()
