@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -68,7 +69,8 @@ def get(ray, refs):
 
 
 def gpus_per_job(requested: float | None) -> float:
-    """GPUs each training job asks for, checked against ``ray.cluster_resources()``."""
+    """GPUs each training job asks for, checked against what each node of the cluster has (a job
+    runs on one node: asking for more than any node has would make Ray wait forever)."""
     import ray
 
     available = float(ray.cluster_resources().get("GPU", 0.0))
@@ -76,9 +78,14 @@ def gpus_per_job(requested: float | None) -> float:
         return 1.0 if available >= 1 else 0.0
     if requested < 0:
         raise ModtrainError(f"--gpus-per-job {requested:g}: must be 0 or more")
-    if requested > 0 and available < requested:
-        raise ModtrainError(f"--gpus-per-job {requested:g}: the Ray cluster has {available:g} GPU(s); Ray would wait "
-                            f"forever. Use --gpus-per-job 0 to train on CPUs")
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    largest = max((float(n["Resources"].get("GPU", 0.0)) for n in nodes), default=0.0)
+    if requested > 0 and largest < requested:
+        per_node = "; ".join(f"node {n['NodeID'][:8]}: {float(n['Resources'].get('GPU', 0.0)):g} GPU(s), "
+                             f"{float(n['Resources'].get('CPU', 0.0)):g} CPU(s)" for n in nodes)
+        raise ModtrainError(f"--gpus-per-job {requested:g}: the Ray cluster has {available:g} GPU(s) and no node has "
+                            f"more than {largest:g} ({per_node}); Ray would wait forever. Use --gpus-per-job "
+                            f"{largest:g} or less, or 0 to train on CPUs")
     return requested
 
 
@@ -102,12 +109,22 @@ def _job(kind: str, module: str | None, recipe_raw: dict, recipe_where: str, roo
     from modtrain.recipe import Recipe
     from modtrain.workdir import Workdir
 
+    import ray
+
     torch.set_num_threads(threads)
     recipe = Recipe(recipe_raw, recipe_where)
     plan = make_plan(recipe)
     job = next(j for j in plan.jobs if (j.kind, j.module) == (kind, module))
-    return run_job(job, recipe, plan, Workdir(Path(root), Path(data)), PreparedData(data), torch.device(device),
-                   say=log.info, allow_untrusted=allow_untrusted)
+    gpu_ids = [str(g) for g in ray.get_gpu_ids()]
+    fallback = device.startswith("cuda") and not torch.cuda.is_available()
+    if fallback:  # a GPU granted by Ray, but no CUDA device in this worker (a simulated cluster)
+        device = "cpu"
+    started = time.time()
+    result = run_job(job, recipe, plan, Workdir(Path(root), Path(data)), PreparedData(data), torch.device(device),
+                     say=log.info, allow_untrusted=allow_untrusted)
+    result["placement"] = {"node": ray.get_runtime_context().get_node_id(), "gpu_ids": gpu_ids, "device": device,
+                           "cpu_fallback": fallback, "pid": os.getpid(), "started": started, "ended": time.time()}
+    return result
 
 
 def run_pipeline_on_ray(recipe, workdir, address: str, say: Callable[[str], None], gpus: float | None = None,
@@ -142,14 +159,21 @@ def _run_on_ray(recipe, workdir, address: str, say: Callable[[str], None], gpus:
     say(f"submitted {len(refs)} jobs to Ray: " + " | ".join(" ∥ ".join(j.name for j in level) for level in plan.levels()))
     report = None
     pending = dict(refs)
+    fallback_said = False
     while pending:
         done, _ = ray.wait(list(pending.values()), num_returns=1)
         name = next(n for n, r in pending.items() if r == done[0])
         result = get(ray, done[0])
         del pending[name]
-        say(describe_result(result))
+        placement = result.get("placement", {})
+        if placement.get("cpu_fallback") and not fallback_said:
+            say(f"{name}: Ray granted GPU {', '.join(placement['gpu_ids'])} but its worker sees no CUDA device; "
+                f"training jobs run on the CPU (said once)")
+            fallback_said = True
+        say(describe_result(result) + (f" [node {placement['node'][:8]}, GPU {','.join(placement['gpu_ids'])}]"
+                                       if placement.get("gpu_ids") else ""))
         if not result["skipped"] and name != "assemble":
-            record_job_time(workdir, name, result["seconds"])
+            record_job_time(workdir, name, result["seconds"], placement)
         report = result.get("report", report)
     return report
 

@@ -36,7 +36,7 @@ def node_loss(recipe: Recipe, workdir: Workdir, out: str) -> None:
         except BaseException as e:  # reported in the JSON
             errors.append(repr(e))
 
-    thread = threading.Thread(target=run)
+    thread = threading.Thread(target=run, daemon=True)
     thread.start()
     checkpoint = workdir.modules / ".find.ckpt"
     deadline = time.time() + 300
@@ -47,11 +47,13 @@ def node_loss(recipe: Recipe, workdir: Workdir, out: str) -> None:
     cluster.add_node(num_cpus=2, num_gpus=2)
     cluster.remove_node(doomed, allow_graceful=False)
     thread.join(600)
-    placement = json.loads((workdir.reports / "jobs.json").read_text()).get("placement", {})
-    Path(out).write_text(json.dumps({"messages": messages, "errors": errors, "killed_during_find": killed_during_find,
-                                     "doomed": doomed_id, "placement": placement}))
-    ray.shutdown()
-    cluster.shutdown()
+    try:
+        placement = json.loads((workdir.reports / "jobs.json").read_text()).get("placement", {})
+        Path(out).write_text(json.dumps({"messages": messages, "errors": errors, "killed_during_find": killed_during_find,
+                                         "doomed": doomed_id, "placement": placement}))
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
 
 
 def main() -> None:
@@ -66,16 +68,18 @@ def main() -> None:
     workdir = Workdir(Path(root), Path(data))
     result = {}
     try:
-        run_pipeline_on_ray(recipe, workdir, cluster.address, print, gpus=3, cpus_per_job=2)
-    except ModtrainError as e:
-        result["too_many_gpus"] = str(e)
-    messages = []
-    run_pipeline_on_ray(recipe, workdir, cluster.address, messages.append, gpus=1, cpus_per_job=2)
-    result["messages"] = messages
-    result["nodes"] = sorted(n["NodeID"] for n in ray.nodes() if n["Alive"])
-    Path(out).write_text(json.dumps(result))
-    ray.shutdown()
-    cluster.shutdown()
+        try:
+            run_pipeline_on_ray(recipe, workdir, cluster.address, print, gpus=3, cpus_per_job=2)
+        except ModtrainError as e:
+            result["too_many_gpus"] = str(e)
+        messages = []
+        run_pipeline_on_ray(recipe, workdir, cluster.address, messages.append, gpus=1, cpus_per_job=2)
+        result["messages"] = messages
+        result["nodes"] = sorted(n["NodeID"] for n in ray.nodes() if n["Alive"])
+        Path(out).write_text(json.dumps(result))
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
 
 
 if __name__ == "__main__":

@@ -54,7 +54,7 @@ def test_run_on_ray_gives_the_same_cards_as_in_process(ray_local, tiny_run, tmp_
 
 def test_gpu_request_on_a_cpu_cluster_fails_fast(ray_local, tiny_run, tmp_path):
     assert gpus_per_job(None) == 0.0
-    with pytest.raises(ModtrainError, match=r"--gpus-per-job 1: the Ray cluster has 0 GPU\(s\); Ray would wait forever"):
+    with pytest.raises(ModtrainError, match=r"--gpus-per-job 1: the Ray cluster has 0 GPU\(s\) and no node has more than 0 \(node \w+: 0 GPU\(s\), 2 CPU\(s\)\); Ray would wait forever"):
         gpus_per_job(1.0)
     recipe, workdir, _, _ = tiny_run
     with pytest.raises(ModtrainError, match="Ray would wait forever"):
