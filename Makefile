@@ -31,9 +31,11 @@ bench: $(STAMP)
 	$(BIN)/python bench/bench_data.py --out bench/results/data.json
 	$(BIN)/python bench/bench_modular.py --out bench/results/modular.json
 	$(BIN)/python bench/bench_clevr.py --out bench/results/clevr.json
+	$(BIN)/python bench/bench_workers.py --out bench/results/workers.json
 
-# The method's experiments (about 105 minutes on 2 CPU cores): Table 2 (four-module NMN, and every
-# CLEVR program; shared defaults and tuned), Fig. 7/8, per-module search, generalization by depth.
+# The method's experiments (about 2 hours on 2 CPU cores): Table 2 (four-module NMN, every CLEVR
+# program, VQA; shared defaults and tuned), Fig. 7/8, per-module search, generalization by depth,
+# and how every cost grows with the data (1x, 4x, 16x).
 bench-long: $(STAMP)
 	$(BIN)/python bench/bench_compare.py --out bench/results/compare.json
 	$(BIN)/python bench/bench_compare.py --tune 4 --workdir runs/bench-compare-tuned --out bench/results/compare-tuned.json
@@ -42,6 +44,8 @@ bench-long: $(STAMP)
 	$(BIN)/python bench/bench_tune.py --out bench/results/tune.json
 	$(BIN)/python bench/bench_depth.py --images 2000 --out bench/results/depth.json
 	$(BIN)/python bench/bench_depth.py --images 2000 --reference --reuse --out bench/results/depth-reference.json
+	$(BIN)/python bench/bench_compare.py --recipe nmn-vqa --workdir runs/bench-compare-vqa --out bench/results/compare-vqa.json
+	$(BIN)/python bench/bench_scale.py --out bench/results/scale.json
 
 clean:
 	rm -rf $(VENV) runs

@@ -24,7 +24,6 @@ timed alone, in samples/s, next to the job's measured training rate (samples/s, 
 from __future__ import annotations
 
 import argparse
-import math
 import shutil
 import subprocess
 import sys
@@ -86,15 +85,21 @@ def stage(command: list[str], folder: Path) -> dict:
             "bytes_written": _size(folder) - before}
 
 
-def data_path_rate(workdir: Workdir, recipe: Recipe, module: str, max_batches: int = 200) -> float:
-    """Samples/s of a module job's data path alone: its training batches loaded onto the device, no model."""
+def data_path_rate(workdir: Workdir, recipe: Recipe, module: str, min_seconds: float = 1.0) -> float:
+    """Samples/s of a module job's data path alone: its training batches loaded onto the device, no
+    model; after one warm-up batch (what is read once per job, as training reads it once), epoch
+    after epoch for at least ``min_seconds``."""
     set_in_memory_bytes(recipe.data.in_memory_bytes)
     job = Job.for_module(workdir, recipe, module, torch.device("cpu"), PreparedData(workdir.data))
-    batches = shuffled_batches(job.train_rows, job.config.batch_size, 0, 1)[:max_batches]
-    start = time.perf_counter()
-    for rows in batches:
-        job._load("train", rows)
-    return sum(len(b) for b in batches) / (time.perf_counter() - start)
+    job._setup_data()  # the job's rows, features, caches and wirings, as its training reads them
+    job._load("train", job.train_rows[:job.config.batch_size])
+    samples, epoch, start = 0, 1, time.perf_counter()
+    while time.perf_counter() - start < min_seconds:
+        for rows in shuffled_batches(job.train_rows, job.config.batch_size, 0, epoch):
+            job._load("train", rows)
+            samples += len(rows)
+        epoch += 1
+    return samples / (time.perf_counter() - start)
 
 
 def run_size(factor: int, root: Path, epochs: int, budget: int, backbone: Path | None) -> dict:
@@ -128,19 +133,26 @@ def run_size(factor: int, root: Path, epochs: int, budget: int, backbone: Path |
         stages[job.name] = stage(command, root)
         print(f"{factor}×: {job.name} {stages[job.name]}", file=sys.stderr)
     workdir = Workdir(work, data)
-    prepared = PreparedData(data)
-    questions = len(prepared.split("train"))
+    questions = len(PreparedData(data).split("train"))
+    return {"factor": factor, "questions": questions, "images": counts, "stages": stages,
+            "data_path": data_path_rates(workdir, recipe, budget), "pretrain": pretrain}
+
+
+def data_path_rates(workdir: Workdir, recipe: Recipe, budget: int) -> dict:
+    """Per module: the data path's samples/s under the run's budget and under the default one (1 GiB:
+    at these sizes every features file and cache is held whole), against the job's training rate."""
     from modtrain.card import load_card
 
     rates = {}
     for module in recipe.modules:
-        card = load_card(workdir.modules, module)
-        train_rate = card["timings"]["samples_per_second"]
-        rates[module] = {"data_path_samples_per_second": round(data_path_rate(workdir, recipe, module), 1),
-                         "training_samples_per_second": train_rate}
-        rates[module]["ratio"] = round(rates[module]["data_path_samples_per_second"] / train_rate, 2)
-    return {"factor": factor, "questions": questions, "images": counts, "stages": stages, "data_path": rates,
-            "pretrain": pretrain}
+        train_rate = load_card(workdir.modules, module)["timings"]["samples_per_second"]
+        row = {"training_samples_per_second": train_rate}
+        for label, bytes_ in (("budget", budget), ("default_budget", recipe.data.__class__().in_memory_bytes)):
+            rate = data_path_rate(workdir, recipe.with_overrides([f"data.in_memory_bytes={bytes_}"]), module)
+            row[f"data_path_samples_per_second ({label})"] = round(rate, 1)
+            row[f"ratio ({label})"] = round(rate / train_rate, 2)
+        rates[module] = row
+    return rates
 
 
 def slope(xs: list[float], ys: list[float]) -> float | None:
@@ -174,7 +186,12 @@ def main() -> None:
     parser.add_argument("--factors", default="1,4,16")
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--budget", type=int, default=64 << 20, help="data.in_memory_bytes for every job")
+    parser.add_argument("--data-path-only", action="store_true",
+                        help="measure only the data paths again, on the folders of the run that wrote --out, and "
+                             "rewrite its data-path numbers and targets (the stage numbers are kept)")
     args = parser.parse_args()
+    if args.data_path_only:
+        return remeasure_data_paths(Path(args.out), Path(args.workdir).resolve())
     factors = [int(f) for f in args.factors.split(",")]
     root = Path(args.workdir).resolve()
     start = time.perf_counter()
@@ -205,9 +222,12 @@ def main() -> None:
         "training memory bounded: peak RSS slope of training jobs <= 0.25": {
             "value": {n: None if slopes[n]["peak_rss_mib"] is None else round(slopes[n]["peak_rss_mib"], 3) for n in training},
             "met": all(slopes[n]["peak_rss_mib"] is not None and slopes[n]["peak_rss_mib"] <= 0.25 for n in training)},
-        "data path >= 10x the training rate, every job, every size": {
-            "value": {f"{s['factor']}x {m}": r["ratio"] for s in sizes for m, r in s["data_path"].items()},
-            "met": all(r["ratio"] >= 10 for s in sizes for r in s["data_path"].values())},
+        "data path >= 10x the training rate, every job, every size (under the run's budget)": {
+            "value": {f"{s['factor']}x {m}": r["ratio (budget)"] for s in sizes for m, r in s["data_path"].items()},
+            "met": all(r["ratio (budget)"] >= 10 for s in sizes for r in s["data_path"].values())},
+        "data path >= 10x the training rate, every job, every size (default budget)": {
+            "value": {f"{s['factor']}x {m}": r["ratio (default_budget)"] for s in sizes for m, r in s["data_path"].items()},
+            "met": all(r["ratio (default_budget)"] >= 10 for s in sizes for r in s["data_path"].values())},
     }
     out = Path(args.out)
     plot(sizes, out.with_suffix(".png"))
@@ -215,6 +235,25 @@ def main() -> None:
                        "in_memory_bytes": args.budget, "wall_seconds": round(time.perf_counter() - start, 1),
                        "peak_training_rss_mib": peak_training, "targets": targets, "slopes": slopes, "sizes": sizes,
                        "clevr_cnn_pretraining_note": "in the first size's 'data features' stage only"})
+
+
+def remeasure_data_paths(out: Path, root: Path) -> None:
+    import json
+
+    result = json.loads(out.read_text())
+    result.pop("machine", None)
+    for size in result["sizes"]:
+        folder = root / f"x{size['factor']}"
+        workdir = Workdir(folder / "work", folder / "data")
+        recipe = Recipe.load(folder / "work" / "recipe.toml")
+        size["data_path"] = data_path_rates(workdir, recipe, result["in_memory_bytes"])
+    sizes = result["sizes"]
+    for label in ("budget", "default_budget"):
+        name = next(k for k in result["targets"] if k.startswith("data path") and ("default" in k) == (label != "budget"))
+        values = {f"{s['factor']}x {m}": r[f"ratio ({label})"] for s in sizes for m, r in s["data_path"].items()}
+        result["targets"][name] = {"value": values, "met": all(v >= 10 for v in values.values())}
+    result["data_path_note"] = "data paths measured again on the run's folders by --data-path-only"
+    write_result(out, result)
 
 
 if __name__ == "__main__":

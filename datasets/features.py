@@ -271,13 +271,16 @@ def extract_features(image_paths: list[Path], backbone: Backbone, out_path: Path
                      workers: int | None = None) -> tuple[int, ...]:
     """Run the backbone over images (row i = image i) into an HDF5 file, atomically; ``image_ids``
     (a VQA split's ids in row order) are kept beside them as the dataset ``image_ids``. ``workers``
-    processes (default: one per other core) decode the images while the backbone computes."""
+    processes decode the images while the backbone computes. Default: on CUDA one per other core;
+    on the CPU none, since the backbone's own threads already use every core (measured on 2 cores:
+    a decoding worker made extraction 0.79× as fast, bench/results/workers.json)."""
     if dtype not in ("float32", "float16"):
         raise ModtrainError(f"--dtype {dtype!r} is not supported; valid: float32, float16")
     if not image_paths:
         raise ModtrainError(f"no images to extract features from for {out_path}")
     net = backbone.net.to(device).eval()
-    workers = default_workers() if workers is None else workers
+    if workers is None:
+        workers = default_workers() if torch.device(device).type == "cuda" else 0
     n = len(image_paths)
     loader = torch.utils.data.DataLoader(
         ImageFiles(image_paths, backbone.input_size, backbone.mean, backbone.std), batch_size=batch_size,
@@ -349,7 +352,7 @@ def features_command(data_dir: str | Path, backbone: str = "clevr-cnn", weights:
                      pretrain_images: int = PRETRAIN_IMAGES, pretrain_epochs: int = PRETRAIN_EPOCHS,
                      splits: list[str] | None = None, workers: int | None = None) -> dict[str, tuple[int, ...]]:
     """Features for every split of a CLEVR or VQA folder; returns each split's array shape.
-    ``workers`` processes decode the images (default: one per other core)."""
+    ``workers`` processes decode the images (default: see ``extract_features``)."""
     from modtrain.datasets.folders import open_folder
 
     folder = open_folder(data_dir)

@@ -108,7 +108,8 @@ def generate(directory, images, val_images, test_images, questions_per_image, fa
               help="Generated scenes the clevr-cnn pretrains on [default: 2500].")
 @click.option("--pretrain-epochs", type=int, default=None, help="[default: 12]")
 @click.option("--workers", type=int, default=None,
-              help="Processes that decode images while the backbone computes [default: one per other core; 0: none].")
+              help="Processes that decode images while the backbone computes [default: on CUDA one per other core; "
+                   "on the CPU none: the backbone's threads use every core].")
 def features(directory, backbone, weights, from_h5, dtype, batch_size, device, seed, retrain,
              pretrain_images, pretrain_epochs, workers):
     """Extract image features into DIRECTORY/features/{split}.h5."""

@@ -67,12 +67,13 @@ class H5Rows:
 
     def take(self, rows: np.ndarray) -> np.ndarray:
         rows = np.asarray(rows, dtype=np.int64)
+        if self._array is not None:  # held whole: no HDF5 call at all on the hot path
+            return self._array[rows]
         try:
             dataset = self._dataset()
             budget = self.in_memory_bytes if self.in_memory_bytes is not None else _budget["bytes"]
-            if self._array is None and dataset.size * dataset.dtype.itemsize <= budget:
+            if int(np.prod(self.shape)) * self.dtype.itemsize <= budget:
                 self._array = dataset[()]
-            if self._array is not None:
                 return self._array[rows]
             unique, inverse = np.unique(rows, return_inverse=True)
             return read_rows(dataset, unique)[inverse]
