@@ -1,0 +1,286 @@
+"""Stack-NMN (Hu et al., ECCV 2018): a controller chooses a soft mixture of modules at each of T
+steps, and the modules communicate through a differentiable stack of attention maps ("Stack-NMN"
+in the papers folder: controller, stack, modules).
+
+- Controller: a length-masked BiLSTM encodes the question (h_s per word, q the two final states);
+  at step t, u = W2[W1(t)·q + b1; c(t−1)] + b2 with a W1(t) of its own per step, the module
+  weights are softmax(MLP(u)), and the control vector c_t is the text attention
+  softmax_s(W3(u ⊙ h_s)) (padding masked out) applied to h_s.
+- Stack: L attention maps (logits over the H × W grid) and a soft pointer, a distribution over the
+  L slots. Push moves the pointer up and writes there, pop reads there and moves it down; the top
+  and bottom slots guard the ends (a push at the top or a pop at the bottom stays). After each step
+  the pointer is sharpened: hard (one-hot of its argmax) or soft (softmax of pointer / 0.2).
+- Modules run every step; the stack, the pointer and the memory become their average by the module
+  weights. Every module but the answering ones carries the memory forward (NoOp included: the
+  reference code's NoOp zeroed it, so an answer followed by NoOp padding was lost); Answer and
+  Compare write it. The output is an MLP on [q; memory].
+
+The per-module computations are plain functions of their inputs (``find``, ``transform``, ...), so
+``DiscreteExecutor`` can run a layout with a Python list as the stack: with one-hot module weights
+and a hard pointer the soft network computes exactly that (tests/modules/test_snmn.py).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from modtrain.errors import ModtrainError
+
+MODULES = ("NoOp", "Find", "Transform", "Filter", "And", "Or", "Scene", "Answer", "Compare")
+ANSWERING = ("Answer", "Compare")
+SOFT_TEMPERATURE = 0.2
+
+
+# -- the stack -------------------------------------------------------------------------------------
+
+def move_up(pointer: torch.Tensor) -> torch.Tensor:
+    """The pointer one slot up (push); at the top slot it stays (top guard)."""
+    moved = torch.zeros_like(pointer)
+    moved[:, 1:] = pointer[:, :-1]
+    moved[:, -1] += pointer[:, -1]
+    return moved
+
+
+def move_down(pointer: torch.Tensor) -> torch.Tensor:
+    """The pointer one slot down (pop); at the bottom slot it stays (bottom guard)."""
+    moved = torch.zeros_like(pointer)
+    moved[:, :-1] = pointer[:, 1:]
+    moved[:, 0] += pointer[:, 0]
+    return moved
+
+
+def read(stack: torch.Tensor, pointer: torch.Tensor) -> torch.Tensor:
+    """The map at the pointer: (B, L, H, W), (B, L) → (B, H, W)."""
+    return (stack * pointer[:, :, None, None]).sum(1)
+
+
+def write(stack: torch.Tensor, pointer: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+    """``value`` written at the pointer (softly: slot l keeps 1 − pointer_l of what it held)."""
+    p = pointer[:, :, None, None]
+    return value[:, None] * p + stack * (1 - p)
+
+
+def push(stack, pointer, value):
+    pointer = move_up(pointer)
+    return write(stack, pointer, value), pointer
+
+
+def pop(stack, pointer):
+    return read(stack, pointer), move_down(pointer)
+
+
+def sharpen(pointer: torch.Tensor, hard: bool) -> torch.Tensor:
+    if hard:
+        return F.one_hot(pointer.argmax(1), pointer.shape[1]).to(pointer.dtype)
+    return torch.softmax(pointer / SOFT_TEMPERATURE, dim=1)
+
+
+def attend(attention: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
+    """Σ softmax(attention) ⊙ features over the grid: (B, H, W), (B, D, H, W) → (B, D)."""
+    weights = torch.softmax(attention.flatten(1), dim=1).view_as(attention)
+    return (features * weights[:, None]).sum((2, 3))
+
+
+# -- the network -----------------------------------------------------------------------------------
+
+class Controller(nn.Module):
+    """Question encoder and layout controller: module weights and a control vector per step."""
+
+    def __init__(self, tokens: int, dim: int, steps: int, embedding: int = 128):
+        super().__init__()
+        self.steps, self.dim = steps, dim
+        self.embed = nn.Embedding(tokens, embedding, padding_idx=0)
+        self.lstm = nn.LSTM(embedding, dim // 2, batch_first=True, bidirectional=True)
+        self.per_step = nn.Parameter(torch.randn(steps, dim, dim) / dim ** 0.5)  # W1(t)
+        self.per_step_bias = nn.Parameter(torch.zeros(dim))
+        self.mix = nn.Linear(2 * dim, dim)                                      # W2, b2
+        self.choose = nn.Sequential(nn.Linear(dim, dim), nn.ReLU(), nn.Linear(dim, len(MODULES)))
+        self.word = nn.Linear(dim, 1)                                           # W3
+        self.c0 = nn.Parameter(torch.zeros(dim))
+
+    def forward(self, tokens: torch.Tensor, lengths: torch.Tensor):
+        """(module logits (B, T, M), control vectors (B, T, D), text attention (B, T, S), q (B, D))."""
+        packed = nn.utils.rnn.pack_padded_sequence(self.embed(tokens), lengths.clamp(min=1).cpu(),
+                                                   batch_first=True, enforce_sorted=False)
+        out, (h, _) = self.lstm(packed)
+        words, _ = nn.utils.rnn.pad_packed_sequence(out, batch_first=True, total_length=tokens.shape[1])
+        q = torch.cat([h[0], h[1]], dim=1)
+        mask = torch.arange(tokens.shape[1], device=tokens.device)[None] < lengths.to(tokens.device)[:, None]
+        c = self.c0.expand(len(tokens), -1)
+        logits, controls, attentions = [], [], []
+        for t in range(self.steps):
+            u = self.mix(torch.cat([q @ self.per_step[t] + self.per_step_bias, c], dim=1))
+            logits.append(self.choose(u))
+            scores = self.word(u[:, None] * words).squeeze(2).masked_fill(~mask, float("-inf"))
+            attention = torch.softmax(scores, dim=1)
+            c = (attention[:, :, None] * words).sum(1)
+            controls.append(c)
+            attentions.append(attention)
+        return torch.stack(logits, 1), torch.stack(controls, 1), torch.stack(attentions, 1), q
+
+
+class StackModules(nn.Module):
+    """The modules' computations, each a function of its inputs (no stack in here)."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.find_in, self.find_c, self.find_out = nn.Conv2d(dim, dim, 1), nn.Linear(dim, dim), nn.Conv2d(dim, 1, 1)
+        self.tr_in, self.tr_att, self.tr_c = nn.Conv2d(dim, dim, 1), nn.Linear(dim, dim), nn.Linear(dim, dim)
+        self.tr_out = nn.Conv2d(dim, 1, 1)
+        self.scene_out = nn.Conv2d(dim, 1, 1)
+        self.ans_att, self.ans_c, self.ans_out = nn.Linear(dim, dim), nn.Linear(dim, dim), nn.Linear(dim, dim)
+        self.cmp_a1, self.cmp_a2, self.cmp_c = nn.Linear(dim, dim), nn.Linear(dim, dim), nn.Linear(dim, dim)
+        self.cmp_out = nn.Linear(dim, dim)
+
+    def find(self, x, c):
+        return self.find_out(self.find_in(x) * self.find_c(c)[:, :, None, None]).squeeze(1)
+
+    def transform(self, x, c, a):
+        gate = (self.tr_att(attend(a, x)) * self.tr_c(c))[:, :, None, None]
+        return self.tr_out(self.tr_in(x) * gate).squeeze(1)
+
+    def filter(self, x, c, a):
+        return torch.minimum(a, self.find(x, c))  # Find's weights: Filter is And(a, Find())
+
+    def scene(self, x, c):
+        return self.scene_out(x).squeeze(1)
+
+    def answer(self, x, c, a):
+        return self.ans_out(self.ans_att(attend(a, x)) * self.ans_c(c))
+
+    def compare(self, x, c, a1, a2):
+        return self.cmp_out(self.cmp_a1(attend(a1, x)) * self.cmp_a2(attend(a2, x)) * self.cmp_c(c))
+
+
+class StackNMN(nn.Module):
+    """The whole Stack-NMN: features (B, C, H, W) and a question → answer logits."""
+
+    def __init__(self, tokens: int, answers: int, features: int, dim: int = 128, steps: int = 12,
+                 stack: int = 8, hard_pointer: bool = False, embedding: int = 128):
+        super().__init__()
+        self.steps, self.stack_size, self.hard_pointer = steps, stack, hard_pointer
+        self.controller = Controller(tokens, dim, steps, embedding)
+        self.image = nn.Sequential(nn.Conv2d(features, dim, 3, padding=1), nn.ELU(), nn.Conv2d(dim, dim, 3, padding=1))
+        self.ops = StackModules(dim)
+        self.output = nn.Sequential(nn.Linear(2 * dim, dim), nn.ELU(), nn.Linear(dim, answers))
+
+    def step(self, x, c, stack, pointer, memory):
+        """Every module on the stack: {module: (stack, pointer, memory)}."""
+        ops, out = self.ops, {}
+        out["NoOp"] = (stack, pointer, memory)
+        out["Find"] = (*push(stack, pointer, ops.find(x, c)), memory)
+        out["Scene"] = (*push(stack, pointer, ops.scene(x, c)), memory)
+        top = read(stack, pointer)
+        out["Transform"] = (write(stack, pointer, ops.transform(x, c, top)), pointer, memory)
+        out["Filter"] = (write(stack, pointer, ops.filter(x, c, top)), pointer, memory)
+        below = move_down(pointer)
+        second = read(stack, below)
+        out["And"] = (write(stack, below, torch.minimum(second, top)), below, memory)
+        out["Or"] = (write(stack, below, torch.maximum(second, top)), below, memory)
+        out["Answer"] = (stack, below, ops.answer(x, c, top))
+        out["Compare"] = (stack, move_down(below), ops.compare(x, c, second, top))
+        return out
+
+    def forward(self, tokens, lengths, features, module_weights: torch.Tensor | None = None):
+        """Answer logits and what explains them: module weights (B, T, M), module logits, text
+        attention (B, T, S), the top of the stack after each step (B, T, H, W). ``module_weights``
+        replaces the controller's choice (the discrete-execution test, layout-forced runs)."""
+        logits, controls, text, q = self.controller(tokens, lengths)
+        weights = torch.softmax(logits, dim=2) if module_weights is None else module_weights
+        x = self.image(features)
+        b, _, h, w = x.shape
+        stack = x.new_zeros(b, self.stack_size, h, w)
+        pointer = F.one_hot(torch.zeros(b, dtype=torch.long, device=x.device), self.stack_size).to(x.dtype)
+        memory = x.new_zeros(b, x.shape[1])
+        tops = []
+        for t in range(self.steps):
+            outs = self.step(x, controls[:, t], stack, pointer, memory)
+            wt = weights[:, t]
+            stack = sum(wt[:, i, None, None, None] * outs[m][0] for i, m in enumerate(MODULES))
+            pointer = sharpen(sum(wt[:, i, None] * outs[m][1] for i, m in enumerate(MODULES)), self.hard_pointer)
+            memory = sum(wt[:, i, None] * outs[m][2] for i, m in enumerate(MODULES))
+            tops.append(read(stack, pointer))
+        answer = self.output(torch.cat([q, memory], dim=1))
+        return answer, {"module_weights": weights, "module_logits": logits, "text_attention": text,
+                        "tops": torch.stack(tops, 1)}
+
+
+class DiscreteExecutor:
+    """A layout run with a Python list as the stack, calling the same module computations: what
+    the soft network must compute with one-hot module weights and a hard pointer."""
+
+    def __init__(self, net: StackNMN):
+        self.net = net
+
+    def run(self, layout: list[str], tokens, lengths, features) -> torch.Tensor:
+        _, controls, _, q = self.net.controller(tokens, lengths)
+        x = self.net.image(features)
+        ops = self.net.ops
+        stack: list[torch.Tensor] = []
+        memory = x.new_zeros(len(x), x.shape[1])
+        for t, module in enumerate(layout):
+            c = controls[:, t]
+            if module in ("Find", "Scene"):
+                stack.append(ops.find(x, c) if module == "Find" else ops.scene(x, c))
+            elif module in ("Transform", "Filter"):
+                stack[-1] = ops.transform(x, c, stack[-1]) if module == "Transform" else ops.filter(x, c, stack[-1])
+            elif module in ("And", "Or"):
+                a2, a1 = stack.pop(), stack.pop()
+                stack.append(torch.minimum(a1, a2) if module == "And" else torch.maximum(a1, a2))
+            elif module == "Answer":
+                memory = ops.answer(x, c, stack.pop())
+            elif module == "Compare":
+                a2, a1 = stack.pop(), stack.pop()
+                memory = ops.compare(x, c, a1, a2)
+        return self.net.output(torch.cat([q, memory], dim=1))
+
+
+def one_hot_layout(layout: list[str], steps: int, batch: int = 1) -> torch.Tensor:
+    """Module weights (batch, steps, M) that choose ``layout``'s modules (NoOp after it)."""
+    if len(layout) > steps:
+        raise ModtrainError(f"layout of {len(layout)} modules is longer than the {steps} steps")
+    ids = [MODULES.index(m) for m in layout] + [0] * (steps - len(layout))
+    return F.one_hot(torch.tensor(ids), len(MODULES)).float().expand(batch, -1, -1)
+
+
+# -- ground-truth layouts from CLEVR programs --------------------------------------------------------
+
+def program_layout(program, steps: int) -> list[str]:
+    """The Stack-NMN layout of a CLEVR program (the reference code's rules): post-order from the
+    root; ``unique`` dropped; a filter chain on ``scene`` is one Find, on anything else one Filter;
+    ``scene`` alone is Scene; relate and same_* are Transform; intersect/union are And/Or;
+    query_*, exist, count are Answer; a comparison is Compare, with its inputs' query/count nodes
+    spliced out (Compare reads the two attentions). Padded with NoOp to ``steps``; a layout longer
+    than ``steps`` is refused."""
+    nodes = list(program)
+
+    def visit(i: int) -> list[str]:
+        node = nodes[i]
+        f = node.function
+        if f == "unique":
+            return visit(node.inputs[0])
+        if f == "scene":
+            return ["Scene"]
+        if f.startswith("filter_"):
+            j = node.inputs[0]
+            while nodes[j].function.startswith("filter_") or nodes[j].function == "unique":
+                j = nodes[j].inputs[0]  # a chain of filters is one module
+            return ["Find"] if nodes[j].function == "scene" else [*visit(j), "Filter"]
+        if f == "relate" or f.startswith("same_"):
+            return [*visit(node.inputs[0]), "Transform"]
+        if f in ("intersect", "union"):
+            return [*visit(node.inputs[0]), *visit(node.inputs[1]), "And" if f == "intersect" else "Or"]
+        if f.startswith("query_") or f in ("exist", "count"):
+            return [*visit(node.inputs[0]), "Answer"]
+        if f.startswith("equal_") or f in ("less_than", "greater_than"):
+            spliced = [nodes[j].inputs[0] if nodes[j].function.startswith("query_") or nodes[j].function == "count"
+                       else j for j in node.inputs]
+            return [*visit(spliced[0]), *visit(spliced[1]), "Compare"]
+        raise ModtrainError(f"program node {i}: no Stack-NMN module for function {f!r}")
+
+    layout = visit(len(nodes) - 1)
+    if len(layout) > steps:
+        raise ModtrainError(f"the program's Stack-NMN layout has {len(layout)} modules ({' '.join(layout)}), more "
+                            f"than the {steps} steps; raise steps")
+    return layout + ["NoOp"] * (steps - len(layout))

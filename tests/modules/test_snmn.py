@@ -1,0 +1,99 @@
+"""Stack-NMN: the differentiable stack, the soft network against discrete execution, layouts."""
+import math
+
+import pytest
+import torch
+
+from modtrain.datasets.clevr import compact_program
+from modtrain.errors import ModtrainError
+from modtrain.modules.snmn import (
+    MODULES, DiscreteExecutor, StackNMN, move_down, move_up, one_hot_layout, pop, program_layout, push, read,
+    sharpen, write,
+)
+
+
+def _ptr(slot: int, size: int = 4) -> torch.Tensor:
+    return torch.nn.functional.one_hot(torch.tensor([slot]), size).float()
+
+
+def test_push_and_pop_move_the_pointer_with_guards_at_both_ends():
+    assert move_up(_ptr(1)).tolist() == _ptr(2).tolist()
+    assert move_up(_ptr(3)).tolist() == _ptr(3).tolist()      # top guard: a push at the top stays
+    assert move_down(_ptr(2)).tolist() == _ptr(1).tolist()
+    assert move_down(_ptr(0)).tolist() == _ptr(0).tolist()    # bottom guard
+    soft = torch.tensor([[0.5, 0.0, 0.0, 0.5]])
+    assert move_up(soft).tolist() == [[0.0, 0.5, 0.0, 0.5]]    # mass is kept: the top's stays
+    assert move_down(soft).tolist() == [[0.5, 0.0, 0.5, 0.0]]
+    stack = torch.zeros(1, 4, 2, 2)
+    a, b = torch.full((1, 2, 2), 1.0), torch.full((1, 2, 2), 2.0)
+    stack, p = push(stack, _ptr(0), a)
+    stack, p = push(stack, p, b)
+    assert p.tolist() == _ptr(2).tolist() and stack[0, 1, 0, 0] == 1 and stack[0, 2, 0, 0] == 2
+    top, p = pop(stack, p)
+    assert top[0, 0, 0] == 2 and p.tolist() == _ptr(1).tolist() and read(stack, p)[0, 0, 0] == 1
+    # a soft write blends what the slot held with the value
+    blended = write(stack, torch.tensor([[0.0, 0.25, 0.0, 0.75]]), torch.full((1, 2, 2), 10.0))
+    assert blended[0, 1, 0, 0] == pytest.approx(0.75 * 1 + 0.25 * 10) and blended[0, 3, 0, 0] == pytest.approx(7.5)
+
+
+def test_sharpening():
+    p = torch.tensor([[0.1, 0.6, 0.3]])
+    assert sharpen(p, hard=True).tolist() == [[0.0, 1.0, 0.0]]
+    soft = sharpen(p, hard=False)  # softmax(p / 0.2) = e^(0.5, 3, 1.5) / their sum
+    total = math.exp(0.5) + math.exp(3) + math.exp(1.5)
+    assert soft[0].tolist() == pytest.approx([math.exp(0.5) / total, math.exp(3) / total, math.exp(1.5) / total])
+
+
+@pytest.mark.parametrize("layout", [
+    ["Find", "Answer"],
+    ["Find", "Filter", "Transform", "Answer"],
+    ["Find", "Scene", "And", "Find", "Or", "Answer"],
+    ["Find", "Find", "Transform", "Compare"],
+    ["Scene", "Answer", "NoOp", "NoOp"],  # NoOp after the answer keeps the memory
+])
+def test_soft_network_with_one_hot_weights_is_the_discrete_execution(layout):
+    torch.manual_seed(0)
+    net = StackNMN(tokens=11, answers=7, features=6, dim=16, steps=8, stack=6, hard_pointer=True).eval()
+    tokens = torch.randint(1, 11, (3, 5))
+    lengths = torch.tensor([5, 3, 4])
+    features = torch.randn(3, 6, 4, 4)
+    with torch.no_grad():
+        soft, aux = net(tokens, lengths, features, module_weights=one_hot_layout(layout, 8, 3))
+        discrete = DiscreteExecutor(net).run(layout, tokens, lengths, features)
+    assert torch.allclose(soft, discrete, atol=1e-5)
+    assert aux["tops"].shape == (3, 8, 4, 4) and aux["module_weights"].shape == (3, 8, len(MODULES))
+
+
+def test_word_attention_ignores_padding():
+    torch.manual_seed(0)
+    net = StackNMN(tokens=11, answers=7, features=6, dim=16, steps=3, stack=4)
+    tokens = torch.tensor([[3, 4, 5, 0, 0], [3, 4, 5, 6, 7]])
+    _, aux = net(tokens, torch.tensor([3, 5]), torch.randn(2, 6, 4, 4))
+    assert aux["text_attention"][0, :, 3:].abs().max() == 0
+    assert torch.allclose(aux["text_attention"].sum(2), torch.ones(2, 3))
+
+
+def test_ground_truth_layouts_from_programs():
+    count_red_cubes = compact_program(("scene",), ("filter_color", [0], ["red"]), ("filter_shape", [1], ["cube"]),
+                                      ("count", [2]))
+    assert program_layout(count_red_cubes, 4) == ["Find", "Answer", "NoOp", "NoOp"]  # a filter chain: one Find
+    count_all = compact_program(("scene",), ("count", [0]))
+    assert program_layout(count_all, 3) == ["Scene", "Answer", "NoOp"]
+    # the color of the thing left of the unique large sphere: unique dropped, relate → Transform
+    relate_query = compact_program(("scene",), ("filter_size", [0], ["large"]), ("filter_shape", [1], ["sphere"]),
+                                   ("unique", [2]), ("relate", [3], ["left"]), ("filter_color", [4], ["red"]),
+                                   ("unique", [5]), ("query_shape", [6]))
+    assert program_layout(relate_query, 5) == ["Find", "Transform", "Filter", "Answer", "NoOp"]
+    # a comparison reads the two attentions: its inputs' query nodes are spliced out
+    same_color = compact_program(("scene",), ("filter_shape", [0], ["cube"]), ("unique", [1]), ("query_color", [2]),
+                                 ("scene",), ("filter_shape", [4], ["sphere"]), ("unique", [5]), ("query_color", [6]),
+                                 ("equal_color", [3, 7]))
+    assert program_layout(same_color, 3) == ["Find", "Find", "Compare"]
+    more = compact_program(("scene",), ("filter_color", [0], ["red"]), ("count", [1]), ("scene",),
+                           ("filter_color", [3], ["blue"]), ("count", [4]), ("greater_than", [2, 5]))
+    assert program_layout(more, 3) == ["Find", "Find", "Compare"]
+    either = compact_program(("scene",), ("filter_color", [0], ["red"]), ("scene",), ("filter_shape", [2], ["cube"]),
+                             ("union", [1, 3]), ("exist", [4]))
+    assert program_layout(either, 4) == ["Find", "Find", "Or", "Answer"]
+    with pytest.raises(ModtrainError, match="has 4 modules .* more than the 3 steps"):
+        program_layout(either, 3)
