@@ -284,3 +284,31 @@ def program_layout(program, steps: int) -> list[str]:
         raise ModtrainError(f"the program's Stack-NMN layout has {len(layout)} modules ({' '.join(layout)}), more "
                             f"than the {steps} steps; raise steps")
     return layout + ["NoOp"] * (steps - len(layout))
+
+
+# -- as a modtrain module ------------------------------------------------------------------------------
+
+from modtrain.registry import NMNModule, register_module  # noqa: E402  (after the network it wraps)
+
+
+@register_module("snmn")
+class StackNMNModule(NMNModule):
+    """Stack-NMN as a modtrain module: question + image → answer logits, trained end to end like
+    FiLM (a recipe with ``snmn`` as its only module; the assembler evaluates it like any system).
+    Without layout supervision this is the paper's "scratch" setting."""
+
+    inputs = ("Tokens", "Features")
+    output = "Prior"
+    defaults = {"dim": 64, "steps": 12, "stack": 8, "embedding": 64, "hard_pointer": False}
+    needs = ("tokens", "answers", "features")
+
+    def __init__(self, interface, dims, instances, hparams):
+        super().__init__(interface, dims, instances, hparams)
+        self.net = StackNMN(self.dims["tokens"], self.dims["answers"], self.dims["features"], hparams["dim"],
+                            hparams["steps"], hparams["stack"], bool(hparams["hard_pointer"]), hparams["embedding"])
+        self.explained: dict | None = None  # the last batch's module weights, text attention, tops
+
+    def forward(self, tokens: torch.Tensor, lengths: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(tokens.device.type, enabled=False):  # the LSTM and the stack in float32
+            logits, self.explained = self.net(tokens, lengths, features.float())
+        return self.constrain(logits)

@@ -97,3 +97,15 @@ def test_ground_truth_layouts_from_programs():
     assert program_layout(either, 4) == ["Find", "Find", "Or", "Answer"]
     with pytest.raises(ModtrainError, match="has 4 modules .* more than the 3 steps"):
         program_layout(either, 3)
+
+
+def test_stack_nmn_is_a_modtrain_module_that_answers_alone():
+    from modtrain.registry import build_module, reads_features, run_prior
+
+    module = build_module("snmn", "typed", {"tokens": 11, "answers": 7, "features": 6, "height": 4, "width": 4},
+                          dim=16, steps=4, stack=4)
+    assert reads_features(module) and module.output == "Prior"
+    out = run_prior(module, torch.randint(1, 11, (3, 5)), torch.tensor([5, 2, 4]), torch.randn(3, 6, 4, 4))
+    assert out.shape == (3, 7)
+    assert module.explained["module_weights"].shape == (3, 4, len(MODULES))
+    assert torch.allclose(module.explained["module_weights"].sum(2), torch.ones(3, 4))
