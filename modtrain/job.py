@@ -212,9 +212,15 @@ class Job(TrainingLoop):
                 keep &= trainable[split.layout]  # layout −1 (no program) picks the trailing False
             self.rows[s] = np.flatnonzero(keep)
         self.train_rows, self.val_rows = self.rows["train"], self.rows["val"]
+        self.layout_targets: dict[str, np.ndarray] = {}
         if self.layout_free:  # the prior alone, from the question (and the image, for FiLM)
-            self.needs_features, self.runs = reads_features(module_class(self.prior_producer)), set()
+            cls = module_class(self.prior_producer)
+            self.needs_features, self.runs = reads_features(cls), set()
             self.features = {s: split.features() for s, split in self.splits.items()} if self.needs_features else {}
+            hparams = {**cls.defaults, **self.recipe.module_hparams(self.prior_producer)}
+            if hparams.get("layout_weight", 0) > 0:  # supervised layouts (Stack-NMN), from the questions' programs
+                self.layout_targets = {s: cls.layout_targets(self.data.root, split, hparams)
+                                       for s, split in self.splits.items()}
             return
         used = [wirings[i] for i in np.unique(np.concatenate([split.layout[self.rows[s]] for s, split in self.splits.items()]))]
         self.needs_features = any(self._reads_features(w) for w in used)
@@ -310,6 +316,8 @@ class Job(TrainingLoop):
             batch["lengths"] = torch.from_numpy(s.lengths[rows]).long()
         elif self.prior_source == "cache":
             batch["prior"] = to_device(torch.from_numpy(self.priors[split].take(rows)), self.device)
+        if self.layout_targets:
+            batch["layout_target"] = to_device(torch.from_numpy(self.layout_targets[split][rows]).long(), self.device)
         if self.needs_features:
             batch["features"] = to_device(torch.from_numpy(self.features[split].take(s.image_index[rows])).float(),
                                           self.device)
@@ -362,6 +370,13 @@ class Job(TrainingLoop):
         values = [self.interface.convert(output, source, t, lambda: batch["features"], self.attention_mode).flatten(1)
                   for t in self.root_types]
         return values, batch["part"], batch["root"], batch.get("prior")
+
+    def _auxiliary_loss(self, batch: dict[str, Any]) -> torch.Tensor | float:
+        target = batch.get("layout_target")
+        if target is None or not (target >= 0).any():
+            return 0.0
+        module = self.modules[self.prior_producer]
+        return module.layout_loss(target)
 
     def _forward(self, batch: dict[str, Any]) -> torch.Tensor:
         if self.layout_free:

@@ -125,6 +125,10 @@ class TrainingLoop:
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=self.config.lr,
                                           weight_decay=self.config.weight_decay)
 
+    def _auxiliary_loss(self, batch: dict[str, Any]) -> torch.Tensor | float:
+        """A training loss besides the answer's (Stack-NMN's layout supervision); none by default."""
+        return 0.0
+
     def _validate(self) -> dict[str, float]:
         """Validation NLL and accuracy of what the job trains on."""
         self.model.eval()
@@ -198,7 +202,7 @@ class TrainingLoop:
                 for b, rows in bar:
                     batch = self._load("train", rows)
                     with self._autocast():
-                        loss = F.nll_loss(self._forward(batch).float(), batch["answer"])
+                        loss = F.nll_loss(self._forward(batch).float(), batch["answer"]) + self._auxiliary_loss(batch)
                     if not torch.isfinite(loss):
                         raise ModtrainError(
                             f"{self.name}: the loss is {loss.item()} at epoch {epoch}, batch {b}; nothing was "

@@ -21,6 +21,7 @@ and a hard pointer the soft network computes exactly that (tests/modules/test_sn
 """
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -295,11 +296,13 @@ from modtrain.registry import NMNModule, register_module  # noqa: E402  (after t
 class StackNMNModule(NMNModule):
     """Stack-NMN as a modtrain module: question + image → answer logits, trained end to end like
     FiLM (a recipe with ``snmn`` as its only module; the assembler evaluates it like any system).
-    Without layout supervision this is the paper's "scratch" setting."""
+    ``layout_weight`` 0 is the paper's "scratch" setting; above 0 the job adds that times the
+    cross-entropy of the controller's module choice against the ground-truth layout of each
+    question's CLEVR program (``program_layout``; questions without one are left out of it)."""
 
     inputs = ("Tokens", "Features")
     output = "Prior"
-    defaults = {"dim": 64, "steps": 12, "stack": 8, "embedding": 64, "hard_pointer": False}
+    defaults = {"dim": 64, "steps": 12, "stack": 8, "embedding": 64, "hard_pointer": False, "layout_weight": 0.0}
     needs = ("tokens", "answers", "features")
 
     def __init__(self, interface, dims, instances, hparams):
@@ -312,3 +315,37 @@ class StackNMNModule(NMNModule):
         with torch.autocast(tokens.device.type, enabled=False):  # the LSTM and the stack in float32
             logits, self.explained = self.net(tokens, lengths, features.float())
         return self.constrain(logits)
+
+    def layout_loss(self, target: torch.Tensor) -> torch.Tensor:
+        """``layout_weight`` × cross-entropy of the last batch's module choice against ``target``
+        (B, steps) module ids, −1 where a question has no ground-truth layout."""
+        logits = self.explained["module_logits"]
+        return self.hparams["layout_weight"] * F.cross_entropy(logits.flatten(0, 1), target.flatten(), ignore_index=-1)
+
+    @staticmethod
+    def layout_targets(data_root, split, hparams: dict) -> np.ndarray:
+        """(questions, steps) ground-truth module ids of a prepared split, from its CLEVR programs
+        (rows in questions-file order); −1 for a question without a program or whose layout is
+        longer than ``steps`` (counted in a warning)."""
+        import logging
+
+        from modtrain.datasets.folders import open_folder
+
+        folder = open_folder(data_root)
+        if folder.kind != "clevr":
+            raise ModtrainError(f"{data_root}: layout supervision (snmn layout_weight > 0) needs CLEVR programs; "
+                                f"this is a {folder.kind} folder: set modules.snmn.layout_weight = 0")
+        steps = hparams["steps"]
+        out = np.full((len(split), steps), -1, np.int64)
+        too_long = 0
+        for i, question in enumerate(folder.load_questions(split.name)):
+            if question.program is None:
+                continue
+            try:
+                out[i] = [MODULES.index(m) for m in program_layout(question.program, steps)]
+            except ModtrainError:
+                too_long += 1
+        if too_long:
+            logging.getLogger(__name__).warning("%s: %d questions' layouts are longer than %d steps: no layout "
+                                                "supervision for them", split.name, too_long, steps)
+        return out
