@@ -88,7 +88,7 @@ def attend(attention: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
 class Controller(nn.Module):
     """Question encoder and layout controller: module weights and a control vector per step."""
 
-    def __init__(self, tokens: int, dim: int, steps: int, embedding: int = 128):
+    def __init__(self, tokens: int, dim: int, steps: int, embedding: int = 128, modules: int = len(MODULES)):
         super().__init__()
         self.steps, self.dim = steps, dim
         self.embed = nn.Embedding(tokens, embedding, padding_idx=0)
@@ -96,7 +96,7 @@ class Controller(nn.Module):
         self.per_step = nn.Parameter(torch.randn(steps, dim, dim) / dim ** 0.5)  # W1(t)
         self.per_step_bias = nn.Parameter(torch.zeros(dim))
         self.mix = nn.Linear(2 * dim, dim)                                      # W2, b2
-        self.choose = nn.Sequential(nn.Linear(dim, dim), nn.ReLU(), nn.Linear(dim, len(MODULES)))
+        self.choose = nn.Sequential(nn.Linear(dim, dim), nn.ReLU(), nn.Linear(dim, modules))
         self.word = nn.Linear(dim, 1)                                           # W3
         self.c0 = nn.Parameter(torch.zeros(dim))
 
@@ -157,11 +157,13 @@ class StackModules(nn.Module):
 class StackNMN(nn.Module):
     """The whole Stack-NMN: features (B, C, H, W) and a question → answer logits."""
 
+    module_names: tuple[str, ...] = MODULES
+
     def __init__(self, tokens: int, answers: int, features: int, dim: int = 128, steps: int = 12,
                  stack: int = 8, hard_pointer: bool = False, embedding: int = 128):
         super().__init__()
         self.steps, self.stack_size, self.hard_pointer = steps, stack, hard_pointer
-        self.controller = Controller(tokens, dim, steps, embedding)
+        self.controller = Controller(tokens, dim, steps, embedding, len(self.module_names))
         self.image = nn.Sequential(nn.Conv2d(features, dim, 3, padding=1), nn.ELU(), nn.Conv2d(dim, dim, 3, padding=1))
         self.ops = StackModules(dim)
         self.output = nn.Sequential(nn.Linear(2 * dim, dim), nn.ELU(), nn.Linear(dim, answers))
@@ -198,9 +200,10 @@ class StackNMN(nn.Module):
         for t in range(self.steps):
             outs = self.step(x, controls[:, t], stack, pointer, memory)
             wt = weights[:, t]
-            stack = sum(wt[:, i, None, None, None] * outs[m][0] for i, m in enumerate(MODULES))
-            pointer = sharpen(sum(wt[:, i, None] * outs[m][1] for i, m in enumerate(MODULES)), self.hard_pointer)
-            memory = sum(wt[:, i, None] * outs[m][2] for i, m in enumerate(MODULES))
+            names = self.module_names
+            stack = sum(wt[:, i, None, None, None] * outs[m][0] for i, m in enumerate(names))
+            pointer = sharpen(sum(wt[:, i, None] * outs[m][1] for i, m in enumerate(names)), self.hard_pointer)
+            memory = sum(wt[:, i, None] * outs[m][2] for i, m in enumerate(names))
             tops.append(read(stack, pointer))
         answer = self.output(torch.cat([q, memory], dim=1))
         return answer, {"module_weights": weights, "module_logits": logits, "text_attention": text,

@@ -1,0 +1,189 @@
+"""LNMN (Pahuja et al., "Structure Learning for Neural Module Networks"): Stack-NMN whose modules
+are generic *cells* whose structure is learned (LNMN §3).
+
+- A node mixes six elementwise operations of its two inputs by softmax(α): min, max, sum,
+  product, choose_1, choose_2 (LNMN §3.1); with ``hard`` the argmax operation alone (LNMN Table 2's
+  "hard-max for operation weights, for inference only").
+- A 3-input cell (image features I, text c, one attention map a): node 1 (conv_1(I), a), node 2
+  (node 1, W_1 c). A 4-input cell (I, c, a_1, a_2): node 1 (a_1, a_2), node 2 (node 1, conv_1(I)),
+  node 3 (node 2, W_1 c). Attention maps are broadcast over the feature channels.
+- Attention cells end in a 1×1 convolution to one channel. Answer cells sum the last node over
+  the grid and give the memory W_2[v; W_1 c; memory] (LNMN §3.1.2).
+- Inventories (LNMN Table 3; a NoOp in all): 9 modules = 4 attention-3, 2 attention-4, 1 answer-3,
+  1 answer-4; 11 = 4, 2, 2, 2; 14 = 5, 4, 2, 2.
+- On the stack, a 3-input attention cell reads the top and pushes its output, so it can both
+  find (its structure may ignore the input: choose_2) and transform. A 4-input attention cell
+  pops two and pushes one, an answer cell pops its one or two maps, and NoOp keeps everything,
+  the memory included.
+- Training alternates a weight step on a training batch with an α step on a batch of a separate
+  search split (LNMN Algorithm 2): ``weight_parameters`` and ``structure_parameters`` are disjoint.
+  The weight step adds −λ_w·mean_t H(w^(t)), the controller's entropy, with λ_w annealed from +1 to −1
+  (``entropy_weight``). The α step adds −λ_op·Σ‖σ(α)‖₂/‖σ(α)‖₁ (``sparsity``). Both are taken as
+  batch means.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from modtrain.errors import ModtrainError
+from modtrain.modules.snmn import StackNMN, move_down, move_up, read, write
+
+OPERATIONS = ("min", "max", "sum", "product", "choose_1", "choose_2")
+INVENTORIES = {9: (4, 2, 1, 1), 11: (4, 2, 2, 2), 14: (5, 4, 2, 2)}
+
+
+def operation(name: str, x1: torch.Tensor, x2: torch.Tensor) -> torch.Tensor:
+    if name == "min":
+        return torch.minimum(x1, x2)
+    if name == "max":
+        return torch.maximum(x1, x2)
+    if name == "sum":
+        return x1 + x2
+    if name == "product":
+        return x1 * x2
+    return x1 if name == "choose_1" else x2
+
+
+class Node(nn.Module):
+    """softmax(α)-weighted sum of the six operations of two inputs."""
+
+    def __init__(self):
+        super().__init__()
+        self.alpha = nn.Parameter(torch.zeros(len(OPERATIONS)) + 1e-3 * torch.randn(len(OPERATIONS)))
+        self.hard = False
+        self.removed: set[str] = set()  # operations zeroed out (LNMN Table 7)
+
+    def weights(self) -> torch.Tensor:
+        if self.hard:
+            return F.one_hot(self.alpha.argmax(), len(OPERATIONS)).to(self.alpha.dtype)
+        w = torch.softmax(self.alpha, 0)
+        if self.removed:
+            keep = torch.tensor([o not in self.removed for o in OPERATIONS], dtype=w.dtype, device=w.device)
+            w = w * keep
+        return w
+
+    def forward(self, x1: torch.Tensor, x2: torch.Tensor) -> torch.Tensor:
+        w = self.weights()
+        return sum(w[i] * operation(name, x1, x2) for i, name in enumerate(OPERATIONS))
+
+
+class Cell(nn.Module):
+    """A generic module with 3 inputs (one attention map) or 4 (two), giving an attention map or memory."""
+
+    def __init__(self, dim: int, maps: int, answer: bool):
+        super().__init__()
+        if maps not in (1, 2):
+            raise ModtrainError(f"a cell reads 1 or 2 attention maps, not {maps}")
+        self.maps, self.answer = maps, answer
+        self.nodes = nn.ModuleList(Node() for _ in range(maps + 1))
+        self.conv1 = nn.Conv2d(dim, dim, 1)
+        self.text = nn.Linear(dim, dim)                                # W_1
+        self.out = nn.Linear(3 * dim, dim) if answer else nn.Conv2d(dim, 1, 1)
+
+    def forward(self, x, c, maps: list[torch.Tensor], memory: torch.Tensor | None = None) -> torch.Tensor:
+        image = self.conv1(x)
+        text = self.text(c)[:, :, None, None].expand_as(image)
+        spread = [m[:, None].expand_as(image) for m in maps]
+        if self.maps == 1:
+            h = self.nodes[1](self.nodes[0](image, spread[0]), text)
+        else:
+            h = self.nodes[2](self.nodes[1](self.nodes[0](spread[0], spread[1]), image), text)
+        if self.answer:
+            return self.out(torch.cat([h.sum((2, 3)), self.text(c), memory], dim=1))
+        return self.out(h).squeeze(1)
+
+
+class LNMN(StackNMN):
+    """Stack-NMN with cells for modules: NoOp, then the inventory's attention-3, attention-4,
+    answer-3 and answer-4 cells, in that order."""
+
+    def __init__(self, tokens: int, answers: int, features: int, dim: int = 128, steps: int = 12,
+                 stack: int = 8, hard_pointer: bool = False, embedding: int = 128, inventory: int = 9):
+        if inventory not in INVENTORIES:
+            raise ModtrainError(f"LNMN inventory {inventory}: valid: {', '.join(map(str, INVENTORIES))} modules")
+        kinds = [("attention", 1), ("attention", 2), ("answer", 1), ("answer", 2)]
+        specs = [(f"{kind}{maps + 2}_{i}", maps, kind == "answer")
+                 for (kind, maps), n in zip(kinds, INVENTORIES[inventory]) for i in range(n)]
+        self.module_names = ("NoOp", *[name for name, _, _ in specs])
+        super().__init__(tokens, answers, features, dim, steps, stack, hard_pointer, embedding)
+        del self.ops  # Stack-NMN's hand-designed modules: replaced by the cells
+        self.cells = nn.ModuleDict({name: Cell(dim, maps, answer) for name, maps, answer in specs})
+
+    def step(self, x, c, stack, pointer, memory):
+        out = {"NoOp": (stack, pointer, memory)}
+        top = read(stack, pointer)
+        below = move_down(pointer)
+        second = read(stack, below)
+        for name, cell in self.cells.items():
+            if cell.answer:
+                maps = [top] if cell.maps == 1 else [second, top]
+                out[name] = (stack, below if cell.maps == 1 else move_down(below), cell(x, c, maps, memory))
+            elif cell.maps == 1:
+                up = move_up(pointer)
+                out[name] = (write(stack, up, cell(x, c, [top])), up, memory)
+            else:
+                out[name] = (write(stack, below, cell(x, c, [second, top])), below, memory)
+        return out
+
+    def structure_parameters(self) -> list[nn.Parameter]:
+        """The α of every node: what the architecture step trains."""
+        return [node.alpha for cell in self.cells.values() for node in cell.nodes]
+
+    def weight_parameters(self) -> list[nn.Parameter]:
+        """Everything else: what the weight step trains."""
+        structure = {id(p) for p in self.structure_parameters()}
+        return [p for p in self.parameters() if id(p) not in structure]
+
+    def set_hard(self, hard: bool) -> None:
+        """Inference with each node's argmax operation alone (LNMN Table 2)."""
+        for cell in self.cells.values():
+            for node in cell.nodes:
+                node.hard = hard
+
+    def sparsity(self) -> torch.Tensor:
+        """Σ over nodes of ‖σ(α)‖₂ / ‖σ(α)‖₁: 1 for a one-hot σ(α), 1/√6 for a uniform one."""
+        return sum(torch.softmax(a, 0).norm(2) / torch.softmax(a, 0).norm(1) for a in self.structure_parameters())
+
+
+def entropy_weight(epoch: float) -> float:
+    """λ_w of LNMN §3.2: from +1 to 0 linearly over the first 20 epochs, then to −1 over the next 10."""
+    if epoch <= 20:
+        return 1.0 - epoch / 20
+    return max(-1.0, -(epoch - 20) / 10)
+
+
+def module_entropy(module_weights: torch.Tensor) -> torch.Tensor:
+    """Mean over steps (and the batch) of the entropy of the controller's module weights."""
+    return -(module_weights * module_weights.clamp_min(1e-12).log()).sum(-1).mean()
+
+
+class AlternatingTrainer:
+    """LNMN Algorithm 2: a weight step on a training batch, then an α step on a search batch.
+    Adam 1e-4 for the weights; Adam 3e-4, β (0.5, 0.999), weight decay 1e-3 for α."""
+
+    def __init__(self, net: LNMN, weight_lr: float = 1e-4, structure_lr: float = 3e-4, sparsity_weight: float = 1.0):
+        self.net, self.sparsity_weight = net, sparsity_weight
+        self.weights = torch.optim.Adam(net.weight_parameters(), lr=weight_lr)
+        self.structure = torch.optim.Adam(net.structure_parameters(), lr=structure_lr, betas=(0.5, 0.999),
+                                          weight_decay=1e-3)
+
+    def _loss(self, batch) -> tuple[torch.Tensor, dict]:
+        logits, aux = self.net(batch["tokens"], batch["lengths"], batch["features"])
+        return F.cross_entropy(logits, batch["answer"]), aux
+
+    def weight_step(self, batch, epoch: float) -> float:
+        self.net.zero_grad(set_to_none=True)
+        loss, aux = self._loss(batch)
+        total = loss - entropy_weight(epoch) * module_entropy(aux["module_weights"])
+        total.backward()
+        self.weights.step()
+        return loss.item()
+
+    def structure_step(self, batch) -> float:
+        self.net.zero_grad(set_to_none=True)
+        loss, _ = self._loss(batch)
+        (loss - self.sparsity_weight * self.net.sparsity()).backward()
+        self.structure.step()
+        return loss.item()

@@ -1,0 +1,80 @@
+"""LNMN: cells of learned structure on Stack-NMN's stack, and its alternating training."""
+import pytest
+import torch
+
+from modtrain.modules.lnmn import (
+    INVENTORIES, LNMN, OPERATIONS, AlternatingTrainer, Cell, Node, entropy_weight, module_entropy,
+)
+
+
+@pytest.mark.parametrize("index,expected", [
+    (0, lambda a, b: torch.minimum(a, b)), (1, lambda a, b: torch.maximum(a, b)), (2, lambda a, b: a + b),
+    (3, lambda a, b: a * b), (4, lambda a, b: a), (5, lambda a, b: b),
+])
+def test_a_node_with_one_hot_alpha_is_its_operation(index, expected):
+    node = Node()
+    with torch.no_grad():
+        node.alpha.copy_(torch.full((6,), -1e4))
+        node.alpha[index] = 0.0
+    a, b = torch.randn(3, 4), torch.randn(3, 4)
+    assert torch.allclose(node(a, b), expected(a, b))
+    node.alpha.data.normal_()
+    node.alpha.data[index] = 10.0
+    node.hard = True  # inference with the argmax operation alone
+    assert torch.equal(node(a, b), expected(a, b))
+    node.hard = False
+    node.removed = {OPERATIONS[index]}  # the operation zeroed out (LNMN Table 7): nothing of it is left
+    assert not torch.allclose(node(a, b), expected(a, b))
+
+
+def test_cells_and_inventories():
+    x, c = torch.randn(2, 8, 3, 3), torch.randn(2, 8)
+    a1, a2 = torch.randn(2, 3, 3), torch.randn(2, 3, 3)
+    assert Cell(8, 1, answer=False)(x, c, [a1]).shape == (2, 3, 3)
+    assert Cell(8, 2, answer=True)(x, c, [a1, a2], torch.zeros(2, 8)).shape == (2, 8)
+    for size, counts in INVENTORIES.items():
+        net = LNMN(tokens=9, answers=5, features=4, dim=8, steps=3, stack=4, inventory=size)
+        assert len(net.module_names) == size == 1 + sum(counts)
+        assert net.controller.choose[-1].out_features == size
+        logits, aux = net(torch.randint(1, 9, (2, 4)), torch.tensor([4, 2]), torch.randn(2, 4, 3, 3))
+        assert logits.shape == (2, 5) and aux["module_weights"].shape == (2, 3, size)
+
+
+def test_an_alpha_step_never_changes_weights_and_a_weight_step_never_changes_alpha():
+    torch.manual_seed(0)
+    net = LNMN(tokens=9, answers=5, features=4, dim=8, steps=3, stack=4, inventory=9)
+    structure = {id(p) for p in net.structure_parameters()}
+    assert structure and all(id(p) not in structure for p in net.weight_parameters())
+    assert len(structure) + len(net.weight_parameters()) == len(list(net.parameters()))
+    trainer = AlternatingTrainer(net, weight_lr=1e-2, structure_lr=1e-2)
+    batch = {"tokens": torch.randint(1, 9, (4, 5)), "lengths": torch.tensor([5, 4, 3, 5]),
+             "features": torch.randn(4, 4, 3, 3), "answer": torch.randint(0, 5, (4,))}
+
+    def snapshot(params):
+        return [p.detach().clone() for p in params]
+
+    weights, alphas = snapshot(net.weight_parameters()), snapshot(net.structure_parameters())
+    trainer.structure_step(batch)
+    assert all(torch.equal(a, b) for a, b in zip(weights, net.weight_parameters()))
+    assert any(not torch.equal(a, b) for a, b in zip(alphas, net.structure_parameters()))
+    weights, alphas = snapshot(net.weight_parameters()), snapshot(net.structure_parameters())
+    trainer.weight_step(batch, epoch=0)
+    assert all(torch.equal(a, b) for a, b in zip(alphas, net.structure_parameters()))
+    assert any(not torch.equal(a, b) for a, b in zip(weights, net.weight_parameters()))
+
+
+def test_regularizers():
+    assert entropy_weight(0) == 1.0 and entropy_weight(10) == 0.5 and entropy_weight(20) == 0.0
+    assert entropy_weight(25) == -0.5 and entropy_weight(40) == -1.0
+    uniform = torch.full((2, 3, 4), 0.25)
+    assert module_entropy(uniform).item() == pytest.approx(torch.log(torch.tensor(4.0)).item())
+    net = LNMN(tokens=9, answers=5, features=4, dim=8, steps=2, stack=4, inventory=9)
+    nodes = len(net.structure_parameters())
+    with torch.no_grad():
+        for a in net.structure_parameters():
+            a.zero_()
+    assert net.sparsity().item() == pytest.approx(nodes / 6 ** 0.5)  # uniform: ‖·‖₂/‖·‖₁ = 1/√6
+    with torch.no_grad():
+        for a in net.structure_parameters():
+            a.copy_(torch.tensor([50.0, 0, 0, 0, 0, 0]))
+    assert net.sparsity().item() == pytest.approx(nodes, rel=1e-4)  # one-hot: 1 per node
