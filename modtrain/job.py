@@ -221,6 +221,11 @@ class Job(TrainingLoop):
             if hparams.get("layout_weight", 0) > 0:  # supervised layouts (Stack-NMN), from the questions' programs
                 self.layout_targets = {s: cls.layout_targets(self.data.root, split, hparams)
                                        for s, split in self.splits.items()}
+            if hparams.get("search_fraction", 0) > 0:  # LNMN: a search split for α, held out of training
+                order = np.random.default_rng([self.seed, 7]).permutation(self.train_rows)
+                cut = max(1, int(round(hparams["search_fraction"] * len(order))))
+                self.search_rows, self.train_rows = np.sort(order[:cut]), np.sort(order[cut:])
+                self.rows["train"] = self.train_rows
             return
         used = [wirings[i] for i in np.unique(np.concatenate([split.layout[self.rows[s]] for s, split in self.splits.items()]))]
         self.needs_features = any(self._reads_features(w) for w in used)
@@ -372,11 +377,37 @@ class Job(TrainingLoop):
         return values, batch["part"], batch["root"], batch.get("prior")
 
     def _auxiliary_loss(self, batch: dict[str, Any]) -> torch.Tensor | float:
+        module = self.modules.get(self.prior_producer) if self.layout_free else None
+        extra = module.training_loss(self.epoch) if hasattr(module, "training_loss") else 0.0  # LNMN's entropy term
         target = batch.get("layout_target")
         if target is None or not (target >= 0).any():
-            return 0.0
+            return extra
+        return extra + module.layout_loss(target)
+
+    def _setup_optimizer(self) -> None:
+        module = self.modules.get(self.prior_producer) if self.layout_free else None
+        if not hasattr(module, "structure_parameters"):
+            return super()._setup_optimizer()
+        # LNMN Algorithm 2: the weights with the recipe's settings, α with their own optimizer
+        self.optimizer = torch.optim.Adam(module.weight_parameters(), lr=self.config.lr,
+                                          weight_decay=self.config.weight_decay)
+        self.structure_optimizer = module.structure_optimizer()
+        self.search_batches = np.random.default_rng([self.seed, 8])
+
+    def _after_step(self, epoch: int, batch: int) -> None:
+        if getattr(self, "structure_optimizer", None) is None:
+            return
         module = self.modules[self.prior_producer]
-        return module.layout_loss(target)
+        rows = np.sort(self.search_batches.choice(self.search_rows, min(len(self.search_rows), self.config.batch_size),
+                                                  replace=False))
+        search = self._load("train", rows)  # the search rows are rows of the training split
+        self.structure_optimizer.zero_grad(set_to_none=True)
+        self.optimizer.zero_grad(set_to_none=True)
+        with self._autocast():
+            loss = F.nll_loss(self._forward(search).float(), search["answer"]) + module.structure_loss()
+        loss.backward()
+        self.structure_optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)  # the α step leaves the weights' gradients behind
 
     def _forward(self, batch: dict[str, Any]) -> torch.Tensor:
         if self.layout_free:

@@ -129,6 +129,9 @@ class TrainingLoop:
         """A training loss besides the answer's (Stack-NMN's layout supervision); none by default."""
         return 0.0
 
+    def _after_step(self, epoch: int, batch: int) -> None:
+        """After each weight step (LNMN's architecture step on a search batch); nothing by default."""
+
     def _validate(self) -> dict[str, float]:
         """Validation NLL and accuracy of what the job trains on."""
         self.model.eval()
@@ -194,6 +197,7 @@ class TrainingLoop:
 
         while not finished():
             epoch = state["epoch"] + 1
+            self.epoch = epoch
             self.model.train()
             start = time.perf_counter()
             batches = shuffled_batches(self.train_rows, batch_size, self.seed, epoch)
@@ -211,6 +215,7 @@ class TrainingLoop:
                     self.optimizer.zero_grad(set_to_none=True)
                     loss.backward()
                     self.optimizer.step()
+                    self._after_step(epoch, b)
                     train_loss += loss.item() * len(rows)
             seconds = time.perf_counter() - start
             if train_loss / len(self.train_rows) > DIVERGED * state["first_loss"]:

@@ -187,3 +187,56 @@ class AlternatingTrainer:
         (loss - self.sparsity_weight * self.net.sparsity()).backward()
         self.structure.step()
         return loss.item()
+
+
+# -- as a modtrain module ------------------------------------------------------------------------------
+
+from modtrain.registry import NMNModule, register_module  # noqa: E402  (after the network it wraps)
+
+
+@register_module("lnmn")
+class LNMNModule(NMNModule):
+    """LNMN as a modtrain module, trained end to end like Stack-NMN (``recipes/lnmn.toml``). The job
+    holds ``search_fraction`` of the training questions out as the search split of the α steps
+    (never the reported validation set), takes an α step after every weight step, and adds the
+    entropy term to the weight loss (``training_loss``) and the sparsity term to the α loss
+    (``structure_loss``), both as batch means."""
+
+    inputs = ("Tokens", "Features")
+    output = "Prior"
+    defaults = {"dim": 64, "steps": 12, "stack": 8, "embedding": 64, "hard_pointer": False, "inventory": 9,
+                "structure_lr": 3e-4, "sparsity_weight": 1.0, "search_fraction": 0.1, "hard_operations": False}
+    needs = ("tokens", "answers", "features")
+
+    def __init__(self, interface, dims, instances, hparams):
+        super().__init__(interface, dims, instances, hparams)
+        self.net = LNMN(self.dims["tokens"], self.dims["answers"], self.dims["features"], hparams["dim"],
+                        hparams["steps"], hparams["stack"], bool(hparams["hard_pointer"]), hparams["embedding"],
+                        int(hparams["inventory"]))
+        self.net.set_hard(bool(hparams["hard_operations"]))
+        self.explained: dict | None = None
+
+    def forward(self, tokens: torch.Tensor, lengths: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(tokens.device.type, enabled=False):
+            logits, self.explained = self.net(tokens, lengths, features.float())
+        return self.constrain(logits)
+
+    def structure_parameters(self) -> list[nn.Parameter]:
+        return self.net.structure_parameters()
+
+    def weight_parameters(self) -> list[nn.Parameter]:
+        structure = {id(p) for p in self.structure_parameters()}
+        return [p for p in self.parameters() if id(p) not in structure]
+
+    def structure_optimizer(self) -> torch.optim.Optimizer:
+        """Adam 3e-4 (``structure_lr``), β (0.5, 0.999), weight decay 1e-3 (LNMN §4)."""
+        return torch.optim.Adam(self.structure_parameters(), lr=self.hparams["structure_lr"], betas=(0.5, 0.999),
+                                weight_decay=1e-3)
+
+    def training_loss(self, epoch: int) -> torch.Tensor:
+        """−λ_w(epoch) × the mean entropy of the last batch's module weights."""
+        return -entropy_weight(epoch - 1) * module_entropy(self.explained["module_weights"])
+
+    def structure_loss(self) -> torch.Tensor:
+        """−λ_op × Σ ‖σ(α)‖₂/‖σ(α)‖₁ (the sparsity term of the α step)."""
+        return -self.hparams["sparsity_weight"] * self.net.sparsity()

@@ -13,7 +13,7 @@ def test_every_shipped_recipe_is_valid(name):
 
     recipe = Recipe.load(name)
     assert recipe.name == name
-    if name in ("film", "snmn-gt", "snmn-scratch"):  # the end-to-end systems: one module that answers alone
+    if name in ("film", "lnmn", "snmn-gt", "snmn-scratch"):  # the end-to-end systems: one module that answers alone
         only = name.split("-")[0]
         assert recipe.modules == [only] and make_plan(recipe).prior == only
     else:
@@ -60,7 +60,7 @@ def test_overrides_are_typed_and_checked():
 
 
 def test_unknown_recipe_module_surrogate_and_interface():
-    with pytest.raises(ModtrainError, match="unknown recipe 'nmn-fancy'; shipped: e2e, film, nmn-clevr, nmn-clevr-original, nmn-original, nmn-typed, nmn-vqa, nmn-vqa-original, snmn-gt, snmn-scratch"):
+    with pytest.raises(ModtrainError, match="unknown recipe 'nmn-fancy'; shipped: e2e, film, lnmn, nmn-clevr, nmn-clevr-original, nmn-original, nmn-typed, nmn-vqa, nmn-vqa-original, snmn-gt, snmn-scratch"):
         Recipe.load("nmn-fancy")
     with pytest.raises(ModtrainError, match="unknown module 'transform'; valid:"):
         Recipe.load("nmn-typed", ["modules.transform.hidden=3"])

@@ -78,3 +78,36 @@ def test_regularizers():
         for a in net.structure_parameters():
             a.copy_(torch.tensor([50.0, 0, 0, 0, 0, 0]))
     assert net.sparsity().item() == pytest.approx(nodes, rel=1e-4)  # one-hot: 1 per node
+
+
+@pytest.mark.slow
+def test_lnmn_trains_weights_and_structure_alternately_in_a_modtrain_job(tiny_run, tmp_path):
+    """The job holds a search split out of training, and α moves (it trains only on the search
+    batches: the weight optimizer never holds it)."""
+    from modtrain.card import load_card, load_module
+    from modtrain.data import PreparedData
+    from modtrain.e2e import train_end_to_end
+    from modtrain.job import Job, joint_spec
+    from modtrain.plan import make_plan
+    from modtrain.registry import build_module
+    from modtrain.recipe import Recipe
+    from modtrain.workdir import Workdir
+
+    _, workdir, _, _ = tiny_run
+    recipe = Recipe.load("lnmn", ["data.families='no-relate'", "train.max_epochs=2", "train.patience=2",
+                                  "train.device='cpu'", "modules.lnmn.dim=16", "modules.lnmn.steps=4",
+                                  "modules.lnmn.structure_lr=0.01"])
+    run = Workdir(tmp_path / "lnmn", workdir.data)
+    train_end_to_end(run, recipe, torch.device("cpu"))
+    module, _ = load_module(run.modules, "lnmn", torch.device("cpu"))
+    data = PreparedData(workdir.data)
+    fresh = build_module("lnmn", "typed", data.dims(), **recipe.module_hparams("lnmn"))
+    # α starts within 1e-2 of 0 (1e-3 noise); the α steps moved it far from there
+    assert max(a.abs().max().item() for a in fresh.structure_parameters()) < 0.01
+    assert max(a.abs().max().item() for a in module.structure_parameters()) > 0.05
+    job = Job(run, recipe, torch.device("cpu"), joint_spec(make_plan(recipe, end_to_end=True), "e2e"))
+    job._setup_data()
+    trainable = data.split("train").trainable().sum()
+    assert len(job.search_rows) == round(0.1 * trainable) and len(job.train_rows) + len(job.search_rows) == trainable
+    assert not set(job.search_rows) & set(job.train_rows)
+    assert load_card(run.modules, "lnmn")["metrics"]["val_accuracy"] > 0
