@@ -436,6 +436,25 @@ def hpo(workdir, e2e_workdir):
 
 
 @report.command(context_settings=CONTEXT)
+@click.option("--workdir", type=click.Path(exists=True, file_okay=False), required=True,
+              help="A workdir holding a trained LNMN (modtrain e2e --recipe lnmn).")
+@click.option("--split", "split_name", default="val", show_default=True)
+@click.option("--questions", "limit", default=2000, show_default=True, help="Questions evaluated per setting.")
+def cells(workdir, split_name, limit):
+    """What an LNMN's cells learned: σ(α) heatmaps, expressions, attributions, operations removed."""
+    from pathlib import Path
+
+    from modtrain.recipe import RESOLVED, Recipe
+    from modtrain.reports.cells import cells_report, format_cells
+    from modtrain.workdir import Workdir
+
+    recipe = Recipe.load(Path(workdir) / RESOLVED)
+    report = cells_report(Workdir.for_recipe(recipe, Path(workdir)), split_name, limit)
+    click.echo(format_cells(report))
+    click.echo(f"wrote {Path(workdir) / 'reports'}/cells.{{json,md}}, cells_alpha.png")
+
+
+@report.command(context_settings=CONTEXT)
 @click.option("--recipe", default="nmn-typed", show_default=True, help="Recipe whose module and surrogate are studied.")
 @click.option("--module", default="find", show_default=True, help="The module studied (one trained through a surrogate).")
 @click.option("--modules", "n_modules", default=40, show_default=True, help="Candidates trained with random settings.")

@@ -68,8 +68,13 @@ def attention_panels(trace: list[tuple[Layout, object, torch.Tensor]], attention
 def explain(workdir: Workdir, recipe: Recipe, device: torch.device, question_indices: list[int],
             split: str = "val", out_dir: Path | None = None) -> list[Path]:
     """One PNG per question in ``reports/explain/``; returns their paths. On a VQA folder a question
-    is named by its question_id."""
+    is named by its question_id. A Stack-NMN or LNMN recipe (one module with a controller) shows,
+    instead of a layout, the controller's module weights and word attention at every step and the
+    top of the stack after it (``explain_stack``)."""
     from modtrain.datasets.folders import open_folder
+
+    if len(recipe.modules) == 1 and recipe.modules[0] in ("snmn", "lnmn"):
+        return explain_stack(workdir, recipe, device, question_indices, split, out_dir)
 
     data = PreparedData(workdir.data)
     split_data = data.split(split)
@@ -146,4 +151,73 @@ def _draw(path, image_path, question, layout, maps, prior, final, answers, truth
         axis.set_title(f"{title} (top 5)", fontsize=10)
         axis.tick_params(labelsize=9)
     figure.subplots_adjust(left=0.03, right=0.97, top=0.9, bottom=0.05, wspace=0.35, hspace=0.45)
+    return save_figure(figure, path, dpi=DPI)
+
+
+def explain_stack(workdir: Workdir, recipe: Recipe, device: torch.device, question_indices: list[int],
+                  split: str = "val", out_dir: Path | None = None) -> list[Path]:
+    """Stack-NMN / LNMN: per question, the image, the module weights (steps × modules), the most
+    attended word of each step and the top of the stack after every step."""
+    from modtrain.card import load_module
+    from modtrain.datasets.folders import open_folder
+
+    name = recipe.modules[0]
+    module, _ = load_module(workdir.modules, name, device)
+    module.eval()
+    data = PreparedData(workdir.data)
+    split_data = data.split(split)
+    folder = open_folder(workdir.data)
+    image_paths = folder.image_paths(split)
+    words = {i: w for w, i in data.vocab["question_tokens"].items()}
+    features = split_data.features()
+    out_dir = Path(out_dir or workdir.reports / "explain")
+    paths = []
+    for question_index in question_indices:
+        rows = np.flatnonzero(split_data.question_index == question_index)
+        if len(rows) == 0:
+            raise ModtrainError(f"question {question_index} is not in split {split!r}")
+        row = int(rows[0])
+        tokens = split_data.tokens[row:row + 1]
+        with torch.no_grad():
+            logits = module(torch.from_numpy(tokens).long().to(device),
+                            torch.from_numpy(split_data.lengths[row:row + 1]).long(),
+                            torch.from_numpy(features.take([int(split_data.image_index[row])])).float().to(device))
+        explained = {k: v[0].cpu().numpy() for k, v in module.explained.items()}
+        question = [words.get(int(t), "?") for t in tokens[0, :int(split_data.lengths[row])]]
+        truth = data.answers[split_data.answer[row]] if split_data.answer[row] >= 0 else None
+        path = out_dir / f"{split}_{question_index}.png"
+        _draw_stack(path, image_paths[int(split_data.image_index[row])], question, explained, module.net.module_names,
+                    data.answers[int(logits.argmax())], truth)
+        paths.append(path)
+    return paths
+
+
+def _draw_stack(path, image_path, question, explained, names, predicted, truth) -> Path:
+    plt = pyplot()
+    weights, text, tops = explained["module_weights"], explained["text_attention"], explained["tops"]
+    steps = weights.shape[0]
+    image = np.asarray(Image.open(image_path).convert("RGB"))
+    figure = plt.figure(figsize=(max(12.0, 1.6 * steps), 6.0), dpi=DPI)
+    grid = figure.add_gridspec(2, steps, height_ratios=[1.6, 1])
+    axis = figure.add_subplot(grid[0, :2])
+    axis.imshow(image)
+    axis.set_axis_off()
+    verdict = "" if truth is None else ("  ✓" if predicted == truth else f"  ✗ (answer: {truth})")
+    axis.set_title("\n".join(textwrap.wrap(" ".join(question), 40)) + f"\npredicted: {predicted}{verdict}", fontsize=9)
+    axis = figure.add_subplot(grid[0, 2:])
+    axis.imshow(weights.T, aspect="auto", cmap="viridis", vmin=0, vmax=1)
+    axis.grid(False)
+    axis.set_yticks(range(len(names)), names, fontsize=7)
+    axis.set_xticks(range(steps), [f"{t + 1}: {question[int(text[t, :len(question)].argmax())]}" for t in range(steps)],
+                    fontsize=7, rotation=30)
+    axis.set_title("module weights per step (x: step and its most attended word)", fontsize=9)
+    height, width = image.shape[:2]
+    for t in range(steps):
+        axis = figure.add_subplot(grid[1, t])
+        axis.imshow(image)
+        top = np.exp(tops[t] - tops[t].max())
+        axis.imshow(top / top.sum(), cmap="magma", alpha=0.6, extent=(0, width, height, 0), interpolation="nearest")
+        axis.set_title(f"top after step {t + 1}\n{names[int(weights[t].argmax())]}", fontsize=8)
+        axis.set_axis_off()
+    figure.tight_layout()
     return save_figure(figure, path, dpi=DPI)

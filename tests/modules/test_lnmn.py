@@ -111,3 +111,36 @@ def test_lnmn_trains_weights_and_structure_alternately_in_a_modtrain_job(tiny_ru
     assert len(job.search_rows) == round(0.1 * trainable) and len(job.train_rows) + len(job.search_rows) == trainable
     assert not set(job.search_rows) & set(job.train_rows)
     assert load_card(run.modules, "lnmn")["metrics"]["val_accuracy"] > 0
+    # report cells on it: every module, an accuracy per removed operation, the files
+    from modtrain.reports.cells import cells_report
+
+    report = cells_report(run, "val", limit=300)
+    assert set(report["modules"]) == set(module.net.cells) and len(report["accuracy"]) == 2 + len(OPERATIONS)
+    assert report["accuracy"]["learned"] == pytest.approx(load_card(run.modules, "lnmn")["metrics"]["val_accuracy"],
+                                                          abs=0.1)
+    assert all(len(m["ig_by_operation"]) == len(OPERATIONS) for m in report["modules"].values())
+    assert (run.reports / "cells_alpha.png").stat().st_size > 0 and (run.reports / "cells.md").exists()
+    # explain draws the controller's module weights and the top of the stack, one PNG per question
+    from modtrain.reports.explain import explain
+
+    question = int(data.split("val").question_index[0])
+    paths = explain(run, recipe, torch.device("cpu"), [question], "val")
+    assert [p.name for p in paths] == [f"val_{question}.png"] and paths[0].stat().st_size > 10_000
+
+
+def test_expressions_of_cells_from_their_argmax_operations():
+    from modtrain.reports.cells import expression
+
+    def set_ops(cell, *ops):
+        with torch.no_grad():
+            for node, op in zip(cell.nodes, ops):
+                node.alpha.copy_(torch.full((6,), -5.0))
+                node.alpha[OPERATIONS.index(op)] = 5.0
+        return cell
+
+    # LNMN Table 6's first attention module: conv_2(choose_2(min(conv_1(I), a), W_1 c)) = conv_2(W_1 c)
+    assert expression(set_ops(Cell(4, 1, answer=False), "min", "choose_2")) == "conv_2(W_1 c)"
+    assert expression(set_ops(Cell(4, 2, answer=False), "choose_2", "max", "product")) == \
+        "conv_2((max(a_2, conv_1(I)) ⊙ W_1 c))"
+    assert expression(set_ops(Cell(4, 1, answer=True), "product", "min")) == \
+        "W_2[Σ min((conv_1(I) ⊙ a), W_1 c), W_1 c, f_mem]"
