@@ -365,7 +365,7 @@ def compare(recipe_name, seeds, workdir, data_dir, overrides, device, fresh, tri
               help="The NMN whose modular and end-to-end versions, typed and gradient, are measured.")
 @click.option("--system", "systems", multiple=True, metavar="NAME",
               help="Only these systems (repeatable): modular typed, modular gradient, end-to-end typed, "
-                   "end-to-end gradient, FiLM [default: all].")
+                   "end-to-end gradient, FiLM, 'Stack-NMN (ground truth)', LNMN [default: the first five].")
 @click.option("--reference", is_flag=True, help="Also train every system on every depth (its reference curve).")
 @click.option("--workdir", type=click.Path(file_okay=False), default="runs/depth", show_default=True,
               help="Holds the shared data, one folder per system and depth limit, and reports/.")
