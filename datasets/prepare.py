@@ -66,18 +66,15 @@ def make_vocab(tokens: Counter, answers: list[str], instances: dict[str, set[str
     }
 
 
-def encode_split(questions: list[Question], vocab: dict, layout_ids: dict[str, int]) -> dict[str, np.ndarray]:
-    """Arrays of one split; new layouts are appended to ``layout_ids``."""
-    n = len(questions)
+def question_arrays(texts: list[str], vocab: dict) -> dict[str, np.ndarray]:
+    """The arrays every prepared split has, from its question texts: tokens (padded) and lengths
+    encoded, the others unknown (−1) until a format's encoder fills them in."""
+    n = len(texts)
     token_ids = vocab["question_tokens"]
-    answer_ids = vocab["answers"]
-    encoded = [[token_ids.get(t, UNK) for t in tokenize(q.question)] for q in questions]
-    max_len = max((len(e) for e in encoded), default=1)
+    encoded = [[token_ids.get(t, UNK) for t in tokenize(text)] for text in texts]
     arrays = {
-        "tokens": np.full((n, max(1, max_len)), PAD, np.int32),
+        "tokens": np.full((n, max(1, max((len(e) for e in encoded), default=1))), PAD, np.int32),
         "lengths": np.array([len(e) for e in encoded], np.int32),
-        "image_index": np.array([q.image_index for q in questions], np.int32),
-        "question_index": np.array([q.question_index for q in questions], np.int32),
         "answer": np.full(n, NO_ANSWER, np.int32),
         "layout": np.full(n, -1, np.int32),
         "question_type": np.full(n, -1, np.int8),
@@ -86,8 +83,18 @@ def encode_split(questions: list[Question], vocab: dict, layout_ids: dict[str, i
         "hops": np.full(n, -1, np.int16),
         "family": np.full(n, -1, np.int16),
     }
-    for i, (q, ids) in enumerate(zip(questions, encoded)):
+    for i, ids in enumerate(encoded):
         arrays["tokens"][i, :len(ids)] = ids
+    return arrays
+
+
+def encode_split(questions: list[Question], vocab: dict, layout_ids: dict[str, int]) -> dict[str, np.ndarray]:
+    """Arrays of one split; new layouts are appended to ``layout_ids``."""
+    answer_ids = vocab["answers"]
+    arrays = question_arrays([q.question for q in questions], vocab)
+    arrays["image_index"] = np.array([q.image_index for q in questions], np.int32)
+    arrays["question_index"] = np.array([q.question_index for q in questions], np.int32)
+    for i, q in enumerate(questions):
         if q.answer is not None:
             arrays["answer"][i] = answer_ids.get(q.answer, answer_ids[UNK_ANSWER])
         if q.question_family_index is not None:
@@ -143,7 +150,7 @@ def prepare(data_dir: str | Path, out_dir: str | Path | None = None, vocab_split
     else:
         questions = {s: folder.load_questions(s) for s in splits}
         for split, qs in questions.items():
-            _check_not_empty(folder, split, len(qs))
+            check_not_empty(folder, split, len(qs))
             folder.check_image_indices(split, qs, num_images[split])
         vocab = build_vocab(questions[train_split])
         layout_ids: dict[str, int] = {}
@@ -180,7 +187,7 @@ def sources_sha256(folder, split: str) -> str:
     return hashes[0] if len(hashes) == 1 else sha256_json([[p.name, h] for p, h in zip(files, hashes)])
 
 
-def _check_not_empty(folder, split: str, n: int) -> None:
+def check_not_empty(folder, split: str, n: int) -> None:
     if not n:
         raise ModtrainError(f"{folder.questions_path(split)}: the questions list is empty; every split needs "
                             f"at least one question (or remove the file)")

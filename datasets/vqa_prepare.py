@@ -22,7 +22,7 @@ import numpy as np
 from modtrain.errors import ModtrainError
 from modtrain.layout import Layout
 
-from modtrain.datasets.prepare import NO_ANSWER, PAD, UNK, UNK_ANSWER, make_vocab, tokenize
+from modtrain.datasets.prepare import UNK_ANSWER, check_not_empty, make_vocab, question_arrays, tokenize
 from modtrain.datasets.vqa import ANSWER_TYPES, VQAFolder, VQAQuestion
 
 UNK_INSTANCE = "<UNK>"
@@ -45,9 +45,7 @@ def encode_vqa(folder: VQAFolder, splits: list[str], train_split: str, answers: 
         raise ModtrainError(f"--min-instance-count {min_instance_count}: must be at least 1")
     questions = {s: folder.load_questions(s) for s in splits}
     for split, qs in questions.items():
-        if not qs:
-            raise ModtrainError(f"{folder.questions_path(split)}: the questions list is empty; every split needs "
-                                f"at least one question (or remove the file)")
+        check_not_empty(folder, split, len(qs))
     train = questions[train_split]
     answer_counts = Counter(q.answer for q in train if q.answer is not None)
     if not answer_counts:
@@ -84,27 +82,17 @@ def encode_vqa(folder: VQAFolder, splits: list[str], train_split: str, answers: 
 def _encode(questions: list[VQAQuestion], layouts: list[Layout | None], image_ids: np.ndarray, vocab: dict,
             layout_ids: dict[str, int]) -> dict[str, np.ndarray]:
     n = len(questions)
-    token_ids, answer_ids = vocab["question_tokens"], vocab["answers"]
-    encoded = [[token_ids.get(t, UNK) for t in tokenize(q.question)] for q in questions]
-    max_len = max((len(e) for e in encoded), default=1)
+    answer_ids = vocab["answers"]
     n_answers = max((len(q.answers) for q in questions if q.answers), default=1)
-    arrays = {
-        "tokens": np.full((n, max(1, max_len)), PAD, np.int32),
-        "lengths": np.array([len(e) for e in encoded], np.int32),
+    arrays = question_arrays([q.question for q in questions], vocab)
+    arrays.update({
         "image_index": np.searchsorted(image_ids, np.array([q.image_id for q in questions], np.int64)).astype(np.int32),
         "image_id": np.array([q.image_id for q in questions], np.int64),
         "question_index": np.array([q.question_id for q in questions], np.int64),
-        "answer": np.full(n, NO_ANSWER, np.int32),
-        "layout": np.full(n, -1, np.int32),
-        "question_type": np.full(n, -1, np.int8),
-        "depth": np.full(n, -1, np.int16),
-        "length": np.full(n, -1, np.int16),
         "hops": np.zeros(n, np.int16),
-        "family": np.full(n, -1, np.int16),
         "vqa_answers": np.full((n, n_answers), "", dtype=object),
-    }
-    for i, (q, ids, layout) in enumerate(zip(questions, encoded, layouts)):
-        arrays["tokens"][i, :len(ids)] = ids
+    })
+    for i, (q, layout) in enumerate(zip(questions, layouts)):
         if q.answer is not None:
             arrays["answer"][i] = answer_ids.get(q.answer, answer_ids[UNK_ANSWER])
             arrays["vqa_answers"][i, :len(q.answers)] = q.answers

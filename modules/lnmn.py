@@ -225,8 +225,7 @@ class LNMNModule(NMNModule):
         return self.net.structure_parameters()
 
     def weight_parameters(self) -> list[nn.Parameter]:
-        structure = {id(p) for p in self.structure_parameters()}
-        return [p for p in self.parameters() if id(p) not in structure]
+        return self.net.weight_parameters()  # the module holds nothing but its network
 
     def structure_optimizer(self) -> torch.optim.Optimizer:
         """Adam 3e-4 (``structure_lr``), β (0.5, 0.999), weight decay 1e-3 (LNMN §4)."""
