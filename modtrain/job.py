@@ -384,6 +384,26 @@ class Job(TrainingLoop):
             return extra
         return extra + module.layout_loss(target)
 
+    def _training_settings(self) -> dict[str, float]:
+        module = self.modules.get(self.prior_producer) if self.layout_free else None
+        hparams = getattr(module, "hparams", {})
+        return {k: hparams[k] for k in ("grad_clip", "ema_decay") if k in hparams}
+
+    def _extra_state(self) -> dict[str, Any]:
+        if getattr(self, "structure_optimizer", None) is None:
+            return {}
+        return {"structure_optimizer": self.structure_optimizer.state_dict(),
+                "search_batches": self.search_batches.bit_generator.state}
+
+    def _restore_extra_state(self, saved: dict[str, Any]) -> None:
+        if getattr(self, "structure_optimizer", None) is None:
+            return
+        if "structure_optimizer" not in saved:  # a checkpoint of an older modtrain: α's Adam starts over
+            log.warning("%s: the checkpoint holds no structure optimizer; its state starts over", self.name)
+            return
+        self.structure_optimizer.load_state_dict(saved["structure_optimizer"])
+        self.search_batches.bit_generator.state = saved["search_batches"]
+
     def _setup_optimizer(self) -> None:
         module = self.modules.get(self.prior_producer) if self.layout_free else None
         if not hasattr(module, "structure_parameters"):

@@ -3,7 +3,9 @@
 Adam, the data shuffled every epoch, early stopping on validation accuracy, the best
 epoch's weights kept, metrics per epoch as JSON lines (``logs/NAME.jsonl``), a checkpoint
 per epoch so an interrupted job resumes, seeded and deterministic on CPU, CUDA + AMP
-when present.
+when present. A module can ask for global-norm gradient clipping and for an exponential
+moving average of its weights, which is then what is validated and kept (Stack-NMN's
+training; ``_training_settings``).
 """
 from __future__ import annotations
 
@@ -69,6 +71,42 @@ def cards_match(modules_dir, names: list[str], key: dict[str, Any]) -> bool:
     return True
 
 
+class WeightAverage:
+    """An exponential moving average of a model's floating-point state, with TensorFlow's
+    warm-up: after n updates the decay is min(decay, (1 + n) / (10 + n)), so the average does not
+    start as mostly the initial weights (Stack-NMN evaluates with such an average)."""
+
+    def __init__(self, model: torch.nn.Module, decay: float):
+        self.decay, self.updates = decay, 0
+        self.average = {k: v.detach().clone() for k, v in model.state_dict().items() if v.is_floating_point()}
+
+    @torch.no_grad()
+    def update(self, model: torch.nn.Module) -> None:
+        self.updates += 1
+        decay = min(self.decay, (1 + self.updates) / (10 + self.updates))
+        state = model.state_dict()
+        for k, v in self.average.items():
+            v.mul_(decay).add_(state[k].detach(), alpha=1 - decay)
+
+    @contextlib.contextmanager
+    def applied(self, model: torch.nn.Module):
+        """The model holds the average inside the block, its own weights again after it."""
+        own = {k: v.detach().clone() for k, v in model.state_dict().items() if k in self.average}
+        model.load_state_dict(self.average, strict=False)
+        try:
+            yield
+        finally:
+            model.load_state_dict(own, strict=False)
+
+    def state_dict(self) -> dict:
+        return {"decay": self.decay, "updates": self.updates, "average": self.average}
+
+    def load_state_dict(self, saved: dict) -> None:
+        self.updates = saved["updates"]
+        for k, v in saved["average"].items():
+            self.average[k].copy_(v)
+
+
 @contextlib.contextmanager
 def _deterministic():
     """Deterministic kernels while a job trains. Without them the CPU backward of gathers
@@ -132,6 +170,19 @@ class TrainingLoop:
     def _after_step(self, epoch: int, batch: int) -> None:
         """After each weight step (LNMN's architecture step on a search batch); nothing by default."""
 
+    def _training_settings(self) -> dict[str, float]:
+        """What the trained module asks of the loop: ``grad_clip`` (the global norm gradients are
+        clipped to before each step) and ``ema_decay`` (validate and keep an exponential moving
+        average of the weights); 0 or absent: neither."""
+        return {}
+
+    def _extra_state(self) -> dict[str, Any]:
+        """What else a checkpoint must hold for the job to resume exactly (LNMN's α optimizer)."""
+        return {}
+
+    def _restore_extra_state(self, saved: dict[str, Any]) -> None:
+        """Restores ``_extra_state``'s contents from a checkpoint."""
+
     def _validate(self) -> dict[str, float]:
         """Validation NLL and accuracy of what the job trains on."""
         self.model.eval()
@@ -179,11 +230,17 @@ class TrainingLoop:
         ckpt_path = self.checkpoint_path()
         log_path = self.workdir.logs / f"{self.name}.jsonl"
         log_path.parent.mkdir(parents=True, exist_ok=True)
+        settings = self._training_settings()
+        clip = float(settings.get("grad_clip") or 0)
+        average = WeightAverage(self.model, float(settings["ema_decay"])) if settings.get("ema_decay") else None
         saved = _read_checkpoint(ckpt_path)
         if saved is not None and saved["key"] == key_hash:
             self.model.load_state_dict(saved["model"])
             self.optimizer.load_state_dict(saved["optimizer"])
             torch.set_rng_state(saved["rng"])
+            if average is not None:
+                average.load_state_dict(saved["average"])
+            self._restore_extra_state(saved.get("extra", {}))
             state = saved["state"]
             log.info("%s: resuming after epoch %d", self.name, state["epoch"])
         # the log holds exactly the epochs the checkpoint holds (a run killed between writing an
@@ -214,7 +271,12 @@ class TrainingLoop:
                     state.setdefault("first_loss", loss.item())
                     self.optimizer.zero_grad(set_to_none=True)
                     loss.backward()
+                    if clip > 0:
+                        torch.nn.utils.clip_grad_norm_([p for g in self.optimizer.param_groups for p in g["params"]],
+                                                       clip)
                     self.optimizer.step()
+                    if average is not None:
+                        average.update(self.model)
                     self._after_step(epoch, b)
                     train_loss += loss.item() * len(rows)
             seconds = time.perf_counter() - start
@@ -223,8 +285,13 @@ class TrainingLoop:
                     f"{self.name}: training diverged: the loss of epoch {epoch} is "
                     f"{train_loss / len(self.train_rows):.4g}, over {DIVERGED:g}× that of its first batch "
                     f"({state['first_loss']:.4g}); nothing was saved. Lower the learning rate (now {self.config.lr})")
-            metrics = {"epoch": epoch, "train_loss": train_loss / len(self.train_rows), **self._validate(),
-                       "seconds": round(seconds, 3)}
+            with average.applied(self.model) if average is not None else contextlib.nullcontext():
+                # with an average, it is what is validated and kept (``best`` is taken inside)
+                metrics = {"epoch": epoch, "train_loss": train_loss / len(self.train_rows), **self._validate(),
+                           "seconds": round(seconds, 3)}
+                better = state["best_metrics"] is None or metrics["val_accuracy"] > state["best_metrics"]["val_accuracy"]
+                if better:
+                    state["best"] = copy.deepcopy({k: v.cpu() for k, v in self.model.state_dict().items()})
             state["seconds"] += seconds
             state["samples"] += len(self.train_rows)
             state["history"].append(metrics)
@@ -232,8 +299,7 @@ class TrainingLoop:
                 f.write(json.dumps(metrics) + "\n")
             log.info("%s epoch %d: %s", self.name, epoch,
                      ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if isinstance(v, float)))
-            if state["best_metrics"] is None or metrics["val_accuracy"] > state["best_metrics"]["val_accuracy"]:
-                state["best"] = copy.deepcopy({k: v.cpu() for k, v in self.model.state_dict().items()})
+            if better:
                 state["best_metrics"] = metrics
                 state["bad_epochs"] = 0
             else:
@@ -242,7 +308,8 @@ class TrainingLoop:
             with atomic_path(ckpt_path) as tmp:
                 torch.save({"key": key_hash, "model": self.model.state_dict(),
                             "optimizer": self.optimizer.state_dict(), "rng": torch.get_rng_state(),
-                            "state": state}, tmp)
+                            "state": state, "extra": self._extra_state(),
+                            **({"average": average.state_dict()} if average is not None else {})}, tmp)
             if finished():  # the card before the last report: a scheduler may stop the job at that report
                 self.model.load_state_dict(state["best"])
                 result = self._save(key_hash, state)

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from modtrain.errors import ModtrainError
-from modtrain.modules.snmn import StackNMN, move_down, move_up, read, write
+from modtrain.modules.snmn import StackNMN, module_entropy, move_down, move_up, read, write
 
 OPERATIONS = ("min", "max", "sum", "product", "choose_1", "choose_2")
 INVENTORIES = {9: (4, 2, 1, 1), 11: (4, 2, 2, 2), 14: (5, 4, 2, 2)}
@@ -65,8 +65,14 @@ class Node(nn.Module):
         return w
 
     def forward(self, x1: torch.Tensor, x2: torch.Tensor) -> torch.Tensor:
-        w = self.weights()
-        return sum(w[i] * operation(name, x1, x2) for i, name in enumerate(OPERATIONS))
+        if self.hard:
+            return operation(OPERATIONS[int(self.alpha.argmax())], x1, x2)
+        # Σ w_o·o(x1, x2) in closed form: min and max are (x1 + x2 ∓ |x1 − x2|) / 2, so the six
+        # operations cost one abs, one product and three scalings (min/max's own backward passes
+        # were most of LNMN's time); the value and every gradient are the weighted sum's.
+        w_min, w_max, w_sum, w_product, w_1, w_2 = self.weights()
+        mean = (w_min + w_max) / 2 + w_sum
+        return (mean + w_1) * x1 + (mean + w_2) * x2 + (w_max - w_min) / 2 * (x1 - x2).abs() + w_product * (x1 * x2)
 
 
 class Cell(nn.Module):
@@ -82,14 +88,17 @@ class Cell(nn.Module):
         self.text = nn.Linear(dim, dim)                                # W_1
         self.out = nn.Linear(3 * dim, dim) if answer else nn.Conv2d(dim, 1, 1)
 
-    def forward(self, x, c, maps: list[torch.Tensor], memory: torch.Tensor | None = None) -> torch.Tensor:
-        image = self.conv1(x)
-        text = self.text(c)[:, :, None, None].expand_as(image)
-        spread = [m[:, None].expand_as(image) for m in maps]
+    def forward(self, x, c, maps: list[torch.Tensor], memory: torch.Tensor | None = None,
+                projected: torch.Tensor | None = None) -> torch.Tensor:
+        """``projected``: conv_1(x), when the caller computed it once for every step."""
+        image = self.conv1(x) if projected is None else projected
+        text = self.text(c)[:, :, None, None]
+        spread = [m[:, None] for m in maps]  # attention maps broadcast over the channels
         if self.maps == 1:
             h = self.nodes[1](self.nodes[0](image, spread[0]), text)
         else:
             h = self.nodes[2](self.nodes[1](self.nodes[0](spread[0], spread[1]), image), text)
+        h = torch.broadcast_to(h, image.shape)  # a hard choose_2 of the text alone is the text everywhere
         if self.answer:
             return self.out(torch.cat([h.sum((2, 3)), self.text(c), memory], dim=1))
         return self.out(h).squeeze(1)
@@ -111,20 +120,25 @@ class LNMN(StackNMN):
         del self.ops  # Stack-NMN's hand-designed modules: replaced by the cells
         self.cells = nn.ModuleDict({name: Cell(dim, maps, answer) for name, maps, answer in specs})
 
-    def step(self, x, c, stack, pointer, memory):
-        out = {"NoOp": (stack, pointer, memory)}
+    def prepare(self, x: torch.Tensor):
+        """The image and every cell's conv_1 of it (computed once per question, not per step)."""
+        return {"x": x, **{name: cell.conv1(x) for name, cell in self.cells.items()}}
+
+    def step(self, image, c, stack, pointer, memory):
+        x, out = image["x"], {"NoOp": (stack, pointer, memory)}
         top = read(stack, pointer)
         below = move_down(pointer)
         second = read(stack, below)
         for name, cell in self.cells.items():
             if cell.answer:
                 maps = [top] if cell.maps == 1 else [second, top]
-                out[name] = (stack, below if cell.maps == 1 else move_down(below), cell(x, c, maps, memory))
+                out[name] = (stack, below if cell.maps == 1 else move_down(below),
+                             cell(x, c, maps, memory, image[name]))
             elif cell.maps == 1:
                 up = move_up(pointer)
-                out[name] = (write(stack, up, cell(x, c, [top])), up, memory)
+                out[name] = (write(stack, up, cell(x, c, [top], projected=image[name])), up, memory)
             else:
-                out[name] = (write(stack, below, cell(x, c, [second, top])), below, memory)
+                out[name] = (write(stack, below, cell(x, c, [second, top], projected=image[name])), below, memory)
         return out
 
     def structure_parameters(self) -> list[nn.Parameter]:
@@ -152,11 +166,6 @@ def entropy_weight(epoch: float) -> float:
     if epoch <= 20:
         return 1.0 - epoch / 20
     return max(-1.0, -(epoch - 20) / 10)
-
-
-def module_entropy(module_weights: torch.Tensor) -> torch.Tensor:
-    """Mean over steps (and the batch) of the entropy of the controller's module weights."""
-    return -(module_weights * module_weights.clamp_min(1e-12).log()).sum(-1).mean()
 
 
 class AlternatingTrainer:
@@ -192,6 +201,7 @@ class AlternatingTrainer:
 # -- as a modtrain module ------------------------------------------------------------------------------
 
 from modtrain.registry import NMNModule, register_module  # noqa: E402  (after the network it wraps)
+from modtrain.values import Range  # noqa: E402
 
 
 @register_module("lnmn")
@@ -200,12 +210,15 @@ class LNMNModule(NMNModule):
     holds ``search_fraction`` of the training questions out as the search split of the α steps
     (never the reported validation set), takes an α step after every weight step, and adds the
     entropy term to the weight loss (``training_loss``) and the sparsity term to the α loss
-    (``structure_loss``), both as batch means."""
+    (``structure_loss``), both as batch means. The weight steps are clipped and averaged as
+    Stack-NMN's (``grad_clip``, ``ema_decay``); α's Adam is checkpointed with the job."""
 
     inputs = ("Tokens", "Features")
     output = "Prior"
     defaults = {"dim": 64, "steps": 12, "stack": 8, "embedding": 64, "hard_pointer": False, "inventory": 9,
-                "structure_lr": 3e-4, "sparsity_weight": 1.0, "search_fraction": 0.1, "hard_operations": False}
+                "structure_lr": 3e-4, "sparsity_weight": 1.0, "search_fraction": 0.1, "hard_operations": False,
+                "grad_clip": 8.0, "ema_decay": 0.999}  # LNMN trains on Stack-NMN's code: its clipping and average
+    limits = {"ema_decay": Range(low=0.0, high=1.0, high_open=True)}
     needs = ("tokens", "answers", "features")
 
     def __init__(self, interface, dims, instances, hparams):

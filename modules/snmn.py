@@ -122,7 +122,9 @@ class Controller(nn.Module):
 
 
 class StackModules(nn.Module):
-    """The modules' computations, each a function of its inputs (no stack in here)."""
+    """The modules' computations, each a function of its inputs (no stack in here). What depends
+    on the image alone (Find's and Transform's projections, Scene's map) is computed once per
+    question by ``prepare``, not at every step: the steps read it from ``image``."""
 
     def __init__(self, dim: int):
         super().__init__()
@@ -134,23 +136,27 @@ class StackModules(nn.Module):
         self.cmp_a1, self.cmp_a2, self.cmp_c = nn.Linear(dim, dim), nn.Linear(dim, dim), nn.Linear(dim, dim)
         self.cmp_out = nn.Linear(dim, dim)
 
-    def find(self, x, c):
-        return self.find_out(self.find_in(x) * self.find_c(c)[:, :, None, None]).squeeze(1)
+    def prepare(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"x": x, "find": self.find_in(x), "transform": self.tr_in(x), "scene": self.scene_out(x).squeeze(1)}
 
-    def transform(self, x, c, a):
-        gate = (self.tr_att(attend(a, x)) * self.tr_c(c))[:, :, None, None]
-        return self.tr_out(self.tr_in(x) * gate).squeeze(1)
+    def find(self, image, c):
+        return self.find_out(image["find"] * self.find_c(c)[:, :, None, None]).squeeze(1)
 
-    def filter(self, x, c, a):
-        return torch.minimum(a, self.find(x, c))  # Find's weights: Filter is And(a, Find())
+    def transform(self, image, c, a):
+        gate = (self.tr_att(attend(a, image["x"])) * self.tr_c(c))[:, :, None, None]
+        return self.tr_out(image["transform"] * gate).squeeze(1)
 
-    def scene(self, x, c):
-        return self.scene_out(x).squeeze(1)
+    def filter(self, image, c, a):
+        return torch.minimum(a, self.find(image, c))  # Find's weights: Filter is And(a, Find())
 
-    def answer(self, x, c, a):
-        return self.ans_out(self.ans_att(attend(a, x)) * self.ans_c(c))
+    def scene(self, image, c):
+        return image["scene"]
 
-    def compare(self, x, c, a1, a2):
+    def answer(self, image, c, a):
+        return self.ans_out(self.ans_att(attend(a, image["x"])) * self.ans_c(c))
+
+    def compare(self, image, c, a1, a2):
+        x = image["x"]
         return self.cmp_out(self.cmp_a1(attend(a1, x)) * self.cmp_a2(attend(a2, x)) * self.cmp_c(c))
 
 
@@ -168,21 +174,25 @@ class StackNMN(nn.Module):
         self.ops = StackModules(dim)
         self.output = nn.Sequential(nn.Linear(2 * dim, dim), nn.ELU(), nn.Linear(dim, answers))
 
-    def step(self, x, c, stack, pointer, memory):
+    def prepare(self, x: torch.Tensor):
+        """What the steps read of the image (computed once per question)."""
+        return self.ops.prepare(x)
+
+    def step(self, image, c, stack, pointer, memory):
         """Every module on the stack: {module: (stack, pointer, memory)}."""
         ops, out = self.ops, {}
         out["NoOp"] = (stack, pointer, memory)
-        out["Find"] = (*push(stack, pointer, ops.find(x, c)), memory)
-        out["Scene"] = (*push(stack, pointer, ops.scene(x, c)), memory)
+        out["Find"] = (*push(stack, pointer, ops.find(image, c)), memory)
+        out["Scene"] = (*push(stack, pointer, ops.scene(image, c)), memory)
         top = read(stack, pointer)
-        out["Transform"] = (write(stack, pointer, ops.transform(x, c, top)), pointer, memory)
-        out["Filter"] = (write(stack, pointer, ops.filter(x, c, top)), pointer, memory)
+        out["Transform"] = (write(stack, pointer, ops.transform(image, c, top)), pointer, memory)
+        out["Filter"] = (write(stack, pointer, ops.filter(image, c, top)), pointer, memory)
         below = move_down(pointer)
         second = read(stack, below)
         out["And"] = (write(stack, below, torch.minimum(second, top)), below, memory)
         out["Or"] = (write(stack, below, torch.maximum(second, top)), below, memory)
-        out["Answer"] = (stack, below, ops.answer(x, c, top))
-        out["Compare"] = (stack, move_down(below), ops.compare(x, c, second, top))
+        out["Answer"] = (stack, below, ops.answer(image, c, top))
+        out["Compare"] = (stack, move_down(below), ops.compare(image, c, second, top))
         return out
 
     def forward(self, tokens, lengths, features, module_weights: torch.Tensor | None = None):
@@ -196,9 +206,9 @@ class StackNMN(nn.Module):
         stack = x.new_zeros(b, self.stack_size, h, w)
         pointer = F.one_hot(torch.zeros(b, dtype=torch.long, device=x.device), self.stack_size).to(x.dtype)
         memory = x.new_zeros(b, x.shape[1])
-        tops = []
+        image, tops = self.prepare(x), []
         for t in range(self.steps):
-            outs = self.step(x, controls[:, t], stack, pointer, memory)
+            outs = self.step(image, controls[:, t], stack, pointer, memory)
             wt = weights[:, t]
             names = self.module_names
             stack = sum(wt[:, i, None, None, None] * outs[m][0] for i, m in enumerate(names))
@@ -220,24 +230,30 @@ class DiscreteExecutor:
     def run(self, layout: list[str], tokens, lengths, features) -> torch.Tensor:
         _, controls, _, q = self.net.controller(tokens, lengths)
         x = self.net.image(features)
-        ops = self.net.ops
+        ops, image = self.net.ops, self.net.prepare(x)
         stack: list[torch.Tensor] = []
         memory = x.new_zeros(len(x), x.shape[1])
         for t, module in enumerate(layout):
             c = controls[:, t]
             if module in ("Find", "Scene"):
-                stack.append(ops.find(x, c) if module == "Find" else ops.scene(x, c))
+                stack.append(ops.find(image, c) if module == "Find" else ops.scene(image, c))
             elif module in ("Transform", "Filter"):
-                stack[-1] = ops.transform(x, c, stack[-1]) if module == "Transform" else ops.filter(x, c, stack[-1])
+                stack[-1] = (ops.transform(image, c, stack[-1]) if module == "Transform"
+                             else ops.filter(image, c, stack[-1]))
             elif module in ("And", "Or"):
                 a2, a1 = stack.pop(), stack.pop()
                 stack.append(torch.minimum(a1, a2) if module == "And" else torch.maximum(a1, a2))
             elif module == "Answer":
-                memory = ops.answer(x, c, stack.pop())
+                memory = ops.answer(image, c, stack.pop())
             elif module == "Compare":
                 a2, a1 = stack.pop(), stack.pop()
-                memory = ops.compare(x, c, a1, a2)
+                memory = ops.compare(image, c, a1, a2)
         return self.net.output(torch.cat([q, memory], dim=1))
+
+
+def module_entropy(module_weights: torch.Tensor) -> torch.Tensor:
+    """Mean over steps (and the batch) of the entropy of the controller's module weights."""
+    return -(module_weights * module_weights.clamp_min(1e-12).log()).sum(-1).mean()
 
 
 def one_hot_layout(layout: list[str], steps: int, batch: int = 1) -> torch.Tensor:
@@ -293,6 +309,7 @@ def program_layout(program, steps: int) -> list[str]:
 # -- as a modtrain module ------------------------------------------------------------------------------
 
 from modtrain.registry import NMNModule, register_module  # noqa: E402  (after the network it wraps)
+from modtrain.values import Range  # noqa: E402
 
 
 @register_module("snmn")
@@ -301,11 +318,18 @@ class StackNMNModule(NMNModule):
     FiLM (a recipe with ``snmn`` as its only module; the assembler evaluates it like any system).
     ``layout_weight`` 0 is the paper's "scratch" setting; above 0 the job adds that times the
     cross-entropy of the controller's module choice against the ground-truth layout of each
-    question's CLEVR program (``program_layout``; questions without one are left out of it)."""
+    question's CLEVR program (``program_layout``; questions without one are left out of it).
+
+    Stack-NMN's training, as module settings (a [train] key would change every card's job key):
+    gradients clipped to global norm ``grad_clip``, the weights' moving average (``ema_decay``)
+    validated and kept, and for scratch runs the entropy sharpening loss: after
+    ``sharpen_warmup`` epochs, ``sharpen_weight`` × the mean entropy of the module weights."""
 
     inputs = ("Tokens", "Features")
     output = "Prior"
-    defaults = {"dim": 64, "steps": 12, "stack": 8, "embedding": 64, "hard_pointer": False, "layout_weight": 0.0}
+    defaults = {"dim": 64, "steps": 12, "stack": 8, "embedding": 64, "hard_pointer": False, "layout_weight": 0.0,
+                "grad_clip": 8.0, "ema_decay": 0.999, "sharpen_weight": 0.0, "sharpen_warmup": 0}
+    limits = {"sharpen_warmup": Range(low=0), "ema_decay": Range(low=0.0, high=1.0, high_open=True)}
     needs = ("tokens", "answers", "features")
 
     def __init__(self, interface, dims, instances, hparams):
@@ -318,6 +342,12 @@ class StackNMNModule(NMNModule):
         with torch.autocast(tokens.device.type, enabled=False):  # the LSTM and the stack in float32
             logits, self.explained = self.net(tokens, lengths, features.float())
         return self.constrain(logits)
+
+    def training_loss(self, epoch: int) -> torch.Tensor | float:
+        """The entropy sharpening term (0 during the warm-up epochs and when ``sharpen_weight`` is 0)."""
+        if self.hparams["sharpen_weight"] <= 0 or epoch <= self.hparams["sharpen_warmup"]:
+            return 0.0
+        return self.hparams["sharpen_weight"] * module_entropy(self.explained["module_weights"])
 
     def layout_loss(self, target: torch.Tensor) -> torch.Tensor:
         """``layout_weight`` × cross-entropy of the last batch's module choice against ``target``

@@ -110,6 +110,22 @@ def test_lnmn_trains_weights_and_structure_alternately_in_a_modtrain_job(tiny_ru
     trainable = data.split("train").trainable().sum()
     assert len(job.search_rows) == round(0.1 * trainable) and len(job.train_rows) + len(job.search_rows) == trainable
     assert not set(job.search_rows) & set(job.train_rows)
+    # α's optimizer and the search batches' stream are checkpointed: a resumed job continues them
+    job._setup_model()
+    job._setup_optimizer()
+    job.epoch = 1
+    job._after_step(1, 1)
+    saved = job._extra_state()
+    following = job.search_batches.integers(1 << 30)
+    resumed = Job(run, recipe, torch.device("cpu"), joint_spec(make_plan(recipe, end_to_end=True), "e2e"))
+    resumed._setup_data()
+    resumed._setup_model()
+    resumed._setup_optimizer()
+    resumed._restore_extra_state(saved)
+    assert resumed.search_batches.integers(1 << 30) == following
+    state = resumed.structure_optimizer.state_dict()["state"]
+    assert state and all(torch.equal(v["exp_avg"], saved["structure_optimizer"]["state"][k]["exp_avg"])
+                         for k, v in state.items())
     assert load_card(run.modules, "lnmn")["metrics"]["val_accuracy"] > 0
     # report cells on it: every module, an accuracy per removed operation, the files
     from modtrain.reports.cells import cells_report

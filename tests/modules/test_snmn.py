@@ -141,3 +141,17 @@ def test_layout_supervision_teaches_the_controller_the_programs_layouts(tiny_run
     real = targets[rows] != MODULES.index("NoOp")  # the padding alone would be easy to match
     print("match", (chosen == targets[rows]).mean(), "on modules", (chosen == targets[rows])[real].mean())
     assert (chosen == targets[rows]).mean() > 0.6 and (chosen == targets[rows])[real].mean() > 0.5
+
+
+def test_entropy_sharpening_starts_after_its_warm_up():
+    from modtrain.modules.snmn import module_entropy
+    from modtrain.registry import build_module, run_prior
+
+    dims = {"tokens": 11, "answers": 7, "features": 6, "height": 4, "width": 4}
+    module = build_module("snmn", "typed", dims, dim=16, steps=4, stack=4, sharpen_weight=0.5, sharpen_warmup=2)
+    run_prior(module, torch.randint(1, 11, (3, 5)), torch.tensor([5, 2, 4]), torch.randn(3, 6, 4, 4))
+    entropy = module_entropy(module.explained["module_weights"])
+    assert entropy.item() > 0.5  # an untrained controller hesitates between modules
+    assert module.training_loss(1) == 0.0 and module.training_loss(2) == 0.0
+    assert module.training_loss(3).item() == pytest.approx(0.5 * entropy.item())
+    assert build_module("snmn", "typed", dims, dim=16, steps=4, stack=4).training_loss(5) == 0.0
