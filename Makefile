@@ -33,9 +33,10 @@ bench: $(STAMP)
 	$(BIN)/python bench/bench_clevr.py --out bench/results/clevr.json
 	$(BIN)/python bench/bench_workers.py --out bench/results/workers.json
 
-# The method's experiments (about 2 hours on 2 CPU cores): Table 2 (four-module NMN, every CLEVR
-# program, VQA; shared defaults and tuned), Fig. 7/8, per-module search, generalization by depth,
-# and how every cost grows with the data (1x, 4x, 16x).
+# The method's experiments (several hours on 2 CPU cores; each JSON records its wall time):
+# Table 2 (four-module NMN, every CLEVR program, VQA; shared defaults and tuned), Fig. 7/8,
+# per-module search, generalization by depth, how every cost grows with the data (1x, 4x, 16x),
+# Stack-NMN and LNMN against the NMN, and find as a learnable cell.
 bench-long: $(STAMP)
 	$(BIN)/python bench/bench_compare.py --out bench/results/compare.json
 	$(BIN)/python bench/bench_compare.py --tune 4 --workdir runs/bench-compare-tuned --out bench/results/compare-tuned.json
@@ -46,6 +47,8 @@ bench-long: $(STAMP)
 	$(BIN)/python bench/bench_depth.py --images 2000 --reference --reuse --out bench/results/depth-reference.json
 	$(BIN)/python bench/bench_compare.py --recipe nmn-vqa --workdir runs/bench-compare-vqa --out bench/results/compare-vqa.json
 	$(BIN)/python bench/bench_scale.py --out bench/results/scale.json
+	$(BIN)/python bench/bench_snmn.py --out bench/results/snmn.json
+	$(BIN)/python bench/bench_cell_find.py --out bench/results/cell-find.json
 
 clean:
 	rm -rf $(VENV) runs

@@ -224,14 +224,19 @@ def plan(recipe, workdir, overrides, data_dir, device):
 @main.command(context_settings=CONTEXT)
 @click.argument("module")
 @click.option("--surrogate", default=None, help="Train through this surrogate (for modules without a loss of their own).")
+@click.option("--impl", default=None,
+              help="The module's implementation, for a module that has several (find: linear, or cell: a learnable "
+                   "LNMN cell); kept in the workdir's recipe, so assemble and the caches use it.")
 @recipe_options
-def train(module, surrogate, recipe, workdir, overrides, data_dir, device):
+def train(module, surrogate, impl, recipe, workdir, overrides, data_dir, device):
     """Train one MODULE as its own job; writes modules/MODULE.pt and its card."""
     from modtrain.job import train_module
 
     loaded, wd, dev = _context(recipe, workdir, overrides, device, data_dir)
     if surrogate is not None:
         loaded = loaded.with_surrogate(module, surrogate)
+    if impl is not None:
+        loaded = loaded.with_implementation(module, impl)
     with wd.lock():
         loaded.write(wd.root)
         card = train_module(wd, loaded, module, dev)
@@ -343,7 +348,10 @@ def report() -> None:
 @click.option("--tune", "trials", default=0, show_default=True,
               help="Search every version's hyperparameters with N trials per module (N for the whole network end "
                    "to end) before training the seeds; 0: every version on one shared set of defaults.")
-def compare(recipe_name, seeds, workdir, data_dir, overrides, device, fresh, trials):
+@click.option("--system", "systems", multiple=True, metavar="NAME",
+              help="Add an end-to-end system on the same data, seeds and protocol (repeatable): FiLM, "
+                   "'Stack-NMN (ground truth)', 'Stack-NMN (scratch)', LNMN.")
+def compare(recipe_name, seeds, workdir, data_dir, overrides, device, fresh, trials, systems):
     """Modular vs end-to-end: accuracy (Table 2), training time (Fig. 10), retraining cost."""
     from pathlib import Path
 
@@ -352,7 +360,7 @@ def compare(recipe_name, seeds, workdir, data_dir, overrides, device, fresh, tri
 
     summary = run_compare(workdir, seeds, resolve_device(device), list(overrides), data_dir,
                           say=lambda text: click.echo(text, err=True), fresh=fresh, recipe_name=recipe_name,
-                          tune=trials)
+                          tune=trials, systems=list(systems))
     click.echo(format_markdown(summary))
     reports = Path(workdir) / "reports"
     click.echo(f"wrote {reports / 'compare.json'}, {reports / 'compare.md'}, {reports / 'compare_time.png'}")
@@ -365,7 +373,8 @@ def compare(recipe_name, seeds, workdir, data_dir, overrides, device, fresh, tri
               help="The NMN whose modular and end-to-end versions, typed and gradient, are measured.")
 @click.option("--system", "systems", multiple=True, metavar="NAME",
               help="Only these systems (repeatable): modular typed, modular gradient, end-to-end typed, "
-                   "end-to-end gradient, FiLM, 'Stack-NMN (ground truth)', LNMN [default: the first five].")
+                   "end-to-end gradient, FiLM, 'Stack-NMN (ground truth)', 'Stack-NMN (scratch)', LNMN "
+                   "[default: the first five].")
 @click.option("--reference", is_flag=True, help="Also train every system on every depth (its reference curve).")
 @click.option("--workdir", type=click.Path(file_okay=False), default="runs/depth", show_default=True,
               help="Holds the shared data, one folder per system and depth limit, and reports/.")

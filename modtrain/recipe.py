@@ -193,6 +193,19 @@ class Recipe:
         raw.setdefault("modules", {}).setdefault(module, {})["surrogate"] = surrogate
         return Recipe(raw, self.where)
 
+    def with_implementation(self, module: str, impl: str) -> "Recipe":
+        """The recipe with ``[modules.MODULE] impl = IMPL`` (``modtrain train find --impl cell``)."""
+        from modtrain.registry import module_class
+
+        if module not in self.modules:
+            raise ModtrainError(f"recipe {self.name} has no module {module!r}; its modules: {', '.join(self.modules)}")
+        if "impl" not in module_class(module).defaults:
+            raise ModtrainError(f"--impl: module {module} has one implementation; modules with several: "
+                                f"{', '.join(m for m in self.modules if 'impl' in module_class(m).defaults)}")
+        raw = copy.deepcopy(self.raw)
+        raw.setdefault("modules", {}).setdefault(module, {})["impl"] = impl
+        return Recipe(raw, self.where)  # validated there: an unknown implementation names the valid ones
+
     # -- checks ------------------------------------------------------------------------------
     def validate(self) -> None:
         """Check every key and value; keep the typed sections."""

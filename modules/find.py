@@ -2,6 +2,13 @@
 
 Typed interface: a sigmoid mask in (0, 1); gradient interface: a ReLU heatmap (paper §5.5,
 Table 3). The instance weights are gathered per sample and applied in one batched op.
+
+``impl = "cell"`` (``modtrain train find --impl cell``): find as a learnable LNMN cell instead
+(LNMN §3.1: a 3-input attention cell, modules/lnmn.py) whose text input is a learned embedding of
+the instance and whose attention input is the whole scene (all ones): its nodes' α choose how
+the image, the scene and the instance combine, and they train with the weights, through the same
+surrogate and job as the hand-designed find. The output takes the interface's constraint as
+always, so the cell is a Mask (typed) or a Heatmap (gradient) like the linear find.
 """
 from __future__ import annotations
 
@@ -21,8 +28,8 @@ class Find(NMNModule):
     has_instances = True
     # attention: how downstream modules turn this module's output into an attended vector
     # (weighted average or softmax, paper §5.5).
-    defaults = {"bias": True, "dropout": 0.0, "attention": "weighted"}
-    limits = {"attention": Range(choices=("weighted", "softmax"))}
+    defaults = {"bias": True, "dropout": 0.0, "attention": "weighted", "impl": "linear"}
+    limits = {"attention": Range(choices=("weighted", "softmax")), "impl": Range(choices=("linear", "cell"))}
     needs = ("features",)
     # Not recomputed by the jobs that read the features anyway (relate): with find recomputed,
     # relate's job ran at 3459 samples/s against 4712 reading find's cache (the fastest of
@@ -31,14 +38,25 @@ class Find(NMNModule):
 
     def __init__(self, interface, dims, instances, hparams):
         super().__init__(interface, dims, instances, hparams)
+        self.dropout = nn.Dropout2d(hparams["dropout"])
+        if hparams["impl"] == "cell":
+            from modtrain.modules.lnmn import Cell
+
+            channels = self.dims["features"]
+            self.cell = Cell(channels, maps=1, answer=False)
+            self.embedding = nn.Embedding(len(instances), channels)  # the cell's text input c, per instance
+            return
+        self.cell = None
         self.weight = nn.Parameter(torch.randn(len(instances), self.dims["features"]) / self.dims["features"] ** 0.5)
         self.bias = nn.Parameter(torch.zeros(len(instances))) if hparams["bias"] else None
-        # Channel dropout (Dropout2d), as the paper's code drops feature maps: one draw per
+        # Channel dropout (Dropout2d, above), as the paper's code drops feature maps: one draw per
         # channel, not per value, which is also ~50× cheaper on a CPU than element dropout here.
-        self.dropout = nn.Dropout2d(hparams["dropout"])
 
     def forward(self, features: torch.Tensor, instance: torch.Tensor) -> torch.Tensor:
         features = self.dropout(features)
+        if self.cell is not None:
+            scene = features.new_ones(features.shape[0], *features.shape[2:])
+            return self.constrain(self.cell(features, self.embedding(instance), [scene]))
         # (B, 1, C) @ (B, C, HW): one batched matmul on the features as they lie in memory,
         # ~7× faster on a CPU than the equivalent einsum, which copies them to (B, HW, C).
         b, _, h, w = features.shape

@@ -8,6 +8,10 @@ retrains them).
 Reports accuracy (mean ± std over seeds, overall and per question type), training wall
 time per module against the end-to-end training (stacked bars, Fig. 10), and what
 retraining one module after a change costs as a fraction of an end-to-end training.
+
+``--system`` adds end-to-end systems of the NMN family on the same data, seeds and protocol
+(``SYSTEMS``: FiLM, Stack-NMN with ground-truth layouts or from scratch, LNMN), each its own
+recipe trained end to end and evaluated by the same assembler.
 """
 from __future__ import annotations
 
@@ -36,6 +40,16 @@ VERSIONS = (
     ("end-to-end", "gradient", "end-to-end"),
     ("modular", "gradient", "modular"),
     ("modular + data types", "typed", "modular"),
+)
+
+
+# (label, recipe) — other end-to-end systems a comparison can add (--system): one module that
+# answers from the question and the image, trained end to end on the same data
+SYSTEMS = (
+    ("FiLM", "film"),
+    ("Stack-NMN (ground truth)", "snmn-gt"),
+    ("Stack-NMN (scratch)", "snmn-scratch"),
+    ("LNMN", "lnmn"),
 )
 
 
@@ -113,14 +127,19 @@ def tuned(recipe: Recipe, workdir: Workdir, how: str, trials: int, device: torch
 
 def run_compare(root: str | Path, seeds: int, device: torch.device, overrides: list[str] = (),
                 data_dir: str | Path | None = None, say: Callable[[str], None] = print, fresh: bool = False,
-                recipe_name: str = "nmn-typed", tune: int = 0) -> dict:
+                recipe_name: str = "nmn-typed", tune: int = 0, systems: list[str] = ()) -> dict:
     """Train (or reuse, unless ``fresh``) every version × seed of the recipe and write
     ``reports/compare.{json,md}`` and the plot. The data folder is reused either way.
 
     Every version gets the same treatment: without ``tune``, one shared set of defaults (the
     recipe's ``[train]``, every module's own training settings dropped); with ``tune`` = N, N
     random trials per module (and N for the whole network end to end) on the recipe's search
-    spaces, then the seeds trained with the best configuration."""
+    spaces, then the seeds trained with the best configuration. ``systems``: labels of ``SYSTEMS``
+    to add, under the same protocol."""
+    unknown = sorted(set(systems) - {label for label, _ in SYSTEMS})
+    if unknown:
+        raise ModtrainError(f"unknown system(s) {', '.join(map(repr, unknown))}; valid: "
+                            f"{', '.join(label for label, _ in SYSTEMS)}")
     if seeds < 1:
         raise ModtrainError(f"--seeds {seeds}: need at least one seed")
     if tune < 0:
@@ -133,9 +152,13 @@ def run_compare(root: str | Path, seeds: int, device: torch.device, overrides: l
         data = PreparedData(data_dir)
     source = str(Path(data.root).resolve())
     runs, searches = [], {}
-    for label, interface, how in VERSIONS:
-        version = shared_defaults(Recipe.load(recipe_name, [*overrides, f"interface='{interface}'",
-                                                            f"data.source='{source}'"]))
+    entries = [(label, recipe_name, [f"interface='{interface}'"], how) for label, interface, how in VERSIONS]
+    # the added systems train with the compared recipe's [train] table, whatever their own says
+    shared = [f"train.{k}={v!r}" for k, v in dataclasses.asdict(base.train_config("e2e")).items()
+              if k in TrainSection.searched()]
+    entries += [(label, name, shared, "end-to-end") for label, name in SYSTEMS if label in systems]
+    for label, name, settings, how in entries:
+        version = shared_defaults(Recipe.load(name, [*overrides, *settings, f"data.source='{source}'"]))
         if tune:
             search = Workdir.for_recipe(version, root / _slug(label) / "search")
             if fresh:
@@ -156,7 +179,7 @@ def run_compare(root: str | Path, seeds: int, device: torch.device, overrides: l
                       for c in trained_cards(workdir.modules)}
             untrusted = {n: m["predictive_variance"] for n, m in report["modules"].items()
                          if m.get("trustworthy") is False}
-            runs.append({"version": label, "seed": seed, "workdir": str(workdir.root), "report": report,
+            runs.append({"version": label, "how": how, "seed": seed, "workdir": str(workdir.root), "report": report,
                          "times": times, "epochs": epochs, "untrusted": untrusted,
                          "train": {m: dataclasses.asdict(recipe.train_config("e2e" if how == "end-to-end" else m))
                                    for m in recipe.modules}})
@@ -174,10 +197,9 @@ def summarize(runs: list[dict], data: PreparedData, plan: Plan) -> dict:
     """Accuracy mean ± std per version and question type, times, retraining fractions."""
     split = "test" if "test" in runs[0]["report"]["splits"] else "val"
     versions: dict[str, dict] = {}
-    for label, _, how in VERSIONS:
+    for label in dict.fromkeys(r["version"] for r in runs):
         mine = [r for r in runs if r["version"] == label]
-        if not mine:
-            continue
+        how = mine[0]["how"]
         splits = [r["report"]["splits"][split] for r in mine]
         types = list(splits[0]["by_type"])
         jobs = sorted({j for r in mine for j in r["times"]})

@@ -32,7 +32,7 @@ from modtrain.pipeline import ensure_data
 from modtrain.plan import make_plan
 from modtrain.recipe import Recipe
 from modtrain.registry import parameter_free_names
-from modtrain.reports.compare import _check_same_data, _slug, shared_defaults, train_version
+from modtrain.reports.compare import SYSTEMS as OTHER_SYSTEMS, _check_same_data, _slug, shared_defaults, train_version
 from modtrain.reports.plots import pyplot, save_figure
 from modtrain.workdir import Workdir
 
@@ -42,9 +42,7 @@ SYSTEMS = (
     ("modular gradient", None, "gradient", "modular"),
     ("end-to-end typed", None, "typed", "end-to-end"),
     ("end-to-end gradient", None, "gradient", "end-to-end"),
-    ("FiLM", "film", "typed", "end-to-end"),
-    ("Stack-NMN (ground truth)", "snmn-gt", "typed", "end-to-end"),
-    ("LNMN", "lnmn", "typed", "end-to-end"),
+    *((label, name, "typed", "end-to-end") for label, name in OTHER_SYSTEMS),  # FiLM, Stack-NMN, LNMN
 )
 # the systems a report trains unless told: the method's four and FiLM (Stack-NMN and LNMN train
 # several times slower on the CPU: ask for them with --system)

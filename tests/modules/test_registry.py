@@ -45,6 +45,30 @@ def test_output_satisfies_declared_type(name, interface):
         assert output_type.name == ("Mask" if interface == "typed" else "Heatmap")
 
 
+@pytest.mark.parametrize("interface", ["typed", "gradient"])
+def test_find_as_a_learnable_cell_satisfies_the_attention_type(interface):
+    """find with ``impl = "cell"`` (an LNMN attention cell) is a Mask (typed) or a Heatmap
+    (gradient) for any structure, its instances applied per sample."""
+    from modtrain.modules.lnmn import OPERATIONS
+
+    torch.manual_seed(0)
+    find = build_module("find", interface, DIMS, INSTANCES, impl="cell")
+    features = torch.randn(5, 6, 4, 5) * 3
+    instance = torch.tensor([0, 2, 1, 0, 2])
+    output_type = find.signature()[1]
+    assert output_type.name == ("Mask" if interface == "typed" else "Heatmap")
+    for first in OPERATIONS:  # every operation of the node that reads the image
+        with torch.no_grad():
+            find.cell.nodes[0].alpha.copy_(torch.full((6,), -9.0))
+            find.cell.nodes[0].alpha[OPERATIONS.index(first)] = 9.0
+        out = find(features, instance)
+        output_type.check(out, where=f"find cell ({first})")
+        assert out.shape == (5, 4, 5)
+        for i in range(5):
+            assert torch.allclose(out[i], find(features[i:i + 1], instance[i:i + 1])[0], atol=1e-6)
+    assert not torch.allclose(out[0], out[2])  # the instance matters
+
+
 def test_instances_are_applied_per_sample():
     torch.manual_seed(0)
     find = build_module("find", "typed", DIMS, INSTANCES)
