@@ -161,11 +161,13 @@ class LNMN(StackNMN):
         return sum(torch.softmax(a, 0).norm(2) / torch.softmax(a, 0).norm(1) for a in self.structure_parameters())
 
 
-def entropy_weight(epoch: float) -> float:
-    """λ_w of LNMN §3.2: from +1 to 0 linearly over the first 20 epochs, then to −1 over the next 10."""
-    if epoch <= 20:
-        return 1.0 - epoch / 20
-    return max(-1.0, -(epoch - 20) / 10)
+def entropy_weight(epoch: float, zero_at: float = 20, end_at: float = 30) -> float:
+    """λ_w of LNMN §3.2: from +1 to 0 linearly over the first ``zero_at`` epochs (20), then to −1
+    at ``end_at`` (30). A shorter training can scale both (``entropy_epochs``) so that it still
+    ends sharpening."""
+    if epoch <= zero_at:
+        return 1.0 - epoch / zero_at
+    return max(-1.0, -(epoch - zero_at) / (end_at - zero_at))
 
 
 class AlternatingTrainer:
@@ -217,8 +219,10 @@ class LNMNModule(NMNModule):
     output = "Prior"
     defaults = {"dim": 64, "steps": 12, "stack": 8, "embedding": 64, "hard_pointer": False, "inventory": 9,
                 "structure_lr": 3e-4, "sparsity_weight": 1.0, "search_fraction": 0.1, "hard_operations": False,
-                "grad_clip": 8.0, "ema_decay": 0.999}  # LNMN trains on Stack-NMN's code: its clipping and average
-    limits = {"ema_decay": Range(low=0.0, high=1.0, high_open=True)}
+                "grad_clip": 8.0, "ema_decay": 0.999,  # LNMN trains on Stack-NMN's code: its clipping and average
+                "entropy_zero_epoch": 20.0, "entropy_end_epoch": 30.0}  # λ_w's schedule (LNMN §3.2)
+    limits = {"ema_decay": Range(low=0.0, high=1.0, high_open=True),
+              "entropy_zero_epoch": Range(low=0.0, low_open=True), "entropy_end_epoch": Range(low=0.0, low_open=True)}
     needs = ("tokens", "answers", "features")
 
     def __init__(self, interface, dims, instances, hparams):
@@ -246,8 +250,10 @@ class LNMNModule(NMNModule):
                                 weight_decay=1e-3)
 
     def training_loss(self, epoch: int) -> torch.Tensor:
-        """−λ_w(epoch) × the mean entropy of the last batch's module weights."""
-        return -entropy_weight(epoch - 1) * module_entropy(self.explained["module_weights"])
+        """−λ_w(epoch) × the mean entropy of the last batch's module weights (λ_w: +1 → 0 at
+        ``entropy_zero_epoch`` → −1 at ``entropy_end_epoch``)."""
+        weight = entropy_weight(epoch - 1, self.hparams["entropy_zero_epoch"], self.hparams["entropy_end_epoch"])
+        return -weight * module_entropy(self.explained["module_weights"])
 
     def structure_loss(self) -> torch.Tensor:
         """−λ_op × Σ ‖σ(α)‖₂/‖σ(α)‖₁ (the sparsity term of the α step)."""

@@ -66,6 +66,7 @@ def test_an_alpha_step_never_changes_weights_and_a_weight_step_never_changes_alp
 def test_regularizers():
     assert entropy_weight(0) == 1.0 and entropy_weight(10) == 0.5 and entropy_weight(20) == 0.0
     assert entropy_weight(25) == -0.5 and entropy_weight(40) == -1.0
+    assert entropy_weight(4, 8, 12) == 0.5 and entropy_weight(10, 8, 12) == -0.5 and entropy_weight(12, 8, 12) == -1.0
     uniform = torch.full((2, 3, 4), 0.25)
     assert module_entropy(uniform).item() == pytest.approx(torch.log(torch.tensor(4.0)).item())
     net = LNMN(tokens=9, answers=5, features=4, dim=8, steps=2, stack=4, inventory=9)
