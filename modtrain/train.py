@@ -263,12 +263,15 @@ class TrainingLoop:
                 for b, rows in bar:
                     batch = self._load("train", rows)
                     with self._autocast():
-                        loss = F.nll_loss(self._forward(batch).float(), batch["answer"]) + self._auxiliary_loss(batch)
+                        answer_loss = F.nll_loss(self._forward(batch).float(), batch["answer"])
+                        loss = answer_loss + self._auxiliary_loss(batch)
                     if not torch.isfinite(loss):
                         raise ModtrainError(
                             f"{self.name}: the loss is {loss.item()} at epoch {epoch}, batch {b}; nothing was "
                             f"saved. Lower the learning rate (now {self.config.lr}) or check the inputs")
-                    state.setdefault("first_loss", loss.item())
+                    # the answer's loss alone: what divergence is judged on and what the log reports
+                    # (an auxiliary term such as LNMN's −λ_w·entropy can make the total negative)
+                    state.setdefault("first_loss", answer_loss.item())
                     self.optimizer.zero_grad(set_to_none=True)
                     loss.backward()
                     if clip > 0:
@@ -278,7 +281,7 @@ class TrainingLoop:
                     if average is not None:
                         average.update(self.model)
                     self._after_step(epoch, b)
-                    train_loss += loss.item() * len(rows)
+                    train_loss += answer_loss.item() * len(rows)
             seconds = time.perf_counter() - start
             if train_loss / len(self.train_rows) > DIVERGED * state["first_loss"]:
                 raise ModtrainError(

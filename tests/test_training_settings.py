@@ -117,3 +117,17 @@ def test_a_resumed_job_continues_the_average_exactly(tmp_path):
     second.checkpoint_path = lambda: tmp_path / "resumed.ckpt"
     resumed = second.run()
     assert all(torch.equal(whole["weights"][k], resumed["weights"][k]) for k in whole["weights"])
+
+
+def test_divergence_and_the_logged_loss_are_the_answers_alone(tmp_path):
+    """An auxiliary term (LNMN's −λ_w·entropy) can make the total loss negative: the loop judges
+    divergence, and logs the training loss, on the answer's loss alone."""
+    class Negative(Toy):
+        def _auxiliary_loss(self, batch):
+            return -100.0 + 0 * self.model.weight.sum()
+
+    result = Negative(tmp_path / "negative", {}, max_epochs=2).run()  # not "diverged"
+    plain = Toy(tmp_path / "plain", {}, max_epochs=2).run()  # the same steps: the term has no gradient
+    losses = [m["train_loss"] for m in result["state"]["history"]]
+    assert len(losses) == 2 and all(loss > 0 for loss in losses)
+    assert losses == [m["train_loss"] for m in plain["state"]["history"]]
