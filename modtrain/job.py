@@ -376,8 +376,12 @@ class Job(TrainingLoop):
                   for t in self.root_types]
         return values, batch["part"], batch["root"], batch.get("prior")
 
+    def _answering_module(self):
+        """The module a layout-free job trains (FiLM, Stack-NMN, LNMN), which answers alone; else None."""
+        return self.modules.get(self.prior_producer) if self.layout_free else None
+
     def _auxiliary_loss(self, batch: dict[str, Any]) -> torch.Tensor | float:
-        module = self.modules.get(self.prior_producer) if self.layout_free else None
+        module = self._answering_module()
         extra = module.training_loss(self.epoch) if hasattr(module, "training_loss") else 0.0  # LNMN's entropy term
         target = batch.get("layout_target")
         if target is None or not (target >= 0).any():
@@ -385,7 +389,7 @@ class Job(TrainingLoop):
         return extra + module.layout_loss(target)
 
     def _training_settings(self) -> dict[str, float]:
-        module = self.modules.get(self.prior_producer) if self.layout_free else None
+        module = self._answering_module()
         hparams = getattr(module, "hparams", {})
         return {k: hparams[k] for k in ("grad_clip", "ema_decay") if k in hparams}
 
@@ -405,7 +409,7 @@ class Job(TrainingLoop):
         self.search_batches.bit_generator.state = saved["search_batches"]
 
     def _setup_optimizer(self) -> None:
-        module = self.modules.get(self.prior_producer) if self.layout_free else None
+        module = self._answering_module()
         if not hasattr(module, "structure_parameters"):
             return super()._setup_optimizer()
         # LNMN Algorithm 2: the weights with the recipe's settings, α with their own optimizer

@@ -163,8 +163,8 @@ class LNMN(StackNMN):
 
 def entropy_weight(epoch: float, zero_at: float = 20, end_at: float = 30) -> float:
     """λ_w of LNMN §3.2: from +1 to 0 linearly over the first ``zero_at`` epochs (20), then to −1
-    at ``end_at`` (30). A shorter training can scale both (``entropy_epochs``) so that it still
-    ends sharpening."""
+    at ``end_at`` (30). A shorter training can scale both (the module's ``entropy_zero_epoch`` and
+    ``entropy_end_epoch``) so that it still ends sharpening."""
     if epoch <= zero_at:
         return 1.0 - epoch / zero_at
     return max(-1.0, -(epoch - zero_at) / (end_at - zero_at))
@@ -203,6 +203,7 @@ class AlternatingTrainer:
 # -- as a modtrain module ------------------------------------------------------------------------------
 
 from modtrain.registry import NMNModule, register_module  # noqa: E402  (after the network it wraps)
+from modtrain.modules.snmn import EMA_DECAY  # noqa: E402
 from modtrain.values import Range  # noqa: E402
 
 
@@ -221,7 +222,7 @@ class LNMNModule(NMNModule):
                 "structure_lr": 3e-4, "sparsity_weight": 1.0, "search_fraction": 0.1, "hard_operations": False,
                 "grad_clip": 8.0, "ema_decay": 0.999,  # LNMN trains on Stack-NMN's code: its clipping and average
                 "entropy_zero_epoch": 20.0, "entropy_end_epoch": 30.0}  # λ_w's schedule (LNMN §3.2)
-    limits = {"ema_decay": Range(low=0.0, high=1.0, high_open=True),
+    limits = {"ema_decay": EMA_DECAY,
               "entropy_zero_epoch": Range(low=0.0, low_open=True), "entropy_end_epoch": Range(low=0.0, low_open=True)}
     needs = ("tokens", "answers", "features")
 

@@ -311,6 +311,8 @@ def program_layout(program, steps: int) -> list[str]:
 from modtrain.registry import NMNModule, register_module  # noqa: E402  (after the network it wraps)
 from modtrain.values import Range  # noqa: E402
 
+EMA_DECAY = Range(low=0.0, high=1.0, high_open=True)  # the weight average's decay (Stack-NMN, LNMN)
+
 
 @register_module("snmn")
 class StackNMNModule(NMNModule):
@@ -329,7 +331,7 @@ class StackNMNModule(NMNModule):
     output = "Prior"
     defaults = {"dim": 64, "steps": 12, "stack": 8, "embedding": 64, "hard_pointer": False, "layout_weight": 0.0,
                 "grad_clip": 8.0, "ema_decay": 0.999, "sharpen_weight": 0.0, "sharpen_warmup": 0}
-    limits = {"sharpen_warmup": Range(low=0), "ema_decay": Range(low=0.0, high=1.0, high_open=True)}
+    limits = {"sharpen_warmup": Range(low=0), "ema_decay": EMA_DECAY}
     needs = ("tokens", "answers", "features")
 
     def __init__(self, interface, dims, instances, hparams):
