@@ -9,6 +9,7 @@ e.g. ``(is (and car show))``. They become layouts by the original NMN's rules: l
 from __future__ import annotations
 
 import functools
+import json
 import re
 import warnings
 from dataclasses import dataclass
@@ -110,57 +111,91 @@ def parse_to_layout(expr: SExpr, yes_no: bool | None = None) -> Layout:
     return Layout("measure" if yes_no else "describe", head, (attention,))
 
 
-# The official VQA evaluation's answer processing (Antol et al. 2015, vqaEval.py), re-implemented.
-_ARTICLES = {"a", "an", "the"}
-_NUMBERS = {"none": "0", "zero": "0", "one": "1", "two": "2", "three": "3", "four": "4",
-            "five": "5", "six": "6", "seven": "7", "eight": "8", "nine": "9", "ten": "10"}
-_CONTRACTIONS = {w.replace("'", ""): w for w in (
-    "aren't", "can't", "couldn't", "didn't", "doesn't", "don't", "hadn't", "hasn't", "haven't", "he's",
-    "i'm", "i've", "isn't", "it's", "let's", "she's", "shouldn't", "that's", "there's", "they're",
-    "wasn't", "weren't", "what's", "where's", "who's", "won't", "wouldn't", "you're", "you've")}
-_PUNCTUATION = (";", "/", "[", "]", '"', "{", "}", "(", ")", "=", "+", "\\", "_", "-", ">", "<", "@", "`",
-                ",", "?", "!")
+# The official VQA evaluation's answer processing and accuracy, re-implemented: vqaEval.py of the
+# VQA team (github.com/GT-Vision-Lab/VQA) at its commit a013f00 ("Fixed processing answers bug",
+# 2021). Its tables are data, in one place: vqa_eval_tables.json.
+VQA_EVAL_TABLES = Path(__file__).with_name("vqa_eval_tables.json")
+
+
+def _load_tables(path: Path) -> dict:
+    try:
+        tables = json.loads(path.read_text(encoding="utf-8"))
+        if not all(key in tables for key in ("articles", "numbers", "punctuation", "contractions")):
+            raise ValueError
+    except (OSError, ValueError):
+        raise ModtrainError(f"{path}: missing or not the VQA evaluation tables (a JSON object with articles, numbers, "
+                            f"punctuation and contractions); reinstall modtrain") from None
+    return tables
+
+
+@functools.cache
+def _tables() -> dict:
+    """The tables, read once when first needed (nothing is read at import)."""
+    tables = _load_tables(VQA_EVAL_TABLES)
+    return {"articles": frozenset(tables["articles"]), "numbers": dict(tables["numbers"]),
+            "contractions": dict(tables["contractions"]), "punctuation": tuple(tables["punctuation"])}
+
+
 _COMMA_IN_NUMBER = re.compile(r"\d,\d")
-_PERIOD = re.compile(r"\.(?!\d)")  # a period not starting a decimal part: 5. → 5, 3.5 stays
+# The official pattern is "(?!<=\d)(\.)(?!\d)": its "(?!<=" is a lookahead, not the lookbehind it
+# looks like, and never fails before a period; so: a period not starting a decimal part (5. → 5, 3.5 stays).
+_PERIOD = re.compile(r"\.(?!\d)")
+# The official call is periodStrip.sub("", text, re.UNICODE): the flag lands on sub's count
+# argument (re.UNICODE == 32), so only the first 32 such periods go.
+_PERIODS_REMOVED = int(re.UNICODE)
+
+
+def _whitespace(text: str) -> str:
+    # Applied to every answer, human or predicted, before anything else (newlines and tabs → spaces).
+    return text.replace("\n", " ").replace("\t", " ").strip()
 
 
 @functools.lru_cache(maxsize=1 << 16)
 def _punctuation(text: str) -> str:
-    # A mark touching a space, or any mark when the text has a number with a thousands comma,
-    # is dropped; another mark becomes a space (t-shirt → t shirt).
+    # A mark touching a space in the text as given, or any mark when the text has a number with a
+    # thousands comma, is dropped; another mark becomes a space (t-shirt → t shirt).
     out = text
-    for mark in _PUNCTUATION:
+    for mark in _tables()["punctuation"]:
         glued = (mark + " " in text or " " + mark in text) or _COMMA_IN_NUMBER.search(text) is not None
         out = out.replace(mark, "" if glued else " ")
-    return _PERIOD.sub("", out)
+    return _PERIOD.sub("", out, count=_PERIODS_REMOVED)
 
 
+@functools.lru_cache(maxsize=1 << 16)
 def _digits_and_articles(text: str) -> str:
-    words = [_NUMBERS.get(w, w) for w in text.lower().split()]
-    return " ".join(_CONTRACTIONS.get(w, w) for w in words if w not in _ARTICLES)
+    # The official order: lower case, number words → digits, articles dropped, then contractions
+    # restored word by word (on lower-cased words, so the table's keys with capitals never apply).
+    tables = _tables()
+    words = [tables["numbers"].get(w, w) for w in text.lower().split()]
+    return " ".join(tables["contractions"].get(w, w) for w in words if w not in tables["articles"])
 
 
 @functools.lru_cache(maxsize=1 << 16)  # answers repeat: each distinct one is processed once
 def normalize_vqa_answer(answer: str) -> str:
-    """VQA's answer processing: punctuation, lower case, number words to digits, no articles,
-    contractions restored (``The Red, Bus.`` → ``red bus``; ``two`` → ``2``; ``dont`` → ``don't``)."""
-    return _digits_and_articles(_punctuation(answer.replace("\n", " ").replace("\t", " ").strip()))
+    """VQA's full answer processing: whitespace, punctuation, lower case, number words to digits, no
+    articles, contractions restored (``The Red, Bus.`` → ``red bus``; ``two`` → ``2``; ``dont`` →
+    ``don't``). ``vqa_accuracy`` applies it only where the official evaluation does."""
+    return _digits_and_articles(_punctuation(_whitespace(answer)))
 
 
 def vqa_accuracy(prediction: str, answers: list[str]) -> float:
     """The official VQA accuracy of one prediction against its (10) human answers: for each human
     left out in turn, min(#other humans who gave the prediction / 3, 1), averaged.
 
-    As the official evaluation (vqaEval.py) does: the prediction is processed fully
-    (``normalize_vqa_answer``); the human answers, which VQA releases already lower-cased, only
-    have their punctuation processed, and only when the humans disagree. So ``two`` from a human
-    never matches a prediction (``two`` → ``2``), and a ``Red`` never matches ``red``."""
-    prediction = normalize_vqa_answer(prediction)
-    if len(set(answers)) > 1:
-        answers = [_punctuation(a) for a in answers]
-    matches = sum(a == prediction for a in answers)
-    # leaving out a matching human leaves matches − 1 others; leaving out another leaves all
-    return sum(min((matches - (a == prediction)) / 3.0, 1.0) for a in answers) / len(answers)
+    As the official evaluation does since 2021: newlines, tabs and outer spaces go from every answer;
+    then, only if the humans' answers still differ, every human answer and the prediction are fully
+    processed (``normalize_vqa_answer``). Unanimous humans are matched as they are: ``Red`` against
+    ten ``red`` scores 0, while ``1`` against humans mixing ``one`` and ``1`` matches them all."""
+    if not answers:
+        raise ValueError("VQA accuracy needs at least one human answer")
+    prediction, humans = _whitespace(prediction), [_whitespace(a) for a in answers]
+    if len(set(humans)) > 1:
+        prediction, humans = normalize_vqa_answer(prediction), [normalize_vqa_answer(a) for a in humans]
+    matches = sum(h == prediction for h in humans)
+    # Leaving out a matching human leaves matches − 1 others, another leaves all. (The official script
+    # leaves out every answer record equal to the left-out one; VQA's records differ by answer_id.)
+    # Summed in the humans' order, as the official script does, so that the floats are the same.
+    return sum(min(1, (matches - (h == prediction)) / 3) for h in humans) / len(humans)
 
 
 def vqa_scores(predictions: list[str], answers: np.ndarray) -> np.ndarray:

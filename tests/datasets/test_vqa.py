@@ -1,5 +1,7 @@
 import json
 import shutil
+import tomllib
+import warnings
 from pathlib import Path
 
 import h5py
@@ -10,8 +12,8 @@ from modtrain.data import PreparedData
 from modtrain.datasets.features import validate_features
 from modtrain.datasets.prepare import prepare
 from modtrain.datasets.vqa import (
-    VQAFolder, load_vqa, normalize_vqa_answer, parse_sexpr, parse_sps2_line, parse_to_layout, vqa_accuracy,
-    vqa_scores,
+    VQA_EVAL_TABLES, VQAFolder, _load_tables, load_vqa, normalize_vqa_answer, parse_sexpr, parse_sps2_line,
+    parse_to_layout, vqa_accuracy, vqa_scores,
 )
 from modtrain.datasets.vqa_prepare import encode_vqa
 from modtrain.errors import ModtrainError
@@ -60,36 +62,93 @@ def test_load_vqa_joins_questions_parses_and_annotations():
 def test_vqa_accuracy():
     questions = load_vqa(QUESTIONS, SPS2, ANNOTATIONS)
     bus, dog, count = questions[1].answers, questions[2].answers, questions[3].answers
-    # the official rules: humans' answers only lose punctuation (red. → red, Red stays), and each
-    # human is left out in turn: 2 matches → (2·1/3 + 8·2/3) / 10
-    assert vqa_accuracy("red", bus) == pytest.approx(0.6)
-    assert vqa_accuracy("maroon", bus) == pytest.approx(0.6)
+    # the humans disagree, so every answer is processed (Red and red. → red), and each human is left
+    # out in turn: 3 matches → (3·2/3 + 7·1) / 10. Values as the official evaluation scores them.
+    assert vqa_accuracy("red", bus) == pytest.approx(0.9)
+    assert vqa_accuracy("maroon", bus) == pytest.approx(0.6)      # 2 of 10: (2·1/3 + 8·2/3) / 10
     assert vqa_accuracy("burgundy", bus) == pytest.approx(0.3)
     assert vqa_accuracy("blue", bus) == 0.0
-    assert vqa_accuracy("couch", dog) == pytest.approx(0.9)  # 3 of 10: (3·2/3 + 7·1) / 10
-    assert vqa_accuracy("two", count) == 1.0        # the prediction is processed: two → 2 (7 humans)
+    assert vqa_accuracy("couch", dog) == pytest.approx(0.9)
+    assert vqa_accuracy("two", count) == 1.0        # two → 2, and the human's two → 2 too (8 humans)
     assert normalize_vqa_answer("  The Red, Bus. ") == "red bus"
     assert normalize_vqa_answer("3.5") == "3.5"
     assert normalize_vqa_answer("t-shirt") == "t shirt" and normalize_vqa_answer("1,000") == "1000"
+    with pytest.raises(ValueError, match="at least one human answer"):
+        vqa_accuracy("red", [])
 
 
-def test_official_vqa_accuracy_on_twenty_tricky_questions():
-    """Numbers as words, articles, punctuation, disagreeing and unanimous humans: every value was
-    worked out by hand from the official evaluation's rules (expected.json)."""
+ONES = ["one", "one", "2", "1", "2", "one", "one", "one", "1", "1"]
+
+
+@pytest.mark.parametrize("prediction, humans, official", [
+    ("1", ONES, 1.0),                          # issue 31: disagreeing humans are processed too (one → 1)
+    ("Red", ["red"] * 10, 0.0),                # unanimous humans: nothing is processed, the prediction neither
+    ("red", ["red"] * 9 + [" red\n"], 1.0),    # ... after the whitespace, which goes from every answer first
+    ("2", ["two"] * 10, 0.0),
+    ("its", ["its"] * 8 + ["it is", "its."], 1.0),                          # its is no contraction officially
+    ("oclock", ["o'clock"] * 7 + ["3 o'clock", "noon", "3"], 1.0),         # oclock → o'clock
+    ("oclock", ["o'clock"] * 10, 0.0),                                      # unanimous: not processed
+    ("yall", ["y'all"] * 5 + ["yall"] * 3 + ["you", "people"], 1.0),      # yall → y'all
+    ("dont know", ["don't know"] * 2 + ["dont know"] * 4 + ["no"] * 4, 1.0),
+    ("Dont", ["don't", "don't", "dont"] + ["no"] * 7, 0.9),                 # 3 humans: (3·2/3 + 7) / 10
+    ("Im", ["i'm"] * 5 + ["im"] * 3 + ["me"] * 2, 0.9),   # lower-cased first: the table's Im key never applies
+    ("yes" + "." * 32, ["yes"] * 9 + ["no"], 1.0),
+    ("yes" + "." * 33, ["yes"] * 9 + ["no"], 0.0),        # only 32 periods go (re.UNICODE lands on sub's count)
+    ("blue", ["blue", "blue", "green"], 4 / 9),          # three humans: (1/3 + 1/3 + 2/3) / 3
+])
+def test_official_rules_named_in_the_issues(prediction, humans, official):
+    """Scores the official evaluation gives (its outputs for these cases are in vqa20/expected.json)."""
+    assert vqa_accuracy(prediction, humans) == pytest.approx(official)
+
+
+def test_normalization_tables_are_the_official_ones():
+    """One place, as data: vqaEval.py's tables, shipped with the package."""
+    tables = json.loads(VQA_EVAL_TABLES.read_text())
+    assert len(tables["contractions"]) == 120 and len(tables["punctuation"]) == 21
+    assert tables["articles"] == ["a", "an", "the"] and tables["numbers"]["none"] == "0"
+    assert {"its", "im"}.isdisjoint(tables["contractions"]) and tables["contractions"]["Im"] == "I'm"
+    assert [normalize_vqa_answer(a) for a in ("oclock", "Yall", "dont", "Im", "its", "somebody'd")] == \
+        ["o'clock", "y'all", "don't", "im", "its", "somebodyd"]  # somebody'd → somebodyd: the official table's
+    assert normalize_vqa_answer("An Apple, a Pear") == "apple pear"  # "," touches a space: dropped
+    assert normalize_vqa_answer("the one") == "1" and normalize_vqa_answer("a. b") == "b"  # a. → a → dropped
+    pyproject = tomllib.loads((Path(__file__).parents[2] / "pyproject.toml").read_text())
+    assert VQA_EVAL_TABLES.name in pyproject["tool"]["setuptools"]["package-data"]["modtrain.datasets"]
+
+
+def test_unreadable_tables_name_the_file(tmp_path):
+    bad = tmp_path / "vqa_eval_tables.json"
+    bad.write_text('{"articles": []}')
+    with pytest.raises(ModtrainError, match=r"vqa_eval_tables.json: missing or not the VQA evaluation tables"):
+        _load_tables(bad)
+    with pytest.raises(ModtrainError, match=r"missing.json: missing or not"):
+        _load_tables(tmp_path / "missing.json")
+
+
+@pytest.mark.parametrize("split", ["train2014", "val2014"])
+def test_vqa_accuracy_equals_the_official_evaluation_question_by_question(split):
+    """expected.json holds the official evaluation's own outputs (percent, 2 decimals) on this folder:
+    train2014, twenty tricky questions; val2014, a case per official rule."""
     folder = VQAFolder(FIXTURE20)
-    with pytest.warns(UserWarning):
-        questions = folder.load_questions("train2014")
-    expected = json.loads((FIXTURE20 / "expected.json").read_text())
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # train2014 has two unparseable questions: irrelevant here
+        questions = folder.load_questions(split)
+    expected = json.loads((FIXTURE20 / "expected.json").read_text())["splits"][split]
     by_id = expected["by_question_id"]
-    got = [vqa_accuracy(by_id[str(q.question_id)]["prediction"], q.answers) for q in questions]
-    assert got == pytest.approx([by_id[str(q.question_id)]["vqa_accuracy"] for q in questions])
-    assert np.mean(got) == pytest.approx(expected["mean"])
+    assert sorted(by_id) == sorted(str(q.question_id) for q in questions)
+    got = {q.question_id: vqa_accuracy(by_id[str(q.question_id)]["prediction"], q.answers) for q in questions}
+    assert {str(i): round(100 * a, 2) for i, a in got.items()} == {i: c["official"] for i, c in by_id.items()}
+    assert round(100 * float(np.mean(list(got.values()))), 2) == expected["overall"]
+    for kind, official in expected["per_answer_type"].items():
+        assert round(100 * float(np.mean([got[q.question_id] for q in questions if q.answer_type == kind])), 2) == official
     # vqa_scores (what assemble calls) on the answers as prepare stores them: the same values
-    with pytest.warns(UserWarning, match="2 of 20 questions have no usable parse"):
-        arrays = encode_vqa(folder, ["train2014"], "train2014", 1000, 1)[1]["train2014"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        arrays = encode_vqa(folder, [split], split, 1000, 1)[1][split]
     scores = vqa_scores([by_id[str(int(q))]["prediction"] for q in arrays["question_index"]],
                         arrays["vqa_answers"].astype(object))
-    assert scores == pytest.approx(got)
+    assert scores.tolist() == [got[int(q)] for q in arrays["question_index"]]
+
+
 def test_prepare_a_vqa_folder(tmp_path):
     """Parses with and, a missing and an unparseable parse, answers outside the set, rare words."""
     data = tmp_path / "vqa"
