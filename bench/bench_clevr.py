@@ -44,7 +44,7 @@ SCENE_COUNT = "measure[count](find[*all*])"
 
 def run_command(recipe: str, workdir: Path) -> tuple[float, str | None]:
     """``modtrain run`` in a fresh process, as a user types it; its wall time. Where it stops at a
-    module over its surrogate's variance threshold (paper §5.3), the message, and the run resumed
+    module its surrogate does not trust (modtrain.trust), the message, and the run resumed
     as the message says, with ``--allow-untrusted`` (the time of both)."""
     command = [str(Path(sys.executable).parent / "modtrain"), "run", "--recipe", recipe, "--workdir", str(workdir),
                "--device", "cpu"]
@@ -52,7 +52,7 @@ def run_command(recipe: str, workdir: Path) -> tuple[float, str | None]:
     first = subprocess.run(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     stopped = None
     if first.returncode != 0:
-        stopped = next((line for line in first.stderr.splitlines() if "not trustworthy" in line), None)
+        stopped = next((line for line in first.stderr.splitlines() if "not trusted" in line), None)
         if stopped is None:
             raise SystemExit(f"modtrain run failed:\n{first.stderr}")
         subprocess.run([*command, "--allow-untrusted"], check=True, stdout=subprocess.DEVNULL)

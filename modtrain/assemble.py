@@ -25,6 +25,7 @@ from modtrain.layout import Layout
 from modtrain.progress import progress
 from modtrain.recipe import Recipe
 from modtrain.registry import reads_features, run_prior
+from modtrain.trust import card_verdict
 from modtrain.types import AnswerLogits, Prior, TypeCheckError, get_interface
 from modtrain.workdir import Workdir
 
@@ -93,9 +94,7 @@ def assemble(workdir: Workdir, recipe: Recipe, device: torch.device, splits: lis
     report: dict[str, Any] = {
         "recipe": recipe.name, "interface": interface.name,
         "modules": {n: {"weights_sha256": c["weights_sha256"], "val_accuracy": c["metrics"]["val_accuracy"],
-                        **({"trustworthy": c["surrogate"]["trustworthy"],
-                            "predictive_variance": c["surrogate"]["predictive_variance"]} if "surrogate" in c else {})}
-                    for n, c in cards.items()},
+                        **_trust_fields(c, recipe)} for n, c in cards.items()},
         "splits": {},
     }
     type_names = data.vocab["question_types"]
@@ -184,6 +183,15 @@ def assemble(workdir: Workdir, recipe: Recipe, device: torch.device, splits: lis
     return report
 
 
+def _trust_fields(card: dict[str, Any], recipe: Recipe) -> dict[str, Any]:
+    """A module's verdict under the recipe's [trust] settings, for the report (none without a surrogate)."""
+    verdict = card_verdict(card, recipe.trust)
+    if verdict is None:
+        return {}
+    return {"trustworthy": verdict.trusted, "trust_criterion": verdict.criterion, "trust_reason": verdict.reason,
+            "predictive_variance": card["surrogate"]["predictive_variance"]}
+
+
 def _merge(assembled: dict, encoder: dict) -> dict:
     return {k: {**v, "encoder_accuracy": encoder[k]["accuracy"]} for k, v in assembled.items()}
 
@@ -193,8 +201,7 @@ def format_report(report: dict[str, Any]) -> str:
     lines = [f"recipe {report['recipe']} ({report['interface']} interface)"]
     for name, module in report["modules"].items():
         if module.get("trustworthy") is False:
-            lines.append(f"warning: {name} is not trustworthy (its surrogate's predictive variance is "
-                         f"{module['predictive_variance']:.5f}, over the threshold)")
+            lines.append(f"warning: {name} is not trusted: {module.get('trust_reason', 'see its card')}")
     for split, s in report["splits"].items():
         skipped = "".join(f"; skipped ({reason}): {count}" for reason, count in s.get("skipped", {}).items())
         vqa = "vqa_accuracy" in s

@@ -35,6 +35,7 @@ from modtrain.io import atomic_path
 from modtrain.layout import Layout
 from modtrain.plan import Plan
 from modtrain.progress import progress
+from modtrain.trust import TrustSection, card_verdict
 from modtrain.registry import parameter_free_names, reads_features, run_prior
 from modtrain.types import Prior, attend, get_interface
 from modtrain.workdir import Workdir
@@ -223,28 +224,28 @@ def attention_mode(hparams: dict[str, dict]) -> str:
     return next((h["attention"] for h in hparams.values() if "attention" in h), "weighted")
 
 
-def check_trusted(card: dict[str, Any], card_file: Path) -> None:
-    """Refuse a module its surrogate does not trust (paper §5.3: MC-dropout variance over the
-    threshold), naming the variance, the threshold and how to go on."""
-    surrogate = card.get("surrogate")
-    if surrogate and not surrogate["trustworthy"]:
+def check_trusted(card: dict[str, Any], card_file: Path, settings: TrustSection) -> None:
+    """Refuse a module its surrogate does not trust (``modtrain.trust``), naming the criterion, by how
+    much it failed, and how to go on."""
+    verdict = card_verdict(card, settings)
+    if verdict is not None and not verdict.trusted:
         raise ModtrainError(
-            f"{card_file}: {card['name']} is not trustworthy: its surrogate's predictive variance "
-            f"{surrogate['predictive_variance']:.5f} is over the threshold "
-            f"{surrogate['hyperparameters']['variance_threshold']} (paper §5.3), so it is not cached or used. "
-            f"Search it ('modtrain tune {card['name']}') or pass --allow-untrusted to use it anyway")
+            f"{card_file}: {card['name']} is not trusted: {verdict.reason} (trust.criterion = {verdict.criterion}), "
+            f"so it is not cached or used. Search it ('modtrain tune {card['name']}') or pass --allow-untrusted "
+            f"to use it anyway")
 
 
 def write_caches(workdir: Workdir, plan: Plan, producer: str, data: PreparedData, device: torch.device,
-                 batch_size: int = 256, allow_untrusted: bool = False) -> None:
+                 batch_size: int = 256, allow_untrusted: bool = False,
+                 trust: TrustSection = TrustSection()) -> None:
     """``modtrain cache PRODUCER``: its virtual dataset, every split (refused for a module its
-    surrogate does not trust, unless ``allow_untrusted``)."""
+    surrogate does not trust under ``trust``, unless ``allow_untrusted``)."""
     names = _producers(plan, producer)  # an unknown producer: an error naming the recipe's modules
     modules, cards = {}, {}
     for name in names:
         modules[name], cards[name] = load_module(workdir.modules, name, device)
     if not allow_untrusted:
-        check_trusted(cards[producer], workdir.modules / f"{producer}.json")
+        check_trusted(cards[producer], workdir.modules / f"{producer}.json", trust)
     interface = get_interface(cards[producer]["interface"])
     _, output = modules[producer].signature()
     for split_name in data.splits():

@@ -245,16 +245,18 @@ def train(module, surrogate, impl, recipe, workdir, overrides, data_dir, device)
                f"(best epoch {m['best_epoch']} of {m['epochs']}, {card['timings']['train_seconds']:.1f}s)")
     if "surrogate" in card:
         s = card["surrogate"]
+        v = s["verdict"]
         click.echo(f"surrogate {s['name']}: {s['parameters']} parameters (the root modules it stands for: "
-                   f"{s['root_parameters']}), predictive variance {s['predictive_variance']:.5f}"
-                   f"{'' if s['trustworthy'] else ' — over the threshold: untrustworthy'}")
+                   f"{s['root_parameters']}); {'trusted' if v['trusted'] else 'NOT TRUSTED'} "
+                   f"({v['criterion']}): {v['reason']}; predictive variance {s['trust']['variance']:.5f}, "
+                   f"mutual information {s['trust']['mutual_information']:.4f}")
     click.echo(f"wrote {wd.modules / (module + '.json')}")
 
 
 @main.command(context_settings=CONTEXT)
 @click.argument("module")
 @click.option("--allow-untrusted", is_flag=True,
-              help="Cache a module whose surrogate's predictive variance is over its threshold.")
+              help="Cache a module its surrogate does not trust (see [trust] in the recipe).")
 @recipe_options
 def cache(module, allow_untrusted, recipe, workdir, overrides, data_dir, device):
     """Write MODULE's virtual dataset (caches/MODULE/{split}.h5) for every split."""
@@ -266,7 +268,7 @@ def cache(module, allow_untrusted, recipe, workdir, overrides, data_dir, device)
     set_in_memory_bytes(loaded.data.in_memory_bytes)
     data = PreparedData(wd.data)
     with wd.lock():
-        write_caches(wd, make_plan(loaded), module, data, dev, allow_untrusted=allow_untrusted)
+        write_caches(wd, make_plan(loaded), module, data, dev, allow_untrusted=allow_untrusted, trust=loaded.trust)
     click.echo(f"wrote {', '.join(str(wd.cache(module, s)) for s in data.splits())}")
 
 
@@ -293,7 +295,7 @@ def assemble(splits, recipe, workdir, overrides, data_dir, device):
               help="GPUs per training job on Ray [default: 1 where the cluster has GPUs, else 0].")
 @click.option("--cpus-per-job", type=int, default=1, show_default=True, help="CPUs per job on Ray.")
 @click.option("--allow-untrusted", is_flag=True,
-              help="Cache and use a module whose surrogate's predictive variance is over its threshold.")
+              help="Cache and use a module its surrogate does not trust (see [trust] in the recipe).")
 @recipe_options
 def run(address, gpus_per_job, cpus_per_job, allow_untrusted, recipe, workdir, overrides, data_dir, device):
     """The whole pipeline: data, plan, train and cache each module, assemble (resumable)."""
@@ -474,15 +476,23 @@ def cells(workdir, split_name, limit):
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a recipe key (repeatable).")
 @click.option("--device", default="auto", show_default=True)
 @click.option("--address", default=None, help="Ray cluster for the trainings; in-process without it.")
-def correlation(recipe, module, n_modules, k_select, max_epochs, seed, workdir, overrides, device, address):
-    """Surrogate vs final loss: can the surrogate select find modules? (paper §5.3, Fig. 7, 8)"""
+@click.option("--transplant", type=click.Choice(["spread", "all"]), default="spread", show_default=True,
+              help="spread: the selected modules and up to as many discarded ones; all: every candidate.")
+@click.option("--nulls", default=3, show_default=True,
+              help="Modules that learned nothing (lr 1e-7, one epoch), transplanted: their final loss is the plateau.")
+@click.option("--margin", default=0.05, show_default=True,
+              help="A module is good when its final loss is below the plateau by more than this share of it.")
+def correlation(recipe, module, n_modules, k_select, max_epochs, seed, workdir, overrides, device, address,
+                transplant, nulls, margin):
+    """Surrogate vs final loss, and which trust statistic tells good modules from bad (paper §5.3, Fig. 7, 8)."""
     from pathlib import Path
 
     from modtrain.device import resolve_device
     from modtrain.reports.correlation import format_markdown, run_correlation
 
     result = run_correlation(workdir, recipe, n_modules, k_select, resolve_device(device), list(overrides), seed,
-                             max_epochs, say=lambda text: click.echo(text, err=True), address=address, module=module)
+                             max_epochs, say=lambda text: click.echo(text, err=True), address=address, module=module,
+                             transplant=transplant, nulls=nulls, margin=margin)
     click.echo(format_markdown(result))
     click.echo(f"wrote {Path(workdir) / 'reports'}/correlation.{{json,csv,md}}, correlation_variance.png, "
                f"correlation_loss.png")
@@ -521,11 +531,19 @@ def modules(workdir):
     for name in sorted(SURROGATES):
         click.echo(f"  {name:<9} " + ", ".join(f"{k}={v}" for k, v in SURROGATES[name].defaults.items()))
     if workdir is not None:
+        from modtrain.recipe import RESOLVED, Recipe
+        from modtrain.trust import TrustSection, card_verdict
+
         cards = trained_cards(Path(workdir) / "modules")
+        resolved = Path(workdir) / RESOLVED
+        settings = Recipe.load(resolved).trust if resolved.exists() else TrustSection()
         click.echo(f"trained in {workdir}:" if cards else f"no trained modules in {workdir}")
         for c in cards:
+            verdict = card_verdict(c, settings)
+            trust = "" if verdict is None else \
+                f"\n            {'trusted' if verdict.trusted else 'NOT TRUSTED'}: {verdict.reason}"
             click.echo(f"  {c['name']:<9} {c['interface']:<9} val accuracy {c['metrics']['val_accuracy']:.1%}  "
-                       f"{len(c['instances'])} instances  {c['parameters']} parameters  {c['created']}")
+                       f"{len(c['instances'])} instances  {c['parameters']} parameters  {c['created']}{trust}")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -16,8 +16,8 @@ surrogate reads the module's output the way each question's root would (paper §
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
-
 from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any
@@ -37,8 +37,8 @@ from modtrain.layout import Layout
 from modtrain.plan import Plan, make_plan
 from modtrain.recipe import Recipe
 from modtrain.registry import build_module, module_class, reads_features, run_prior, surrogate_class
-from modtrain.surrogates.factorized import mc_metrics
 from modtrain.train import TrainingLoop, cards_match
+from modtrain.trust import judge, trust_statistics
 from modtrain.types import Attended, DataType, Features, get_interface
 from modtrain.workdir import Workdir
 
@@ -246,9 +246,23 @@ class Job(TrainingLoop):
             kinds = {t: k for k, t in enumerate(self.root_types)}
             self.root_ids = np.array([index.get(w.root, -1) if w else -1 for w in wirings] + [-1])
             self.root_kind = np.array([kinds.get(w.root_reads, -1) if w else -1 for w in wirings] + [-1])
+            self.root_answer_log_probs = self._root_answer_log_probs()
         if self.prior_source == "cache":
             self.priors = {s: open_cache(self._source(self.prior_producer), self.plan, self.prior_producer, split.name,
                                          split.fingerprint) for s, split in self.splits.items()}
+
+    def _root_answer_log_probs(self) -> torch.Tensor:
+        """(roots, answers): how often each answer follows each root instance in the training
+        questions, backed off to the answers' overall frequencies with the weight of one question —
+        the best a surrogate can do that reads nothing from the module (gradient interface)."""
+        train = self.splits["train"]
+        roots, answers = self.root_ids[train.layout[self.train_rows]], train.answer[self.train_rows].astype(np.int64)
+        size = self.data.dims()["answers"]
+        overall = (np.bincount(answers, minlength=size) + 1.0) / (len(answers) + size)
+        counts = np.zeros((len(self.roots), size))
+        np.add.at(counts, (roots, answers), 1.0)
+        frequencies = (counts + overall) / (counts.sum(1, keepdims=True) + 1.0)
+        return torch.from_numpy(np.log(frequencies)).float()
 
     def _reads_features(self, wiring: Wiring) -> bool:
         if wiring.root_reads is Attended:
@@ -444,31 +458,53 @@ class Job(TrainingLoop):
     def _validate(self) -> dict[str, float]:
         if self.surrogate is None:
             return super()._validate()
-        # MC-dropout validation (§5.3): NLL of the mean prediction, accuracy, predictive variance.
-        # Every sample runs with the dropout training used — the module's own as well as the
-        # surrogate's — so a module whose output dropout shakes is not called trustworthy.
-        samples = self.surrogate.hparams["mc_samples"]
-        nll, correct, variance, count = 0.0, 0, 0.0, 0
+        # MC-dropout validation (§5.3), as the method's reference computes it: the module in eval
+        # mode, the surrogate's own dropout alone drawing the samples. Per question: the NLL of the
+        # mean prediction and of the baseline, and the two uncertainty statistics.
+        self.model.eval()
+        nll, baseline, variance, information, correct = [], [], [], [], 0
         with torch.no_grad():
             for rows in shuffled_batches(self.val_rows, self.config.batch_size * 4, None):
                 batch = self._load("val", rows)
-                self.model.train()
-                sums = mc_metrics(torch.stack([self.surrogate(*self._surrogate_inputs(batch)).exp()
-                                               for _ in range(samples)]), batch["answer"])
-                nll, correct, variance = nll + sums["nll"], correct + sums["correct"], variance + sums["variance"]
-                count += len(rows)
-        self.model.eval()
-        return {"val_loss": nll / count, "val_accuracy": correct / count, "val_variance": variance / count}
+                result = self.surrogate.mc_predict(*self._surrogate_inputs(batch))
+                answer = batch["answer"]
+                nll.append(-result.mean_probs.float().gather(1, answer[:, None]).squeeze(1).clamp_min(1e-12).log())
+                baseline.append(-self._baseline_log_probs(batch).gather(1, answer[:, None]).squeeze(1))
+                variance.append(result.variance)
+                information.append(result.mutual_information)
+                correct += (result.mean_probs.argmax(1) == answer).sum().item()
+        stats = trust_statistics(*(torch.cat(v).cpu().numpy() for v in (nll, baseline, variance, information)),
+                                 self.recipe.trust, self.seed)
+        return {"val_loss": stats["nll_module"], "val_accuracy": correct / len(self.val_rows),
+                **{f"val_{k}": v for k, v in stats.items() if k != "nll_module"}}
+
+    def _baseline_log_probs(self, batch: dict[str, Any]) -> torch.Tensor:
+        """What the surrogate could predict reading nothing from the module (``modtrain.trust``):
+        the encoder's prior where it adds one (typed), else each root instance's answer frequencies."""
+        if self.interface.train_with_prior() and batch.get("prior") is not None:
+            return F.log_softmax(batch["prior"].float(), dim=-1)
+        return self.root_answer_log_probs.to(batch["root"].device)[batch["root"]]
+
+    def _baseline_name(self) -> str:
+        if self.interface.train_with_prior() and self.prior_source == "cache":
+            return "the prior"
+        return "the answer frequencies of its roots"
 
     # -- cards -------------------------------------------------------------------------------
     def _surrogate_card(self, best: dict[str, float]) -> dict[str, Any]:
         hparams = self.surrogate.hparams
+        stats = {k: best[f"val_{k}"] for k in ("nll_baseline", "gain", "gain_low", "gain_high", "variance",
+                                               "mutual_information")}
+        stats.update(nll_module=best["val_loss"], questions=best["val_questions"], baseline=self._baseline_name())
+        verdict = judge(stats, self.recipe.trust, self.name, stats["baseline"])
         return {"surrogate": {
             "name": self.surrogate.name, "hyperparameters": hparams, "roots": self.roots,
             "parameters": self.surrogate.num_parameters(), "root_parameters": self._root_parameters(),
             "val_loss": best["val_loss"], "val_accuracy": best["val_accuracy"],
-            "predictive_variance": best["val_variance"],
-            "trustworthy": best["val_variance"] <= hparams["variance_threshold"],
+            "predictive_variance": best["val_variance"], "trust": stats,
+            "verdict": {"criterion": verdict.criterion, "trusted": verdict.trusted, "reason": verdict.reason,
+                        "settings": dataclasses.asdict(self.recipe.trust)},
+            "trustworthy": verdict.trusted,
         }}
 
     def _root_parameters(self) -> int:

@@ -161,11 +161,11 @@ def run_job(job: Job, recipe: Recipe, plan: Plan, workdir: Workdir, data: Prepar
         return {"job": job.name, "skipped": False, "seconds": time.perf_counter() - start, "card": card}
     if job.kind == "cache":
         if not allow_untrusted:  # before the up-to-date check: an untrusted module is never used silently
-            check_trusted(load_card(workdir.modules, job.module), workdir.modules / f"{job.module}.json")
+            check_trusted(load_card(workdir.modules, job.module), workdir.modules / f"{job.module}.json", recipe.trust)
         if caches_up_to_date(workdir, plan, job.module, data):
             return {"job": job.name, "skipped": True}
         say(f"{job.name} ...")
-        write_caches(workdir, plan, job.module, data, device, allow_untrusted=allow_untrusted)
+        write_caches(workdir, plan, job.module, data, device, allow_untrusted=allow_untrusted, trust=recipe.trust)
         return {"job": job.name, "skipped": False, "seconds": time.perf_counter() - start}
     say(f"{job.name} ...")
     report = assemble(workdir, recipe, device, data=data)

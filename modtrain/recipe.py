@@ -17,11 +17,12 @@ from typing import Any
 
 from modtrain.errors import ModtrainError
 from modtrain.io import write_text
+from modtrain.trust import TrustSection
 from modtrain.values import build_section, check, setting
 
 RESOLVED = "recipe.toml"
 
-TOP_KEYS = {"name", "description", "interface", "seed", "data", "train", "modules", "surrogates", "search"}
+TOP_KEYS = {"name", "description", "interface", "seed", "data", "train", "modules", "surrogates", "trust", "search"}
 
 
 @dataclass(frozen=True)
@@ -161,6 +162,11 @@ class Recipe:
     def data(self) -> DataSection:
         return self._data
 
+    @property
+    def trust(self) -> TrustSection:
+        """``[trust]``: when a module trained through a surrogate is used (``modtrain.trust``)."""
+        return self._trust
+
     def pretrain_options(self) -> dict[str, int]:
         """The clevr-cnn pretraining settings the recipe gives (the others stay at their defaults)."""
         return {k: v for k, v in dataclasses.asdict(self.data).items() if k.startswith("pretrain_") and v is not None}
@@ -227,6 +233,7 @@ class Recipe:
         except ModtrainError as e:
             raise ModtrainError(f"{where}: data.balance_depth = {self._data.balance_depth!r}: {e}") from None
         self._train = build_section(TrainSection, raw.get("train", {}), where, "train.")
+        self._trust = build_section(TrustSection, raw.get("trust", {}), where, "trust.")
         self._own_train = {}
         if not isinstance(raw.get("modules", {}), dict):
             raise ModtrainError(f"{where}: modules must be a table of [modules.NAME] sections")
@@ -249,10 +256,15 @@ class Recipe:
             cls = surrogate_class(surrogate)
             _known(section, cls.defaults, where, f"surrogates.{surrogate}.")
             check_hyperparameters(cls.defaults, section, getattr(cls, "limits", {}), f"{where}: surrogates.{surrogate}")
-        for module in raw.get("search", {}):
+        for module, space in raw.get("search", {}).items():
             if module not in raw.get("modules", {}) and module != "e2e":
                 raise ModtrainError(f"{where}: [search.{module}] names a module the recipe does not train; "
                                     f"valid: {', '.join(self.modules)}, e2e")
+            if isinstance(space, dict) and f"{SURROGATE_PREFIX}dropout" in space:
+                # the MC-dropout statistics measure this dropout: a search could buy trust with a small one
+                raise ModtrainError(f"{where}: search.{module}.{SURROGATE_PREFIX}dropout: the surrogate's dropout "
+                                    f"is what its MC-dropout statistics measure (paper §5.3), so it is fixed, never "
+                                    f"searched; set it with surrogates.<name>.dropout")
 
     # -- output ------------------------------------------------------------------------------
     def to_toml(self) -> str:

@@ -5,8 +5,8 @@ The search space is the recipe's ``[search.MODULE]`` table (the shipped recipes 
 paper's ranges). Each trial trains the module as its own job in its own folder, reading
 the shared workdir's data and producer caches, and reports every epoch to Tune (so ASHA
 can stop poor trials early) with the job's checkpoint. The metric is validation accuracy —
-for find, its surrogate's; a find trial over the variance threshold counts as failed
-(scored 0, as Fig. 9 shows them). The best configuration is written as a recipe override
+for find, its surrogate's; a trial its surrogate does not trust under the recipe's [trust]
+settings counts as failed (scored 0, as Fig. 9 shows them). The best configuration is written as a recipe override
 file and a full recipe, and its module card is kept. An interrupted search resumes.
 """
 from __future__ import annotations
@@ -24,6 +24,7 @@ from modtrain.errors import ModtrainError
 from modtrain.io import read_json, sha256_json, write_json, write_text
 from modtrain.recipe import SURROGATE_PREFIX, Recipe, _toml_value
 from modtrain.registry import module_class, surrogate_class
+from modtrain.trust import TrustSection, card_verdict, metrics_verdict
 from modtrain.workdir import Workdir
 
 E2E = "e2e"
@@ -61,8 +62,8 @@ def search_space(recipe: Recipe, module: str) -> dict[str, Any]:
                             f"[search.{module}] lr = \"loguniform(1e-5, 1e-1)\"")
     valid = set(SEARCH_KEYS_TRAIN) | ({"dropout"} if module == E2E else set(module_class(module).defaults))
     chosen = recipe.surrogate(module) if module != E2E else None
-    if chosen is not None:  # the surrogate's own settings are searched too (§5.3: a variance check that can fail)
-        valid |= {SURROGATE_PREFIX + k for k in surrogate_class(chosen[0]).defaults}
+    if chosen is not None:  # the surrogate's own settings, but not its dropout, which the trust statistics measure
+        valid |= {SURROGATE_PREFIX + k for k in surrogate_class(chosen[0]).defaults if k != "dropout"}
     space = {}
     for key, text in table.items():
         if key not in valid:
@@ -125,12 +126,10 @@ def _trial(config: dict, *, recipe_raw: dict, recipe_where: str, module: str, ro
         with checkpoint.as_directory() as folder:
             trial.modules.mkdir(parents=True, exist_ok=True)
             shutil.copy(Path(folder) / "job.ckpt", job.checkpoint_path())
-    threshold = (recipe.surrogate(module) or (None, {}))[1].get("variance_threshold", 0.0025)
-
     def report(metrics: dict, ckpt_path: Path) -> None:
         with tempfile.TemporaryDirectory() as folder:
             shutil.copy(ckpt_path, Path(folder) / "job.ckpt")
-            tune.report({**metrics, "score": trial_score(metrics, threshold)},
+            tune.report({**metrics, "score": trial_score(metrics, recipe.trust)},
                         checkpoint=tune.Checkpoint.from_directory(folder))
 
     job.on_epoch = report
@@ -214,10 +213,11 @@ def tune_module(recipe: Recipe, workdir: Workdir, module: str, samples: int, sch
     return _summarize(results, recipe, workdir, module, out, seconds, settings, allow_untrusted)
 
 
-def trial_score(metrics: dict[str, float], threshold: float) -> float:
+def trial_score(metrics: dict[str, float], settings: TrustSection) -> float:
     """What a search maximizes: validation accuracy, or 0 for a module its surrogate does not
-    trust — a failed evaluation, as paper Fig. 9 shows them (§5.3–5.4)."""
-    if metrics.get("val_variance", 0.0) > threshold:
+    trust under ``settings`` — a failed evaluation, as paper Fig. 9 shows them (§5.3–5.4)."""
+    verdict = metrics_verdict(metrics, settings)
+    if verdict is not None and not verdict.trusted:
         return 0.0
     return metrics["val_accuracy"]
 
@@ -282,13 +282,15 @@ def _summarize(results, recipe: Recipe, workdir: Workdir, module: str, out: Path
         path = out / "trials" / str(metrics.get("trial_id"))
         # what the trial kept (the epoch its card records), and whether its surrogate trusts it
         card = read_json(path / "modules" / f"{kept_module}.json") if (path / "modules" / f"{kept_module}.json").exists() else None
-        trustworthy = None if card is None else card.get("surrogate", {}).get("trustworthy", True)
+        verdict = None if card is None else card_verdict(card, recipe.trust)
+        trustworthy = None if card is None else (verdict is None or verdict.trusted)
         trials.append({"trial_id": metrics.get("trial_id"), "config": result.config,
                        "status": "error" if result.error else "done",
                        "error": str(result.error).splitlines()[0] if result.error else None,
                        "epochs": int(metrics.get("training_iteration", 0)), "best_score": best,
                        "kept_accuracy": None if card is None else card["metrics"]["val_accuracy"],
-                       "trustworthy": trustworthy,
+                       "trustworthy": trustworthy, "trust_reason": verdict.reason if verdict else None,
+                       "gain": (card or {}).get("surrogate", {}).get("trust", {}).get("gain"),
                        "val_accuracy": metrics.get("val_accuracy"), "val_variance": metrics.get("val_variance"),
                        "seconds": float(metrics.get("time_total_s", 0.0)), "path": str(path)})
     finished = [t for t in trials if t["kept_accuracy"] is not None]
@@ -299,9 +301,9 @@ def _summarize(results, recipe: Recipe, workdir: Workdir, module: str, out: Path
     if not trusted and allow_untrusted:  # the best of the untrusted; its "trustworthy" says so
         trusted = finished
     if not trusted:
-        raise ModtrainError(f"no trial of the {module} search is trustworthy: in every one the surrogate's predictive "
-                            f"variance is over its threshold (paper §5.3); widen the search (surrogate_dropout, "
-                            f"surrogate_rank) or run more trials")
+        first = next(t for t in finished if not t["trustworthy"])
+        raise ModtrainError(f"no trial of the {module} search is trusted (trust.criterion = {recipe.trust.criterion}); "
+                            f"trial {first['trial_id']}: {first['trust_reason']}. Widen the search or run more trials")
     best = max(trusted, key=lambda t: t["kept_accuracy"])
     overrides = config_overrides(recipe, module, best["config"])
     best_recipe = recipe.with_overrides(overrides)

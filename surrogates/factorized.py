@@ -4,13 +4,15 @@ is an attention (find, relate) and so has no loss of its own.
 It consumes the module's output the way the root modules would — for find under describe,
 the attended feature vector; under measure, the flattened attention: one part of the input
 vector per way a root reads it, the unused parts zeroed, as the paper's code does — and maps
-it to answer logits with a rank-L factorized linear map W = W_A·W_B, L ≪ min(N, M), with
-dropout on its input. W_A is shared; W_B is kept per root instance (describe[color],
-measure[count], ...) so that, like the root modules it stands for, it knows what is asked
-even without the encoder's prior. In the typed interface the cached encoder prior is added
-as a bias (§5.5). Validation uses MC dropout (Gal & Ghahramani, 2016): the mean prediction,
-its negative log-likelihood, and the variance of the probability of the argmax answer;
-a run over the variance threshold is untrustworthy (§5.3: 0.0025, i.e. 2σ = 0.1).
+it to answer logits with a rank-L factorized linear map W = W_A·W_B, L ≪ min(N, M). W_A is
+shared; W_B is kept per root instance (describe[color], measure[count], ...) so that, like the
+root modules it stands for, it knows what is asked even without the encoder's prior. In the
+typed interface the cached encoder prior is added as a bias (§5.5).
+
+Dropout sits between W_A and W_B at a fixed rate (0.3), where the method's reference code puts
+it, and is never searched: validation draws MC-dropout samples from it (Gal & Ghahramani, 2016)
+with the trained module in eval mode, and reports the NLL of the mean prediction and the two
+uncertainty statistics ``modtrain.trust`` judges and records.
 """
 from __future__ import annotations
 
@@ -20,40 +22,38 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from modtrain.registry import pick_instance, register_surrogate, resolve_hparams
+from modtrain.registry import register_surrogate, resolve_hparams
 from modtrain.types import Interface
 
 
 @dataclass
 class MCResult:
-    """MC-dropout predictions of a batch."""
+    """MC-dropout predictions of a batch of B questions."""
 
-    mean_probs: torch.Tensor  # (B, A)
-    variance: torch.Tensor    # (B,) variance over samples of the argmax answer's probability
+    mean_probs: torch.Tensor          # (B, A)
+    variance: torch.Tensor            # (B,) unbiased variance over samples of the argmax answer's probability
+    mutual_information: torch.Tensor  # (B,) BALD: H[mean] − mean over samples of H[sample]
 
 
 def mc_summary(probs: torch.Tensor) -> MCResult:
-    """From (T, B, A) probabilities of T dropout samples: the mean prediction, and per question the
-    variance over samples of the probability of its most likely answer (§5.3)."""
+    """From (T, B, A) probabilities of T dropout samples: the mean prediction and, per question,
+    the paper's statistic — the variance over samples of the probability of the answer the mean
+    prediction picks (§5.3; unbiased, as the reference computes it) — and the mutual information
+    between the answer and the dropout mask."""
     mean = probs.mean(0)
     top = mean.argmax(1)
     top_probs = probs.gather(2, top.view(1, -1, 1).expand(len(probs), -1, 1)).squeeze(2)  # T, B
-    return MCResult(mean, top_probs.var(0, unbiased=False))
+    variance = top_probs.var(0, unbiased=True) if len(probs) > 1 else torch.zeros_like(top_probs[0])
 
+    def entropy(p: torch.Tensor) -> torch.Tensor:
+        return -(p * p.clamp_min(1e-12).log()).sum(-1)
 
-def mc_metrics(probs: torch.Tensor, answers: torch.Tensor) -> dict[str, float]:
-    """Sums over a batch, from (T, B, A) MC-dropout probabilities and the true answers: the
-    negative log-likelihood of the mean prediction (a true NLL, not cross-entropy applied to
-    probabilities), the correct answers, and the predictive variance."""
-    result = mc_summary(probs)
-    mean = result.mean_probs.float()
-    return {"nll": -torch.log(mean.gather(1, answers[:, None]).clamp_min(1e-12)).sum().item(),
-            "correct": (mean.argmax(1) == answers).sum().item(), "variance": result.variance.sum().item()}
+    return MCResult(mean, variance, (entropy(mean) - entropy(probs).mean(0)).clamp_min(0.0))
 
 
 @register_surrogate("factorized")
 class FactorizedSurrogate(nn.Module):
-    defaults = {"rank": 64, "dropout": 0.3, "mc_samples": 20, "variance_threshold": 0.0025}
+    defaults = {"rank": 64, "dropout": 0.3, "mc_samples": 20}
 
     def __init__(self, interface: Interface, parts: list[int], answers: int, roots: list[str], **hparams):
         """``parts``: the size of each way a root reads the module's output (e.g. [C, H·W] for
@@ -69,25 +69,32 @@ class FactorizedSurrogate(nn.Module):
         self.read = nn.Parameter(torch.randn(len(self.roots), rank, answers) / rank ** 0.5)  # W_B per root
         self.read_bias = nn.Parameter(torch.zeros(len(self.roots), answers))
 
-    def logits(self, values: list[torch.Tensor], part: torch.Tensor, root: torch.Tensor,
-               force_dropout: bool = False) -> torch.Tensor:
-        """``values[k]``: (B, parts[k]), the output as read the k-th way; ``part``: (B,) which way
-        each question's root reads it; ``root``: (B,) its root instance."""
+    def projected(self, values: list[torch.Tensor], part: torch.Tensor) -> torch.Tensor:
+        """(B, L): the output as the roots read it, through W_A. ``values[k]``: (B, parts[k]), the
+        output read the k-th way; ``part``: (B,) which way each question's root reads it."""
         x = torch.cat([v * (part == k).to(v.dtype).unsqueeze(1) for k, v in enumerate(values)], dim=1)
-        x = F.dropout(x, self.hparams["dropout"], training=self.training or force_dropout)
-        return pick_instance(torch.einsum("bl,nla->bna", self.project(x), self.read) + self.read_bias, root)
+        return self.project(x)
+
+    def read_out(self, hidden: torch.Tensor, root: torch.Tensor, prior: torch.Tensor | None,
+                 force_dropout: bool = False) -> torch.Tensor:
+        """Answer log-probabilities from (..., B, L) projected inputs; ``root``: (B,) each question's
+        root instance. Leading dimensions are independent dropout samples."""
+        hidden = F.dropout(hidden, self.hparams["dropout"], training=self.training or force_dropout)
+        logits = torch.einsum("...bl,nla->...bna", hidden, self.read) + self.read_bias
+        logits = logits[..., torch.arange(len(root), device=root.device), root, :]  # each question's root
+        return self.interface.combine(logits, prior if self.interface.train_with_prior() else None)
 
     def forward(self, values, part, root, prior=None, force_dropout: bool = False) -> torch.Tensor:
         """Answer log-probabilities; ``prior`` is used only in the typed interface."""
-        logits = self.logits(values, part, root, force_dropout)
-        return self.interface.combine(logits, prior if self.interface.train_with_prior() else None)
+        return self.read_out(self.projected(values, part), root, prior, force_dropout)
 
     @torch.no_grad()
     def mc_predict(self, values, part, root, prior=None, samples: int | None = None) -> MCResult:
-        """Mean prediction and predictive variance over ``samples`` dropout masks."""
+        """The mean prediction and its uncertainty over ``samples`` dropout masks: W_A once, the
+        masks and W_B per sample."""
         samples = samples or self.hparams["mc_samples"]
-        return mc_summary(torch.stack([self(values, part, root, prior, force_dropout=True).exp()
-                                       for _ in range(samples)]))
+        hidden = self.projected(values, part)
+        return mc_summary(self.read_out(hidden.expand(samples, *hidden.shape), root, prior, force_dropout=True).exp())
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())

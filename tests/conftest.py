@@ -39,7 +39,10 @@ def tiny_clevr(tmp_path_factory):
     return root
 
 
-TINY_RUN = ["data.images=250", "data.val_images=60", "data.test_images=30", "data.questions_per_image=8",
+# 20 questions per image: with 8, find's surrogate barely beat the prior on 476 validation
+# questions (NLL gain 6.3%, interval 3.7–9.1%), too near trust.min_gain (5%) for a fixture whose
+# run must trust it on every CPU; with 20 the gain is 27–30% over three data and training seeds.
+TINY_RUN = ["data.images=250", "data.val_images=60", "data.test_images=30", "data.questions_per_image=20",
             "data.pretrain_images=1000", "data.pretrain_epochs=6", "train.max_epochs=20", "train.patience=5",
             "train.lr=0.005", "train.device='cpu'"]
 
@@ -89,8 +92,8 @@ def clevr_run(tmp_path_factory):
     recipe = Recipe.load("nmn-clevr", CLEVR_RUN)
     workdir = Workdir.for_recipe(recipe, tmp_path_factory.mktemp("clevr-run"))
     messages = []
-    # On 400 images find's surrogate is less sure than the paper's threshold allows (predictive
-    # variance 0.0047 > 0.0025): the run goes on as a user would after reading that message.
+    # The tests of this run are about every program's layouts, not about trust: it goes on whatever
+    # the surrogates say, as a user would after reading the message.
     report = run_pipeline(recipe, workdir, torch.device("cpu"), say=messages.append, allow_untrusted=True)
     return recipe, workdir, report, messages
 

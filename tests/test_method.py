@@ -16,7 +16,7 @@ from modtrain.job import Job, JobSpec, joint_spec
 from modtrain.pipeline import run_pipeline
 from modtrain.plan import make_plan
 from modtrain.recipe import Recipe
-from modtrain.tune import trial_score, tune_module
+from modtrain.tune import tune_module
 from modtrain.types import TypeCheckError
 from modtrain.workdir import Workdir
 
@@ -34,26 +34,31 @@ def copied(tiny_run, tmp_path):
     return recipe.with_overrides([f"data.source='{workdir.data}'"]), Workdir(root, workdir.data)
 
 
-def test_a_search_scores_an_untrusted_module_zero():
-    assert trial_score({"val_accuracy": 0.8, "val_variance": 0.001}, 0.0025) == 0.8
-    assert trial_score({"val_accuracy": 0.8, "val_variance": 0.003}, 0.0025) == 0.0
-    assert trial_score({"val_accuracy": 0.7}, 0.0025) == 0.7  # a module without a surrogate
-
-
-def test_an_untrusted_find_stops_the_run_before_it_is_cached(copied):
+def test_a_find_stuck_at_the_prior_stops_the_run_before_it_is_cached(copied):
+    """A find trained at lr 1e-7 for two epochs learned nothing: its surrogate does no better than
+    the prior, and the run stops naming the gain; the normally trained find of the same data is trusted."""
     recipe, workdir = copied
-    strict = recipe.with_overrides(["surrogates.factorized.variance_threshold=1e-9"])  # nothing passes it
-    with pytest.raises(ModtrainError, match=r"find.json: find is not trustworthy: its surrogate's predictive variance "
-                                            r"[0-9.]+ is over the threshold 1e-09 \(paper §5.3\), so it is not "
-                                            r"cached or used\..*--allow-untrusted"):
-        run_pipeline(strict, workdir, CPU, say=lambda m: None)
+    trained = load_card(workdir.modules, "find")["surrogate"]
+    assert trained["verdict"]["trusted"] and trained["trust"]["gain"] > 2 * recipe.trust.min_gain
+    stuck = recipe.with_overrides(["modules.find.lr=1e-7", "modules.find.max_epochs=2"])
+    cache_before = json.dumps(sorted(p.name for p in (workdir.caches / "find").iterdir()))
+    with pytest.raises(ModtrainError, match=r"find.json: find is not trusted: gain −?[0-9.]+% \(interval .*\) < 5.0%: "
+                                            r"the surrogate reading find does no better than the prior \(trust.criterion "
+                                            r"= gain\), so it is not cached or used\..*--allow-untrusted"):
+        run_pipeline(stuck, workdir, CPU, say=lambda m: None)
     card = load_card(workdir.modules, "find")
     assert card["surrogate"]["trustworthy"] is False and card["metrics"]["selected_on"] == "val_accuracy"
-    cache_before = json.dumps(sorted(p.name for p in (workdir.caches / "find").iterdir()))
-    report = run_pipeline(strict, workdir, CPU, say=lambda m: None, allow_untrusted=True)
+    assert card["surrogate"]["trust"]["gain"] < recipe.trust.min_gain and card["surrogate"]["verdict"]["criterion"] == "gain"
+    assert json.dumps(sorted(p.name for p in (workdir.caches / "find").iterdir())) == cache_before  # not written
+    report = run_pipeline(stuck, workdir, CPU, say=lambda m: None, allow_untrusted=True)
     assert report["modules"]["find"]["trustworthy"] is False
-    assert "warning: find is not trustworthy" in format_report(report)
-    assert json.dumps(sorted(p.name for p in (workdir.caches / "find").iterdir())) == cache_before
+    assert "warning: find is not trusted: gain" in format_report(report)
+    # another criterion re-judges the card's statistics: nothing is trained again
+    paper = run_pipeline(stuck.with_overrides(["trust.criterion='variance'"]), workdir, CPU, say=lambda m: None,
+                         allow_untrusted=True)
+    assert paper["modules"]["find"]["trust_criterion"] == "variance"
+    assert paper["modules"]["find"]["trust_reason"].startswith("predictive variance")
+    assert load_card(workdir.modules, "find")["created"] == card["created"]
 
 
 def test_the_frozen_find_shortcut_equals_training_around_find_itself(copied, tmp_path):

@@ -177,7 +177,7 @@ def run_compare(root: str | Path, seeds: int, device: torch.device, overrides: l
             times = job_times(workdir)
             epochs = {c["name"]: {"epochs": c["metrics"]["epochs"], "best_epoch": c["metrics"]["best_epoch"]}
                       for c in trained_cards(workdir.modules)}
-            untrusted = {n: m["predictive_variance"] for n, m in report["modules"].items()
+            untrusted = {n: m.get("trust_reason", "untrusted") for n, m in report["modules"].items()
                          if m.get("trustworthy") is False}
             runs.append({"version": label, "how": how, "seed": seed, "workdir": str(workdir.root), "report": report,
                          "times": times, "epochs": epochs, "untrusted": untrusted,
@@ -289,11 +289,11 @@ def format_markdown(summary: dict) -> str:
         for seed, epochs in v.get("epochs", {}).items():
             cells = ", ".join(f"{m} {e['epochs']}/{e['best_epoch']}" for m, e in epochs.items())
             lines.append(f"| {label} | {seed} | {cells} |")
-    untrusted = [(label, seed, module, variance) for label, v in versions.items()
-                 for seed, modules in v.get("untrusted", {}).items() for module, variance in modules.items()]
+    untrusted = [(label, seed, module, reason) for label, v in versions.items()
+                 for seed, modules in v.get("untrusted", {}).items() for module, reason in modules.items()]
     if untrusted:
-        lines += ["", "Used although over the surrogate's variance threshold (paper §5.3): " + "; ".join(
-            f"{label} seed {seed}: {module} ({variance:.5f})" for label, seed, module, variance in untrusted) + "."]
+        lines += ["", "Used although their surrogates do not trust them: " + "; ".join(
+            f"{label} seed {seed}: {module} ({reason})" for label, seed, module, reason in untrusted) + "."]
     if protocol["name"] == "tuned":
         lines += ["", "Search cost, total trial time (s) per module against the end-to-end search (paper Fig. 10):", "",
                   "| version | searches | total |", "|---|---|---|"]

@@ -238,7 +238,7 @@ def format_markdown(summary: dict) -> str:
     untrusted = [f"{label} ({regime}): {', '.join(e['untrusted'])}" for label, r in systems.items()
                  for regime, e in r.items() if e.get("untrusted")]
     if untrusted:
-        lines += ["", "Used although over the surrogate's variance threshold (§5.3): " + "; ".join(untrusted) + "."]
+        lines += ["", "Used although their surrogates do not trust them: " + "; ".join(untrusted) + "."]
     return "\n".join(lines) + "\n"
 
 

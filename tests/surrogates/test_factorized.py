@@ -55,16 +55,47 @@ def test_factorization_holds_rank_times_the_sides_not_their_product():
     assert s.num_parameters() < (6 + 20) * 7 * 3  # a full map per root would hold this many
 
 
-def test_mc_metrics_on_a_hand_made_case():
+def test_mc_summary_on_a_hand_made_case():
     import math
 
-    from modtrain.surrogates.factorized import mc_metrics
+    from modtrain.surrogates.factorized import mc_summary
 
     probs = torch.tensor([[[0.5, 0.3, 0.2], [0.1, 0.1, 0.8]],    # sample 1
                           [[0.4, 0.4, 0.2], [0.1, 0.3, 0.6]]])   # sample 2
-    sums = mc_metrics(probs, torch.tensor([0, 1]))
-    # mean predictions [0.45, 0.35, 0.2] and [0.1, 0.2, 0.7]: a true NLL of the mean, not of the samples
-    assert sums["nll"] == pytest.approx(-(math.log(0.45) + math.log(0.2)))
-    assert sums["correct"] == 1  # the second question's most likely answer is 2, not 1
-    # variance of the top answer's probability: (0.5, 0.4) → 0.0025; (0.8, 0.6) → 0.01
-    assert sums["variance"] == pytest.approx(0.0125)
+    result = mc_summary(probs)
+    assert torch.allclose(result.mean_probs, torch.tensor([[0.45, 0.35, 0.2], [0.1, 0.2, 0.7]]))
+    # the top answer's probability, (0.5, 0.4) and (0.8, 0.6): unbiased variance, as the reference computes it
+    assert result.variance.tolist() == pytest.approx([0.005, 0.02])
+
+    def entropy(p):
+        return -sum(x * math.log(x) for x in p)
+
+    information = entropy([0.45, 0.35, 0.2]) - (entropy([0.5, 0.3, 0.2]) + entropy([0.4, 0.4, 0.2])) / 2
+    assert result.mutual_information[0].item() == pytest.approx(information, rel=1e-5)
+    same = mc_summary(probs[:1].expand(5, -1, -1))  # samples that agree: no variance, no information
+    assert same.variance.abs().max() == 0 and same.mutual_information.abs().max() < 1e-6
+
+
+def test_dropout_sits_after_the_rank_projection():
+    """With rank 1 a sample either keeps the one projected value or drops it: at most two distinct
+    predictions per question. Dropout on the 26 inputs would give many."""
+    values, part, root, prior = _inputs()
+    s = surrogate_class("factorized")(INTERFACES["typed"], [6, 20], DIMS["answers"],
+                                      ["describe[color]", "measure[exist]", "measure[count]"], rank=1, dropout=0.5)
+    s.eval()
+    samples = torch.stack([s(values, part, root, prior, force_dropout=True) for _ in range(40)])  # T, B, A
+    for question in range(samples.shape[1]):
+        assert len({tuple(row) for row in samples[:, question].round(decimals=5).tolist()}) == 2
+    assert torch.equal(s(values, part, root, prior), s(values, part, root, prior))  # eval: no dropout
+
+
+def test_mc_predict_projects_once_and_matches_the_samples_it_draws():
+    values, part, root, prior = _inputs()
+    s = _surrogate(dropout=0.3).eval()
+    torch.manual_seed(5)
+    result = s.mc_predict(values, part, root, prior, samples=30)
+    torch.manual_seed(5)
+    hidden = s.projected(values, part).expand(30, 8, 3)
+    drawn = s.read_out(hidden, root, prior, force_dropout=True).exp()
+    assert torch.allclose(result.mean_probs, drawn.mean(0), atol=1e-6)
+    assert torch.allclose(drawn.sum(-1), torch.ones(30, 8))
