@@ -9,8 +9,8 @@ before any run). Every criterion is then scored against good/bad: its AUROC (thr
 the good and bad modules it keeps.
 
 ``trust.min_gain`` is chosen on one pair only (``--choose-on``, find@nmn-typed): the grid value
-that maximizes (good kept − bad kept as fractions), the median of the maximizers on ties. The other
-pairs are held out: they are judged with that value and never used to choose anything.
+that best separates good from bad modules by their bootstrap intervals (``choose_min_gain``). The
+other pairs are held out: they are judged with that value and never used to choose anything.
 
     python bench/bench_trust.py --address local --out bench/results/trust.json
 """
@@ -45,18 +45,23 @@ PAIRS = {
 
 
 def choose_min_gain(candidates: list[dict]) -> tuple[float, list[dict]]:
-    """The grid value with the best (good kept − bad kept) fractions on these candidates."""
+    """The grid value that best separates the good from the bad *as intervals*: a good module counts
+    as kept only when its whole bootstrap interval is at or above the value, a bad one as refused only
+    when its whole interval is below it; the score is good kept − bad kept, as fractions, and ties go
+    to the median of the best values. Judged on points alone, the best value would be one that sits
+    inside the cloud of modules at the plateau, where the last digits of a gain decide."""
     judged = [c for c in candidates if "good" in c]
     good = [c for c in judged if c["good"]]
     bad = [c for c in judged if not c["good"]]
     rows = []
     for value in GRID:
-        settings = TrustSection(min_gain=value)
-        kept = [keeps(c, settings)["gain"] for c in judged]
-        good_kept = sum(k for k, c in zip(kept, judged) if c["good"])
-        bad_kept = sum(k for k, c in zip(kept, judged) if not c["good"])
+        good_kept = sum(c["gain_low"] >= value for c in good)
+        bad_kept = sum(c["gain_high"] >= value for c in bad)
+        point = TrustSection(min_gain=value)
         rows.append({"min_gain": value, "good_kept": good_kept, "bad_kept": bad_kept,
-                     "score": good_kept / max(len(good), 1) - bad_kept / max(len(bad), 1)})
+                     "score": good_kept / max(len(good), 1) - bad_kept / max(len(bad), 1),
+                     "good_kept_by_point": sum(keeps(c, point)["gain"] for c in good),
+                     "bad_kept_by_point": sum(keeps(c, point)["gain"] for c in bad)})
     best = max(r["score"] for r in rows)
     return statistics.median_low([r["min_gain"] for r in rows if r["score"] == best]), rows
 

@@ -39,18 +39,24 @@ def main(verbose: int) -> None:
     Each module (encoder, find, describe, measure, ...) trains as its own job, through a
     surrogate gradient module where it has no loss of its own, from cached virtual
     datasets where its input comes from another module.
+
+    \b
+    Shell completion of commands and options: add to ~/.bashrc
+      eval "$(_MODTRAIN_COMPLETE=bash_source modtrain)"
+    (zsh: zsh_source in ~/.zshrc; fish: _MODTRAIN_COMPLETE=fish_source modtrain | source).
     """
     level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
     logging.basicConfig(level=level, format="%(message)s", stream=sys.stderr)
     warnings.showwarning = _show_warning
 
 
-@main.group(cls=_Group, context_settings=CONTEXT)
+@main.group(cls=_Group, context_settings=CONTEXT, short_help="Make, inspect and prepare data folders.")
 def data() -> None:
-    """Make, inspect and prepare data: CLEVR v1.0 folders, features, question arrays."""
+    """Make, inspect and prepare data: generate (a CLEVR v1.0 or VQA v1 folder), features,
+    prepare (question arrays), info."""
 
 
-@data.command(context_settings=CONTEXT)
+@data.command(context_settings=CONTEXT, short_help="Generate a procedural CLEVR (or VQA) folder.")
 @click.argument("directory", type=click.Path(file_okay=False))
 @click.option("--images", default=1000, show_default=True, help="Training images.")
 @click.option("--val-images", type=int, default=None, help="Validation images [default: images/5].")
@@ -63,7 +69,8 @@ def data() -> None:
 @click.option("--image-size", default=64, show_default=True, help="Square image side in pixels.")
 @click.option("--combos", type=click.Choice(["A", "B"]), default=None,
               help="CoGenT shape-color condition; split names get its letter (trainA, valA, ...).")
-@click.option("--force", is_flag=True, help="Replace splits that already exist.")
+@click.option("--fresh", is_flag=True, help="Replace splits that already exist.")
+@click.option("--force", "force_alias", is_flag=True, hidden=True)  # the old spelling of --fresh
 @click.option("--balance-depth", default=None, metavar="LOW-HIGH|none",
               help="Keep program depths LOW..HIGH about equally common in every split (the depth experiment "
                    "needs questions at every depth); none: as the families fall [default: 3-12; with --format "
@@ -74,9 +81,11 @@ def data() -> None:
 @click.option("--workers", type=int, default=None,
               help="Processes that render images beside this one [default: one per other core; 0: none].")
 def generate(directory, images, val_images, test_images, questions_per_image, families, seed,
-             image_size, combos, force, balance_depth, format_, workers):
+             image_size, combos, fresh, force_alias, balance_depth, format_, workers):
     """Generate a procedural dataset as a CLEVR v1.0 (or VQA v1) folder in DIRECTORY."""
     from modtrain.datasets.generate import generate as run
+
+    fresh = fresh or _renamed("--force", "--fresh", force_alias)
 
     start = time.perf_counter()
     vqa = format_ == "vqa"
@@ -85,14 +94,17 @@ def generate(directory, images, val_images, test_images, questions_per_image, fa
     counts = {"train": images,
               "val": images // 5 if val_images is None else val_images,
               "test": images // 5 if test_images is None else test_images}
-    summary = run(directory, counts, questions_per_image, families, seed, image_size, combos, force, balance_depth,
-                  format_, workers)
+    try:
+        summary = run(directory, counts, questions_per_image, families, seed, image_size, combos, fresh,
+                      balance_depth, format_, workers)
+    except ModtrainError as e:  # the library names the old option
+        raise ModtrainError(str(e).replace("pass --force", "pass --fresh")) from None
     for split, s in summary["splits"].items():
         click.echo(f"{split}: {s['images']} images, {s['questions']} questions")
     click.echo(f"wrote {directory} in {time.perf_counter() - start:.1f}s")
 
 
-@data.command(context_settings=CONTEXT)
+@data.command(context_settings=CONTEXT, short_help="Extract image features.")
 @click.argument("directory", type=click.Path(exists=True, file_okay=False))
 @click.option("--backbone", type=click.Choice(["clevr-cnn", "resnet101"]), default="clevr-cnn", show_default=True)
 @click.option("--weights", type=click.Path(dir_okay=False), default=None,
@@ -126,7 +138,7 @@ def features(directory, backbone, weights, from_h5, dtype, batch_size, device, s
     click.echo(f"done in {time.perf_counter() - start:.1f}s")
 
 
-@data.command(context_settings=CONTEXT)
+@data.command(context_settings=CONTEXT, short_help="Build vocabularies and question arrays.")
 @click.argument("directory", type=click.Path(exists=True, file_okay=False))
 @click.option("--out", type=click.Path(file_okay=False), default=None,
               help="Where vocab.json and {split}.h5 go [default: DIRECTORY].")
@@ -154,7 +166,7 @@ def prepare(directory, out, vocab_split, format_, answers, min_instance_count):
     click.echo(f"done in {time.perf_counter() - start:.1f}s")
 
 
-@data.command(context_settings=CONTEXT)
+@data.command(context_settings=CONTEXT, short_help="What a data folder holds, split by split.")
 @click.argument("directory", type=click.Path(exists=True, file_okay=False))
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 def info(directory, as_json):
@@ -165,30 +177,45 @@ def info(directory, as_json):
     click.echo(json.dumps(result, indent=2) if as_json else format_info(result))
 
 
-def recipe_options(fn):
-    """--recipe, --workdir, --data, --set and --device, shared by the training commands."""
-    fn = click.option("--device", default=None, help="auto, cpu, cuda or cuda:N [default: the recipe's train.device].")(fn)
-    fn = click.option("--data", "data_dir", type=click.Path(exists=True, file_okay=False), default=None,
-                      help="An existing data folder (prepared, or to prepare) instead of the recipe's "
-                           "data.source; the same as --set data.source=DIR.")(fn)
-    fn = click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
-                      help="Override a recipe key, e.g. --set train.lr=3e-4 (repeatable).")(fn)
-    fn = click.option("--max-train-depth", type=int, default=None, expose_value=False, metavar="D",
-                      callback=lambda ctx, _, value: ctx.meta.__setitem__("max_train_depth", value),
-                      help="Train and stop early only on questions of program depth ≤ D (paper §5.6); the reported "
-                           "splits are never filtered. The same as --set data.max_train_depth=D.")(fn)
-    fn = click.option("--workdir", type=click.Path(file_okay=False), default=None,
-                      help="Experiment folder [default: runs/<recipe name>].")(fn)
-    fn = click.option("--recipe", default=None,
-                      help="Shipped recipe name or path to a .toml [default: the workdir's recipe.toml].")(fn)
-    return fn
+def _renamed(old: str, new: str, value):
+    """The value given to an option's old spelling (kept hidden), said once to be renamed."""
+    if value:
+        click.echo(f"warning: {old} is now {new}", err=True)
+    return value
 
 
-def _context(recipe, workdir, overrides, device, data_dir=None):
+def recipe_options(fn=None, *, device: bool = True):
+    """--recipe, --workdir, --data, --set, --max-train-depth and (``device``) --device, shared by the
+    commands that load a recipe."""
+    def decorate(fn):
+        if device:
+            fn = click.option("--device", default=None,
+                              help="auto, cpu, cuda or cuda:N [default: the recipe's train.device].")(fn)
+        fn = click.option("--data", "data_dir", type=click.Path(exists=True, file_okay=False), default=None,
+                          help="An existing data folder (prepared, or to prepare) instead of the recipe's "
+                               "data.source; the same as --set data.source=DIR. Its train*/val* splits are "
+                               "found by name (data.train_split, data.val_split).")(fn)
+        fn = click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+                          help="Override a recipe key, e.g. --set train.lr=3e-4 (repeatable).")(fn)
+        fn = click.option("--max-train-depth", type=int, default=None, expose_value=False, metavar="D",
+                          callback=lambda ctx, _, value: ctx.meta.__setitem__("max_train_depth", value),
+                          help="Train and stop early only on questions of program depth ≤ D (paper §5.6); the "
+                               "reported splits are never filtered. The same as --set data.max_train_depth=D.")(fn)
+        fn = click.option("--workdir", type=click.Path(file_okay=False), default=None,
+                          help="Experiment folder [default: runs/<recipe name>].")(fn)
+        fn = click.option("--recipe", default=None,
+                          help="Shipped recipe name (see 'modtrain recipes') or path to a .toml [default: the "
+                               "workdir's recipe.toml].")(fn)
+        return fn
+    return decorate(fn) if fn is not None else decorate
+
+
+def _load(recipe, workdir, overrides, data_dir=None, strict: bool = True):
+    """The command's recipe, its split names resolved against its data, and its workdir. Not
+    ``strict``: a recipe that names its splits is taken as it is when its data cannot be read."""
     from pathlib import Path
 
-    from modtrain.device import resolve_device
-    from modtrain.recipe import load_for_workdir
+    from modtrain.recipe import AUTO, load_for_workdir
     from modtrain.workdir import Workdir
 
     if data_dir is not None:
@@ -197,12 +224,62 @@ def _context(recipe, workdir, overrides, device, data_dir=None):
     if depth is not None:
         overrides = [*overrides, f"data.max_train_depth={depth}"]
     loaded, root = load_for_workdir(recipe, workdir, list(overrides))
-    return loaded, Workdir.for_recipe(loaded, root), resolve_device(device or loaded.train_config("encoder").device)
+    try:
+        loaded = loaded.resolved()
+    except ModtrainError:
+        named = loaded.raw.get("data", {})
+        if strict or AUTO in (named.get("train_split", AUTO), named.get("val_split", AUTO)):
+            raise
+    return loaded, Workdir.for_recipe(loaded, root)
 
 
-@main.command(context_settings=CONTEXT)
-@recipe_options
-def plan(recipe, workdir, overrides, data_dir, device):
+def _context(recipe, workdir, overrides, device, data_dir=None):
+    from modtrain.device import resolve_device
+
+    loaded, wd = _load(recipe, workdir, overrides, data_dir)
+    return loaded, wd, resolve_device(device or loaded.train_config("encoder").device)
+
+
+def _check_splits(names, folder, option: str = "--split") -> None:
+    """Every split named by ``option`` is one of the data folder's, else one error listing them."""
+    from modtrain.data import folder_splits
+
+    known = folder_splits(folder)
+    unknown = [name for name in names if name not in known]
+    if unknown:
+        raise ModtrainError(f"{option} {unknown[0]}: {folder} has no such split; its splits: {', '.join(known)}")
+
+
+def _with_splits(recipe_name, overrides, data_dir=None) -> list[str]:
+    """``overrides`` and the split names of the data a report will use (``--data``, else the recipe's
+    data.source), for the reports that build their recipes themselves from a name and overrides."""
+    from pathlib import Path
+
+    from modtrain.recipe import Recipe
+
+    base = Recipe.load(recipe_name, list(overrides))
+    if data_dir is not None:
+        base = base.with_overrides([f"data.source={str(Path(data_dir).resolve())!r}"])
+    d = base.resolved().data
+    return [*overrides, f"data.train_split={d.train_split!r}", f"data.val_split={d.val_split!r}"]
+
+
+def address_option(without: str):
+    """--address, spelled and explained the same in every command that can run on Ray."""
+    return click.option("--address", default=None, metavar="local|auto|HOST:PORT",
+                        help=f"The Ray cluster to run on: local (a Ray started here), auto (the cluster this "
+                             f"machine is part of) or HOST:PORT [default: none: {without}].")
+
+
+def gpus_option(what: str):
+    """--gpus-per-job, the same in every command that places jobs on Ray."""
+    return click.option("--gpus-per-job", type=float, default=None,
+                        help=f"GPUs per {what} on Ray [default: 1 where the cluster has GPUs, else 0].")
+
+
+@main.command(context_settings=CONTEXT, short_help="Print the dependency table and the job graph.")
+@recipe_options(device=False)
+def plan(recipe, workdir, overrides, data_dir):
     """Print the dependency table (paper Table 1) and the job graph.
 
     With prepared data in the workdir, the table also says how many training questions each
@@ -212,7 +289,7 @@ def plan(recipe, workdir, overrides, data_dir, device):
     from modtrain.job import training_questions
     from modtrain.plan import format_plan, make_plan
 
-    loaded, wd, _ = _context(recipe, workdir, overrides, "cpu", data_dir)
+    loaded, wd = _load(recipe, workdir, overrides, data_dir)
     trained = {m for m in loaded.modules if card_path(wd.modules, m).exists()}
     plan_ = make_plan(loaded, trained)
     questions = None
@@ -221,7 +298,7 @@ def plan(recipe, workdir, overrides, data_dir, device):
     click.echo(format_plan(plan_, questions))
 
 
-@main.command(context_settings=CONTEXT)
+@main.command(context_settings=CONTEXT, short_help="Train one module as its own job.")
 @click.argument("module")
 @click.option("--surrogate", default=None, help="Train through this surrogate (for modules without a loss of their own).")
 @click.option("--impl", default=None,
@@ -253,7 +330,7 @@ def train(module, surrogate, impl, recipe, workdir, overrides, data_dir, device)
     click.echo(f"wrote {wd.modules / (module + '.json')}")
 
 
-@main.command(context_settings=CONTEXT)
+@main.command(context_settings=CONTEXT, short_help="Write a module's virtual dataset (its cache).")
 @click.argument("module")
 @click.option("--allow-untrusted", is_flag=True,
               help="Cache a module its surrogate does not trust (see [trust] in the recipe).")
@@ -272,7 +349,7 @@ def cache(module, allow_untrusted, recipe, workdir, overrides, data_dir, device)
     click.echo(f"wrote {', '.join(str(wd.cache(module, s)) for s in data.splits())}")
 
 
-@main.command(context_settings=CONTEXT)
+@main.command(context_settings=CONTEXT, short_help="Compose the trained modules and report accuracy.")
 @click.option("--split", "splits", multiple=True,
               help="Split(s) to evaluate, repeated or comma-separated; merged into reports/assemble.json "
                    "[default: all but the training split].")
@@ -283,39 +360,55 @@ def assemble(splits, recipe, workdir, overrides, data_dir, device):
 
     loaded, wd, dev = _context(recipe, workdir, overrides, device, data_dir)
     names = [name.strip() for item in splits for name in item.split(",") if name.strip()]
+    _check_splits(names, wd.data)
     report = run(wd, loaded, dev, names or None)
     click.echo(format_report(report))
     click.echo(f"\nwrote {wd.reports / 'assemble.json'}")
 
 
-@main.command(context_settings=CONTEXT)
-@click.option("--address", default=None,
-              help="Run the jobs on Ray: local (a Ray on this machine), auto or HOST:PORT. In-process without it.")
-@click.option("--gpus-per-job", type=float, default=None,
-              help="GPUs per training job on Ray [default: 1 where the cluster has GPUs, else 0].")
-@click.option("--cpus-per-job", type=int, default=1, show_default=True, help="CPUs per job on Ray.")
+@main.command(context_settings=CONTEXT, short_help="The whole pipeline, resumable.")
+@address_option("the jobs run in this process, without Ray")
+@gpus_option("training job")
+@click.option("--cpus-per-job", type=int, default=None, help="CPUs per job on Ray [default: 1].")
 @click.option("--allow-untrusted", is_flag=True,
               help="Cache and use a module its surrogate does not trust (see [trust] in the recipe).")
+@click.option("--dry-run", is_flag=True,
+              help="Print the jobs run would do next, and why (as 'modtrain status' does); do nothing.")
 @recipe_options
-def run(address, gpus_per_job, cpus_per_job, allow_untrusted, recipe, workdir, overrides, data_dir, device):
-    """The whole pipeline: data, plan, train and cache each module, assemble (resumable)."""
+def run(address, gpus_per_job, cpus_per_job, allow_untrusted, dry_run, recipe, workdir, overrides, data_dir,
+        device):
+    """The whole pipeline: data, plan, train and cache each module, assemble.
+
+    Every step whose result is up to date is skipped, so an interrupted run resumes where it
+    stopped; --dry-run says which steps would run."""
     from modtrain.assemble import format_report
     from modtrain.pipeline import run_pipeline
 
+    if address is None and (gpus_per_job is not None or cpus_per_job is not None):
+        raise click.UsageError("--gpus-per-job and --cpus-per-job size the jobs on Ray: give --address too "
+                               "(without it the jobs run in this process)")
+    if address is not None and device is not None:
+        raise click.UsageError("--device chooses the device of a run in this process; on Ray (--address) "
+                               "--gpus-per-job does")
     loaded, wd, dev = _context(recipe, workdir, overrides, device, data_dir)
+    if dry_run:
+        from modtrain.status import workdir_status
+
+        click.echo(_format_next(workdir_status(loaded, wd, allow_untrusted)))
+        return
     start = time.perf_counter()
     say = lambda text: click.echo(text, err=True)  # noqa: E731
     if address is not None:
         from modtrain.distributed import run_pipeline_on_ray
 
-        report = run_pipeline_on_ray(loaded, wd, address, say, gpus_per_job, cpus_per_job, allow_untrusted)
+        report = run_pipeline_on_ray(loaded, wd, address, say, gpus_per_job, cpus_per_job or 1, allow_untrusted)
     else:
         report = run_pipeline(loaded, wd, dev, say=say, allow_untrusted=allow_untrusted)
     click.echo(format_report(report))
     click.echo(f"\nworkdir {wd.root}; total {time.perf_counter() - start:.0f}s")
 
 
-@main.command(context_settings=CONTEXT)
+@main.command(context_settings=CONTEXT, short_help="Train the NMN end to end (the baseline).")
 @recipe_options
 def e2e(recipe, workdir, overrides, data_dir, device):
     """Train the recipe's NMN end to end (the baseline), then assemble and report."""
@@ -329,12 +422,12 @@ def e2e(recipe, workdir, overrides, data_dir, device):
     click.echo(f"\nworkdir {wd.root}; total {time.perf_counter() - start:.0f}s")
 
 
-@main.group(cls=_Group, context_settings=CONTEXT)
+@main.group(cls=_Group, context_settings=CONTEXT, short_help="Reports that test the method.")
 def report() -> None:
-    """Reports that test the method: compare, correlation, hpo, depth."""
+    """Reports that test the method: compare, correlation, hpo, depth, cells."""
 
 
-@report.command(context_settings=CONTEXT)
+@report.command(context_settings=CONTEXT, short_help="Modular vs end to end: accuracy and time.")
 @click.option("--recipe", "recipe_name", default="nmn-typed", show_default=True,
               help="The NMN compared: its modules trained end to end (gradient), modular (gradient) and modular "
                    "with data types (typed), e.g. nmn-clevr for every CLEVR program.")
@@ -360,6 +453,7 @@ def compare(recipe_name, seeds, workdir, data_dir, overrides, device, fresh, tri
     from modtrain.device import resolve_device
     from modtrain.reports.compare import format_markdown, run_compare
 
+    overrides = _with_splits(recipe_name, overrides, data_dir)
     summary = run_compare(workdir, seeds, resolve_device(device), list(overrides), data_dir,
                           say=lambda text: click.echo(text, err=True), fresh=fresh, recipe_name=recipe_name,
                           tune=trials, systems=list(systems))
@@ -368,7 +462,7 @@ def compare(recipe_name, seeds, workdir, data_dir, overrides, device, fresh, tri
     click.echo(f"wrote {reports / 'compare.json'}, {reports / 'compare.md'}, {reports / 'compare_time.png'}")
 
 
-@report.command(context_settings=CONTEXT)
+@report.command(context_settings=CONTEXT, short_help="Error per program depth, seen vs unseen.")
 @click.option("--max-train-depth", "max_depth", type=int, default=5, show_default=True,
               help="Train every system on questions of program depth ≤ D only; evaluate on every depth.")
 @click.option("--recipe", "recipe_name", default="nmn-clevr", show_default=True,
@@ -389,12 +483,13 @@ def compare(recipe_name, seeds, workdir, data_dir, overrides, device, fresh, tri
 @click.option("--device", default="auto", show_default=True)
 @click.option("--fresh", is_flag=True, help="Train every system again instead of reusing trained runs.")
 def depth(max_depth, recipe_name, systems, reference, workdir, data_dir, overrides, min_questions, device, fresh):
-    """Generalization by program depth (paper Fig. 13/14): error per depth, seen vs unseen."""
+    """Generalization by program depth: error per depth, seen vs unseen (paper Fig. 13/14)."""
     from pathlib import Path
 
     from modtrain.device import resolve_device
     from modtrain.reports.depth import format_markdown, run_depth
 
+    overrides = _with_splits(recipe_name, overrides, data_dir)
     summary = run_depth(workdir, max_depth, resolve_device(device), recipe_name, list(systems), reference,
                         list(overrides), data_dir, say=lambda text: click.echo(text, err=True), fresh=fresh,
                         min_questions=min_questions)
@@ -403,35 +498,42 @@ def depth(max_depth, recipe_name, systems, reference, workdir, data_dir, overrid
     click.echo(f"wrote {reports / 'depth.json'}, {reports / 'depth.md'}, {reports / 'depth.png'}")
 
 
-@main.command(context_settings=CONTEXT)
+@main.command(context_settings=CONTEXT, short_help="Search a module's hyperparameters on Ray Tune.")
 @click.argument("module")
 @click.option("--samples", default=50, show_default=True, help="Trials (paper §5.4: 50 per module).")
 @click.option("--scheduler", type=click.Choice(["fifo", "asha"]), default="fifo", show_default=True)
 @click.option("--search", type=click.Choice(["random", "optuna"]), default="random", show_default=True)
-@click.option("--address", default="local", show_default=True, help="Ray cluster: local, auto or HOST:PORT.")
+@address_option("local, since Ray Tune runs the trials")
 @click.option("--storage", default=None, help="Absolute path for Tune's files [default: WORKDIR/tune].")
-@click.option("--cpus-per-trial", default=1, show_default=True)
-@click.option("--gpus-per-trial", type=float, default=None, help="[default: 1 where the cluster has GPUs, else 0]")
+@click.option("--cpus-per-job", type=int, default=None, help="CPUs per trial [default: 1].")
+@click.option("--cpus-per-trial", "cpus_alias", type=int, default=None, hidden=True)  # the old spelling
+@gpus_option("trial")
+@click.option("--gpus-per-trial", "gpus_alias", type=float, default=None, hidden=True)  # the old spelling
 @click.option("--retries", default=1, show_default=True, help="Retries of a crashed trial.")
 @click.option("--fresh", is_flag=True, help="Discard an earlier search of this module instead of resuming it.")
-@recipe_options
-def tune(module, samples, scheduler, search, address, storage, cpus_per_trial, gpus_per_trial, retries, fresh,
-         recipe, workdir, overrides, data_dir, device):
-    """Search MODULE's hyperparameters on Ray Tune (or 'e2e' for the whole network)."""
+@recipe_options(device=False)
+def tune(module, samples, scheduler, search, address, storage, cpus_per_job, cpus_alias, gpus_per_job, gpus_alias,
+         retries, fresh, recipe, workdir, overrides, data_dir):
+    """Search MODULE's hyperparameters on Ray Tune (or 'e2e' for the whole network).
+
+    Each trial is one training job, placed by Ray (--cpus-per-job, --gpus-per-job)."""
     from modtrain.tune import tune_module
 
-    loaded, wd, _ = _context(recipe, workdir, overrides, device, data_dir)
-    summary = tune_module(loaded, wd, module, samples, scheduler, search, address, storage, cpus_per_trial,
-                          gpus_per_trial, retries, fresh, say=lambda text: click.echo(text, err=True))
+    cpus = cpus_per_job if cpus_per_job is not None else _renamed("--cpus-per-trial", "--cpus-per-job", cpus_alias)
+    gpus = gpus_per_job if gpus_per_job is not None else _renamed("--gpus-per-trial", "--gpus-per-job", gpus_alias)
+    loaded, wd = _load(recipe, workdir, overrides, data_dir)
+    summary = tune_module(loaded, wd, module, samples, scheduler, search, address or "local", storage,
+                          cpus if cpus is not None else 1, gpus, retries, fresh,
+                          say=lambda text: click.echo(text, err=True))
     best = summary["best"]
     done = sum(t["status"] == "done" for t in summary["trials"])
     click.echo(f"{module}: {done} of {len(summary['trials'])} trials finished in {summary['search_seconds']:.0f}s; "
-               f"best trustworthy trial: validation accuracy {best['kept_accuracy']:.4f} with {best['config']}")
+               f"best trusted trial: validation accuracy {best['kept_accuracy']:.4f} with {best['config']}")
     click.echo(f"wrote {wd.root / 'tune' / module}/best.toml, recipe.toml, trials.json"
                + (f"; best card {summary['best_card']}" if summary["best_card"] else ""))
 
 
-@report.command(context_settings=CONTEXT)
+@report.command(context_settings=CONTEXT, short_help="Every search evaluation, and search time.")
 @click.option("--workdir", type=click.Path(exists=True, file_okay=False), required=True)
 @click.option("--e2e-workdir", type=click.Path(exists=True, file_okay=False), default=None,
               help="Another workdir holding the end-to-end search (tune e2e), if not this one.")
@@ -442,14 +544,19 @@ def hpo(workdir, e2e_workdir):
     report = hpo_report(workdir, e2e_workdir)
     for module, r in report["modules"].items():
         click.echo(f"{module:<9} {r['trials']:>3} trials  best {r['best_score']:.4f}  failed {r['failed']}  "
-                   f"untrustworthy {r['untrustworthy']}  trial time {r['trial_seconds']:.0f}s")
+                   f"untrusted {r['untrustworthy']}  trial time {r['trial_seconds']:.0f}s")
+        for t in r["trust"]:
+            if t["reason"] is not None:
+                accuracy = "-" if t["kept_accuracy"] is None else f"{t['kept_accuracy']:.4f}"
+                click.echo(f"  trial {t['trial_id']}: val accuracy {accuracy}, "
+                           f"{'trusted' if t['trusted'] else 'NOT TRUSTED'}: {t['reason']}")
     click.echo(f"wrote {workdir}/reports/hpo.json, hpo_accuracy.png, hpo_time.png")
 
 
-@report.command(context_settings=CONTEXT)
+@report.command(context_settings=CONTEXT, short_help="What an LNMN's cells learned.")
 @click.option("--workdir", type=click.Path(exists=True, file_okay=False), required=True,
               help="A workdir holding a trained LNMN (modtrain e2e --recipe lnmn).")
-@click.option("--split", "split_name", default="val", show_default=True)
+@click.option("--split", "split_name", default=None, help="[default: the validation split, data.val_split]")
 @click.option("--questions", "limit", default=2000, show_default=True, help="Questions evaluated per setting.")
 def cells(workdir, split_name, limit):
     """What an LNMN's cells learned: σ(α) heatmaps, expressions, attributions, operations removed."""
@@ -460,12 +567,15 @@ def cells(workdir, split_name, limit):
     from modtrain.workdir import Workdir
 
     recipe = Recipe.load(Path(workdir) / RESOLVED)
-    report = cells_report(Workdir.for_recipe(recipe, Path(workdir)), split_name, limit)
+    wd = Workdir.for_recipe(recipe, Path(workdir))
+    split_name = split_name or recipe.data.val_split
+    _check_splits([split_name], wd.data)
+    report = cells_report(wd, split_name, limit)
     click.echo(format_cells(report))
     click.echo(f"wrote {Path(workdir) / 'reports'}/cells.{{json,md}}, cells_alpha.png")
 
 
-@report.command(context_settings=CONTEXT)
+@report.command(context_settings=CONTEXT, short_help="Surrogate vs final loss, and trust statistics.")
 @click.option("--recipe", default="nmn-typed", show_default=True, help="Recipe whose module and surrogate are studied.")
 @click.option("--module", default="find", show_default=True, help="The module studied (one trained through a surrogate).")
 @click.option("--modules", "n_modules", default=40, show_default=True, help="Candidates trained with random settings.")
@@ -475,7 +585,7 @@ def cells(workdir, split_name, limit):
 @click.option("--workdir", type=click.Path(file_okay=False), default="runs/correlation", show_default=True)
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a recipe key (repeatable).")
 @click.option("--device", default="auto", show_default=True)
-@click.option("--address", default=None, help="Ray cluster for the trainings; in-process without it.")
+@address_option("the trainings run in this process, without Ray")
 @click.option("--transplant", type=click.Choice(["spread", "all"]), default="spread", show_default=True,
               help="spread: the selected modules and up to as many discarded ones; all: every candidate.")
 @click.option("--nulls", default=3, show_default=True,
@@ -490,6 +600,7 @@ def correlation(recipe, module, n_modules, k_select, max_epochs, seed, workdir, 
     from modtrain.device import resolve_device
     from modtrain.reports.correlation import format_markdown, run_correlation
 
+    overrides = _with_splits(recipe, overrides)
     result = run_correlation(workdir, recipe, n_modules, k_select, resolve_device(device), list(overrides), seed,
                              max_epochs, say=lambda text: click.echo(text, err=True), address=address, module=module,
                              transplant=transplant, nulls=nulls, margin=margin)
@@ -498,20 +609,22 @@ def correlation(recipe, module, n_modules, k_select, max_epochs, seed, workdir, 
                f"correlation_loss.png")
 
 
-@main.command(context_settings=CONTEXT)
+@main.command(context_settings=CONTEXT, short_help="Draw each module's attention for some questions.")
 @click.argument("questions", nargs=-1, type=int, required=True)
-@click.option("--split", default="val", show_default=True)
+@click.option("--split", default=None, help="[default: the validation split, data.val_split]")
 @recipe_options
 def explain(questions, split, recipe, workdir, overrides, data_dir, device):
     """Draw each module's attention for QUESTIONS (question indices) as one PNG each."""
     from modtrain.reports.explain import explain as run
 
     loaded, wd, dev = _context(recipe, workdir, overrides, device, data_dir)
+    split = split or loaded.data.val_split
+    _check_splits([split], wd.data)
     for path in run(wd, loaded, dev, list(questions), split):
         click.echo(f"wrote {path}")
 
 
-@main.command(context_settings=CONTEXT)
+@main.command(context_settings=CONTEXT, short_help="List registered modules and trained cards.")
 @click.option("--workdir", type=click.Path(file_okay=False), default=None, help="Also list the modules trained here.")
 def modules(workdir):
     """List registered modules and surrogates, and the trained module cards of a workdir."""
@@ -544,6 +657,96 @@ def modules(workdir):
                 f"\n            {'trusted' if verdict.trusted else 'NOT TRUSTED'}: {verdict.reason}"
             click.echo(f"  {c['name']:<9} {c['interface']:<9} val accuracy {c['metrics']['val_accuracy']:.1%}  "
                        f"{len(c['instances'])} instances  {c['parameters']} parameters  {c['created']}{trust}")
+
+
+def _percent(value) -> str:
+    return "-" if value is None else f"{value:.1%}"
+
+
+def _trust_text(trust) -> str:
+    if trust is None:
+        return "-"
+    value = trust["value"]
+    shown = "" if value is None else f" {_percent(value)}" if trust["criterion"] == "gain" else f" {value:.5f}"
+    return f"{'trusted' if trust['trusted'] else 'NOT TRUSTED'} ({trust['criterion']}{shown})"
+
+
+def _format_next(status) -> str:
+    """What run would do next, one job a line with why (``run --dry-run``, the end of ``status``)."""
+    if status["data"]["problem"] is not None:
+        return f"run would stop at the data: {status['data']['problem']}"
+    jobs = status["next"]
+    width = max([len(j["job"]) for j in jobs] + [4])
+    lines = ["run would do next:"] + [f"  {j['job']:<{width}}  {j['why']}" for j in jobs]
+    if [j["job"] for j in jobs] == ["assemble"]:
+        lines.append("every module is trained and cached: run would only assemble")
+    return "\n".join(lines)
+
+
+def _format_status(status) -> str:
+    d = status["data"]
+    if d["problem"] is not None:
+        data = f"data: {d['problem']}"
+    else:
+        data = (f"data: {d['folder']}, {'up to date' if not d['steps'] else 'needs ' + ', '.join(d['steps'])}"
+                + (f"; splits {', '.join(d['splits'])}" if d["splits"] else ""))
+    lines = [f"workdir {status['workdir']} (recipe {status['recipe']})", data,
+             f"trains on {d['train_split']}, stops early on {d['val_split']} (data.train_split, data.val_split)", ""]
+    rows = [("module", "state", "val accuracy", "trust", "cache")]
+    for m in status["modules"]:
+        cache = "-" if m["cache"] is None else m["cache"]["state"]
+        rows.append((m["name"], m["state"], _percent(m["val_accuracy"]), _trust_text(m["trust"]), cache))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for k, row in enumerate(rows):
+        lines.append("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+        if k == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    why = [(m["name"], w) for m in status["modules"] for w in m["why"]]
+    why += [(m["name"], f"cache: {m['cache']['why']}") for m in status["modules"]
+            if m["cache"] is not None and m["cache"]["why"] is not None]
+    if why:
+        lines += ["", "why:"] + [f"  {name}: {text}" for name, text in why]
+    return "\n".join(lines + ["", _format_next(status)])
+
+
+@main.command(context_settings=CONTEXT, short_help="Where a workdir stands, and what run does next.")
+@click.option("--allow-untrusted", is_flag=True, help="Judge the next jobs as 'run --allow-untrusted' would.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@recipe_options(device=False)
+def status(allow_untrusted, as_json, recipe, workdir, overrides, data_dir):
+    """Per module: trained, stale (and which input changed) or untrained; trusted; cached; its
+    validation accuracy. Then the jobs 'modtrain run' would do next (what 'run --dry-run' prints).
+
+    Reads the workdir (and its data folder) only: nothing is trained or written. --set shows
+    what a changed setting would make stale."""
+    from modtrain.status import workdir_status
+
+    loaded, wd = _load(recipe, workdir, overrides, data_dir, strict=False)
+    result = workdir_status(loaded, wd, allow_untrusted)
+    click.echo(json.dumps(result, indent=2) if as_json else _format_status(result))
+
+
+@main.command(context_settings=CONTEXT, short_help="List the shipped recipes, or print one.")
+@click.argument("name", required=False)
+def recipes(name):
+    """List the shipped recipes with their descriptions; with NAME, print that recipe's file
+    (copy it to start your own: --recipe takes a path to a .toml)."""
+    import importlib.resources
+    import tomllib
+
+    from modtrain.recipe import shipped_recipes
+
+    names = shipped_recipes()
+    folder = importlib.resources.files("modtrain.recipes")
+    if name is not None:
+        if name not in names:
+            raise ModtrainError(f"unknown recipe {name!r}; shipped: {', '.join(names)}")
+        click.echo((folder / f"{name}.toml").read_text(encoding="utf-8"), nl=False)
+        return
+    width = max(len(n) for n in names)
+    for n in names:
+        description = tomllib.loads((folder / f"{n}.toml").read_text(encoding="utf-8")).get("description", "")
+        click.echo(f"{n:<{width}}  {description}")
 
 
 if __name__ == "__main__":  # pragma: no cover

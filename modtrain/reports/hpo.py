@@ -39,6 +39,9 @@ def hpo_report(workdir: str | Path, e2e_workdir: str | Path | None = None) -> di
         report["modules"][module] = {
             "trials": len(s["trials"]), "failed": sum(t["status"] == "error" for t in s["trials"]),
             "untrustworthy": sum(t.get("trustworthy") is False for t in s["trials"]),
+            # each trial's verdict under the search's [trust] settings (None: no surrogate judges it)
+            "trust": [{"trial_id": t["trial_id"], "trusted": t.get("trustworthy"), "gain": t.get("gain"),
+                       "kept_accuracy": t.get("kept_accuracy"), "reason": t.get("trust_reason")} for t in s["trials"]],
             "scores": scores, "best_score": max(scores), "best_config": s["best"]["config"],
             "trial_seconds": s["trial_seconds"], "search_seconds": s["search_seconds"],
             "scheduler": s["scheduler"], "search": s["search"]}
