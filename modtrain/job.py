@@ -1,25 +1,18 @@
-"""The training job of any module, derived from the plan, and its data wiring (DESIGN.md, "Jobs").
+"""The training job of any module, derived from the plan (DESIGN.md, "Jobs").
 
-A job trains some modules — one in modular training, all of them end to end — with others
-frozen. It trains on the questions whose layout it can run: every module of the layout is
-trained by the job, frozen (already trained) or parameter-free; for a module trained through
-a surrogate (indirect supervision, paper §3.1) the root is the surrogate's place. So find
-trains on the questions whose root reads its attention through and/or only; relate, once find
-is trained, on those where relate's output reaches the root through and/or and other relates;
-compare, once describe and measure are trained, on the comparisons.
-
-Each question runs its *wiring*: its layout with every maximal frozen subtree replaced by a
-``given`` leaf, the subtree's output read from the virtual dataset of its last-trained module
-(``modtrain.cache``), or — for cheap producers the plan recomputes — left in place and run
-frozen. The root's answer is combined with the encoder's prior as the interface says; a
-surrogate reads the module's output the way each question's root would (paper §5.2).
+A job trains the modules of a ``JobSpec`` on the questions their wiring can run
+(``modtrain.wiring``), through the loop every job runs (``modtrain.train``). Each question runs
+its wiring; the root's answer is combined with the encoder's prior as the interface says; a
+surrogate reads the module's output the way each question's root would (paper §5.2). A job that
+trains the prior's producer alone — the encoder, or a module that answers alone such as FiLM,
+Stack-NMN or LNMN — answers from the question (and the image) without a layout, and the module
+asks for anything more of its training through its training hooks (``NMNModule``).
 """
 from __future__ import annotations
 
 import dataclasses
 import logging
 from collections import defaultdict
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -27,134 +20,25 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from modtrain.cache import EdgeCache, attention_mode, open_cache, parametric_modules
-from modtrain.card import load_module, save_module, weights_sha256
+from modtrain.cache import EdgeCache, attention_mode, open_cache
+from modtrain.card import load_module, save_module
 from modtrain.data import PreparedData, set_in_memory_bytes, shuffled_batches
 from modtrain.device import to_device
 from modtrain.errors import ModtrainError
 from modtrain.execute import Executor, Given, given_name
-from modtrain.layout import Layout
 from modtrain.plan import Plan, make_plan
 from modtrain.recipe import Recipe
-from modtrain.registry import build_module, module_class, reads_features, run_prior, surrogate_class
+from modtrain.registry import NMNModule, build_module, reads_features, run_prior, surrogate_class
 from modtrain.train import TrainingLoop, cards_match
 from modtrain.trust import judge, trust_statistics
 from modtrain.types import Attended, DataType, Features, get_interface
+# the job's specification and wiring, also imported from here
+from modtrain.wiring import (  # noqa: F401
+    Cut, JobSpec, Wirer, Wiring, job_key, joint_spec, module_spec, training_questions,
+)
 from modtrain.workdir import Workdir
 
 log = logging.getLogger(__name__)
-
-
-
-@dataclass(frozen=True)
-class JobSpec:
-    """What a job trains and what it takes as given."""
-
-    name: str                    # the job's name: a module's, or e.g. e2e
-    trainable: tuple[str, ...]   # modules it trains
-    frozen: tuple[str, ...]      # trained modules whose outputs it uses
-    recompute: tuple[str, ...]   # frozen modules it runs from the features instead of reading their caches
-    surrogate: str | None        # the module trained through a surrogate, which stands in for the root
-    training: str                # what the cards say: modular, end-to-end, ...
-
-
-def module_spec(plan: Plan, name: str) -> JobSpec:
-    """Modular training of one module, as its plan entry says."""
-    m = plan.module(name)
-    return JobSpec(name, (name,), tuple(m.consumes), tuple(m.recomputes),
-                   name if m.supervision == "indirect" else None, "modular")
-
-
-def joint_spec(plan: Plan, name: str, frozen: tuple[str, ...] = ()) -> JobSpec:
-    """Every module of the plan but ``frozen`` trained at once, end to end."""
-    trainable = tuple(m.name for m in plan.modules if m.name not in frozen)
-    training = "end-to-end" if not frozen else f"end-to-end around a frozen {', '.join(frozen)}"
-    return JobSpec(name, trainable, tuple(frozen), (), None, training)
-
-
-def job_key(spec: JobSpec, recipe: Recipe, data: PreparedData, sources: dict[str, Workdir],
-            workdir: Workdir) -> dict[str, Any]:
-    """Everything a job's result depends on; a card whose key differs is out of date."""
-    config = recipe.train_config(spec.name).key()
-    inputs = {p: weights_sha256(sources.get(p, workdir).modules, p) for p in spec.frozen}
-    return {"kind": spec.training, "interface": recipe.interface, "seed": recipe.seed,
-            "hyperparameters": {m: recipe.module_hparams(m) for m in spec.trainable}, "train": config,
-            "surrogate": recipe.surrogate(spec.surrogate) if spec.surrogate else None,
-            "data_fingerprint": data.fingerprint(recipe.data.train_split, recipe.data.val_split), "inputs": inputs,
-            **({"max_train_depth": recipe.data.max_train_depth} if recipe.data.max_train_depth is not None else {})}
-
-
-@dataclass
-class Cut:
-    """A frozen subtree of a question's layout, replaced by a ``given`` leaf."""
-
-    node: int          # its pre-order index in the question's layout
-    owner: str         # the producer whose virtual dataset holds its output
-    column: str        # which of the cache's columns: value, or attended
-    data_type: DataType
-    slot: int          # the leaf's index among the layout's given leaves of this type
-
-
-@dataclass
-class Wiring:
-    """How one layout runs in a job."""
-
-    layout: Layout               # with given leaves; below the root when a surrogate stands in for it
-    cuts: list[Cut]
-    root: str | None = None      # the root instance a surrogate stands in for, e.g. describe[color]
-    root_reads: DataType | None = None  # how that root reads its input
-
-
-class Wirer:
-    """Wires layouts for a job: which questions it trains on and what each one runs."""
-
-    def __init__(self, spec: JobSpec, plan: Plan, interface):
-        self.spec, self.plan, self.interface = spec, plan, interface
-        self.trainable, self.frozen, self.recompute = set(spec.trainable), set(spec.frozen), set(spec.recompute)
-        self._cache: dict[str, Wiring | None] = {}
-
-    def signature(self, module: str) -> tuple[list[DataType], DataType]:
-        cls = module_class(module)
-        return [self.interface.resolve(t) for t in cls.inputs], self.interface.resolve(cls.output)
-
-    def wire(self, layout: Layout) -> Wiring | None:
-        """The wiring of a layout, or None if the job does not train on it."""
-        if layout.text not in self._cache:
-            self._cache[layout.text] = self._wire(layout)
-        return self._cache[layout.text]
-
-    def _wire(self, layout: Layout) -> Wiring | None:
-        usable = self.trainable | self.frozen
-        root, root_reads, body, start = None, None, layout, 0
-        if self.spec.surrogate is not None:
-            if len(layout.children) != 1:
-                return None
-            inputs = [t for t in self.signature(layout.module)[0] if not t.from_dataset]
-            root = layout.module if layout.instance is None else f"{layout.module}[{layout.instance}]"
-            root_reads, body, start = inputs[0], layout.children[0], 1
-        modules = parametric_modules(body)
-        if not modules <= usable or not modules & self.trainable:
-            return None
-        cuts: list[Cut] = []
-        slots: dict[str, int] = defaultdict(int)
-
-        def visit(node: Layout, index: int, reads: DataType | None) -> Layout:
-            inside = parametric_modules(node)
-            if inside and inside <= self.frozen and not inside <= self.recompute:
-                output = self.signature(node.module)[1]
-                column, data_type = ("attended", Attended) if reads is Attended and output is \
-                    self.interface.attention else ("value", output)
-                cuts.append(Cut(index, self.plan.owner(inside), column, data_type, slots[data_type.name]))
-                slots[data_type.name] += 1
-                return Layout(given_name(data_type), str(cuts[-1].slot))
-            wanted = [t for t in self.signature(node.module)[0] if not t.from_dataset]
-            children, position = [], index + 1
-            for child, child_reads in zip(node.children, wanted):
-                children.append(visit(child, position, child_reads))
-                position += child.size
-            return Layout(node.module, node.instance, tuple(children))
-
-        return Wiring(visit(body, start, root_reads), cuts, root, root_reads)
 
 
 class Job(TrainingLoop):
@@ -199,6 +83,9 @@ class Job(TrainingLoop):
 
     # -- data --------------------------------------------------------------------------------
     def _setup_data(self) -> None:
+        # a module that answers alone is built first: it says what it needs of the data (its initial
+        # weights stay the first draws of the training's random stream: the data setup draws none)
+        self.modules = self._build_trained() if self.layout_free else {}
         # the two roles, "train" and "val", and the splits that play them
         self.splits = {"train": self.data.split(self.recipe.data.train_split),
                        "val": self.data.split(self.recipe.data.val_split)}
@@ -212,20 +99,19 @@ class Job(TrainingLoop):
                 keep &= trainable[split.layout]  # layout −1 (no program) picks the trailing False
             self.rows[s] = np.flatnonzero(keep)
         self.train_rows, self.val_rows = self.rows["train"], self.rows["val"]
-        self.layout_targets: dict[str, np.ndarray] = {}
-        if self.layout_free:  # the prior alone, from the question (and the image, for FiLM)
-            cls = module_class(self.prior_producer)
-            self.needs_features, self.runs = reads_features(cls), set()
+        # what a module that answers alone asks of the data (its question_targets and hold_out)
+        self.targets: dict[str, dict[str, np.ndarray]] = {s: {} for s in self.splits}
+        self.held_out_rows, self.held_out_batches = self.train_rows[:0], None
+        module = self._answering_module()
+        if module is not None:  # the prior alone, from the question (and the image, for FiLM)
+            self.needs_features, self.runs = reads_features(module), set()
             self.features = {s: split.features() for s, split in self.splits.items()} if self.needs_features else {}
-            hparams = {**cls.defaults, **self.recipe.module_hparams(self.prior_producer)}
-            if hparams.get("layout_weight", 0) > 0:  # supervised layouts (Stack-NMN), from the questions' programs
-                self.layout_targets = {s: cls.layout_targets(self.data.root, split, hparams)
-                                       for s, split in self.splits.items()}
-            if hparams.get("search_fraction", 0) > 0:  # LNMN: a search split for α, held out of training
-                order = np.random.default_rng([self.seed, 7]).permutation(self.train_rows)
-                cut = max(1, int(round(hparams["search_fraction"] * len(order))))
-                self.search_rows, self.train_rows = np.sort(order[:cut]), np.sort(order[cut:])
-                self.rows["train"] = self.train_rows
+            self.targets = {s: module.question_targets(self.data.root, split) for s, split in self.splits.items()}
+            self.held_out_rows = module.hold_out(self.train_rows, self.seed)
+            if len(self.held_out_rows):
+                self.rows["train"] = self.train_rows = np.setdiff1d(self.train_rows, self.held_out_rows)
+                # the batches of them after_step gets: a stream of their own, checkpointed
+                self.held_out_batches = np.random.default_rng([self.seed, 8])
             return
         used = [wirings[i] for i in np.unique(np.concatenate([split.layout[self.rows[s]] for s, split in self.splits.items()]))]
         self.needs_features = any(self._reads_features(w) for w in used)
@@ -335,8 +221,8 @@ class Job(TrainingLoop):
             batch["lengths"] = torch.from_numpy(s.lengths[rows]).long()
         elif self.prior_source == "cache":
             batch["prior"] = to_device(torch.from_numpy(self.priors[split].take(rows)), self.device)
-        if self.layout_targets:
-            batch["layout_target"] = to_device(torch.from_numpy(self.layout_targets[split][rows]).long(), self.device)
+        for name, values in self.targets[split].items():
+            batch[name] = to_device(torch.from_numpy(values[rows]), self.device)
         if self.needs_features:
             batch["features"] = to_device(torch.from_numpy(self.features[split].take(s.image_index[rows])).float(),
                                           self.device)
@@ -351,10 +237,15 @@ class Job(TrainingLoop):
         return batch
 
     # -- model -------------------------------------------------------------------------------
-    def _setup_model(self) -> None:
+    def _build_trained(self) -> dict[str, NMNModule]:
         dims, instances = self.data.dims(), self.data.vocab["instances"]
-        self.modules = {m: build_module(m, self.interface, dims, instances.get(m, []), **self.recipe.module_hparams(m))
-                        for m in self.spec.trainable}
+        return {m: build_module(m, self.interface, dims, instances.get(m, []), **self.recipe.module_hparams(m))
+                for m in self.spec.trainable}
+
+    def _setup_model(self) -> None:
+        if not self.modules:  # unless the data setup built them
+            self.modules = self._build_trained()
+        dims = self.data.dims()
         frozen = {}
         # only the frozen modules a wiring runs (the others come from caches); loading them must
         # not move the training's random stream
@@ -390,62 +281,56 @@ class Job(TrainingLoop):
                   for t in self.root_types]
         return values, batch["part"], batch["root"], batch.get("prior")
 
-    def _answering_module(self):
-        """The module a layout-free job trains (FiLM, Stack-NMN, LNMN), which answers alone; else None."""
+    # -- what a module that answers alone asks of its training (NMNModule's training hooks) ----
+    def _answering_module(self) -> NMNModule | None:
+        """The module a layout-free job trains (FiLM, Stack-NMN, LNMN, the encoder), which answers
+        alone: the job calls its training hooks; None in any other job."""
         return self.modules.get(self.prior_producer) if self.layout_free else None
-
-    def _auxiliary_loss(self, batch: dict[str, Any]) -> torch.Tensor | float:
-        module = self._answering_module()
-        extra = module.training_loss(self.epoch) if hasattr(module, "training_loss") else 0.0  # LNMN's entropy term
-        target = batch.get("layout_target")
-        if target is None or not (target >= 0).any():
-            return extra
-        return extra + module.layout_loss(target)
-
-    def _training_settings(self) -> dict[str, float]:
-        module = self._answering_module()
-        hparams = getattr(module, "hparams", {})
-        return {k: hparams[k] for k in ("grad_clip", "ema_decay") if k in hparams}
-
-    def _extra_state(self) -> dict[str, Any]:
-        if getattr(self, "structure_optimizer", None) is None:
-            return {}
-        return {"structure_optimizer": self.structure_optimizer.state_dict(),
-                "search_batches": self.search_batches.bit_generator.state}
-
-    def _restore_extra_state(self, saved: dict[str, Any]) -> None:
-        if getattr(self, "structure_optimizer", None) is None:
-            return
-        if "structure_optimizer" not in saved:  # a checkpoint of an older modtrain: α's Adam starts over
-            log.warning("%s: the checkpoint holds no structure optimizer; its state starts over", self.name)
-            return
-        self.structure_optimizer.load_state_dict(saved["structure_optimizer"])
-        self.search_batches.bit_generator.state = saved["search_batches"]
 
     def _setup_optimizer(self) -> None:
         module = self._answering_module()
-        if not hasattr(module, "structure_parameters"):
+        if module is None:
             return super()._setup_optimizer()
-        # LNMN Algorithm 2: the weights with the recipe's settings, α with their own optimizer
-        self.optimizer = torch.optim.Adam(module.weight_parameters(), lr=self.config.lr,
-                                          weight_decay=self.config.weight_decay)
-        self.structure_optimizer = module.structure_optimizer()
-        self.search_batches = np.random.default_rng([self.seed, 8])
+        self.optimizer = module.configure_optimizers(self.config.lr, self.config.weight_decay)
+
+    def _training_settings(self) -> dict[str, float]:
+        module = self._answering_module()
+        return {} if module is None else module.training_settings()
+
+    def _auxiliary_loss(self, batch: dict[str, Any]) -> torch.Tensor | float:
+        module = self._answering_module()
+        return 0.0 if module is None else module.auxiliary_loss(batch, self.epoch)
 
     def _after_step(self, epoch: int, batch: int) -> None:
-        if getattr(self, "structure_optimizer", None) is None:
+        module = self._answering_module()
+        if module is None:
             return
-        module = self.modules[self.prior_producer]
-        rows = np.sort(self.search_batches.choice(self.search_rows, min(len(self.search_rows), self.config.batch_size),
-                                                  replace=False))
-        search = self._load("train", rows)  # the search rows are rows of the training split
-        self.structure_optimizer.zero_grad(set_to_none=True)
-        self.optimizer.zero_grad(set_to_none=True)
-        with self._autocast():
-            loss = F.nll_loss(self._forward(search).float(), search["answer"]) + module.structure_loss()
-        loss.backward()
-        self.structure_optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)  # the α step leaves the weights' gradients behind
+        held_out = None
+        if self.held_out_batches is not None:
+            size = min(len(self.held_out_rows), self.config.batch_size)
+            rows = np.sort(self.held_out_batches.choice(self.held_out_rows, size, replace=False))
+            held_out = self._load("train", rows)  # the held-out rows are rows of the training split
+        module.after_step(held_out)
+
+    def _extra_state(self) -> dict[str, Any]:
+        module = self._answering_module()
+        if module is None:
+            return {}
+        return {"module": module.extra_state(),
+                **({"held_out_batches": self.held_out_batches.bit_generator.state}
+                   if self.held_out_batches is not None else {})}
+
+    def _restore_extra_state(self, saved: dict[str, Any]) -> None:
+        module = self._answering_module()
+        if module is None:
+            return
+        module.load_extra_state(saved.get("module", {}))
+        if self.held_out_batches is None:
+            return
+        if "held_out_batches" not in saved:  # a checkpoint of an older modtrain: the stream starts over
+            log.warning("%s: the checkpoint holds no stream of held-out batches; it starts over", self.name)
+            return
+        self.held_out_batches.bit_generator.state = saved["held_out_batches"]
 
     def _forward(self, batch: dict[str, Any]) -> torch.Tensor:
         if self.layout_free:
@@ -537,21 +422,3 @@ def is_up_to_date(recipe: Recipe, name: str, data: PreparedData, workdir: Workdi
     """Whether ``modules/NAME`` was trained with this recipe, data and producers."""
     spec = module_spec(make_plan(recipe), name)
     return cards_match(workdir.modules, [name], job_key(spec, recipe, data, {}, workdir))
-
-
-def training_questions(plan: Plan, recipe: Recipe, data: PreparedData) -> dict[str, int]:
-    """How many labelled questions of the training split each module's job trains on (``modtrain plan``)."""
-    interface = get_interface(recipe.interface)
-    s = data.split(recipe.data.train_split)
-    labelled = s.trainable(recipe.data.max_train_depth)
-    counts = {}
-    for m in plan.modules:
-        spec = module_spec(plan, m.name)
-        if m.name == plan.prior:
-            counts[m.name] = int(labelled.sum())
-            continue
-        wirer = Wirer(spec, plan, interface)
-        usable = np.array([wirer.wire(layout) is not None for layout in data.layouts] + [False], bool)
-        counts[m.name] = int((labelled & usable[s.layout]).sum())
-    return counts
-

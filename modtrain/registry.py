@@ -5,7 +5,7 @@ Modules register by name (``@register_module("find")``) and are built through
 """
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from torch import nn
@@ -13,6 +13,13 @@ from torch import nn
 from modtrain.errors import ModtrainError
 from modtrain.types import DataType, Interface, get_interface
 from modtrain.values import Range, check_hyperparameters
+
+if TYPE_CHECKING:  # the training hooks' annotations
+    from pathlib import Path
+
+    import numpy as np
+
+    from modtrain.data import SplitData
 
 MODULES: dict[str, type["NMNModule"]] = {}
 SURROGATES: dict[str, type[nn.Module]] = {}
@@ -74,6 +81,51 @@ class NMNModule(nn.Module):
     @property
     def trainable(self) -> bool:
         return any(True for _ in self.parameters())
+
+    # -- training hooks ----------------------------------------------------------------------
+    # What a module that answers alone asks of its training beyond the answer's loss and Adam. A
+    # job that trains such a module by itself, end to end and without a layout (FiLM, Stack-NMN,
+    # LNMN), calls these on it and on no other module: for the data (question_targets, hold_out),
+    # for the optimizer (configure_optimizers, training_settings), at every step (auxiliary_loss,
+    # after_step) and at every checkpoint (extra_state, load_extra_state). The defaults ask nothing.
+
+    def question_targets(self, data_root: Path, split: SplitData) -> dict[str, np.ndarray]:
+        """Per-question arrays of a split (rows in the split's order) the job adds to every batch,
+        each under its name, for ``auxiliary_loss`` to read."""
+        return {}
+
+    def hold_out(self, rows: np.ndarray, seed: int) -> np.ndarray:
+        """Which of the training rows (``seed``: the job's) the job keeps out of the weight steps,
+        to hand them to ``after_step`` instead, a batch after every step."""
+        return rows[:0]
+
+    def configure_optimizers(self, lr: float, weight_decay: float) -> torch.optim.Optimizer:
+        """The optimizer of the weight steps, with the recipe's settings. A module that steps
+        other parameters itself (``after_step``) leaves them out and makes their optimizer here."""
+        return torch.optim.Adam(self.parameters(), lr=lr, weight_decay=weight_decay)
+
+    def training_settings(self) -> dict[str, float]:
+        """What the loop does around the weight steps: ``grad_clip`` (the global norm gradients
+        are clipped to) and ``ema_decay`` (an exponential moving average of the weights is
+        validated and kept); 0 or absent: neither."""
+        return {}
+
+    def auxiliary_loss(self, batch: dict[str, Any], epoch: int) -> torch.Tensor | float:
+        """A loss added to the answer's in the weight step of ``batch``, which the module has just
+        answered (epochs count from 1). The loop judges divergence, and logs, the answer's alone."""
+        return 0.0
+
+    def after_step(self, held_out: dict[str, Any] | None) -> None:
+        """After every weight step, with a batch of the rows ``hold_out`` kept, loaded as the
+        training batches are (None when it kept none)."""
+
+    def extra_state(self) -> dict[str, Any]:
+        """What else a checkpoint must hold for the training to resume exactly (the state of the
+        optimizers made in ``configure_optimizers``)."""
+        return {}
+
+    def load_extra_state(self, saved: dict[str, Any]) -> None:
+        """Restores what ``extra_state`` returned, from a checkpoint."""
 
 
 def reads_features(module: NMNModule) -> bool:

@@ -3,9 +3,10 @@
 Adam, the data shuffled every epoch, early stopping on validation accuracy, the best
 epoch's weights kept, metrics per epoch as JSON lines (``logs/NAME.jsonl``), a checkpoint
 per epoch so an interrupted job resumes, seeded and deterministic on CPU, CUDA + AMP
-when present. A module can ask for global-norm gradient clipping and for an exponential
-moving average of its weights, which is then what is validated and kept (Stack-NMN's
-training; ``_training_settings``).
+when present. A job can ask for more: a loss besides the answer's, another step after each
+weight step, global-norm gradient clipping, and an exponential moving average of the weights,
+which is then what is validated and kept (``_auxiliary_loss``, ``_after_step``,
+``_training_settings``; a job passes on what its module asks through ``NMNModule``'s training hooks).
 """
 from __future__ import annotations
 
@@ -164,20 +165,20 @@ class TrainingLoop:
                                           weight_decay=self.config.weight_decay)
 
     def _auxiliary_loss(self, batch: dict[str, Any]) -> torch.Tensor | float:
-        """A training loss besides the answer's (Stack-NMN's layout supervision); none by default."""
+        """A training loss besides the answer's; none by default."""
         return 0.0
 
     def _after_step(self, epoch: int, batch: int) -> None:
-        """After each weight step (LNMN's architecture step on a search batch); nothing by default."""
+        """After each weight step (another optimizer's step); nothing by default."""
 
     def _training_settings(self) -> dict[str, float]:
-        """What the trained module asks of the loop: ``grad_clip`` (the global norm gradients are
+        """What the job asks of the loop: ``grad_clip`` (the global norm gradients are
         clipped to before each step) and ``ema_decay`` (validate and keep an exponential moving
         average of the weights); 0 or absent: neither."""
         return {}
 
     def _extra_state(self) -> dict[str, Any]:
-        """What else a checkpoint must hold for the job to resume exactly (LNMN's α optimizer)."""
+        """What else a checkpoint must hold for the job to resume exactly (another optimizer's state)."""
         return {}
 
     def _restore_extra_state(self, saved: dict[str, Any]) -> None:

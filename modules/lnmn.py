@@ -23,6 +23,9 @@ are generic *cells* whose structure is learned (LNMN §3).
 """
 from __future__ import annotations
 
+import logging
+
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -170,51 +173,24 @@ def entropy_weight(epoch: float, zero_at: float = 20, end_at: float = 30) -> flo
     return max(-1.0, -(epoch - zero_at) / (end_at - zero_at))
 
 
-class AlternatingTrainer:
-    """LNMN Algorithm 2: a weight step on a training batch, then an α step on a search batch.
-    Adam 1e-4 for the weights; Adam 3e-4, β (0.5, 0.999), weight decay 1e-3 for α."""
-
-    def __init__(self, net: LNMN, weight_lr: float = 1e-4, structure_lr: float = 3e-4, sparsity_weight: float = 1.0):
-        self.net, self.sparsity_weight = net, sparsity_weight
-        self.weights = torch.optim.Adam(net.weight_parameters(), lr=weight_lr)
-        self.structure = torch.optim.Adam(net.structure_parameters(), lr=structure_lr, betas=(0.5, 0.999),
-                                          weight_decay=1e-3)
-
-    def _loss(self, batch) -> tuple[torch.Tensor, dict]:
-        logits, aux = self.net(batch["tokens"], batch["lengths"], batch["features"])
-        return F.cross_entropy(logits, batch["answer"]), aux
-
-    def weight_step(self, batch, epoch: float) -> float:
-        self.net.zero_grad(set_to_none=True)
-        loss, aux = self._loss(batch)
-        total = loss - entropy_weight(epoch) * module_entropy(aux["module_weights"])
-        total.backward()
-        self.weights.step()
-        return loss.item()
-
-    def structure_step(self, batch) -> float:
-        self.net.zero_grad(set_to_none=True)
-        loss, _ = self._loss(batch)
-        (loss - self.sparsity_weight * self.net.sparsity()).backward()
-        self.structure.step()
-        return loss.item()
-
-
 # -- as a modtrain module ------------------------------------------------------------------------------
 
 from modtrain.registry import NMNModule, register_module  # noqa: E402  (after the network it wraps)
 from modtrain.modules.snmn import EMA_DECAY  # noqa: E402
 from modtrain.values import Range  # noqa: E402
 
+log = logging.getLogger(__name__)
+
 
 @register_module("lnmn")
 class LNMNModule(NMNModule):
-    """LNMN as a modtrain module, trained end to end like Stack-NMN (``recipes/lnmn.toml``). The job
-    holds ``search_fraction`` of the training questions out as the search split of the α steps
-    (never the reported validation set), takes an α step after every weight step, and adds the
-    entropy term to the weight loss (``training_loss``) and the sparsity term to the α loss
-    (``structure_loss``), both as batch means. The weight steps are clipped and averaged as
-    Stack-NMN's (``grad_clip``, ``ema_decay``); α's Adam is checkpointed with the job."""
+    """LNMN as a modtrain module, trained end to end like Stack-NMN (``recipes/lnmn.toml``), by
+    LNMN Algorithm 2 through the training hooks (``NMNModule``): the job holds ``search_fraction``
+    of the training questions out as the search split (never the reported validation set); the
+    weight steps (Adam with the recipe's settings, α left out) add the entropy term, and after
+    each one the module takes an α step of its own on a batch of the search split, with the
+    sparsity term, both as batch means. The weight steps are clipped and averaged as Stack-NMN's
+    (``grad_clip``, ``ema_decay``); α's Adam is checkpointed with the job."""
 
     inputs = ("Tokens", "Features")
     output = "Prior"
@@ -222,7 +198,7 @@ class LNMNModule(NMNModule):
                 "structure_lr": 3e-4, "sparsity_weight": 1.0, "search_fraction": 0.1, "hard_operations": False,
                 "grad_clip": 8.0, "ema_decay": 0.999,  # LNMN trains on Stack-NMN's code: its clipping and average
                 "entropy_zero_epoch": 20.0, "entropy_end_epoch": 30.0}  # λ_w's schedule (LNMN §3.2)
-    limits = {"ema_decay": EMA_DECAY,
+    limits = {"ema_decay": EMA_DECAY, "search_fraction": Range(low=0.0, high=1.0, low_open=True, high_open=True),
               "entropy_zero_epoch": Range(low=0.0, low_open=True), "entropy_end_epoch": Range(low=0.0, low_open=True)}
     needs = ("tokens", "answers", "features")
 
@@ -233,6 +209,7 @@ class LNMNModule(NMNModule):
                         int(hparams["inventory"]))
         self.net.set_hard(bool(hparams["hard_operations"]))
         self.explained: dict | None = None
+        self.structure_optimizer: torch.optim.Optimizer | None = None  # α's, made with the weights'
 
     def forward(self, tokens: torch.Tensor, lengths: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
         with torch.autocast(tokens.device.type, enabled=False):
@@ -245,17 +222,48 @@ class LNMNModule(NMNModule):
     def weight_parameters(self) -> list[nn.Parameter]:
         return self.net.weight_parameters()  # the module holds nothing but its network
 
-    def structure_optimizer(self) -> torch.optim.Optimizer:
-        """Adam 3e-4 (``structure_lr``), β (0.5, 0.999), weight decay 1e-3 (LNMN §4)."""
-        return torch.optim.Adam(self.structure_parameters(), lr=self.hparams["structure_lr"], betas=(0.5, 0.999),
-                                weight_decay=1e-3)
+    # -- training hooks (LNMN Algorithm 2) ------------------------------------------------------
 
-    def training_loss(self, epoch: int) -> torch.Tensor:
-        """−λ_w(epoch) × the mean entropy of the last batch's module weights (λ_w: +1 → 0 at
+    def hold_out(self, rows: np.ndarray, seed: int) -> np.ndarray:
+        """The search split: ``search_fraction`` of the training questions (at least one)."""
+        order = np.random.default_rng([seed, 7]).permutation(rows)
+        return np.sort(order[:max(1, int(round(self.hparams["search_fraction"] * len(order))))])
+
+    def configure_optimizers(self, lr: float, weight_decay: float) -> torch.optim.Optimizer:
+        """The weights' Adam with the recipe's settings; α's: Adam 3e-4 (``structure_lr``), β (0.5,
+        0.999), weight decay 1e-3 (LNMN §4)."""
+        self.structure_optimizer = torch.optim.Adam(self.structure_parameters(), lr=self.hparams["structure_lr"],
+                                                    betas=(0.5, 0.999), weight_decay=1e-3)
+        return torch.optim.Adam(self.weight_parameters(), lr=lr, weight_decay=weight_decay)
+
+    def training_settings(self) -> dict[str, float]:
+        return {"grad_clip": self.hparams["grad_clip"], "ema_decay": self.hparams["ema_decay"]}
+
+    def auxiliary_loss(self, batch: dict, epoch: int) -> torch.Tensor:
+        """−λ_w(epoch) × the mean entropy of the batch's module weights (λ_w: +1 → 0 at
         ``entropy_zero_epoch`` → −1 at ``entropy_end_epoch``)."""
         weight = entropy_weight(epoch - 1, self.hparams["entropy_zero_epoch"], self.hparams["entropy_end_epoch"])
         return -weight * module_entropy(self.explained["module_weights"])
 
+    def after_step(self, held_out: dict) -> None:
+        """The α step on a batch of the search split: its answers' NLL − λ_op × Σ ‖σ(α)‖₂/‖σ(α)‖₁."""
+        self.zero_grad(set_to_none=True)  # the weight step's backward reached α too
+        logits = self(held_out["tokens"], held_out["lengths"], held_out["features"])
+        loss = F.nll_loss(F.log_softmax(logits, dim=-1).float(), held_out["answer"]) + self.structure_loss()
+        loss.backward()
+        self.structure_optimizer.step()
+        for p in self.weight_parameters():  # the α step leaves no gradient of the weights behind
+            p.grad = None
+
     def structure_loss(self) -> torch.Tensor:
         """−λ_op × Σ ‖σ(α)‖₂/‖σ(α)‖₁ (the sparsity term of the α step)."""
         return -self.hparams["sparsity_weight"] * self.net.sparsity()
+
+    def extra_state(self) -> dict:
+        return {"structure_optimizer": self.structure_optimizer.state_dict()}
+
+    def load_extra_state(self, saved: dict) -> None:
+        if "structure_optimizer" not in saved:  # a checkpoint of an older modtrain: α's Adam starts over
+            log.warning("the checkpoint holds no optimizer of LNMN's α; its state starts over")
+            return
+        self.structure_optimizer.load_state_dict(saved["structure_optimizer"])

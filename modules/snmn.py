@@ -325,7 +325,8 @@ class StackNMNModule(NMNModule):
     Stack-NMN's training, as module settings (a [train] key would change every card's job key):
     gradients clipped to global norm ``grad_clip``, the weights' moving average (``ema_decay``)
     validated and kept, and for scratch runs the entropy sharpening loss: after
-    ``sharpen_warmup`` epochs, ``sharpen_weight`` × the mean entropy of the module weights."""
+    ``sharpen_warmup`` epochs, ``sharpen_weight`` × the mean entropy of the module weights. The
+    job asks for all of it through the training hooks (``NMNModule``)."""
 
     inputs = ("Tokens", "Features")
     output = "Prior"
@@ -345,7 +346,26 @@ class StackNMNModule(NMNModule):
             logits, self.explained = self.net(tokens, lengths, features.float())
         return self.constrain(logits)
 
-    def training_loss(self, epoch: int) -> torch.Tensor | float:
+    # -- training hooks -------------------------------------------------------------------------
+
+    def question_targets(self, data_root, split) -> dict[str, np.ndarray]:
+        """``layout_target``: each question's ground-truth layout, with layout supervision only."""
+        if self.hparams["layout_weight"] <= 0:
+            return {}
+        return {"layout_target": self.layout_targets(data_root, split, self.hparams)}
+
+    def training_settings(self) -> dict[str, float]:
+        return {"grad_clip": self.hparams["grad_clip"], "ema_decay": self.hparams["ema_decay"]}
+
+    def auxiliary_loss(self, batch: dict, epoch: int) -> torch.Tensor | float:
+        """The sharpening term, and the layout loss of the batch's questions that have a layout."""
+        loss = self.sharpening_loss(epoch)
+        target = batch.get("layout_target")
+        if target is None or not (target >= 0).any():
+            return loss
+        return loss + self.layout_loss(target)
+
+    def sharpening_loss(self, epoch: int) -> torch.Tensor | float:
         """The entropy sharpening term (0 during the warm-up epochs and when ``sharpen_weight`` is 0)."""
         if self.hparams["sharpen_weight"] <= 0 or epoch <= self.hparams["sharpen_warmup"]:
             return 0.0

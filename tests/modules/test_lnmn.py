@@ -1,10 +1,18 @@
-"""LNMN: cells of learned structure on Stack-NMN's stack, and its alternating training."""
+"""LNMN: cells of learned structure on Stack-NMN's stack, and its alternating training (LNMN
+Algorithm 2) through the training hooks of a modtrain job."""
+import shutil
+
+import h5py
+import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
-from modtrain.modules.lnmn import (
-    INVENTORIES, LNMN, OPERATIONS, AlternatingTrainer, Cell, Node, entropy_weight, module_entropy,
-)
+from modtrain.errors import ModtrainError
+from modtrain.modules.lnmn import INVENTORIES, LNMN, OPERATIONS, Cell, LNMNModule, Node, entropy_weight, module_entropy
+from modtrain.registry import build_module
+
+CPU = torch.device("cpu")
 
 
 @pytest.mark.parametrize("index,expected", [
@@ -40,27 +48,94 @@ def test_cells_and_inventories():
         assert logits.shape == (2, 5) and aux["module_weights"].shape == (2, 3, size)
 
 
-def test_an_alpha_step_never_changes_weights_and_a_weight_step_never_changes_alpha():
+def _module(**hparams) -> LNMNModule:
+    return build_module("lnmn", "typed", {"tokens": 9, "answers": 5, "features": 4},
+                        **{"dim": 8, "steps": 3, "stack": 4, "embedding": 8, **hparams})
+
+
+def _batch(size: int = 4) -> dict:
+    return {"tokens": torch.randint(1, 9, (size, 5)), "lengths": torch.randint(1, 6, (size,)),
+            "features": torch.randn(size, 4, 3, 3), "answer": torch.randint(0, 5, (size,))}
+
+
+def _snapshot(params) -> list[torch.Tensor]:
+    return [p.detach().clone() for p in params]
+
+
+def _same(before, params) -> bool:
+    return all(torch.equal(a, b) for a, b in zip(before, params))
+
+
+def test_the_weight_step_never_changes_alpha_and_the_alpha_step_never_changes_weights():
     torch.manual_seed(0)
-    net = LNMN(tokens=9, answers=5, features=4, dim=8, steps=3, stack=4, inventory=9)
-    structure = {id(p) for p in net.structure_parameters()}
-    assert structure and all(id(p) not in structure for p in net.weight_parameters())
-    assert len(structure) + len(net.weight_parameters()) == len(list(net.parameters()))
-    trainer = AlternatingTrainer(net, weight_lr=1e-2, structure_lr=1e-2)
-    batch = {"tokens": torch.randint(1, 9, (4, 5)), "lengths": torch.tensor([5, 4, 3, 5]),
-             "features": torch.randn(4, 4, 3, 3), "answer": torch.randint(0, 5, (4,))}
+    module = _module(structure_lr=1e-2)
+    structure = {id(p) for p in module.structure_parameters()}
+    assert structure and all(id(p) not in structure for p in module.weight_parameters())
+    assert len(structure) + len(module.weight_parameters()) == len(list(module.parameters()))
+    # the loop's optimizer holds the weights alone; α has its own, made with it
+    weights_optimizer = module.configure_optimizers(lr=1e-2, weight_decay=0.0)
+    assert [id(p) for g in weights_optimizer.param_groups for p in g["params"]] == \
+        [id(p) for p in module.weight_parameters()]
+    assert {id(p) for g in module.structure_optimizer.param_groups for p in g["params"]} == structure
+    batch = _batch()
+    # a weight step as the loop takes it: its backward reaches α too, but only the weights move
+    weights, alphas = _snapshot(module.weight_parameters()), _snapshot(module.structure_parameters())
+    weights_optimizer.zero_grad(set_to_none=True)
+    logits = module(batch["tokens"], batch["lengths"], batch["features"])
+    (F.cross_entropy(logits, batch["answer"]) + module.auxiliary_loss(batch, epoch=1)).backward()
+    assert all(p.grad is not None for p in module.structure_parameters())
+    weights_optimizer.step()
+    assert _same(alphas, module.structure_parameters()) and not _same(weights, module.weight_parameters())
+    # the α step on a held-out batch: only α moves, and no gradient of the weights is left behind
+    weights, alphas = _snapshot(module.weight_parameters()), _snapshot(module.structure_parameters())
+    module.after_step(_batch())
+    assert _same(weights, module.weight_parameters()) and not _same(alphas, module.structure_parameters())
+    assert all(p.grad is None for p in module.weight_parameters())
 
-    def snapshot(params):
-        return [p.detach().clone() for p in params]
 
-    weights, alphas = snapshot(net.weight_parameters()), snapshot(net.structure_parameters())
-    trainer.structure_step(batch)
-    assert all(torch.equal(a, b) for a, b in zip(weights, net.weight_parameters()))
-    assert any(not torch.equal(a, b) for a, b in zip(alphas, net.structure_parameters()))
-    weights, alphas = snapshot(net.weight_parameters()), snapshot(net.structure_parameters())
-    trainer.weight_step(batch, epoch=0)
-    assert all(torch.equal(a, b) for a, b in zip(alphas, net.structure_parameters()))
-    assert any(not torch.equal(a, b) for a, b in zip(weights, net.weight_parameters()))
+def test_the_alpha_step_ignores_the_gradient_the_weight_step_left_on_alpha():
+    torch.manual_seed(0)
+    clean, dirty = _module(structure_lr=1e-2), _module(structure_lr=1e-2)
+    dirty.load_state_dict(clean.state_dict())
+    for module in (clean, dirty):
+        module.configure_optimizers(lr=1e-2, weight_decay=0.0)
+    for p in dirty.parameters():
+        p.grad = torch.full_like(p, 100.0)
+    batch, initial = _batch(), _snapshot(clean.structure_parameters())
+    clean.after_step(batch)
+    dirty.after_step(batch)
+    assert not _same(initial, clean.structure_parameters())
+    assert _same(_snapshot(clean.structure_parameters()), dirty.structure_parameters())
+
+
+def test_the_search_split_is_a_fraction_of_the_training_rows_drawn_from_the_seed():
+    module = _module(search_fraction=0.1)
+    rows = np.arange(100, 400)
+    search = module.hold_out(rows, seed=0)
+    assert len(search) == 30 and set(search) <= set(rows) and np.array_equal(search, np.unique(search))
+    assert np.array_equal(module.hold_out(rows, 0), search) and not np.array_equal(module.hold_out(rows, 1), search)
+    assert len(module.hold_out(np.arange(3), 0)) == 1  # never empty: α always has questions to learn from
+    for fraction in (0.0, 1.0):  # no search split, or no training questions left
+        with pytest.raises(ModtrainError, match="search_fraction"):
+            _module(search_fraction=fraction)
+
+
+def test_the_checkpoint_restores_alphas_optimizer(caplog):
+    torch.manual_seed(0)
+    module = _module()
+    module.configure_optimizers(lr=1e-2, weight_decay=0.0)
+    module.after_step(_batch())
+    saved = module.extra_state()
+    resumed = _module()
+    resumed.configure_optimizers(lr=1e-2, weight_decay=0.0)
+    resumed.load_extra_state(saved)
+    state = resumed.structure_optimizer.state_dict()["state"]
+    assert state and all(torch.equal(v["exp_avg"], saved["structure_optimizer"]["state"][k]["exp_avg"])
+                         for k, v in state.items())
+    older = _module()  # a checkpoint of an older modtrain, without it: α's Adam starts over, and says so
+    older.configure_optimizers(lr=1e-2, weight_decay=0.0)
+    older.load_extra_state({})
+    assert older.structure_optimizer.state_dict()["state"] == {} and "starts over" in caplog.text
 
 
 def test_regularizers():
@@ -90,7 +165,6 @@ def test_lnmn_trains_weights_and_structure_alternately_in_a_modtrain_job(tiny_ru
     from modtrain.e2e import train_end_to_end
     from modtrain.job import Job, joint_spec
     from modtrain.plan import make_plan
-    from modtrain.registry import build_module
     from modtrain.recipe import Recipe
     from modtrain.workdir import Workdir
 
@@ -109,23 +183,23 @@ def test_lnmn_trains_weights_and_structure_alternately_in_a_modtrain_job(tiny_ru
     job = Job(run, recipe, torch.device("cpu"), joint_spec(make_plan(recipe, end_to_end=True), "e2e"))
     job._setup_data()
     trainable = data.split("train").trainable().sum()
-    assert len(job.search_rows) == round(0.1 * trainable) and len(job.train_rows) + len(job.search_rows) == trainable
-    assert not set(job.search_rows) & set(job.train_rows)
+    assert len(job.held_out_rows) == round(0.1 * trainable)
+    assert len(job.train_rows) + len(job.held_out_rows) == trainable and not set(job.held_out_rows) & set(job.train_rows)
     # α's optimizer and the search batches' stream are checkpointed: a resumed job continues them
     job._setup_model()
     job._setup_optimizer()
     job.epoch = 1
     job._after_step(1, 1)
     saved = job._extra_state()
-    following = job.search_batches.integers(1 << 30)
+    following = job.held_out_batches.integers(1 << 30)
     resumed = Job(run, recipe, torch.device("cpu"), joint_spec(make_plan(recipe, end_to_end=True), "e2e"))
     resumed._setup_data()
     resumed._setup_model()
     resumed._setup_optimizer()
     resumed._restore_extra_state(saved)
-    assert resumed.search_batches.integers(1 << 30) == following
-    state = resumed.structure_optimizer.state_dict()["state"]
-    assert state and all(torch.equal(v["exp_avg"], saved["structure_optimizer"]["state"][k]["exp_avg"])
+    assert resumed.held_out_batches.integers(1 << 30) == following
+    state = resumed.modules["lnmn"].structure_optimizer.state_dict()["state"]
+    assert state and all(torch.equal(v["exp_avg"], saved["module"]["structure_optimizer"]["state"][k]["exp_avg"])
                          for k, v in state.items())
     assert load_card(run.modules, "lnmn")["metrics"]["val_accuracy"] > 0
     # report cells on it: every module, an accuracy per removed operation, the files
@@ -143,6 +217,118 @@ def test_lnmn_trains_weights_and_structure_alternately_in_a_modtrain_job(tiny_ru
     question = int(data.split("val").question_index[0])
     paths = explain(run, recipe, torch.device("cpu"), [question], "val")
     assert [p.name for p in paths] == [f"val_{question}.png"] and paths[0].stat().st_size > 10_000
+
+
+# -- in a modtrain job, on tiny data ---------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def prepared(tiny_clevr, tmp_path_factory):
+    """The tiny CLEVR folder, prepared, with random image features."""
+    from modtrain.datasets.clevr import ClevrFolder
+    from modtrain.datasets.prepare import prepare
+
+    data = tmp_path_factory.mktemp("lnmn") / "data"
+    shutil.copytree(tiny_clevr, data)
+    (data / "features").mkdir()
+    folder = ClevrFolder(data)
+    for split in folder.splits():
+        with h5py.File(data / "features" / f"{split}.h5", "w") as f:
+            f.create_dataset("features", data=np.random.default_rng(0).random((folder.num_images(split), 4, 3, 3),
+                                                                               np.float32))
+    prepare(data)
+    return data
+
+
+def _job(root, data):
+    from modtrain.job import Job, joint_spec
+    from modtrain.plan import make_plan
+    from modtrain.recipe import Recipe
+    from modtrain.workdir import Workdir
+
+    recipe = Recipe.load("lnmn", ["train.max_epochs=2", "train.patience=2", "train.batch_size=32", "train.device='cpu'",
+                                  "modules.lnmn.dim=8", "modules.lnmn.steps=3", "modules.lnmn.stack=4",
+                                  "modules.lnmn.embedding=8", "modules.lnmn.structure_lr=0.01",
+                                  "modules.lnmn.search_fraction=0.2"])
+    plan = make_plan(recipe, end_to_end=True)
+    return Job(Workdir(root, data), recipe, CPU, joint_spec(plan, "e2e"), plan=plan)
+
+
+@pytest.mark.slow
+def test_a_job_alternates_weight_steps_on_training_rows_and_alpha_steps_on_the_search_split(prepared, tmp_path,
+                                                                                          monkeypatch):
+    """LNMN Algorithm 2 in a real job: every weight step (α unchanged) is followed by an α step
+    (the weights unchanged) on a batch of the search split, which no weight step sees."""
+    steps = []  # (optimizer, whether the weights moved, whether α moved)
+    configure = LNMNModule.configure_optimizers
+
+    def recording(self, lr, weight_decay):
+        weights = configure(self, lr, weight_decay)
+        for name, optimizer in (("weights", weights), ("alpha", self.structure_optimizer)):
+            def before(optimizer, args, kwargs, name=name):
+                steps.append((name, _snapshot(self.weight_parameters()), _snapshot(self.structure_parameters())))
+
+            def after(optimizer, args, kwargs):
+                name, weights, alphas = steps[-1]
+                steps[-1] = (name, not _same(weights, self.weight_parameters()),
+                             not _same(alphas, self.structure_parameters()))
+            optimizer.register_step_pre_hook(before)
+            optimizer.register_step_post_hook(after)
+        return weights
+    monkeypatch.setattr(LNMNModule, "configure_optimizers", recording)
+    job = _job(tmp_path / "run", prepared)
+    loads, load = [], job._load
+
+    def recording_load(split, rows):
+        if split == "train":
+            loads.append(rows.copy())
+        return load(split, rows)
+    job._load = recording_load
+    job.run()
+    search, batches = set(job.held_out_rows), -(-len(job.train_rows) // 32)
+    assert len(search) == round(0.2 * (len(job.train_rows) + len(search))) and not search & set(job.train_rows)
+    assert [name for name, _, _ in steps] == ["weights", "alpha"] * (2 * batches)
+    assert all(weights and not alphas for name, weights, alphas in steps if name == "weights")
+    assert all(alphas and not weights for name, weights, alphas in steps if name == "alpha")
+    # a training batch, then a batch of the search split, step after step
+    assert len(loads) == len(steps)
+    assert all(not set(rows) & search for rows in loads[0::2]) and all(set(rows) <= search for rows in loads[1::2])
+
+
+def _last_checkpoint(job) -> dict:
+    """Run the job; its checkpoint after the last epoch (the live weights, their average, α's Adam)."""
+    last = {}
+    job.on_epoch = lambda metrics, path: last.update(torch.load(path, weights_only=False))
+    job.run()
+    return last
+
+
+def _killed_after_epoch_1(job) -> None:
+    def stop(metrics, path):
+        if metrics["epoch"] == 1:
+            raise KeyboardInterrupt
+    job.on_epoch = stop
+    with pytest.raises(KeyboardInterrupt):
+        job.run()
+
+
+@pytest.mark.slow
+def test_a_resumed_job_continues_alpha_and_its_search_batches_exactly(prepared, tmp_path):
+    from modtrain.card import state_sha256
+
+    whole = _last_checkpoint(_job(tmp_path / "whole", prepared))
+    killed = _job(tmp_path / "resumed", prepared)
+    _killed_after_epoch_1(killed)
+    (tmp_path / "other" / "modules").mkdir(parents=True)
+    shutil.copy(killed.checkpoint_path(), tmp_path / "other" / "modules")
+    resumed = _last_checkpoint(_job(tmp_path / "resumed", prepared))
+    assert state_sha256(resumed["model"]) == state_sha256(whole["model"])
+    assert state_sha256(resumed["average"]["average"]) == state_sha256(whole["average"]["average"])
+    # what kept them equal: the checkpoint's α optimizer and stream of search batches
+    forgetting = _job(tmp_path / "other", prepared)
+    forgetting._restore_extra_state = lambda saved: None
+    other = _last_checkpoint(forgetting)
+    alphas = [k for k in whole["model"] if k.endswith(".alpha")]
+    assert alphas and not all(torch.equal(whole["model"][k], other["model"][k]) for k in alphas)
 
 
 def test_expressions_of_cells_from_their_argmax_operations():

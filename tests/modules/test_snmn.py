@@ -3,8 +3,9 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
-from modtrain.datasets.clevr import compact_program
+from modtrain.datasets.clevr import ClevrFolder, compact_program
 from modtrain.errors import ModtrainError
 from modtrain.modules.snmn import (
     MODULES, DiscreteExecutor, StackNMN, move_down, move_up, one_hot_layout, pop, program_layout, push, read,
@@ -152,6 +153,37 @@ def test_entropy_sharpening_starts_after_its_warm_up():
     run_prior(module, torch.randint(1, 11, (3, 5)), torch.tensor([5, 2, 4]), torch.randn(3, 6, 4, 4))
     entropy = module_entropy(module.explained["module_weights"])
     assert entropy.item() > 0.5  # an untrained controller hesitates between modules
-    assert module.training_loss(1) == 0.0 and module.training_loss(2) == 0.0
-    assert module.training_loss(3).item() == pytest.approx(0.5 * entropy.item())
-    assert build_module("snmn", "typed", dims, dim=16, steps=4, stack=4).training_loss(5) == 0.0
+    assert module.sharpening_loss(1) == 0.0 and module.sharpening_loss(2) == 0.0
+    assert module.sharpening_loss(3).item() == pytest.approx(0.5 * entropy.item())
+    assert build_module("snmn", "typed", dims, dim=16, steps=4, stack=4).sharpening_loss(5) == 0.0
+    # what the job adds to the answer's loss: the sharpening term (no layout targets in a scratch run)
+    assert module.auxiliary_loss({}, 2) == 0.0
+    assert module.auxiliary_loss({}, 3).item() == pytest.approx(0.5 * entropy.item())
+
+
+def test_stack_nmn_asks_its_job_for_its_training_through_the_hooks(tiny_clevr):
+    """Clipping and the weights' average; with layout supervision, each question's layout as a
+    batch target and its cross-entropy added to the loss (questions without one left out)."""
+    from modtrain.registry import build_module, run_prior
+
+    class Split:  # what the layout targets read of a prepared split
+        name = "val"
+
+        def __len__(self):
+            return len(ClevrFolder(tiny_clevr).load_questions("val"))
+
+    dims = {"tokens": 11, "answers": 7, "features": 6, "height": 4, "width": 4}
+    scratch = build_module("snmn", "typed", dims, dim=16, steps=4, stack=4, grad_clip=2.0, ema_decay=0.9)
+    assert scratch.training_settings() == {"grad_clip": 2.0, "ema_decay": 0.9}
+    assert scratch.question_targets(tiny_clevr, Split()) == {}  # no layout supervision
+    supervised = build_module("snmn", "typed", dims, dim=16, steps=6, stack=4, layout_weight=0.5)
+    targets = supervised.question_targets(tiny_clevr, Split())
+    assert list(targets) == ["layout_target"] and targets["layout_target"].shape == (len(Split()), 6)
+    assert (targets["layout_target"] >= 0).all(1).any()  # some questions' layouts fit in 6 steps
+    supervised = build_module("snmn", "typed", dims, dim=16, steps=4, stack=4, layout_weight=0.5)
+    run_prior(supervised, torch.randint(1, 11, (3, 5)), torch.tensor([5, 2, 4]), torch.randn(3, 6, 4, 4))
+    target = torch.tensor([[1, 7, 0, 0], [-1, -1, -1, -1], [2, 2, 7, 0]])
+    expected = 0.5 * F.cross_entropy(supervised.explained["module_logits"][[0, 2]].flatten(0, 1), target[[0, 2]].flatten())
+    assert supervised.auxiliary_loss({"layout_target": target}, 1).item() == pytest.approx(expected.item())
+    assert supervised.auxiliary_loss({"layout_target": torch.full((3, 4), -1)}, 1) == 0.0  # no layout in the batch
+    assert supervised.auxiliary_loss({}, 1) == 0.0
