@@ -22,7 +22,7 @@ def data_info(data_dir: str | Path, top_answers: int = 10) -> dict:
     from modtrain.datasets.folders import detect_format
 
     if detect_format(data_dir) == "vqa":
-        return _vqa_info(Path(data_dir), top_answers)
+        return _with_run_splits(_vqa_info(Path(data_dir), top_answers))
     folder = ClevrFolder(data_dir)
     # modtrain's family names hold only for folders it generated; elsewhere the index is all we know
     generated = (folder.root / "generate.json").exists()
@@ -56,7 +56,21 @@ def data_info(data_dir: str | Path, top_answers: int = 10) -> dict:
                          for f in sorted(family_counts)},
             "distinct_layouts": len(set().union(*layouts.values())) if layouts else 0,
         }
-    return out
+    return _with_run_splits(out)
+
+
+def _with_run_splits(info: dict) -> dict:
+    """``info`` with the splits ``modtrain run`` trains and stops early on when the recipe's
+    data.train_split / data.val_split are auto (``run_splits``), or why it cannot choose them."""
+    from modtrain.errors import ModtrainError
+    from modtrain.recipe import AUTO, resolve_splits
+
+    try:
+        train, val = resolve_splits(AUTO, AUTO, list(info["splits"]), f"data folder {info['root']}")
+        info["run_splits"] = {"train_split": train, "val_split": val}
+    except ModtrainError as e:
+        info["run_splits"] = {"problem": str(e)}
+    return info
 
 
 def _vqa_info(root: Path, top_answers: int) -> dict:
@@ -93,6 +107,12 @@ def _vqa_info(root: Path, top_answers: int) -> dict:
 def format_info(info: dict, bar_width: int = 40) -> str:
     """A readable report of ``data_info``'s result."""
     lines = [f"data folder: {info['root']}"]
+    run = info.get("run_splits", {})
+    if "train_split" in run:
+        lines.append(f"modtrain run trains on {run['train_split']} and stops early on {run['val_split']} "
+                     f"(data.train_split, data.val_split = auto)")
+    elif "problem" in run:
+        lines.append(f"modtrain run: {run['problem']}")
     for split, s in info["splits"].items():
         lines.append("")
         lines.append(f"[{split}] {s['images']} images, {s['questions']} questions "

@@ -503,7 +503,7 @@ def depth(max_depth, recipe_name, systems, reference, workdir, data_dir, overrid
 @click.option("--samples", default=50, show_default=True, help="Trials (paper §5.4: 50 per module).")
 @click.option("--scheduler", type=click.Choice(["fifo", "asha"]), default="fifo", show_default=True)
 @click.option("--search", type=click.Choice(["random", "optuna"]), default="random", show_default=True)
-@address_option("local, since Ray Tune runs the trials")
+@address_option("as local, since the trials run on Ray Tune")
 @click.option("--storage", default=None, help="Absolute path for Tune's files [default: WORKDIR/tune].")
 @click.option("--cpus-per-job", type=int, default=None, help="CPUs per trial [default: 1].")
 @click.option("--cpus-per-trial", "cpus_alias", type=int, default=None, hidden=True)  # the old spelling
@@ -701,9 +701,9 @@ def _format_status(status) -> str:
         lines.append("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
         if k == 0:
             lines.append("  ".join("-" * w for w in widths))
-    why = [(m["name"], w) for m in status["modules"] for w in m["why"]]
+    why = [(m["name"], w) for m in status["modules"] if m["state"] == "stale" for w in m["why"]]
     why += [(m["name"], f"cache: {m['cache']['why']}") for m in status["modules"]
-            if m["cache"] is not None and m["cache"]["why"] is not None]
+            if m["cache"] is not None and m["cache"]["state"] in ("stale", "missing")]
     if why:
         lines += ["", "why:"] + [f"  {name}: {text}" for name, text in why]
     return "\n".join(lines + ["", _format_next(status)])

@@ -147,6 +147,22 @@ class SplitData:
         return rows
 
 
+def folder_splits(root: str | Path, format: str | None = None) -> list[str]:
+    """The split names of a data folder, training splits first: those of its questions files (a
+    CLEVR v1.0 or VQA v1 folder, ``format`` or detected), else its prepared ``{split}.h5``."""
+    from modtrain.datasets.folders import open_folder
+
+    root = Path(root)
+    if not root.is_dir():
+        raise ModtrainError(f"data folder not found: {root}")
+    try:
+        return open_folder(root, format).splits()
+    except ModtrainError:
+        if not (root / "vocab.json").exists():
+            raise
+        return PreparedData.split_names(root)
+
+
 class PreparedData:
     """A data folder after ``modtrain data prepare``: vocabulary, layouts, splits."""
 
@@ -167,7 +183,12 @@ class PreparedData:
                                 f"must come from one backbone: run 'modtrain data features {self.root}'")
 
     def splits(self) -> list[str]:
-        names = [p.stem for p in sorted(self.root.glob("*.h5"))]
+        return self.split_names(self.root)
+
+    @staticmethod
+    def split_names(root: Path) -> list[str]:
+        """The prepared splits in a folder (its ``{split}.h5``), train first, then val, then the rest."""
+        names = [p.stem for p in sorted(Path(root).glob("*.h5"))]
         order = {"train": 0, "val": 1}
         return sorted(names, key=lambda s: (order.get(s, 2), s))
 

@@ -83,25 +83,12 @@ def _prepared_matches(data_dir: Path, folder, options: dict) -> bool:
     return True
 
 
-def ensure_data(recipe: Recipe, workdir: Workdir, device: torch.device, say: Callable[[str], None]) -> PreparedData:
-    """Generate (if the recipe says so), extract features and prepare, each only when needed."""
-    from modtrain.datasets.folders import open_folder
-    from modtrain.datasets.features import clevr_cnn_config, features_command, features_path, validate_features
-    from modtrain.datasets.generate import generate
-    from modtrain.datasets.prepare import prepare
+def _missing_features(recipe: Recipe, root: Path, folder) -> list[str]:
+    """The splits whose features must be extracted (again): missing, not the images', or from a
+    clevr-cnn pretrained with other settings than the recipe's."""
+    from modtrain.datasets.features import clevr_cnn_config, features_path, validate_features
 
     d = recipe.data
-    root = workdir.data
-    if d.source == "generate":
-        if _generated_matches(root, recipe):
-            say(f"data: {root} is up to date")
-        else:
-            say(f"data: generating {root}")
-            shutil.rmtree(root / "features", ignore_errors=True)  # made from the old images
-            generate(root, {"train": d.images, "val": d.val_images, "test": d.test_images},
-                     d.questions_per_image, d.families, d.seed, d.image_size, force=True,
-                     balance_depth=d.balance_depth, format=generated_format(recipe))
-    folder = open_folder(root, None if d.format == "auto" else d.format)
     missing = []
     if d.source == "generate" and d.backbone == "clevr-cnn":
         wanted = clevr_cnn_config(d.image_size, d.seed, **recipe.pretrain_options())
@@ -114,6 +101,51 @@ def ensure_data(recipe: Recipe, workdir: Workdir, device: torch.device, say: Cal
                               folder.image_ids(split) if folder.kind == "vqa" else None)
         except ModtrainError:
             missing.append(split)
+    return missing
+
+
+def data_steps(recipe: Recipe, workdir: Workdir) -> list[str]:
+    """What ``ensure_data`` would do now, doing none of it (``modtrain status``, ``run --dry-run``):
+    e.g. ``["generate data/", "features", "prepare"]``; empty when the data is up to date."""
+    from modtrain.datasets.folders import open_folder
+
+    d = recipe.data
+    root = workdir.data
+    if d.source == "generate" and not _generated_matches(root, recipe):
+        return [f"generate {root}", "features", "prepare"]
+    folder = open_folder(root, None if d.format == "auto" else d.format)
+    steps = []
+    missing = _missing_features(recipe, root, folder)
+    if missing:
+        steps.append(f"features for {', '.join(missing)}")
+    if not _prepared_matches(root, folder, prepare_options(recipe, folder)):
+        steps.append("prepare")
+    return steps
+
+
+def ensure_data(recipe: Recipe, workdir: Workdir, device: torch.device, say: Callable[[str], None]) -> PreparedData:
+    """Generate (if the recipe says so), extract features and prepare, each only when needed. The
+    recipe's split names are resolved against the data first: an ambiguous or missing one stops
+    here, before anything is written."""
+    from modtrain.datasets.folders import open_folder
+    from modtrain.datasets.features import features_command
+    from modtrain.datasets.generate import generate
+    from modtrain.datasets.prepare import prepare
+
+    recipe = recipe.resolved()
+    d = recipe.data
+    root = workdir.data
+    if d.source == "generate":
+        if _generated_matches(root, recipe):
+            say(f"data: {root} is up to date")
+        else:
+            say(f"data: generating {root}")
+            shutil.rmtree(root / "features", ignore_errors=True)  # made from the old images
+            generate(root, {"train": d.images, "val": d.val_images, "test": d.test_images},
+                     d.questions_per_image, d.families, d.seed, d.image_size, force=True,
+                     balance_depth=d.balance_depth, format=generated_format(recipe))
+    folder = open_folder(root, None if d.format == "auto" else d.format)
+    missing = _missing_features(recipe, root, folder)
     if missing:
         say(f"data: features for {', '.join(missing)}")
         features_command(root, d.backbone, device=device, seed=d.seed, splits=missing,
@@ -186,6 +218,7 @@ def describe_result(result: dict[str, Any]) -> str:
 def run_pipeline(recipe: Recipe, workdir: Workdir, device: torch.device,
                  say: Callable[[str], None] = log.info, allow_untrusted: bool = False) -> dict:
     """The whole modular training of a recipe; returns the assembler's report."""
+    recipe = recipe.resolved()  # the split names, before anything is written
     with workdir.lock():
         recipe.write(workdir.root)
         data = ensure_data(recipe, workdir, device, say)
@@ -204,6 +237,7 @@ def run_pipeline(recipe: Recipe, workdir: Workdir, device: torch.device,
 def run_end_to_end(recipe: Recipe, workdir: Workdir, device: torch.device,
                    say: Callable[[str], None] = log.info) -> dict:
     """``modtrain e2e``: data, the joint training (unless up to date), assembly."""
+    recipe = recipe.resolved()  # the split names, before anything is written
     with workdir.lock():
         recipe.write(workdir.root)
         data = ensure_data(recipe, workdir, device, say)

@@ -21,6 +21,8 @@ from modtrain.trust import TrustSection
 from modtrain.values import build_section, check, setting
 
 RESOLVED = "recipe.toml"
+AUTO = "auto"  # data.train_split / data.val_split: chosen from the data folder's split names
+GENERATED_SPLITS = ("train", "val", "test")  # the splits of data.source = "generate"
 
 TOP_KEYS = {"name", "description", "interface", "seed", "data", "train", "modules", "surrogates", "trust", "search"}
 
@@ -40,9 +42,11 @@ class DataSection:
     image_size: int = setting(64, low=16)
     seed: int = 0
     backbone: str = setting("clevr-cnn", choices=("clevr-cnn", "resnet101"))
-    # the splits modules train and stop on (CLEVR-CoGenT: trainA, valA); assembly reports the others
-    train_split: str = "train"
-    val_split: str = "val"
+    # the splits modules train and stop on; assembly reports the others. "auto": the data folder's
+    # only train* split, and the val* split named like it (train2014 → val2014, CLEVR-CoGenT
+    # trainA → valA) or else its only val* split (``resolve_splits``); generated data: train, val
+    train_split: str = AUTO
+    val_split: str = AUTO
     # train (and stop early) only on questions of program depth ≤ this (paper §5.6); the
     # reported splits are never filtered. None: every depth.
     max_train_depth: int | None = setting(None, low=1)
@@ -96,6 +100,48 @@ def shipped_recipes() -> list[str]:
     """Names of the recipes that ship with modtrain."""
     files = importlib.resources.files("modtrain.recipes")
     return sorted(p.name[:-5] for p in files.iterdir() if p.name.endswith(".toml"))
+
+
+SPLIT_KEYS = "--set data.train_split=NAME --set data.val_split=NAME"
+
+
+def resolve_splits(train_split: str, val_split: str, splits: list[str] | tuple[str, ...],
+                   where: str = "the data folder") -> tuple[str, str]:
+    """The (training, validation) split names for ``data.train_split`` / ``data.val_split`` among a
+    data folder's ``splits`` — the one rule for every command. A named split must be one of
+    ``splits``; ``auto`` takes the only split named train*, and the val* split named like it
+    (train → val, train2014 → val2014, trainA → valA) or else the only split named val*. Anything
+    else (none, or several to choose from, or the same split twice) is one error that lists the
+    splits and names the two keys. ``where`` names the folder in the error."""
+    splits = list(splits)
+    listed = ", ".join(splits) or "none"
+
+    def named(key: str, value: str) -> str:
+        if value not in splits:
+            raise ModtrainError(f"data.{key} = {value!r}: {where} has no such split; its splits: {listed}; "
+                                f"choose with {SPLIT_KEYS}")
+        return value
+
+    def only(kind: str, prefix: str, found: list[str]) -> str:
+        if len(found) != 1:
+            which = f"no {kind} split (named {prefix}*)" if not found else \
+                f"{len(found)} {kind} splits ({', '.join(found)})"
+            raise ModtrainError(f"{where} has {which}, so data.{prefix}_split = {AUTO!r} cannot choose one; "
+                                f"its splits: {listed}; choose with {SPLIT_KEYS}")
+        return found[0]
+
+    train = (only("training", "train", [s for s in splits if s.startswith("train")]) if train_split == AUTO
+             else named("train_split", train_split))
+    if val_split == AUTO:
+        twin = "val" + train[len("train"):] if train.startswith("train") else None
+        val = twin if twin in splits else only("validation", "val",
+                                              [s for s in splits if s.startswith("val") and s != train])
+    else:
+        val = named("val_split", val_split)
+    if val == train:
+        raise ModtrainError(f"data.train_split and data.val_split are both {train!r}: a module stops early on "
+                            f"questions it does not train on; {where}'s splits: {listed}; choose with {SPLIT_KEYS}")
+    return train, val
 
 
 def _read(name_or_path: str | Path) -> tuple[dict, str]:
@@ -160,7 +206,39 @@ class Recipe:
 
     @property
     def data(self) -> DataSection:
-        return self._data
+        """``[data]``, with ``auto`` split names resolved against the recipe's data (``data_splits``):
+        at once for generated data, from the folder's file names (read once) for a data folder.
+        Commands resolve them first (``resolved``), so that the workdir's recipe names its splits."""
+        if self._resolved_data is None:
+            d = self._data
+            if AUTO in (d.train_split, d.val_split):
+                train, val = resolve_splits(d.train_split, d.val_split, *self.data_splits())
+                d = dataclasses.replace(d, train_split=train, val_split=val)
+            self._resolved_data = d
+        return self._resolved_data
+
+    def data_splits(self) -> tuple[list[str], str]:
+        """The split names of the recipe's data and what to call it in a message: train, val, test
+        for generated data, else those of the folder at ``data.source`` (``modtrain.data.folder_splits``)."""
+        d = self._data
+        if d.source == "generate":
+            return list(GENERATED_SPLITS), "generated data"
+        from modtrain.data import folder_splits
+
+        return folder_splits(d.source, None if d.format == "auto" else d.format), f"data folder {d.source}"
+
+    def with_splits(self, splits: list[str] | tuple[str, ...], where: str = "the data folder") -> "Recipe":
+        """This recipe with ``data.train_split`` / ``data.val_split`` resolved among ``splits``
+        (``resolve_splits``) and written into it: what a workdir's recipe.toml records."""
+        train, val = resolve_splits(self._data.train_split, self._data.val_split, splits, where)
+        raw = copy.deepcopy(self.raw)
+        raw.setdefault("data", {}).update(train_split=train, val_split=val)
+        return Recipe(raw, self.where)
+
+    def resolved(self) -> "Recipe":
+        """This recipe with its split names resolved against its own data (``data_splits``), named
+        splits checked to exist there: what every command does where a recipe meets its data."""
+        return self.with_splits(*self.data_splits())
 
     @property
     def trust(self) -> TrustSection:
@@ -226,6 +304,11 @@ class Recipe:
         check(f"{where}: interface", self.interface, str, Range(choices=tuple(INTERFACES)))
         check(f"{where}: seed", raw.get("seed", 0), int)
         self._data = build_section(DataSection, raw.get("data", {}), where, "data.")
+        self._resolved_data = None
+        if self._data.train_split == self._data.val_split != AUTO:
+            raise ModtrainError(f"{where}: data.train_split and data.val_split are both {self._data.val_split!r}: "
+                                f"a module stops early on questions it does not train on; name another "
+                                f"validation split")
         from modtrain.datasets.generate import parse_depth_range
 
         try:

@@ -39,7 +39,7 @@ def test_data_pipeline_from_the_command_line(tmp_path):
     assert result.exit_code == 0, result.output
     assert "train: 10 images" in result.output and "val: 2 images" in result.output
     result = runner.invoke(main, ["data", "generate", str(data), "--images", "10"])
-    assert result.exit_code == 1 and "pass --force" in result.output
+    assert result.exit_code == 1 and "pass --fresh to replace them" in result.output and "--force" not in result.output
     result = runner.invoke(main, ["data", "features", str(data), "--device", "cpu",
                                   "--pretrain-images", "40", "--pretrain-epochs", "1", "--dtype", "float16"])
     assert result.exit_code == 0, result.output

@@ -110,3 +110,92 @@ def test_recipe_file_errors(tmp_path):
         Recipe.load(bad)
     with pytest.raises(ModtrainError, match="recipe file not found"):
         Recipe.load(tmp_path / "none.toml")
+
+
+# -- split names: data.train_split / data.val_split -----------------------------------------------
+
+KEYS = "--set data.train_split=NAME --set data.val_split=NAME"
+
+
+@pytest.mark.parametrize("splits, expected", [
+    (["train", "val", "test"], ("train", "val")),
+    (["train2014", "val2014"], ("train2014", "val2014")),                 # a VQA v1 release
+    (["trainA", "valA", "valB", "testA", "testB"], ("trainA", "valA")),   # CLEVR-CoGenT: valB only evaluated
+    (["testA", "trainB", "valB"], ("trainB", "valB")),
+    (["train", "val2"], ("train", "val2")),                               # no twin: the only val*
+])
+def test_auto_splits_are_the_folders_train_and_its_val(splits, expected):
+    from modtrain.recipe import resolve_splits
+
+    assert resolve_splits("auto", "auto", splits) == expected
+
+
+@pytest.mark.parametrize("train, val, splits, message", [
+    ("auto", "auto", ["trainA", "trainB", "valA", "valB"],
+     "the data folder has 2 training splits (trainA, trainB), so data.train_split = 'auto' cannot choose one; "
+     f"its splits: trainA, trainB, valA, valB; choose with {KEYS}"),
+    ("auto", "auto", ["train", "valA", "valB"],
+     "the data folder has 2 validation splits (valA, valB), so data.val_split = 'auto' cannot choose one; "
+     f"its splits: train, valA, valB; choose with {KEYS}"),
+    ("auto", "auto", ["val", "test"],
+     "the data folder has no training split (named train*), so data.train_split = 'auto' cannot choose one; "
+     f"its splits: val, test; choose with {KEYS}"),
+    ("auto", "auto", ["train", "test"],
+     "the data folder has no validation split (named val*), so data.val_split = 'auto' cannot choose one; "
+     f"its splits: train, test; choose with {KEYS}"),
+    ("bogus", "auto", ["train", "val", "test"],
+     "data.train_split = 'bogus': the data folder has no such split; its splits: train, val, test; "
+     f"choose with {KEYS}"),
+    ("auto", "valC", ["trainA", "valA", "valB"],
+     f"data.val_split = 'valC': the data folder has no such split; its splits: trainA, valA, valB; choose with {KEYS}"),
+    ("val", "val", ["val", "test"],
+     "data.train_split and data.val_split are both 'val': a module stops early on questions it does not train on; "
+     f"the data folder's splits: val, test; choose with {KEYS}"),
+])
+def test_splits_that_cannot_be_chosen_are_one_line_naming_the_keys(train, val, splits, message):
+    from modtrain.recipe import resolve_splits
+
+    with pytest.raises(ModtrainError) as error:
+        resolve_splits(train, val, splits)
+    assert str(error.value) == message and "\n" not in message and "prepare" not in message
+
+
+def test_named_splits_choose_among_several():
+    from modtrain.recipe import resolve_splits
+
+    splits = ["trainA", "trainB", "valA", "valB"]
+    assert resolve_splits("trainB", "auto", splits) == ("trainB", "valB")  # the val named like it
+    assert resolve_splits("trainA", "valB", splits) == ("trainA", "valB")
+
+
+def test_a_recipe_resolves_its_splits_against_its_data(tmp_path):
+    recipe = Recipe.load("nmn-typed")
+    assert recipe.raw.get("data", {}).get("train_split") is None  # auto, unless a recipe names one
+    assert (recipe.data.train_split, recipe.data.val_split) == ("train", "val")  # generated: train, val, test
+    written = recipe.resolved()
+    assert (written.raw["data"]["train_split"], written.raw["data"]["val_split"]) == ("train", "val")
+    assert Recipe.load(written.write(tmp_path)).raw["data"]["val_split"] == "val"  # what the workdir records
+    assert recipe.with_splits(["trainA", "valA", "valB"]).raw["data"]["train_split"] == "trainA"
+    with pytest.raises(ModtrainError, match=r"data.val_split = 'valB': generated data has no such split; its "
+                                            r"splits: train, val, test; choose with --set data.train_split=NAME"):
+        Recipe.load("nmn-typed", ["data.val_split='valB'"]).resolved()
+    with pytest.raises(ModtrainError, match="^recipe nmn-typed: data.train_split and data.val_split are both 'val'"):
+        Recipe.load("nmn-typed", ["data.train_split='val'", "data.val_split='val'"])
+
+
+def test_a_data_folders_splits_come_from_its_file_names(tmp_path):
+    """A CoGenT folder (trainA, valA, testA, valB, testB) resolves to trainA / valA from its question
+    files alone, before it is prepared; one with trainA and trainB is refused naming the keys."""
+    from modtrain.datasets.generate import generate
+
+    cogent = tmp_path / "cogent"
+    generate(cogent, {"train": 3, "val": 2, "test": 1}, 2, "no-relate", combos="A", workers=0)
+    generate(cogent, {"val": 2, "test": 1}, 2, "no-relate", combos="B", workers=0)
+    recipe = Recipe.load("nmn-typed", [f"data.source='{cogent}'"])
+    assert (recipe.data.train_split, recipe.data.val_split) == ("trainA", "valA")
+    generate(cogent, {"train": 3}, 2, "no-relate", combos="B", workers=0)
+    with pytest.raises(ModtrainError) as error:
+        Recipe.load("nmn-typed", [f"data.source='{cogent}'"]).resolved()
+    assert str(error.value) == (
+        f"data folder {cogent} has 2 training splits (trainA, trainB), so data.train_split = 'auto' cannot choose "
+        f"one; its splits: trainA, trainB, valA, valB, testA, testB; choose with {KEYS}")

@@ -49,6 +49,32 @@ def test_cogent_splits_train_with_the_recipe_split_keys(tiny_run, tmp_path):
     assert result.exit_code == 0 and "vocab (built on valA)" in result.output
 
 
+def test_a_cogent_folder_runs_as_it_comes(tiny_run, tmp_path):
+    """No split key: run trains on trainA, stops early on valA, reports valB; assemble --split valB
+    evaluates it alone; a split the folder lacks is named with the splits it has."""
+    _, workdir, _, _ = tiny_run
+    data = _renamed_splits(workdir.data, tmp_path / "cogent", {"train": "trainA", "val": "valA", "test": "valB"})
+    root = tmp_path / "run"
+    runner = CliRunner()
+    result = runner.invoke(main, ["run", "--recipe", "nmn-typed", "--workdir", str(root), "--data", str(data),
+                                  "--set", "train.max_epochs=1", "--device", "cpu", "--allow-untrusted"])
+    assert result.exit_code == 0, result.output
+    written = Recipe.load(root / "recipe.toml").raw["data"]
+    assert (written["train_split"], written["val_split"]) == ("trainA", "valA")  # the workdir names its splits
+    report = json.loads((root / "reports" / "assemble.json").read_text())
+    assert set(report["splits"]) == {"valA", "valB"}
+    card = json.loads((root / "modules" / "encoder.json").read_text())
+    assert card["metrics"]["train_questions"] == len(json.loads(
+        (data / "questions" / "CLEVR_trainA_questions.json").read_text())["questions"])
+    result = runner.invoke(main, ["assemble", "--workdir", str(root), "--split", "valB"])
+    assert result.exit_code == 0 and "[valB]" in result.output and "[valA]" not in result.output
+    result = runner.invoke(main, ["assemble", "--workdir", str(root), "--split", "val"])
+    assert result.exit_code == 1
+    assert result.output.strip() == f"Error: --split val: {data} has no such split; its splits: trainA, valA, valB"
+    result = runner.invoke(main, ["status", "--workdir", str(root)])
+    assert result.exit_code == 0 and "trains on trainA, stops early on valA" in result.output
+
+
 def test_run_takes_an_existing_data_folder(tiny_run, tmp_path):
     _, workdir, _, _ = tiny_run
     root = tmp_path / "run"
