@@ -23,11 +23,13 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 from common import write_result  # noqa: E402
 
+from modtrain.io import read_json, write_json  # noqa: E402
 from modtrain.reports.correlation import criteria_check, keeps, run_correlation  # noqa: E402
 from modtrain.trust import TrustSection  # noqa: E402
 
@@ -82,6 +84,62 @@ def judge_pair(report: dict, settings: TrustSection) -> dict:
     return out
 
 
+def accuracy_where_used(root: Path, name: str, recipe_name: str, overrides: list[str], report: dict) -> dict:
+    """Post hoc, for a module that only some questions use (relate): each transplanted candidate's
+    final NMN assembled, and its validation accuracy on the questions whose layouts use the module —
+    where the module can matter — against the others; with Spearman ρ of each statistic against it.
+    Not a verdict: the good/bad definition stays the one fixed before the runs."""
+    from scipy import stats
+
+    from modtrain.assemble import assemble
+    from modtrain.data import PreparedData
+    from modtrain.recipe import Recipe
+    from modtrain.workdir import Workdir
+
+    module = report["module"]
+    data_dir = root / name / "base" / "data"
+    recipe = Recipe.load(recipe_name, [*overrides, f"data.source='{data_dir}'", "train.device='cpu'"])
+    data = PreparedData(data_dir)
+    val = data.split(recipe.data.val_split)
+    uses = np.array([module in {n.module for n in layout.nodes()} for layout in data.layouts] + [False])
+    used = uses[val.layout] & (val.answer >= 0)
+    rows = []
+    for e in report["candidates"]:
+        if not np.isfinite(e.get("final_loss", np.nan)):
+            continue
+        folder = Path(e["workdir"]).name
+        assembled = Workdir(root / name / "assembled" / folder, data_dir)
+        assembled.modules.mkdir(parents=True, exist_ok=True)
+        final = root / name / "final" / folder / "modules"
+        for source in (final, Path(e["workdir"]) / "modules"):
+            for path in source.glob("*.pt"):
+                link = assembled.modules / path.name
+                if not link.exists():
+                    link.symlink_to(path.resolve())
+                    card = read_json(path.with_suffix(".json"))
+                    if source != final:  # frozen while the final NMN retrained the encoder around them: the
+                        card["inputs"] = {}  # assembler would refuse the pair as a mixed assembly
+                    write_json(link.with_suffix(".json"), card)
+        if not (assembled.reports / "predictions" / f"{recipe.data.val_split}.json").exists():
+            assemble(assembled, recipe, torch.device("cpu"), splits=[recipe.data.val_split], data=data)
+        predictions = read_json(assembled.reports / "predictions" / f"{recipe.data.val_split}.json")
+        correct = np.array([p["answer"] == data.answers[a] if a >= 0 else False
+                            for p, a in zip(predictions, val.answer)])
+        rows.append({"index": e["index"], "null": e["null"], "gain": e.get("gain"),
+                     "surrogate_loss": e["surrogate_loss"], "final_loss": e["final_loss"],
+                     "accuracy_where_used": float(correct[used].mean()),
+                     "accuracy_elsewhere": float(correct[~used & (val.answer >= 0)].mean())})
+    candidates = [r for r in rows if not r["null"]]
+    target = [r["accuracy_where_used"] for r in candidates]
+    return {"questions_using_it": int(used.sum()), "questions": int((val.answer >= 0).sum()),
+            "null_accuracy_where_used": [r["accuracy_where_used"] for r in rows if r["null"]],
+            "spearman_vs_accuracy_where_used": {
+                "gain": float(stats.spearmanr([r["gain"] for r in candidates], target).statistic),
+                "surrogate_loss": float(stats.spearmanr([-r["surrogate_loss"] for r in candidates], target).statistic),
+                "final_loss": float(stats.spearmanr([-r["final_loss"] for r in candidates], target).statistic)},
+            "candidates": rows}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="bench/results/trust.json")
@@ -109,6 +167,9 @@ def main() -> None:
     chosen, grid = choose_min_gain([c for c in reports[args.choose_on]["candidates"] if not c["null"]])
     settings = TrustSection(min_gain=chosen)
     pairs = {name: judge_pair(report, settings) for name, report in reports.items()}
+    for name, report in reports.items():
+        if PAIRS[name][1] == "relate":  # a module only some questions use: where it can matter
+            pairs[name]["post_hoc_where_used"] = accuracy_where_used(root, name, PAIRS[name][0], PAIRS[name][3], report)
     held_out = [name for name in pairs if name != args.choose_on]
 
     def pooled(criterion: str) -> dict:
@@ -121,6 +182,9 @@ def main() -> None:
                 "bad_kept_fraction": bad_kept / bad if bad else None}
 
     gain_pool = pooled("gain")
+    # a rerun finds the trainings done and only judges again: keep the wall times of the run that trained
+    earlier = read_json(Path(args.out)) if Path(args.out).exists() else {}
+    trained_seconds = {**seconds, **earlier.get("trained_seconds", earlier.get("seconds", {}))}
     write_result(args.out, {
         "benchmark": "trust", "chosen_on": args.choose_on, "default": "gain", "min_gain": chosen,
         "min_gain_grid": grid, "margin": MARGIN, "nulls": NULLS,
@@ -128,7 +192,7 @@ def main() -> None:
                    f"good: final loss < (1 - {MARGIN}) x plateau",
         "settings": dataclasses.asdict(settings), "pairs": pairs,
         "pooled_held_out": {"gain": gain_pool, "variance": pooled("variance")},
-        "seconds": seconds,
+        "seconds": seconds, "trained_seconds": trained_seconds,
         "targets": {
             "gain AUROC >= 0.9 on every held-out pair": all(
                 (pairs[p]["gain"]["auroc"] or 0) >= 0.9 for p in held_out) if held_out else None,
