@@ -22,9 +22,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 from common import write_result  # noqa: E402
+from modtrain.modules.lnmn import OPERATIONS  # noqa: E402
 
 from modtrain.card import load_card, load_module  # noqa: E402
-from modtrain.modules.lnmn import OPERATIONS  # noqa: E402
 from modtrain.pipeline import ensure_data, run_pipeline  # noqa: E402
 from modtrain.recipe import Recipe  # noqa: E402
 from modtrain.reports.cells import expression  # noqa: E402

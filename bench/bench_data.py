@@ -17,12 +17,19 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 from common import write_result  # noqa: E402
-
 from modtrain.datasets.clevr import ClevrFolder
-from modtrain.datasets.features import CLEVR_CNN_MEAN, CLEVR_CNN_STD, Backbone, ClevrCNN, extract_features, features_command
+from modtrain.datasets.features import (
+    CLEVR_CNN_MEAN,
+    CLEVR_CNN_STD,
+    Backbone,
+    ClevrCNN,
+    extract_features,
+    features_command,
+)
 from modtrain.datasets.generate import generate
 from modtrain.datasets.info import data_info
 from modtrain.datasets.prepare import prepare
+
 from modtrain.io import read_rows
 
 

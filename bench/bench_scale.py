@@ -40,8 +40,8 @@ from common import write_result  # noqa: E402
 from modtrain.data import PreparedData, set_in_memory_bytes, shuffled_batches  # noqa: E402
 from modtrain.job import Job  # noqa: E402
 from modtrain.plan import make_plan  # noqa: E402
-from modtrain.recipe import Recipe  # noqa: E402
 from modtrain.reaper import descendants  # noqa: E402
+from modtrain.recipe import Recipe  # noqa: E402
 from modtrain.workdir import Workdir  # noqa: E402
 
 MODTRAIN = str(Path(sys.executable).parent / "modtrain")

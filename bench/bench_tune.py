@@ -16,10 +16,10 @@ sys.path.insert(0, str(Path(__file__).parent))
 from common import write_result  # noqa: E402
 
 from modtrain.cache import write_caches
-from modtrain.plan import make_plan
-from modtrain.pipeline import ensure_data
-from modtrain.recipe import Recipe
 from modtrain.job import is_up_to_date, train_module
+from modtrain.pipeline import ensure_data
+from modtrain.plan import make_plan
+from modtrain.recipe import Recipe
 from modtrain.tune import tune_module
 from modtrain.workdir import Workdir
 

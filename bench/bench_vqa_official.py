@@ -27,8 +27,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 from common import write_result  # noqa: E402
-
 from modtrain.datasets.vqa import VQAFolder, vqa_accuracy  # noqa: E402
+
 from modtrain.errors import ModtrainError  # noqa: E402
 
 SHOWN = 10  # differing questions listed one by one

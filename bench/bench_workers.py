@@ -17,9 +17,9 @@ import h5py
 
 sys.path.insert(0, str(Path(__file__).parent))
 from common import write_result  # noqa: E402
-
 from modtrain.datasets.features import features_command  # noqa: E402
 from modtrain.datasets.generate import generate  # noqa: E402
+
 from modtrain.io import default_workers  # noqa: E402
 
 

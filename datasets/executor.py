@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from modtrain.errors import ModtrainError
+from modtrain.datasets.clevr import ATTRIBUTES, FUNCTIONS, RELATIONS, ProgramNode, Scene
 
-from modtrain.datasets.clevr import ATTRIBUTES, RELATIONS, FUNCTIONS, ProgramNode, Scene
+from modtrain.errors import ModtrainError
 
 QUESTION_TYPES = ("exist", "count", "compare-integer", "query-attribute", "compare-attribute")
 

@@ -11,10 +11,9 @@ from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
+from modtrain.datasets.clevr import ATTRIBUTES, RELATIONS, ProgramNode, Scene
 
 from modtrain.errors import ModtrainError
-
-from modtrain.datasets.clevr import ATTRIBUTES, RELATIONS, ProgramNode, Scene
 
 ORDER = ("size", "color", "material", "shape")  # CLEVR's filter order: <Z> <C> <M> <S>
 MATERIAL_WORDS = {"rubber": ("rubber", "matte"), "metal": ("metal", "metallic", "shiny")}

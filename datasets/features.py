@@ -13,7 +13,6 @@ Backbones:
 from __future__ import annotations
 
 import hashlib
-
 import json
 import logging
 import math
@@ -21,19 +20,19 @@ import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+
 import h5py
 import numpy as np
 import torch
+from modtrain.datasets.clevr import ATTRIBUTES
+from modtrain.datasets.scenes import make_scene, object_id_map, render_scene
 from PIL import Image
 from torch import nn
 
-from modtrain.errors import ModtrainError
 from modtrain.card import state_sha256
+from modtrain.errors import ModtrainError
 from modtrain.io import atomic_path, default_workers, sha256_file, write_json
 from modtrain.progress import progress
-
-from modtrain.datasets.clevr import ATTRIBUTES
-from modtrain.datasets.scenes import make_scene, object_id_map, render_scene
 
 log = logging.getLogger(__name__)
 SCHEMA_VERSION = 1

@@ -1,4 +1,4 @@
-"""Which kind of data folder a path is: CLEVR v1.0 or VQA v1 (DESIGN.md, "Data flow").
+"""Which kind of data folder a path is: CLEVR v1.0 or VQA v1 (docs/formats.md).
 
 Both kinds answer the same questions for the commands that read images and questions: their
 splits, each split's image files in row order, and the files a prepared split is made from.
@@ -7,10 +7,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from modtrain.errors import ModtrainError
-
 from modtrain.datasets.clevr import ClevrFolder
 from modtrain.datasets.vqa import VQAFolder
+
+from modtrain.errors import ModtrainError
 
 FORMATS = ("clevr", "vqa")
 

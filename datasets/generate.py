@@ -16,15 +16,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-
-from modtrain.errors import ModtrainError
-from modtrain.io import default_workers, write_json
-from modtrain.progress import progress
-
 from modtrain.datasets.clevr import Question, Scene, image_filename, write_questions, write_scenes
 from modtrain.datasets.executor import ProgramError, execute, program_depth
 from modtrain.datasets.families import Family, select_families
 from modtrain.datasets.scenes import make_scene, render_scene
+
+from modtrain.errors import ModtrainError
+from modtrain.io import default_workers, write_json
+from modtrain.progress import progress
 
 log = logging.getLogger(__name__)
 SPLIT_CODES = {"train": 1, "val": 2, "test": 3, "pretrain": 4}
@@ -234,7 +233,7 @@ def generate(root: str | Path, images: dict[str, int], questions_per_image: int 
     existing = [s for s in splits if (root / files(s)[-1]).exists()]
     if existing and not force:
         raise ModtrainError(
-            f"{root} already holds split(s) {', '.join(existing)}; pass --force to replace them"
+            f"{root} already holds split(s) {', '.join(existing)}; pass --fresh to replace them"
         )
     staging = root / ".generate-staging"
     shutil.rmtree(staging, ignore_errors=True)

@@ -18,14 +18,13 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
+from modtrain.datasets.clevr import ATTRIBUTES, Question
+from modtrain.datasets.layouts import SCENE_INSTANCE, program_to_layout
+from modtrain.datasets.vqa import normalize_vqa_answer
 
 from modtrain.errors import ModtrainError
 from modtrain.io import write_json, write_text
 from modtrain.layout import Layout
-
-from modtrain.datasets.clevr import ATTRIBUTES, Question
-from modtrain.datasets.layouts import SCENE_INSTANCE, program_to_layout
-from modtrain.datasets.vqa import normalize_vqa_answer
 
 ANNOTATORS = 10
 AGREEMENT = 0.9

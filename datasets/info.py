@@ -4,12 +4,12 @@ from __future__ import annotations
 from collections import Counter, defaultdict
 from pathlib import Path
 
-from modtrain.io import read_json
-
 from modtrain.datasets.clevr import ClevrFolder
 from modtrain.datasets.executor import program_depth, question_type
 from modtrain.datasets.families import FAMILIES
 from modtrain.datasets.layouts import program_to_layout
+
+from modtrain.io import read_json
 
 FAMILY_NAMES = {f.index: f.name for f in FAMILIES}
 

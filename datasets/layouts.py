@@ -1,4 +1,4 @@
-"""CLEVR programs to NMN layouts, by the mapping in DESIGN.md.
+"""CLEVR programs to NMN layouts, by the mapping in docs/formats.md.
 
 ``filter_X[v]`` → ``find[v]`` ANDed with its input; ``scene`` → ``find[*all*]``, a learned
 find instance that attends to the objects (the reference code's mapping: an all-ones map
@@ -13,10 +13,10 @@ whole input (``count(scene)`` → ``measure[count](find[*all*])``).
 """
 from __future__ import annotations
 
+from modtrain.datasets.clevr import ProgramNode
+
 from modtrain.errors import ModtrainError
 from modtrain.layout import Layout
-
-from modtrain.datasets.clevr import ProgramNode
 
 SCENE_INSTANCE = "*all*"
 SCENE = Layout("find", SCENE_INSTANCE)

@@ -15,14 +15,13 @@ from pathlib import Path
 
 import h5py
 import numpy as np
-
-from modtrain.errors import ModtrainError
-from modtrain.io import atomic_path, read_json, sha256_file, sha256_json, write_json
-
 from modtrain.datasets.clevr import Question
 from modtrain.datasets.executor import QUESTION_TYPES, program_depth, question_type, relate_hops
 from modtrain.datasets.features import features_path, validate_features
 from modtrain.datasets.layouts import program_to_layout
+
+from modtrain.errors import ModtrainError
+from modtrain.io import atomic_path, read_json, sha256_file, sha256_json, write_json
 
 log = logging.getLogger(__name__)
 # 2: CLEVR's scene becomes the learned find[*all*] in layouts (1: a constant all-ones map)

@@ -12,11 +12,10 @@ import math
 from typing import Any
 
 import numpy as np
+from modtrain.datasets.clevr import ATTRIBUTES, COLORS, RELATIONS, Scene, image_filename
 from PIL import Image, ImageDraw
 
 from modtrain.errors import ModtrainError
-
-from modtrain.datasets.clevr import ATTRIBUTES, COLORS, RELATIONS, Scene, image_filename
 
 # CLEVR's own RGB values for its eight colours.
 RGB = {

@@ -17,12 +17,11 @@ from pathlib import Path
 from typing import Union
 
 import numpy as np
+from modtrain.datasets.layouts import SCENE
 
 from modtrain.errors import ModtrainError
 from modtrain.io import read_json
 from modtrain.layout import Layout
-
-from modtrain.datasets.layouts import SCENE
 
 SExpr = Union[str, tuple["SExpr", ...]]
 

@@ -18,12 +18,11 @@ from collections import Counter, defaultdict
 
 import h5py
 import numpy as np
+from modtrain.datasets.prepare import UNK_ANSWER, check_not_empty, make_vocab, question_arrays, tokenize
+from modtrain.datasets.vqa import ANSWER_TYPES, VQAFolder, VQAQuestion
 
 from modtrain.errors import ModtrainError
 from modtrain.layout import Layout
-
-from modtrain.datasets.prepare import UNK_ANSWER, check_not_empty, make_vocab, question_arrays, tokenize
-from modtrain.datasets.vqa import ANSWER_TYPES, VQAFolder, VQAQuestion
 
 UNK_INSTANCE = "<UNK>"
 

@@ -1,9 +1,10 @@
 """modtrain: train neural module networks module by module.
 
-See DESIGN.md for the architecture: typed modules, surrogate gradient modules,
+See docs/design.md for the architecture: typed modules, surrogate gradient modules,
 virtual datasets (caches) and the assembler.
 """
-from importlib.metadata import PackageNotFoundError, version as _version
+from importlib.metadata import PackageNotFoundError
+from importlib.metadata import version as _version
 
 try:
     __version__ = _version("modtrain")

@@ -18,6 +18,7 @@ import torch
 from modtrain.cache import attention_mode
 from modtrain.card import load_module
 from modtrain.data import PreparedData, set_in_memory_bytes
+from modtrain.datasets.vqa import vqa_scores
 from modtrain.errors import ModtrainError
 from modtrain.execute import Executor
 from modtrain.io import read_json, write_json
@@ -28,8 +29,6 @@ from modtrain.registry import reads_features, run_prior
 from modtrain.trust import card_verdict
 from modtrain.types import AnswerLogits, Prior, TypeCheckError, get_interface
 from modtrain.workdir import Workdir
-
-from modtrain.datasets.vqa import vqa_scores
 
 log = logging.getLogger(__name__)
 

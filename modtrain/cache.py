@@ -35,8 +35,8 @@ from modtrain.io import atomic_path
 from modtrain.layout import Layout
 from modtrain.plan import Plan
 from modtrain.progress import progress
-from modtrain.trust import TrustSection, card_verdict
 from modtrain.registry import parameter_free_names, reads_features, run_prior
+from modtrain.trust import TrustSection, card_verdict
 from modtrain.types import Prior, attend, get_interface
 from modtrain.workdir import Workdir
 

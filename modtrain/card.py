@@ -1,7 +1,7 @@
 """Module cards: ``NAME.pt`` (weights only) beside ``NAME.json`` (everything else).
 
 A card is enough to rebuild and load its module anywhere, so trained modules form a
-library that later experiments reuse (DESIGN.md, "Module cards").
+library that later experiments reuse (docs/design.md, "Module cards").
 """
 from __future__ import annotations
 

@@ -94,11 +94,8 @@ def generate(directory, images, val_images, test_images, questions_per_image, fa
     counts = {"train": images,
               "val": images // 5 if val_images is None else val_images,
               "test": images // 5 if test_images is None else test_images}
-    try:
-        summary = run(directory, counts, questions_per_image, families, seed, image_size, combos, fresh,
-                      balance_depth, format_, workers)
-    except ModtrainError as e:  # the library names the old option
-        raise ModtrainError(str(e).replace("pass --force", "pass --fresh")) from None
+    summary = run(directory, counts, questions_per_image, families, seed, image_size, combos, fresh,
+                  balance_depth, format_, workers)
     for split, s in summary["splits"].items():
         click.echo(f"{split}: {s['images']} images, {s['questions']} questions")
     click.echo(f"wrote {directory} in {time.perf_counter() - start:.1f}s")
@@ -356,7 +353,8 @@ def cache(module, allow_untrusted, recipe, workdir, overrides, data_dir, device)
 @recipe_options
 def assemble(splits, recipe, workdir, overrides, data_dir, device):
     """Compose the trained modules per question and report accuracy."""
-    from modtrain.assemble import assemble as run, format_report
+    from modtrain.assemble import assemble as run
+    from modtrain.assemble import format_report
 
     loaded, wd, dev = _context(recipe, workdir, overrides, device, data_dir)
     names = [name.strip() for item in splits for name in item.split(",") if name.strip()]

@@ -101,6 +101,7 @@ def absolute(path: str | Path, what: str = "storage path") -> Path:
 def _job(kind: str, module: str | None, recipe_raw: dict, recipe_where: str, root: str, data: str,
          device: str, threads: int, allow_untrusted: bool, *upstream: Any) -> dict[str, Any]:
     """One job of the plan, run in a Ray worker (``upstream`` only orders it after its dependencies)."""
+    import ray
     import torch
 
     from modtrain.data import PreparedData
@@ -108,8 +109,6 @@ def _job(kind: str, module: str | None, recipe_raw: dict, recipe_where: str, roo
     from modtrain.plan import make_plan
     from modtrain.recipe import Recipe
     from modtrain.workdir import Workdir
-
-    import ray
 
     torch.set_num_threads(threads)
     recipe = Recipe(recipe_raw, recipe_where)

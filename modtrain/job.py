@@ -1,4 +1,4 @@
-"""The training job of any module, derived from the plan (DESIGN.md, "Jobs").
+"""The training job of any module, derived from the plan (docs/design.md, "Jobs").
 
 A job trains the modules of a ``JobSpec`` on the questions their wiring can run
 (``modtrain.wiring``), through the loop every job runs (``modtrain.train``). Each question runs
@@ -32,9 +32,17 @@ from modtrain.registry import NMNModule, build_module, reads_features, run_prior
 from modtrain.train import TrainingLoop, cards_match
 from modtrain.trust import judge, trust_statistics
 from modtrain.types import Attended, DataType, Features, get_interface
+
 # the job's specification and wiring, also imported from here
 from modtrain.wiring import (  # noqa: F401
-    Cut, JobSpec, Wirer, Wiring, job_key, joint_spec, module_spec, training_questions,
+    Cut,
+    JobSpec,
+    Wirer,
+    Wiring,
+    job_key,
+    joint_spec,
+    module_spec,
+    training_questions,
 )
 from modtrain.workdir import Workdir
 

@@ -2,7 +2,7 @@
 
 A layout is what the assembler executes for one question. Its *shape* is the same tree
 with the instances left out; questions that share a shape run as one batch with gathered
-instance parameters (DESIGN.md, "Execution is batched").
+instance parameters (docs/design.md, "Execution and the assembler").
 """
 from __future__ import annotations
 

@@ -19,12 +19,13 @@ from modtrain.assemble import assemble
 from modtrain.cache import caches_up_to_date, check_trusted, write_caches
 from modtrain.card import load_card
 from modtrain.data import PreparedData, set_in_memory_bytes
-from modtrain.e2e import JOB as E2E, e2e_up_to_date, train_end_to_end
+from modtrain.e2e import JOB as E2E
+from modtrain.e2e import e2e_up_to_date, train_end_to_end
 from modtrain.errors import ModtrainError
 from modtrain.io import read_json, write_json
+from modtrain.job import is_up_to_date, train_module
 from modtrain.plan import Job, Plan, make_plan
 from modtrain.recipe import Recipe
-from modtrain.job import is_up_to_date, train_module
 from modtrain.workdir import Workdir
 
 log = logging.getLogger(__name__)
@@ -127,8 +128,8 @@ def ensure_data(recipe: Recipe, workdir: Workdir, device: torch.device, say: Cal
     """Generate (if the recipe says so), extract features and prepare, each only when needed. The
     recipe's split names are resolved against the data first: an ambiguous or missing one stops
     here, before anything is written."""
-    from modtrain.datasets.folders import open_folder
     from modtrain.datasets.features import features_command
+    from modtrain.datasets.folders import open_folder
     from modtrain.datasets.generate import generate
     from modtrain.datasets.prepare import prepare
 

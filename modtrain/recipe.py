@@ -1,4 +1,4 @@
-"""Recipes: one TOML file says what to train and how (DESIGN.md, "Recipes").
+"""Recipes: one TOML file says what to train and how (docs/design.md, "Recipes").
 
 A recipe is found by name among those shipped (``--recipe nmn-typed``) or by path, then
 overridden with ``--set key=value`` (``--set train.lr=3e-4``, ``--set modules.find.dropout=0.2``).
@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from modtrain.epoch_log import LOGGERS
 from modtrain.errors import ModtrainError
 from modtrain.io import write_text
 from modtrain.trust import TrustSection
@@ -77,10 +78,13 @@ class TrainSection:
     device: str = "auto"
     amp: bool = True
     num_workers: int = setting(0, low=0)
+    # where each epoch's metrics go: logs/JOB.jsonl, and TensorBoard event files in tensorboard/JOB
+    loggers: tuple[str, ...] = setting(("jsonl", "tensorboard"), choices=LOGGERS)
 
     def key(self) -> dict[str, Any]:
-        """The settings a trained result depends on (not where or how fast it ran)."""
-        return {k: v for k, v in dataclasses.asdict(self).items() if k not in ("device", "num_workers", "amp")}
+        """The settings a trained result depends on (not where or how fast it ran, nor what it logged)."""
+        return {k: v for k, v in dataclasses.asdict(self).items()
+                if k not in ("device", "num_workers", "amp", "loggers")}
 
     @staticmethod
     def searched() -> tuple[str, ...]:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
-import json
 import logging
 import time
 from pathlib import Path
@@ -25,8 +24,9 @@ import torch.nn.functional as F
 
 from modtrain.card import load_card, load_weights
 from modtrain.data import PreparedData, shuffled_batches
+from modtrain.epoch_log import EpochLog
 from modtrain.errors import ModtrainError
-from modtrain.io import atomic_path, sha256_json, write_text
+from modtrain.io import atomic_path, sha256_json
 from modtrain.progress import progress
 from modtrain.recipe import Recipe, TrainSection
 from modtrain.workdir import Workdir
@@ -229,8 +229,6 @@ class TrainingLoop:
         state = {"epoch": 0, "best": None, "best_metrics": None, "bad_epochs": 0, "history": [], "seconds": 0.0,
                  "samples": 0}
         ckpt_path = self.checkpoint_path()
-        log_path = self.workdir.logs / f"{self.name}.jsonl"
-        log_path.parent.mkdir(parents=True, exist_ok=True)
         settings = self._training_settings()
         clip = float(settings.get("grad_clip") or 0)
         average = WeightAverage(self.model, float(settings["ema_decay"])) if settings.get("ema_decay") else None
@@ -244,9 +242,16 @@ class TrainingLoop:
             self._restore_extra_state(saved.get("extra", {}))
             state = saved["state"]
             log.info("%s: resuming after epoch %d", self.name, state["epoch"])
-        # the log holds exactly the epochs the checkpoint holds (a run killed between writing an
+        # the logs hold exactly the epochs the checkpoint holds (a run killed between writing an
         # epoch's line and its checkpoint would otherwise list that epoch twice)
-        write_text(log_path, "".join(json.dumps(m) + "\n" for m in state["history"]))
+        epoch_log = EpochLog(self.workdir, self.name, self.config.loggers, state["history"])
+        try:
+            return self._epochs(key_hash, state, ckpt_path, epoch_log, clip, average)
+        finally:
+            epoch_log.close()
+
+    def _epochs(self, key_hash: str, state: dict, ckpt_path: Path, epoch_log: EpochLog, clip: float,
+                average: WeightAverage | None) -> dict[str, Any]:
         batch_size, patience = self.config.batch_size, self.config.patience
         result = None
 
@@ -299,8 +304,7 @@ class TrainingLoop:
             state["seconds"] += seconds
             state["samples"] += len(self.train_rows)
             state["history"].append(metrics)
-            with open(log_path, "a") as f:
-                f.write(json.dumps(metrics) + "\n")
+            epoch_log.write(metrics, self.optimizer.param_groups[0]["lr"])
             log.info("%s epoch %d: %s", self.name, epoch,
                      ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if isinstance(v, float)))
             if better:

@@ -59,6 +59,10 @@ def check(where: str, value: Any, kind: type, allowed: Range = Range(), optional
     """``value`` as ``kind`` (an int is a valid float), or one error saying what would be valid."""
     if value is None and optional:
         return None
+    if typing.get_origin(kind) is tuple:  # a list of values, each one of the choices (train.loggers)
+        if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) and allowed.holds(v) for v in value):
+            raise ModtrainError(f"{where} = {value!r}: must be a list of {allowed.describe()}")
+        return tuple(dict.fromkeys(value))
     ok = (type(value) is kind or (kind is float and type(value) is int)) and not (
         kind is float and not math.isfinite(value))
     if ok and kind is float:

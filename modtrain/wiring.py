@@ -1,5 +1,5 @@
 """What a job trains and takes as given, what its result depends on, and how each question runs
-in it (DESIGN.md, "Jobs"); ``modtrain.job`` trains it.
+in it (docs/design.md, "Jobs"); ``modtrain.job`` trains it.
 
 A job trains some modules — one in modular training, all of them end to end — with others
 frozen (``JobSpec``). It trains on the questions whose layout it can run: every module of the

@@ -41,6 +41,11 @@ class Workdir:
     def logs(self) -> Path:
         return self.root / "logs"
 
+    @property
+    def tensorboard(self) -> Path:
+        """TensorBoard event files, one folder per job (``tensorboard --logdir``)."""
+        return self.root / "tensorboard"
+
     def cache(self, producer: str, split: str) -> Path:
         return self.caches / producer / f"{split}.h5"
 

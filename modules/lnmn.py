@@ -28,10 +28,10 @@ import logging
 import numpy as np
 import torch
 import torch.nn.functional as F
+from modtrain.modules.snmn import StackNMN, module_entropy, move_down, move_up, read, write
 from torch import nn
 
 from modtrain.errors import ModtrainError
-from modtrain.modules.snmn import StackNMN, module_entropy, move_down, move_up, read, write
 
 OPERATIONS = ("min", "max", "sum", "product", "choose_1", "choose_2")
 INVENTORIES = {9: (4, 2, 1, 1), 11: (4, 2, 2, 2), 14: (5, 4, 2, 2)}
@@ -175,8 +175,9 @@ def entropy_weight(epoch: float, zero_at: float = 20, end_at: float = 30) -> flo
 
 # -- as a modtrain module ------------------------------------------------------------------------------
 
-from modtrain.registry import NMNModule, register_module  # noqa: E402  (after the network it wraps)
 from modtrain.modules.snmn import EMA_DECAY  # noqa: E402
+
+from modtrain.registry import NMNModule, register_module  # noqa: E402  (after the network it wraps)
 from modtrain.values import Range  # noqa: E402
 
 log = logging.getLogger(__name__)

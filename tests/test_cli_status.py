@@ -6,9 +6,9 @@ import shutil
 
 import pytest
 from click.testing import CliRunner
+from modtrain.datasets.generate import generate
 
 from modtrain.cli import main
-from modtrain.datasets.generate import generate
 from modtrain.recipe import shipped_recipes
 
 KEYS = "choose with --set data.train_split=NAME --set data.val_split=NAME"
@@ -69,8 +69,8 @@ def test_splits_that_cannot_be_chosen_stop_before_anything_is_written(cogent, tm
              f"Error: data.train_split = 'bogus': data folder {cogent} has no such split; its splits: trainA, valA, "
              f"valB, testA, testB; {KEYS}"),
             (["--set", "data.train_split='valB'", "--set", "data.val_split='valB'"],
-             f"Error: recipe nmn-typed: data.train_split and data.val_split are both 'valB': a module stops early on "
-             f"questions it does not train on; name another validation split"),
+             "Error: recipe nmn-typed: data.train_split and data.val_split are both 'valB': a module stops early on "
+             "questions it does not train on; name another validation split"),
             (["--set", "data.val_split='testB'", "--set", "data.train_split='testB'"], None)):
         result = runner.invoke(main, ["run", *args, *extra])
         assert result.exit_code == 1 and len(result.output.strip().splitlines()) == 1, result.output

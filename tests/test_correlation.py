@@ -12,8 +12,16 @@ from PIL import Image
 import modtrain.pipeline as pipeline_module
 import modtrain.reports.correlation as correlation_module
 from modtrain.errors import ModtrainError
-from modtrain.reports.correlation import (auroc, correlation, criteria_check, draw_hyperparameters, keeps, quality,
-                                         run_correlation, select_spread)
+from modtrain.reports.correlation import (
+    auroc,
+    correlation,
+    criteria_check,
+    draw_hyperparameters,
+    keeps,
+    quality,
+    run_correlation,
+    select_spread,
+)
 from modtrain.trust import TrustSection
 
 CPU = torch.device("cpu")

@@ -5,12 +5,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from modtrain.modules.film import coordinates
 
 from modtrain.data import PreparedData, SplitData
 from modtrain.errors import ModtrainError
 from modtrain.io import sha256_json
 from modtrain.job import Job, training_questions
-from modtrain.modules.film import coordinates
 from modtrain.pipeline import run_end_to_end
 from modtrain.plan import make_plan
 from modtrain.recipe import Recipe

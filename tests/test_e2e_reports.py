@@ -9,11 +9,11 @@ from PIL import Image
 
 from modtrain.card import load_module
 from modtrain.errors import ModtrainError
+from modtrain.layout import parse_layout
 from modtrain.pipeline import run_end_to_end
 from modtrain.recipe import Recipe
 from modtrain.reports.compare import run_compare
 from modtrain.reports.explain import explain, tree_text
-from modtrain.layout import parse_layout
 from modtrain.workdir import Workdir
 
 pytestmark = pytest.mark.slow  # trains on tiny data: 'pytest -m "not slow"' skips it

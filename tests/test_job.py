@@ -5,20 +5,19 @@ import shutil
 import h5py
 import pytest
 import torch
+from modtrain.modules.describe import Describe
 
 from modtrain.cache import EdgeCache, cached_edges, parametric_modules
 from modtrain.card import load_card, load_module, save_module
 from modtrain.data import PreparedData
 from modtrain.errors import ModtrainError
 from modtrain.io import sha256_json
-from modtrain.job import Job, JobSpec, Wirer, joint_spec, module_spec, training_questions
+from modtrain.job import Job, JobSpec, Wirer, joint_spec, module_spec, train_module, training_questions
 from modtrain.layout import parse_layout
-from modtrain.modules.describe import Describe
 from modtrain.pipeline import run_pipeline
 from modtrain.plan import make_plan
 from modtrain.recipe import Recipe
 from modtrain.registry import MODULES, register_module
-from modtrain.job import train_module
 from modtrain.types import get_interface
 from modtrain.workdir import Workdir
 

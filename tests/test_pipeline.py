@@ -14,11 +14,10 @@ from modtrain.data import PreparedData
 from modtrain.errors import ModtrainError
 from modtrain.execute import Executor
 from modtrain.io import sha256_file
-from modtrain.job import Job
+from modtrain.job import Job, train_module
 from modtrain.pipeline import run_pipeline
 from modtrain.plan import make_plan
 from modtrain.recipe import Recipe
-from modtrain.job import train_module
 from modtrain.types import attend, get_interface
 from modtrain.workdir import Workdir
 

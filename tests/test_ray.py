@@ -13,9 +13,9 @@ import torch
 from modtrain.card import load_card
 from modtrain.distributed import absolute, gpus_per_job, run_pipeline_on_ray
 from modtrain.errors import ModtrainError
+from modtrain.job import train_module
 from modtrain.recipe import Recipe
 from modtrain.reports.hpo import hpo_report
-from modtrain.job import train_module
 from modtrain.tune import parse_expression, search_space, tune_module
 from modtrain.workdir import Workdir
 

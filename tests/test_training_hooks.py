@@ -6,11 +6,11 @@ import h5py
 import numpy as np
 import pytest
 import torch
+from modtrain.datasets.clevr import ClevrFolder
+from modtrain.datasets.prepare import prepare
 from torch import nn
 
 from modtrain.card import load_card
-from modtrain.datasets.clevr import ClevrFolder
-from modtrain.datasets.prepare import prepare
 from modtrain.job import Job, joint_spec
 from modtrain.plan import make_plan
 from modtrain.recipe import Recipe

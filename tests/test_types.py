@@ -1,10 +1,16 @@
 import pytest
 import torch
 
-from modtrain.types import (
-    INTERFACES, Attended, Heatmap, Mask, TypeCheckError, attend, get_interface,
-)
 from modtrain.errors import ModtrainError
+from modtrain.types import (
+    INTERFACES,
+    Attended,
+    Heatmap,
+    Mask,
+    TypeCheckError,
+    attend,
+    get_interface,
+)
 
 
 def test_hard_constraints_put_values_in_the_domain():

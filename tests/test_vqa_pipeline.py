@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
-
-from modtrain.cli import main
 from modtrain.datasets.generate import generate
 from modtrain.datasets.prepare import prepare
 from modtrain.datasets.vqa import vqa_accuracy
+
+from modtrain.cli import main
 from modtrain.errors import ModtrainError
 from modtrain.layout import parse_layout
 from modtrain.recipe import Recipe

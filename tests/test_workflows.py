@@ -6,10 +6,10 @@ import shutil
 import pytest
 import torch
 from click.testing import CliRunner
-
-from modtrain.cli import main
 from modtrain.datasets.info import data_info
 from modtrain.datasets.prepare import prepare
+
+from modtrain.cli import main
 from modtrain.errors import ModtrainError
 from modtrain.job import Job
 from modtrain.recipe import Recipe

@@ -32,7 +32,8 @@ from modtrain.pipeline import ensure_data
 from modtrain.plan import make_plan
 from modtrain.recipe import Recipe
 from modtrain.registry import parameter_free_names
-from modtrain.reports.compare import SYSTEMS as OTHER_SYSTEMS, _check_same_data, _slug, shared_defaults, train_version
+from modtrain.reports.compare import SYSTEMS as OTHER_SYSTEMS
+from modtrain.reports.compare import _check_same_data, _slug, shared_defaults, train_version
 from modtrain.reports.plots import pyplot, save_figure
 from modtrain.workdir import Workdir
 

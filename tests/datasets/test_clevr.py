@@ -1,10 +1,15 @@
 import json
 
 import pytest
-
 from modtrain.datasets.clevr import (
-    ClevrFolder, Question, compact_program, load_questions, load_scenes, write_questions,
+    ClevrFolder,
+    Question,
+    compact_program,
+    load_questions,
+    load_scenes,
+    write_questions,
 )
+
 from modtrain.errors import ModtrainError
 
 RELEASED_QUESTION_KEYS = {"image_index", "program", "question_index", "image_filename",

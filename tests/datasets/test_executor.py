@@ -1,11 +1,14 @@
 import pytest
-
-from modtrain.datasets.executor import (
-    ProgramError, execute, program_depth, question_type, relate_hops,
-)
 from modtrain.datasets.clevr import FUNCTIONS
-
 from modtrain.datasets.clevr import compact_program as P
+from modtrain.datasets.executor import (
+    ProgramError,
+    execute,
+    program_depth,
+    question_type,
+    relate_hops,
+)
+
 RED = ("filter_color", [0], ["red"])
 
 

@@ -6,13 +6,22 @@ import h5py
 import numpy as np
 import pytest
 import torch
-from torch import nn
-
 from modtrain.datasets.clevr import ATTRIBUTES, ClevrFolder
 from modtrain.datasets.features import (
-    CLEVR_CNN_MEAN, CLEVR_CNN_STD, Backbone, ClevrCNN, cell_targets, extract_features,
-    features_command, features_path, load_resnet101_backbone, pretrain_clevr_cnn, validate_features,
+    CLEVR_CNN_MEAN,
+    CLEVR_CNN_STD,
+    Backbone,
+    ClevrCNN,
+    cell_targets,
+    extract_features,
+    features_command,
+    features_path,
+    load_resnet101_backbone,
+    pretrain_clevr_cnn,
+    validate_features,
 )
+from torch import nn
+
 from modtrain.errors import ModtrainError
 
 

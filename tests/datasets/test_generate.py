@@ -4,13 +4,19 @@ from collections import Counter, defaultdict
 
 import numpy as np
 import pytest
-
 from modtrain.datasets.clevr import ATTRIBUTES, FUNCTIONS, ClevrFolder
 from modtrain.datasets.executor import execute, program_depth
 from modtrain.datasets.families import FAMILIES, GROUPS, select_families
-from modtrain.datasets.generate import (AnswerBalancer, DepthBalancer, generate, parse_depth_range, sample_questions,
-                                        split_rng)
+from modtrain.datasets.generate import (
+    AnswerBalancer,
+    DepthBalancer,
+    generate,
+    parse_depth_range,
+    sample_questions,
+    split_rng,
+)
 from modtrain.datasets.scenes import BOUND, COGENT, HALF_SIZE, make_scene, render_scene
+
 from modtrain.errors import ModtrainError
 
 
@@ -191,7 +197,7 @@ def test_cogent_condition_restricts_cube_and_cylinder_colors(tmp_path):
 def test_existing_split_needs_force_and_interrupted_run_leaves_nothing(tmp_path, monkeypatch):
     generate(tmp_path, {"train": 2}, 2, seed=0)
     before = (tmp_path / "questions" / "CLEVR_train_questions.json").read_bytes()
-    with pytest.raises(ModtrainError, match="already holds split\\(s\\) train; pass --force"):
+    with pytest.raises(ModtrainError, match="already holds split\\(s\\) train; pass --fresh"):
         generate(tmp_path, {"train": 2}, 2, seed=1)
     import modtrain.datasets.generate as gen
 

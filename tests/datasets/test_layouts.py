@@ -1,5 +1,4 @@
 import pytest
-
 from modtrain.datasets.clevr import compact_program as P
 from modtrain.datasets.layouts import program_to_layout
 

@@ -4,11 +4,11 @@ import shutil
 import h5py
 import numpy as np
 import pytest
-
 from modtrain.datasets.clevr import ClevrFolder
 from modtrain.datasets.executor import QUESTION_TYPES, program_depth, question_type, relate_hops
 from modtrain.datasets.layouts import program_to_layout
 from modtrain.datasets.prepare import NO_ANSWER, PAD, UNK, load_vocab, prepare, tokenize
+
 from modtrain.errors import ModtrainError
 from modtrain.io import sha256_json
 

@@ -7,15 +7,23 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-
-from modtrain.data import PreparedData
 from modtrain.datasets.features import validate_features
 from modtrain.datasets.prepare import prepare
 from modtrain.datasets.vqa import (
-    VQA_EVAL_TABLES, VQAFolder, _load_tables, load_vqa, normalize_vqa_answer, parse_sexpr, parse_sps2_line,
-    parse_to_layout, vqa_accuracy, vqa_scores,
+    VQA_EVAL_TABLES,
+    VQAFolder,
+    _load_tables,
+    load_vqa,
+    normalize_vqa_answer,
+    parse_sexpr,
+    parse_sps2_line,
+    parse_to_layout,
+    vqa_accuracy,
+    vqa_scores,
 )
 from modtrain.datasets.vqa_prepare import encode_vqa
+
+from modtrain.data import PreparedData
 from modtrain.errors import ModtrainError
 
 FIXTURES = Path(__file__).parent.parent / "fixtures" / "vqa"

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from modtrain.modules.lnmn import INVENTORIES, LNMN, OPERATIONS, Cell, LNMNModule, Node, entropy_weight, module_entropy
 
 from modtrain.errors import ModtrainError
-from modtrain.modules.lnmn import INVENTORIES, LNMN, OPERATIONS, Cell, LNMNModule, Node, entropy_weight, module_entropy
 from modtrain.registry import build_module
 
 CPU = torch.device("cpu")

@@ -4,13 +4,23 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-
 from modtrain.datasets.clevr import ClevrFolder, compact_program
-from modtrain.errors import ModtrainError
 from modtrain.modules.snmn import (
-    MODULES, DiscreteExecutor, StackNMN, move_down, move_up, one_hot_layout, pop, program_layout, push, read,
-    sharpen, write,
+    MODULES,
+    DiscreteExecutor,
+    StackNMN,
+    move_down,
+    move_up,
+    one_hot_layout,
+    pop,
+    program_layout,
+    push,
+    read,
+    sharpen,
+    write,
 )
+
+from modtrain.errors import ModtrainError
 
 
 def _ptr(slot: int, size: int = 4) -> torch.Tensor:
@@ -146,6 +156,7 @@ def test_layout_supervision_teaches_the_controller_the_programs_layouts(tiny_run
 
 def test_entropy_sharpening_starts_after_its_warm_up():
     from modtrain.modules.snmn import module_entropy
+
     from modtrain.registry import build_module, run_prior
 
     dims = {"tokens": 11, "answers": 7, "features": 6, "height": 4, "width": 4}
