@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO_DIR ?= runs/demo
 
-.PHONY: install test demo bench bench-long clean
+.PHONY: install test lint demo bench bench-long clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -19,7 +19,11 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 test: $(STAMP)
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q --durations=10
+
+# ruff, as configured in pyproject.toml
+lint: $(STAMP)
+	$(BIN)/ruff check .
 
 # The whole pipeline on the default procedural dataset: data (generate, features, prepare),
 # then nmn-typed module by module, then the accuracy table. A rerun skips what is up to date.
@@ -42,6 +46,7 @@ bench-long: $(STAMP)
 	$(BIN)/python bench/bench_compare.py --tune 4 --workdir runs/bench-compare-tuned --out bench/results/compare-tuned.json
 	$(BIN)/python bench/bench_compare.py --recipe nmn-clevr --images 1000 --out bench/results/compare-clevr.json
 	$(BIN)/python bench/bench_correlation.py --address local --out bench/results/correlation.json
+	$(BIN)/python bench/bench_trust.py --address local --out bench/results/trust.json
 	$(BIN)/python bench/bench_tune.py --out bench/results/tune.json
 	$(BIN)/python bench/bench_depth.py --images 2000 --out bench/results/depth.json
 	$(BIN)/python bench/bench_depth.py --images 2000 --reference --reuse --out bench/results/depth-reference.json

@@ -1,4 +1,4 @@
-"""Shared fixtures: a hand-built scene and a tiny generated CLEVR folder."""
+"""Shared fixtures: a hand-built scene, a tiny generated CLEVR folder, the tiny pipeline runs, Ray."""
 from __future__ import annotations
 
 import pytest
@@ -108,3 +108,15 @@ def ray_local():
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield ray
     ray.shutdown()
+
+
+# A test that uses a trained pipeline or Ray is slow, whether or not it says so: the fast loop
+# ('pytest -m "not slow"') must never train a pipeline or start Ray because of a fixture.
+SLOW_FIXTURES = {"tiny_run", "clevr_run", "ray_local"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
