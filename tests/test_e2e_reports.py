@@ -193,7 +193,9 @@ def test_every_version_trains_on_one_shared_set_of_defaults(compared):
 def test_tuned_protocol_searches_every_version_with_the_same_budget(ray_local, tiny_run, tmp_path):
     _, typed, _, _ = tiny_run
     root = tmp_path / "tuned"
-    summary = run_compare(root, 1, CPU, FAST, data_dir=typed.data, say=lambda m: None, tune=2)
+    # two epochs a trial: the protocol is what is tested, not what the trials reach
+    summary = run_compare(root, 1, CPU, ["train.max_epochs=2", "train.patience=2", "train.device='cpu'"],
+                          data_dir=typed.data, say=lambda m: None, tune=2)
     protocol = summary["protocol"]
     assert protocol["name"] == "tuned" and protocol["trials_per_module"] == 2
     assert set(protocol["search_trial_seconds"]["end-to-end"]) == {"e2e"}

@@ -50,16 +50,28 @@ def test_a_tiny_memory_budget_streams_every_dataset_and_trains_the_same_module(t
     assert held_whole == [True]
 
 
+# The cluster runs' jobs each hold 2 CPUs (2 threads); the reference runs with as many, whatever
+# the test process holds, in a fresh process as Ray's workers are.
+ENV = {**os.environ, "RAY_AUTH_MODE": "disabled", "OMP_NUM_THREADS": "2"}
+
+
+@pytest.fixture(scope="module")
+def in_process_reference(tiny_run, tmp_path_factory):
+    """The tiny recipe run in process, once for both cluster tests: the cards they must reproduce."""
+    _, workdir, _, _ = tiny_run
+    reference = tmp_path_factory.mktemp("in-process")
+    subprocess.run([str(Path(sys.executable).parent / "modtrain"), "run", "--recipe", str(workdir.root / "recipe.toml"),
+                    "--workdir", str(reference), "--device", "cpu"], check=True, capture_output=True, env=ENV)
+    return reference
+
+
 @pytest.mark.slow
-def test_every_training_job_gets_a_gpu_of_its_own_on_a_simulated_cluster(tiny_run, tmp_path):
+def test_every_training_job_gets_a_gpu_of_its_own_on_a_simulated_cluster(tiny_run, in_process_reference, tmp_path):
     """Two nodes declaring 2 GPUs each: every training job holds one GPU (``ray.get_gpu_ids``),
     describe and measure train at the same time on different GPUs, and, with no CUDA device in
     the workers, the jobs fall back to the CPU (said once) and train the cards of an in-process run."""
     recipe, workdir, _, _ = tiny_run
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
-    reference = tmp_path / "in-process"  # a fresh process, as Ray's workers are (2 threads, as each job)
-    subprocess.run([str(Path(sys.executable).parent / "modtrain"), "run", "--recipe", str(workdir.root / "recipe.toml"),
-                    "--workdir", str(reference), "--device", "cpu"], check=True, capture_output=True, env=env)
+    env, reference = ENV, in_process_reference
     cluster = Workdir(tmp_path / "cluster", workdir.data)
     out = tmp_path / "cluster.json"
     done = subprocess.run([sys.executable, str(Path(__file__).parent / "cluster_run.py"), str(workdir.root / "recipe.toml"),
@@ -83,12 +95,10 @@ def test_every_training_job_gets_a_gpu_of_its_own_on_a_simulated_cluster(tiny_ru
 
 
 @pytest.mark.slow
-def test_a_node_lost_mid_job_is_retried_elsewhere_and_the_run_ends_with_the_same_cards(tiny_run, tmp_path):
+def test_a_node_lost_mid_job_is_retried_elsewhere_and_the_run_ends_with_the_same_cards(tiny_run, in_process_reference,
+                                                                                      tmp_path):
     recipe, workdir, _, _ = tiny_run
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
-    reference = tmp_path / "in-process"
-    subprocess.run([str(Path(sys.executable).parent / "modtrain"), "run", "--recipe", str(workdir.root / "recipe.toml"),
-                    "--workdir", str(reference), "--device", "cpu"], check=True, capture_output=True, env=env)
+    env, reference = ENV, in_process_reference
     cluster = Workdir(tmp_path / "cluster", workdir.data)
     out = tmp_path / "cluster.json"
     done = subprocess.run([sys.executable, str(Path(__file__).parent / "cluster_run.py"), str(workdir.root / "recipe.toml"),
