@@ -75,7 +75,8 @@ def main() -> None:
     write_result(args.out, {
         "benchmark": "cell-find", "recipe": "nmn-typed", "images": args.images, "seeds": seeds, "split": "test",
         "wall_seconds": round(time.perf_counter() - start, 1),
-        "cell_minus_linear_points": round(100 * (results["cell"]["accuracy_mean"] - results["linear"]["accuracy_mean"]), 2),
+        "cell_minus_linear_points": round(
+            100 * (results["cell"]["accuracy_mean"] - results["linear"]["accuracy_mean"]), 2),
         "find": results})
 
 

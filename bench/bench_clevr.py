@@ -84,11 +84,14 @@ def main() -> None:
     for split_name in ("val", "test"):
         s = report["splits"][split_name]
         split = data.split(split_name)
-        predictions = {p["question_index"]: p["answer"] for p in read_json(workdir.reports / "predictions" / f"{split_name}.json")}
-        encoder = {p["question_index"]: p["encoder_answer"] for p in read_json(workdir.reports / "predictions" / f"{split_name}.json")}
+        predictions = {p["question_index"]: p["answer"]
+                       for p in read_json(workdir.reports / "predictions" / f"{split_name}.json")}
+        encoder = {p["question_index"]: p["encoder_answer"]
+                   for p in read_json(workdir.reports / "predictions" / f"{split_name}.json")}
         scene = np.flatnonzero([i >= 0 and data.layouts[i].text == SCENE_COUNT for i in split.layout])
         accuracy[split_name] = {
-            "questions": s["labelled"], "assembled": round(s["accuracy"], 4), "encoder": round(s["encoder_accuracy"], 4),
+            "questions": s["labelled"], "assembled": round(s["accuracy"], 4),
+            "encoder": round(s["encoder_accuracy"], 4),
             "skipped": s["skipped"],
             "by_type": {t: {"questions": v["questions"], "assembled": round(v["accuracy"], 4),
                             "encoder": round(v["encoder_accuracy"], 4)} for t, v in s["by_type"].items()},
@@ -106,11 +109,14 @@ def main() -> None:
             [parse_layout(SCENE_COUNT).children[0]] * len(scene_rows), features)
     sums = mask.flatten(1).sum(1).numpy()
     counts = np.array([int(data.answers[train.answer[r]]) for r in scene_rows])
-    scene_mask = {"questions": len(scene_rows), "pearson_r_sum_vs_count": round(float(np.corrcoef(sums, counts)[0, 1]), 3),
-                  "mean_mask_sum_by_count": {int(c): round(float(sums[counts == c].mean()), 1) for c in np.unique(counts)},
+    scene_mask = {"questions": len(scene_rows),
+                  "pearson_r_sum_vs_count": round(float(np.corrcoef(sums, counts)[0, 1]), 3),
+                  "mean_mask_sum_by_count": {int(c): round(float(sums[counts == c].mean()), 1)
+                                             for c in np.unique(counts)},
                   "cells": int(mask[0].numel())}
     cards = {m: read_json(workdir.modules / f"{m}.json") for m in recipe.modules}
-    modules = {m: {"train_questions": c["metrics"]["train_questions"], "val_accuracy": round(c["metrics"]["val_accuracy"], 4),
+    modules = {m: {"train_questions": c["metrics"]["train_questions"],
+                   "val_accuracy": round(c["metrics"]["val_accuracy"], 4),
                    "epochs": c["metrics"]["epochs"], "train_seconds": c["timings"]["train_seconds"],
                    **({"predictive_variance": round(c["surrogate"]["predictive_variance"], 5),
                        "trustworthy": c["surrogate"]["trustworthy"]} if "surrogate" in c else {})}

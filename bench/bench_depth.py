@@ -51,7 +51,8 @@ def main() -> None:
                       and k in gradient[f"val{subset}"]]
             gaps = [gradient[f"val{subset}"][k]["error"] - typed[f"val{subset}"][k]["error"] for k in unseen]
             targets[f"typed below gradient at every unseen depth{subset}"] = {
-                "gaps_points": {k: round(100 * g, 1) for k, g in zip(unseen, gaps)}, "met": bool(gaps) and min(gaps) > 0}
+                "gaps_points": {k: round(100 * g, 1) for k, g in zip(unseen, gaps)},
+                "met": bool(gaps) and min(gaps) > 0}
             mean_gap = sum(gaps) / len(gaps) if gaps else math.nan
             targets[f"typed below gradient by >= 5 points on average (unseen){subset}"] = {
                 "value_points": round(100 * mean_gap, 1), "met": mean_gap >= 0.05}

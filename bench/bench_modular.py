@@ -139,7 +139,8 @@ def main() -> None:
                             "--reference-questions", str(args.reference_questions)],
                            check=True, capture_output=True, text=True)
     comparison["fresh_process"] = json.loads(fresh.stdout)
-    write_result(args.out, {"benchmark": "modular", "recipe": recipe.name, "pipeline_seconds": round(pipeline_seconds, 1),
+    write_result(args.out, {"benchmark": "modular", "recipe": recipe.name,
+                            "pipeline_seconds": round(pipeline_seconds, 1),
                             "training": training, "cache_writing": caches, "assembled_evaluation": assembled,
                             "batched_vs_per_sample": comparison})
 

@@ -246,15 +246,18 @@ def main() -> None:
             "value": {n: None if v["seconds"] is None else round(v["seconds"], 3) for n, v in slopes.items()},
             "met": all(v["seconds"] is not None and v["seconds"] <= 1.1 for n, v in slopes.items()
                        if n != "data features") and
-                   (slopes["data features"].get("seconds (without the first size)") or slopes["data features"]["seconds"]) <= 1.1},
+                   (slopes["data features"].get("seconds (without the first size)")
+                    or slopes["data features"]["seconds"]) <= 1.1},
         "training memory bounded: peak RSS slope of training jobs <= 0.25": {
-            "value": {n: None if slopes[n]["peak_rss_mib"] is None else round(slopes[n]["peak_rss_mib"], 3) for n in training},
+            "value": {n: None if slopes[n]["peak_rss_mib"] is None else round(slopes[n]["peak_rss_mib"], 3)
+                      for n in training},
             "met": all(slopes[n]["peak_rss_mib"] is not None and slopes[n]["peak_rss_mib"] <= 0.25 for n in training)},
         "data path >= 10x the training rate, every job, every size (under the run's budget)": {
             "value": {f"{s['factor']}x {m}": r["ratio (budget)"] for s in sizes for m, r in s["data_path"].items()},
             "met": all(r["ratio (budget)"] >= 10 for s in sizes for r in s["data_path"].values())},
         "data path >= 10x the training rate, every job, every size (default budget)": {
-            "value": {f"{s['factor']}x {m}": r["ratio (default_budget)"] for s in sizes for m, r in s["data_path"].items()},
+            "value": {f"{s['factor']}x {m}": r["ratio (default_budget)"]
+                      for s in sizes for m, r in s["data_path"].items()},
             "met": all(r["ratio (default_budget)"] >= 10 for s in sizes for r in s["data_path"].values())},
     }
     out = Path(args.out)
@@ -279,7 +282,8 @@ def remeasure_data_paths(out: Path, root: Path) -> None:
         size["data_path"] = data_path_rates(workdir, recipe, result["in_memory_bytes"])
     sizes = result["sizes"]
     for label in ("budget", "default_budget"):
-        name = next(k for k in result["targets"] if k.startswith("data path") and ("default" in k) == (label != "budget"))
+        name = next(k for k in result["targets"]
+                    if k.startswith("data path") and ("default" in k) == (label != "budget"))
         values = {f"{s['factor']}x {m}": r[f"ratio ({label})"] for s in sizes for m, r in s["data_path"].items()}
         result["targets"][name] = {"value": values, "met": all(v >= 10 for v in values.values())}
     result["data_path_note"] = "data paths measured again on the run's folders by --data-path-only"

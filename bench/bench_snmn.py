@@ -139,7 +139,8 @@ def main() -> None:
             continue
         epochs = args.lnmn_epochs if recipe_name == "lnmn" and args.lnmn_epochs else args.epochs
         schedule = ([f"modules.lnmn.entropy_zero_epoch={2 * epochs / 3}",
-                     f"modules.lnmn.entropy_end_epoch={float(epochs)}"] if recipe_name == "lnmn" and epochs != args.epochs
+                     f"modules.lnmn.entropy_end_epoch={float(epochs)}"]
+                    if recipe_name == "lnmn" and epochs != args.epochs
                     else [])
         recipe = Recipe.load(recipe_name, [*data_overrides, f"data.source='{data.root}'", f"seed={seed}",
                                            f"train.max_epochs={epochs}", "train.patience=4", *schedule])

@@ -31,7 +31,8 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=16)
     parser.add_argument("--max-epochs", type=int, default=10)
     args = parser.parse_args()
-    recipe = Recipe.load("nmn-typed", [f"train.max_epochs={args.max_epochs}", f"modules.find.max_epochs={args.max_epochs}"])
+    recipe = Recipe.load("nmn-typed", [f"train.max_epochs={args.max_epochs}",
+                                       f"modules.find.max_epochs={args.max_epochs}"])
     workdir = Workdir.for_recipe(recipe, Path(args.workdir).resolve())
     workdir.root.mkdir(parents=True, exist_ok=True)
     recipe.write(workdir.root)
@@ -48,7 +49,8 @@ def main() -> None:
         runs[scheduler] = {"wall_seconds": round(time.perf_counter() - start, 1),
                            "trial_seconds": summary["trial_seconds"],
                            "epochs_trained": sum(t["epochs"] for t in summary["trials"]),
-                           "best_kept_accuracy": summary["best"]["kept_accuracy"], "best_config": summary["best"]["config"],
+                           "best_kept_accuracy": summary["best"]["kept_accuracy"],
+                           "best_config": summary["best"]["config"],
                            "untrustworthy": sum(t["trustworthy"] is False for t in summary["trials"]),
                            "stopped_early": sum(t["kept_accuracy"] is None for t in summary["trials"]),
                            "trials": [{"batch_size": t["config"]["batch_size"],

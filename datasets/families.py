@@ -211,7 +211,9 @@ def _union(root: str) -> Sampler:
             text = _pick(rng, (f"How many things are {na} or {nb}?",
                                f"What number of objects are either {na} or {nb}?"))
         else:
-            text = _pick(rng, (f"Are there any {na} or {nb}?", f"Is there anything that is either {_a(noun_phrase(rng, a))} or {_a(noun_phrase(rng, b))}?"))
+            text = _pick(rng, (f"Are there any {na} or {nb}?",
+                               f"Is there anything that is either {_a(noun_phrase(rng, a))} "
+                               f"or {_a(noun_phrase(rng, b))}?"))
         return nodes, text
     return sample
 

@@ -2,7 +2,8 @@
 
 ``filter_X[v]`` → ``find[v]`` ANDed with its input; ``scene`` → ``find[*all*]``, a learned
 find instance that attends to the objects (the reference code's mapping: an all-ones map
-carries no count, so ``count(scene)`` could not be answered from it); ``intersect`` → ``and``; ``union`` → ``or``; ``unique`` → nothing (attention
+carries no count, so ``count(scene)`` could not be answered from it); ``intersect`` → ``and``;
+``union`` → ``or``; ``unique`` → nothing (attention
 passes through); ``query_X`` → ``describe[X]``; ``exist``/``count`` → ``measure[...]``;
 ``relate[r]`` → ``relate[r]``; ``same_X`` → ``relate[same_X]``; ``equal_*``,
 ``less_than``, ``greater_than`` → ``compare[op]``.

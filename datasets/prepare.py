@@ -138,7 +138,8 @@ def prepare(data_dir: str | Path, out_dir: str | Path | None = None, vocab_split
     train_split = vocab_split or next((s for s in splits if s.startswith("train")), None)
     if train_split is None:
         raise ModtrainError(
-            f"{folder.root}: no training split (e.g. {folder.questions_path(splits[0]).name.replace(splits[0], 'train')}); "
+            f"{folder.root}: no training split "
+            f"(e.g. {folder.questions_path(splits[0]).name.replace(splits[0], 'train')}); "
             f"vocabularies are built on the training split only (name another with --vocab-split)"
         )
     num_images = {s: _num_images(folder, s) for s in splits}  # a features file must agree with the images

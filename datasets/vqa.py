@@ -319,14 +319,15 @@ class VQAFolder:
             if m:
                 self._questions.setdefault(m["split"], (m["source"], path))
         if not self._questions:
-            raise ModtrainError(f"{self.root}: no OpenEnded_{{source}}_{{split}}_questions.json found (in the folder or "
-                                f"Questions/); is this a VQA v1 folder? (make one with 'modtrain data generate "
+            raise ModtrainError(f"{self.root}: no OpenEnded_{{source}}_{{split}}_questions.json found (in the folder "
+                                f"or Questions/); is this a VQA v1 folder? (make one with 'modtrain data generate "
                                 f"{self.root} --format vqa')")
         self._image_ids: dict[str, np.ndarray] = {}
 
     def splits(self) -> list[str]:
         """Splits with a questions file: training ones first, then validation, then the rest."""
-        return sorted(self._questions, key=lambda s: (0 if s.startswith("train") else 1 if s.startswith("val") else 2, s))
+        return sorted(self._questions,
+                      key=lambda s: (0 if s.startswith("train") else 1 if s.startswith("val") else 2, s))
 
     def _split(self, split: str) -> tuple[str, Path]:
         if split not in self._questions:
@@ -341,7 +342,8 @@ class VQAFolder:
 
     def annotations_path(self, split: str) -> Path | None:
         name = f"{self._split(split)[0]}_{split}_annotations.json"
-        return self._first([self.root / name, self.root / "Annotations" / name, self.questions_path(split).parent / name])
+        return self._first([self.root / name, self.root / "Annotations" / name,
+                            self.questions_path(split).parent / name])
 
     def parses_path(self, split: str) -> Path:
         name = f"{split}.sps2"
@@ -368,7 +370,8 @@ class VQAFolder:
             try:
                 ids = np.unique(np.array([r["image_id"] for r in records], np.int64))
             except (KeyError, TypeError, ValueError):
-                bad = next(i for i, r in enumerate(records) if not isinstance(r, dict) or not isinstance(r.get("image_id"), int))
+                bad = next(i for i, r in enumerate(records)
+                           if not isinstance(r, dict) or not isinstance(r.get("image_id"), int))
                 raise ModtrainError(f"{self.questions_path(split)}: question {bad} has no integer 'image_id'") from None
             self._image_ids[split] = ids
         return self._image_ids[split]

@@ -139,7 +139,8 @@ def assemble(workdir: Workdir, recipe: Recipe, device: torch.device, splits: lis
                     run_rows = rows[mask]
                     feats = torch.from_numpy(features.take(split.image_index[run_rows])).float().to(device)
                     root = executor.run([data.layouts[i] for i in split.layout[run_rows]], feats)
-                    predicted[run_rows] = interface.combine(root, prior[torch.from_numpy(mask).to(device)]).argmax(1).cpu().numpy()
+                    predicted[run_rows] = interface.combine(
+                        root, prior[torch.from_numpy(mask).to(device)]).argmax(1).cpu().numpy()
         labelled = split.answer >= 0
         if not labelled.all():
             log.warning("%s: %d questions have no answer; predicted, but left out of the accuracy",
@@ -161,8 +162,10 @@ def assemble(workdir: Workdir, recipe: Recipe, device: torch.device, splits: lis
             scores = vqa_scores([answers[p] for p in predicted[labelled]], humans)
             prior_scores = vqa_scores([answers[p] for p in prior_predicted[labelled]], humans)
             s = report["splits"][split_name]
-            s["vqa_accuracy"], s["encoder_vqa_accuracy"] = _accuracy(scores)["accuracy"], _accuracy(prior_scores)["accuracy"]
-            for key, row in _merge(_accuracy(scores, types, type_names), _accuracy(prior_scores, types, type_names)).items():
+            s["vqa_accuracy"], s["encoder_vqa_accuracy"] = (_accuracy(scores)["accuracy"],
+                                                            _accuracy(prior_scores)["accuracy"])
+            for key, row in _merge(_accuracy(scores, types, type_names),
+                                   _accuracy(prior_scores, types, type_names)).items():
                 s["by_type"][key].update(vqa_accuracy=row["accuracy"], encoder_vqa_accuracy=row["encoder_accuracy"])
         key = "question_id" if vqa else "question_index"  # VQA: the official results format
         write_json(workdir.reports / "predictions" / f"{split_name}.json",
@@ -211,14 +214,17 @@ def format_report(report: dict[str, Any]) -> str:
 
         lines += ["", f"[{split}] {s['labelled']} labelled of {s['questions']} questions{skipped}",
                   f"  {'':<22}{'questions':>10}{'assembled':>11}{'encoder':>9}{head}",
-                  f"  {'overall':<22}{s['labelled']:>10}{s['accuracy']:>10.1%}{s['encoder_accuracy']:>9.1%}{vqa_cells(s)}"]
+                  f"  {'overall':<22}{s['labelled']:>10}{s['accuracy']:>10.1%}{s['encoder_accuracy']:>9.1%}"
+                  f"{vqa_cells(s)}"]
         if vqa:
-            lines.append("  (assembled, encoder: accuracy against the most common answer; VQA acc: min(humans agreeing / 3, 1), "
+            lines.append("  (assembled, encoder: accuracy against the most common answer; "
+                         "VQA acc: min(humans agreeing / 3, 1), "
                          "averaged over the humans left out)")
         for name, row in s["by_type"].items():
             lines.append(f"  {name:<22}{row['questions']:>10}{row['accuracy']:>10.1%}{row['encoder_accuracy']:>9.1%}"
                          f"{vqa_cells(row)}")
         lines.append("  by depth")
         for depth, row in s["by_depth"].items():
-            lines.append(f"  {'  ' + depth:<22}{row['questions']:>10}{row['accuracy']:>10.1%}{row['encoder_accuracy']:>9.1%}")
+            lines.append(f"  {'  ' + depth:<22}{row['questions']:>10}{row['accuracy']:>10.1%}"
+                         f"{row['encoder_accuracy']:>9.1%}")
     return "\n".join(lines)

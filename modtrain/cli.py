@@ -297,7 +297,8 @@ def plan(recipe, workdir, overrides, data_dir):
 
 @main.command(context_settings=CONTEXT, short_help="Train one module as its own job.")
 @click.argument("module")
-@click.option("--surrogate", default=None, help="Train through this surrogate (for modules without a loss of their own).")
+@click.option("--surrogate", default=None,
+              help="Train through this surrogate (for modules without a loss of their own).")
 @click.option("--impl", default=None,
               help="The module's implementation, for a module that has several (find: linear, or cell: a learnable "
                    "LNMN cell); kept in the workdir's recipe, so assemble and the caches use it.")
@@ -575,7 +576,8 @@ def cells(workdir, split_name, limit):
 
 @report.command(context_settings=CONTEXT, short_help="Surrogate vs final loss, and trust statistics.")
 @click.option("--recipe", default="nmn-typed", show_default=True, help="Recipe whose module and surrogate are studied.")
-@click.option("--module", default="find", show_default=True, help="The module studied (one trained through a surrogate).")
+@click.option("--module", default="find", show_default=True,
+              help="The module studied (one trained through a surrogate).")
 @click.option("--modules", "n_modules", default=40, show_default=True, help="Candidates trained with random settings.")
 @click.option("--select", "k_select", default=20, show_default=True, help="Modules transplanted into the full NMN.")
 @click.option("--max-epochs", default=20, show_default=True, help="Random epochs are drawn from 1..this.")

@@ -202,12 +202,14 @@ class PreparedData:
                 arrays = {k: f[k][()] for k in f}
                 attrs = dict(f.attrs)
             if attrs.get("vocab_sha256") != self.vocab_sha256:
-                raise ModtrainError(f"{path} was prepared with another vocab.json; run 'modtrain data prepare {self.root}' again")
+                raise ModtrainError(f"{path} was prepared with another vocab.json; "
+                                    f"run 'modtrain data prepare {self.root}' again")
             from modtrain.datasets.prepare import SCHEMA_VERSION
 
             if attrs.get("schema_version") != SCHEMA_VERSION:
                 raise ModtrainError(f"{path} was prepared by an older modtrain (schema {attrs.get('schema_version')}, "
-                                    f"now {SCHEMA_VERSION}: layouts changed); run 'modtrain data prepare {self.root}' again")
+                                    f"now {SCHEMA_VERSION}: layouts changed); "
+                                    f"run 'modtrain data prepare {self.root}' again")
             self._splits[name] = SplitData(name, arrays, attrs, self.root / "features" / f"{name}.h5",
                                            self.features.get(name))
         return self._splits[name]

@@ -155,7 +155,8 @@ def _run_on_ray(recipe, workdir, address: str, say: Callable[[str], None], gpus:
         refs[job.name] = remote.options(num_cpus=cpus_per_job, num_gpus=use_gpu, name=job.name).remote(
             job.kind, job.module, recipe.raw, recipe.where, str(workdir.root), str(workdir.data),
             "cuda" if use_gpu else "cpu", cpus_per_job, allow_untrusted, *[refs[d] for d in job.after])
-    say(f"submitted {len(refs)} jobs to Ray: " + " | ".join(" ∥ ".join(j.name for j in level) for level in plan.levels()))
+    say(f"submitted {len(refs)} jobs to Ray: "
+        + " | ".join(" ∥ ".join(j.name for j in level) for level in plan.levels()))
     report = None
     pending = dict(refs)
     fallback_said = False

@@ -86,7 +86,8 @@ class Executor:
             raise TypeCheckError(f"layout {whole}: no module {node.module!r} (available: "
                                  f"{', '.join(sorted(self.modules))})")
         if (node.instance is not None) != module.has_instances:
-            raise TypeCheckError(f"layout {whole}: {node.module} {'needs' if module.has_instances else 'takes no'} instance")
+            raise TypeCheckError(f"layout {whole}: {node.module} "
+                                 f"{'needs' if module.has_instances else 'takes no'} instance")
         inputs, output = module.signature()
         wanted = [t for t in inputs if not t.from_dataset]
         if len(wanted) != len(node.children):
@@ -207,7 +208,8 @@ class Executor:
                     continue
                 child, expected, child_call = next(children)
                 value = visit(child, child_call)
-                args.append(self.interface.convert(value, child.output, expected, lambda: features, self.attention_mode))
+                args.append(self.interface.convert(value, child.output, expected, lambda: features,
+                                                   self.attention_mode))
             value = module(*args, instance=ids[:, node.slot]) if node.slot is not None else module(*args)
             out.append((call, output, value))
             return value

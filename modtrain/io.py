@@ -55,8 +55,9 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     except BaseException as e:
         tmp_path.unlink(missing_ok=True)
         if _disk_full(e):
-            raise ModtrainError(f"no space left on the device while writing {path}; "
-                                f"{'the previous file is unchanged' if path.exists() else 'nothing was written'}") from None
+            raise ModtrainError(
+                f"no space left on the device while writing {path}; "
+                f"{'the previous file is unchanged' if path.exists() else 'nothing was written'}") from None
         raise
 
 

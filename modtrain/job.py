@@ -82,7 +82,8 @@ class Job(TrainingLoop):
                    data: PreparedData | None = None) -> "Job":
         """The modular training job of one module of the recipe."""
         if name not in recipe.modules:
-            raise ModtrainError(f"recipe {recipe.name} has no module {name!r}; its modules: {', '.join(recipe.modules)}")
+            raise ModtrainError(f"recipe {recipe.name} has no module {name!r}; "
+                                f"its modules: {', '.join(recipe.modules)}")
         plan = make_plan(recipe)
         return cls(workdir, recipe, device, module_spec(plan, name), data, plan=plan)
 
@@ -121,13 +122,15 @@ class Job(TrainingLoop):
                 # the batches of them after_step gets: a stream of their own, checkpointed
                 self.held_out_batches = np.random.default_rng([self.seed, 8])
             return
-        used = [wirings[i] for i in np.unique(np.concatenate([split.layout[self.rows[s]] for s, split in self.splits.items()]))]
+        used = [wirings[i] for i in np.unique(np.concatenate([split.layout[self.rows[s]]
+                                                              for s, split in self.splits.items()]))]
         self.needs_features = any(self._reads_features(w) for w in used)
         self.runs = {node.module for w in used for node in w.layout.nodes()}  # modules the wirings run
         self.features = {s: split.features() for s, split in self.splits.items()} if self.needs_features else {}
         self._setup_given(used)
         if self.spec.surrogate is not None:
-            self.roots = sorted({w.root for w in (wirings[i] for i in np.unique(self.splits["train"].layout[self.train_rows]))})
+            self.roots = sorted({w.root for w in (wirings[i]
+                                                  for i in np.unique(self.splits["train"].layout[self.train_rows]))})
             self.root_types = sorted({w.root_reads for w in used}, key=lambda t: t.name)
             index = {r: i for i, r in enumerate(self.roots)}
             unknown = sorted({w.root for w in used} - set(self.roots))
@@ -279,7 +282,8 @@ class Job(TrainingLoop):
 
     def _prior(self, batch: dict[str, Any]) -> torch.Tensor | None:
         if self.prior_source == "train":
-            return run_prior(self.modules[self.prior_producer], batch["tokens"], batch["lengths"], batch.get("features"))
+            return run_prior(self.modules[self.prior_producer], batch["tokens"], batch["lengths"],
+                             batch.get("features"))
         return batch.get("prior")
 
     def _surrogate_inputs(self, batch: dict[str, Any]):

@@ -45,7 +45,8 @@ def _generated_matches(data_dir: Path, recipe: Recipe) -> bool:
             and summary.get("families") == [f.name for f in select_families(d.families)]
             and summary.get("balance_depth") == _depth_range_text(d.balance_depth)
             and summary.get("format", "clevr") == generated_format(recipe)
-            and {s: v["images"] for s, v in summary.get("splits", {}).items()} == {s: n for s, n in wanted.items() if n > 0})
+            and {s: v["images"] for s, v in summary.get("splits", {}).items()}
+            == {s: n for s, n in wanted.items() if n > 0})
 
 
 def _depth_range_text(text: str | None) -> str | None:

@@ -328,7 +328,8 @@ class Recipe:
             cls = module_class(module)
             surrogate = surrogate_class(section["surrogate"]) if "surrogate" in section else None
             own_surrogate = {SURROGATE_PREFIX + k for k in surrogate.defaults} if surrogate else set()
-            _known(section, set(cls.defaults) | TRAIN_KEYS | MODULE_EXTRA_KEYS | own_surrogate, where, f"modules.{module}.")
+            _known(section, set(cls.defaults) | TRAIN_KEYS | MODULE_EXTRA_KEYS | own_surrogate, where,
+                   f"modules.{module}.")
             if surrogate is not None:
                 for key in section.keys() & own_surrogate:
                     name = key[len(SURROGATE_PREFIX):]

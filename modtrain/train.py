@@ -113,7 +113,8 @@ def _deterministic():
     """Deterministic kernels while a job trains. Without them the CPU backward of gathers
     (index_put with accumulation) varied in the last bits between processes, so the same job
     gave other weights in a Ray worker than in a long-running process."""
-    enabled, warn_only = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    enabled, warn_only = (torch.are_deterministic_algorithms_enabled(),
+                          torch.is_deterministic_algorithms_warn_only_enabled())
     torch.use_deterministic_algorithms(True, warn_only=True)
     try:
         yield
@@ -298,7 +299,8 @@ class TrainingLoop:
                 # with an average, it is what is validated and kept (``best`` is taken inside)
                 metrics = {"epoch": epoch, "train_loss": train_loss / len(self.train_rows), **self._validate(),
                            "seconds": round(seconds, 3)}
-                better = state["best_metrics"] is None or metrics["val_accuracy"] > state["best_metrics"]["val_accuracy"]
+                better = (state["best_metrics"] is None
+                          or metrics["val_accuracy"] > state["best_metrics"]["val_accuracy"])
                 if better:
                     state["best"] = copy.deepcopy({k: v.cpu() for k, v in self.model.state_dict().items()})
             state["seconds"] += seconds

@@ -251,7 +251,8 @@ def _scheduler(name: str, recipe: Recipe, module: str):
         return FIFOScheduler()
     if name == "asha":
         max_t = recipe.train_config("e2e" if module == E2E else module).max_epochs
-        return ASHAScheduler(time_attr="training_iteration", max_t=max_t, grace_period=min(2, max_t), reduction_factor=3)
+        return ASHAScheduler(time_attr="training_iteration", max_t=max_t, grace_period=min(2, max_t),
+                             reduction_factor=3)
     raise ModtrainError(f"unknown scheduler {name!r}; valid: fifo, asha")
 
 
@@ -281,7 +282,8 @@ def _summarize(results, recipe: Recipe, workdir: Workdir, module: str, out: Path
         metrics = result.metrics or {}
         path = out / "trials" / str(metrics.get("trial_id"))
         # what the trial kept (the epoch its card records), and whether its surrogate trusts it
-        card = read_json(path / "modules" / f"{kept_module}.json") if (path / "modules" / f"{kept_module}.json").exists() else None
+        card = (read_json(path / "modules" / f"{kept_module}.json")
+                if (path / "modules" / f"{kept_module}.json").exists() else None)
         verdict = None if card is None else card_verdict(card, recipe.trust)
         trustworthy = None if card is None else (verdict is None or verdict.trusted)
         trials.append({"trial_id": metrics.get("trial_id"), "config": result.config,

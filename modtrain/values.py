@@ -69,7 +69,8 @@ def check(where: str, value: Any, kind: type, allowed: Range = Range(), optional
         value = float(value)
     if not ok or not allowed.holds(value):
         condition = allowed.describe()
-        what = condition if allowed.choices else _KINDS.get(kind, kind.__name__) + (f" {condition}" if condition else "")
+        what = (condition if allowed.choices
+                else _KINDS.get(kind, kind.__name__) + (f" {condition}" if condition else ""))
         raise ModtrainError(f"{where} = {value!r}: must be {what}{' (or left out)' if optional else ''}")
     return value
 

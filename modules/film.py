@@ -65,7 +65,8 @@ class FiLM(NMNModule):
         self.head = nn.Sequential(nn.Conv2d(channels + 2, hparams["classifier"], 1),
                                   nn.BatchNorm2d(hparams["classifier"]), nn.ReLU())
         self.classify = nn.Sequential(nn.Linear(hparams["classifier"], hparams["classifier"]), nn.ReLU(),
-                                      nn.Dropout(hparams["dropout"]), nn.Linear(hparams["classifier"], self.dims["answers"]))
+                                      nn.Dropout(hparams["dropout"]),
+                                      nn.Linear(hparams["classifier"], self.dims["answers"]))
         self.register_buffer("coords", coordinates(self.dims["height"], self.dims["width"]), persistent=False)
 
     def modulation(self, tokens: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -62,7 +62,8 @@ class Relate(NMNModule):
         mixed = w1[:, :, :c] + w1[:, :, c:2 * c] * obj.transpose(1, 2)       # B, hidden, C
         hidden = torch.relu(torch.bmm(mixed, flat) + torch.bmm(w1[:, :, 2 * c:], offset)
                             + self.b1[instance].unsqueeze(2))
-        raw = torch.bmm(self.w2[instance].unsqueeze(1), self.dropout(hidden)).squeeze(1) + self.b2[instance].unsqueeze(1)
+        raw = (torch.bmm(self.w2[instance].unsqueeze(1), self.dropout(hidden)).squeeze(1)
+               + self.b2[instance].unsqueeze(1))
         out = self.constrain(raw.view(b, h, w))
         peak = attention / attention.flatten(1).amax(1).clamp_min(1e-6).view(b, 1, 1)
         keep = torch.where(self.excludes_self[instance].view(b, 1, 1), 1 - peak.clamp(0, 1), torch.ones_like(peak))

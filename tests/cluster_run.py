@@ -33,7 +33,7 @@ def node_loss(recipe: Recipe, workdir: Workdir, out: str) -> None:
     def run() -> None:
         try:
             run_pipeline_on_ray(recipe, workdir, cluster.address, messages.append, gpus=1, cpus_per_job=2)
-        except BaseException as e:  # reported in the JSON
+        except BaseException as e:  # noqa: BLE001 - whatever ends the run in this thread is reported in the JSON
             errors.append(repr(e))
 
     thread = threading.Thread(target=run, daemon=True)
@@ -49,7 +49,8 @@ def node_loss(recipe: Recipe, workdir: Workdir, out: str) -> None:
     thread.join(600)
     try:
         placement = json.loads((workdir.reports / "jobs.json").read_text()).get("placement", {})
-        Path(out).write_text(json.dumps({"messages": messages, "errors": errors, "killed_during_find": killed_during_find,
+        Path(out).write_text(json.dumps({"messages": messages, "errors": errors,
+                                         "killed_during_find": killed_during_find,
                                          "doomed": doomed_id, "placement": placement}))
     finally:
         ray.shutdown()

@@ -28,7 +28,8 @@ def test_user_error_is_one_line_without_traceback(tmp_path):
     assert result.returncode == 1
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in result.stderr
-    assert lines[0].startswith("Error: ") and "neither a CLEVR v1.0 folder (questions/CLEVR_{split}_questions.json) nor a VQA v1" in lines[0]
+    assert lines[0].startswith("Error: ") and (
+        "neither a CLEVR v1.0 folder (questions/CLEVR_{split}_questions.json) nor a VQA v1" in lines[0])
 
 
 def test_data_pipeline_from_the_command_line(tmp_path):

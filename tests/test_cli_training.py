@@ -59,7 +59,8 @@ def test_training_command_errors_are_one_line(workdir, tmp_path):
     assert result.exit_code == 1 and "needs a surrogate" in result.output
     result = runner.invoke(main, ["train", "find", "--workdir", str(tmp_path / "empty")])
     assert result.exit_code == 1 and "give --recipe NAME" in result.output
-    result = runner.invoke(main, ["run", "--recipe", "nmn-typed", "--workdir", str(workdir), "--address", "127.0.0.1:1"])
+    result = runner.invoke(main, ["run", "--recipe", "nmn-typed", "--workdir", str(workdir),
+                                  "--address", "127.0.0.1:1"])
     assert result.exit_code == 1 and "cannot reach the Ray cluster at '127.0.0.1:1'" in result.output
     assert "ray start --head" in result.output
 
@@ -113,6 +114,7 @@ def test_find_as_a_learnable_cell_trains_modularly_and_assembles(workdir, tiny_r
     assert (first - second).abs().mean() > 0.01
     assert cell["accuracy"] > cell["encoder_accuracy"]
     result = runner.invoke(main, ["train", "describe", "--impl", "cell", "--workdir", str(workdir)])
-    assert result.exit_code == 1 and "module describe has one implementation; modules with several: find" in result.output
+    assert (result.exit_code == 1
+            and "module describe has one implementation; modules with several: find" in result.output)
     result = runner.invoke(main, ["train", "find", "--impl", "conv", "--workdir", str(workdir)])
     assert result.exit_code == 1 and "modules.find.impl = 'conv': must be one of 'linear', 'cell'" in result.output

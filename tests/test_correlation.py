@@ -136,7 +136,8 @@ def test_report_holds_k_finite_pairs_and_both_figures(interrupted_then_resumed):
     picked = [c for c in report["candidates"] if c["selected"]]
     assert len(picked) == 3
     for c in picked:
-        assert all(math.isfinite(c[k]) for k in ("surrogate_loss", "final_loss", "surrogate_accuracy", "final_accuracy"))
+        assert all(math.isfinite(c[k])
+                   for k in ("surrogate_loss", "final_loss", "surrogate_accuracy", "final_accuracy"))
     assert report["loss"]["n"] == 3 and math.isfinite(report["loss"]["pearson_r"])
     saved = json.loads((root / "reports" / "correlation.json").read_text())
     assert json.dumps(saved["loss"]) == json.dumps(report["loss"])  # NaN where r is undefined (n = 3 less 2)

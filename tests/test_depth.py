@@ -24,7 +24,8 @@ DIMS = {"features": 6, "height": 4, "width": 5, "answers": 7, "tokens": 11}
 
 
 def test_trainable_rows_are_labelled_and_no_deeper_than_the_limit():
-    split = SplitData("train", {"answer": np.array([5, -1, 2, 1, 3, 0]), "depth": np.array([3, 3, 6, -1, 4, 3])}, {}, None)
+    split = SplitData("train", {"answer": np.array([5, -1, 2, 1, 3, 0]), "depth": np.array([3, 3, 6, -1, 4, 3])},
+                      {}, None)
     # unlabelled (−1) and <UNK> (0: an answer outside the answer set) never train
     assert split.trainable().tolist() == [True, False, True, True, True, False]
     # depth −1 (no program): a question the depth says nothing about stays
@@ -134,10 +135,12 @@ def test_depth_report_on_tiny_data(tiny_run, tmp_path):
         unseen = [e["error"] for d, e in limited["val"].items() if int(d) > 4]
         assert limited["seen_error"] == pytest.approx(np.mean(seen))
         assert limited["unseen_error"] == pytest.approx(np.mean(unseen))
-        cards = [json.loads(p.read_text()) for p in (root / label.replace(" ", "-") / "depth-4" / "modules").glob("*.json")]
+        cards = [json.loads(p.read_text())
+                 for p in (root / label.replace(" ", "-") / "depth-4" / "modules").glob("*.json")]
         assert cards and all(c["metrics"]["train_questions"] < len(data.split("train")) for c in cards)
         # the reference trained on every depth: more training questions than the limited run
-        reference = [json.loads(p.read_text()) for p in (root / label.replace(" ", "-") / "all-depths" / "modules").glob("*.json")]
+        reference = [json.loads(p.read_text())
+                     for p in (root / label.replace(" ", "-") / "all-depths" / "modules").glob("*.json")]
         assert reference[0]["metrics"]["train_questions"] > cards[0]["metrics"]["train_questions"]
         assert ALL in regimes
         # the composable subset is a subset, the same questions for every system

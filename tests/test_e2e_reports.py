@@ -169,7 +169,8 @@ def test_explain_draws_what_relate_reads_and_gives(clevr_run):
     def label(node):
         return node.module if node.instance is None else f"{node.module}[{node.instance}]"
 
-    reads = {f"{label(n)} reads {label(n.children[0])}": f"{label(n)} gives" for n in layout.nodes() if n.module == "relate"}
+    reads = {f"{label(n)} reads {label(n.children[0])}": f"{label(n)} gives"
+             for n in layout.nodes() if n.module == "relate"}
     titles = [t for t, _ in panels]
     assert titles[0] in reads and titles[1] == reads[titles[0]]  # a relate's input next to its output
     assert all(m.shape == (8, 8) for _, m in panels)
@@ -181,7 +182,8 @@ def test_explain_draws_what_relate_reads_and_gives(clevr_run):
 def test_every_version_trains_on_one_shared_set_of_defaults(compared):
     root, summary = compared
     assert summary["protocol"] == {"name": "shared defaults", "trials_per_module": 0}
-    settings = {json.dumps(train, sort_keys=True) for v in summary["versions"].values() for train in v["train"].values()}
+    settings = {json.dumps(train, sort_keys=True)
+                for v in summary["versions"].values() for train in v["train"].values()}
     assert len(settings) == 1  # every module of every version, and end to end: the one [train] table
     for version in summary["versions"].values():
         for epochs in version["epochs"].values():

@@ -13,7 +13,8 @@ from modtrain.errors import ModtrainError
 from modtrain.recipe import Recipe
 
 # the toy loop of test_training_settings (tests import in importlib mode: no package to import it from)
-_spec = importlib.util.spec_from_file_location("training_settings", Path(__file__).with_name("test_training_settings.py"))
+_spec = importlib.util.spec_from_file_location("training_settings",
+                                               Path(__file__).with_name("test_training_settings.py"))
 _toy = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(_toy)
 Toy = _toy.Toy

@@ -37,7 +37,8 @@ def _executor(interface, mode="weighted"):
 def test_batched_execution_equals_per_sample_reference(interface, mode):
     executor, values = _executor(interface, mode)
     rng = random.Random(0)
-    layouts = [parse_layout(rng.choice(SHAPES).format(a=rng.choice(["color", "shape"]), m=rng.choice(["exist", "count"]),
+    layouts = [parse_layout(rng.choice(SHAPES).format(a=rng.choice(["color", "shape"]),
+                                                      m=rng.choice(["exist", "count"]),
                                                       v=rng.choice(values), w=rng.choice(values), u=rng.choice(values)))
                for _ in range(60)]
     features = torch.randn(60, 5, 3, 4)

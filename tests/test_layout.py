@@ -7,19 +7,22 @@ from modtrain.layout import Layout, parse_layout
 def test_string_form_round_trips():
     text = "describe[color](and(find[red],find[cube]))"
     layout = parse_layout(text)
-    assert layout == Layout("describe", "color", (Layout("and", None, (Layout("find", "red"), Layout("find", "cube"))),))
+    assert layout == Layout("describe", "color",
+                            (Layout("and", None, (Layout("find", "red"), Layout("find", "cube"))),))
     assert str(layout) == text
     assert parse_layout(" describe[color]( and( find[red] , find[cube] ) ) ") == layout
 
 
 def test_depth_size_shape_instances():
-    layout = parse_layout("compare[less_than](measure[count](find[red]),measure[count](and(find[cube],relate[left](find[blue]))))")
+    layout = parse_layout("compare[less_than](measure[count](find[red]),"
+                          "measure[count](and(find[cube],relate[left](find[blue]))))")
     assert layout.depth == 5
     assert layout.size == 8
     assert layout.shape() == "compare[](measure[](find[]),measure[](and(find[],relate[](find[]))))"
     assert layout.instances()[:3] == [("compare", "less_than"), ("measure", "count"), ("find", "red")]
     # same shape, other instances
-    other = parse_layout("compare[greater_than](measure[exist](find[a]),measure[count](and(find[b],relate[right](find[c]))))")
+    other = parse_layout("compare[greater_than](measure[exist](find[a]),"
+                         "measure[count](and(find[b],relate[right](find[c]))))")
     assert other.shape() == layout.shape() and other != layout
 
 

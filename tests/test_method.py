@@ -43,12 +43,14 @@ def test_a_find_stuck_at_the_prior_stops_the_run_before_it_is_cached(copied):
     stuck = recipe.with_overrides(["modules.find.lr=1e-7", "modules.find.max_epochs=2"])
     cache_before = json.dumps(sorted(p.name for p in (workdir.caches / "find").iterdir()))
     with pytest.raises(ModtrainError, match=r"find.json: find is not trusted: gain −?[0-9.]+% \(interval .*\) < 5.0%: "
-                                            r"the surrogate reading find does no better than the prior \(trust.criterion "
+                                            r"the surrogate reading find does no better than the prior "
+                                            r"\(trust.criterion "
                                             r"= gain\), so it is not cached or used\..*--allow-untrusted"):
         run_pipeline(stuck, workdir, CPU, say=lambda m: None)
     card = load_card(workdir.modules, "find")
     assert card["surrogate"]["trustworthy"] is False and card["metrics"]["selected_on"] == "val_accuracy"
-    assert card["surrogate"]["trust"]["gain"] < recipe.trust.min_gain and card["surrogate"]["verdict"]["criterion"] == "gain"
+    assert (card["surrogate"]["trust"]["gain"] < recipe.trust.min_gain
+            and card["surrogate"]["verdict"]["criterion"] == "gain")
     assert json.dumps(sorted(p.name for p in (workdir.caches / "find").iterdir())) == cache_before  # not written
     report = run_pipeline(stuck, workdir, CPU, say=lambda m: None, allow_untrusted=True)
     assert report["modules"]["find"]["trustworthy"] is False

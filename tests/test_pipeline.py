@@ -245,6 +245,7 @@ def test_original_recipe_runs_on_the_same_data(tiny_run, tiny_overrides, tmp_pat
     assert query["accuracy"] > query["encoder_accuracy"]
     # a find that learned nothing (lr 1e-7, two epochs) is refused, the gain named
     stuck = recipe.with_overrides(["modules.find.lr=1e-7", "modules.find.max_epochs=2"])
-    with pytest.raises(ModtrainError, match=r"find is not trusted: gain −[0-9.]+% \(interval .*\) < 5.0%: the surrogate "
-                                            r"reading find does no better than the answer frequencies of its roots"):
+    with pytest.raises(ModtrainError, match=r"find is not trusted: gain −[0-9.]+% \(interval .*\) < 5.0%: "
+                                            r"the surrogate reading find does no better than the answer "
+                                            r"frequencies of its roots"):
         run_pipeline(stuck, workdir, CPU, say=messages.append)

@@ -29,7 +29,8 @@ def test_typed_trains_the_encoder_first():
 def test_gradient_trains_encoder_and_find_in_parallel():
     plan = make_plan(Recipe.load("nmn-original"))
     levels = [[j.name for j in level] for level in plan.levels()]
-    assert levels == [["train encoder", "train find"], ["cache find"], ["train describe", "train measure"], ["assemble"]]
+    assert levels == [["train encoder", "train find"], ["cache find"], ["train describe", "train measure"],
+                      ["assemble"]]
     assert any("geometric mean" in note for note in plan.module("describe").notes)
 
 
@@ -45,7 +46,8 @@ def test_indirect_module_without_surrogate_is_refused(tmp_path):
     text = Recipe.load("nmn-typed").to_toml().replace('surrogate = "factorized"\n', "")
     path = tmp_path / "r.toml"
     path.write_text(text)
-    with pytest.raises(ModtrainError, match=r"module find has indirect supervision \(paper §3.1\) and needs a surrogate"):
+    with pytest.raises(ModtrainError, match=r"module find has indirect supervision \(paper §3.1\) "
+                                            r"and needs a surrogate"):
         make_plan(Recipe.load(path))
 
 

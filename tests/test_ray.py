@@ -54,7 +54,9 @@ def test_run_on_ray_gives_the_same_cards_as_in_process(ray_local, tiny_run, tmp_
 
 def test_gpu_request_on_a_cpu_cluster_fails_fast(ray_local, tiny_run, tmp_path):
     assert gpus_per_job(None) == 0.0
-    with pytest.raises(ModtrainError, match=r"--gpus-per-job 1: the Ray cluster has 0 GPU\(s\) and no node has more than 0 \(node \w+: 0 GPU\(s\), 2 CPU\(s\)\); Ray would wait forever"):
+    with pytest.raises(ModtrainError, match=r"--gpus-per-job 1: the Ray cluster has 0 GPU\(s\) "
+                                            r"and no node has more than 0 "
+                                            r"\(node \w+: 0 GPU\(s\), 2 CPU\(s\)\); Ray would wait forever"):
         gpus_per_job(1.0)
     recipe, workdir, _, _ = tiny_run
     with pytest.raises(ModtrainError, match="Ray would wait forever"):
@@ -99,7 +101,8 @@ def test_four_trial_search_per_module(ray_local, tiny_run, tmp_path, module):
     # the best configuration retrains to the same accuracy (same recipe, seed, data and threads)
     retrain = Workdir(tmp_path / "retrain", shared.data)
     best_recipe = Recipe.load(str(out / "recipe.toml"))
-    for producer in {"find": ["encoder"], "describe": ["find", "encoder"], "measure": ["find", "encoder"]}.get(module, []):
+    for producer in {"find": ["encoder"], "describe": ["find", "encoder"],
+                     "measure": ["find", "encoder"]}.get(module, []):
         shutil.copytree(shared.caches / producer, retrain.caches / producer)
         for suffix in (".pt", ".json"):
             retrain.modules.mkdir(parents=True, exist_ok=True)

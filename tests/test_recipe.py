@@ -60,7 +60,9 @@ def test_overrides_are_typed_and_checked():
 
 
 def test_unknown_recipe_module_surrogate_and_interface():
-    with pytest.raises(ModtrainError, match="unknown recipe 'nmn-fancy'; shipped: e2e, film, lnmn, nmn-clevr, nmn-clevr-original, nmn-original, nmn-typed, nmn-vqa, nmn-vqa-original, snmn-gt, snmn-scratch"):
+    with pytest.raises(ModtrainError, match="unknown recipe 'nmn-fancy'; shipped: e2e, film, lnmn, nmn-clevr, "
+                                            "nmn-clevr-original, nmn-original, nmn-typed, nmn-vqa, nmn-vqa-original, "
+                                            "snmn-gt, snmn-scratch"):
         Recipe.load("nmn-fancy")
     with pytest.raises(ModtrainError, match="unknown module 'transform'; valid:"):
         Recipe.load("nmn-typed", ["modules.transform.hidden=3"])

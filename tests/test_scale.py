@@ -74,7 +74,8 @@ def test_every_training_job_gets_a_gpu_of_its_own_on_a_simulated_cluster(tiny_ru
     env, reference = ENV, in_process_reference
     cluster = Workdir(tmp_path / "cluster", workdir.data)
     out = tmp_path / "cluster.json"
-    done = subprocess.run([sys.executable, str(Path(__file__).parent / "cluster_run.py"), str(workdir.root / "recipe.toml"),
+    done = subprocess.run([sys.executable, str(Path(__file__).parent / "cluster_run.py"),
+                           str(workdir.root / "recipe.toml"),
                            str(cluster.root), str(cluster.data), str(out)], capture_output=True, text=True, env=env,
                           timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -84,7 +85,8 @@ def test_every_training_job_gets_a_gpu_of_its_own_on_a_simulated_cluster(tiny_ru
     placement = json.loads((cluster.reports / "jobs.json").read_text())["placement"]
     trained = {job: p for job, p in placement.items() if job.startswith("train ")}
     assert set(trained) == {f"train {m}" for m in recipe.modules}
-    assert all(len(p["gpu_ids"]) == 1 and p["device"] == "cpu" and p["node"] in result["nodes"] for p in trained.values())
+    assert all(len(p["gpu_ids"]) == 1 and p["device"] == "cpu" and p["node"] in result["nodes"]
+               for p in trained.values())
     assert all(not p["gpu_ids"] for job, p in placement.items() if not job.startswith("train "))
     describe, measure = trained["train describe"], trained["train measure"]
     assert describe["started"] < measure["ended"] and measure["started"] < describe["ended"]  # at the same time
@@ -101,7 +103,8 @@ def test_a_node_lost_mid_job_is_retried_elsewhere_and_the_run_ends_with_the_same
     env, reference = ENV, in_process_reference
     cluster = Workdir(tmp_path / "cluster", workdir.data)
     out = tmp_path / "cluster.json"
-    done = subprocess.run([sys.executable, str(Path(__file__).parent / "cluster_run.py"), str(workdir.root / "recipe.toml"),
+    done = subprocess.run([sys.executable, str(Path(__file__).parent / "cluster_run.py"),
+                           str(workdir.root / "recipe.toml"),
                            str(cluster.root), str(cluster.data), str(out), "node-loss"], capture_output=True, text=True,
                           env=env, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]

@@ -135,7 +135,8 @@ def test_a_module_registered_only_here_is_trained_through_its_hooks(guess, prepa
     assert [given for name, given in calls[:2]] == ["train", "val"]
     trainable = calls[2][1]
     held_out = trainable[::4]
-    assert np.array_equal(job.held_out_rows, held_out) and np.array_equal(job.train_rows, np.setdiff1d(trainable, held_out))
+    assert (np.array_equal(job.held_out_rows, held_out)
+            and np.array_equal(job.train_rows, np.setdiff1d(trainable, held_out)))
     # the optimizer it made, with the recipe's settings, is the loop's; and the loop clips as asked
     assert hooks[3:5] == ["configure_optimizers", "training_settings"]
     assert calls[3][1] == (0.01, 0.0)

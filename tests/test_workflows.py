@@ -24,7 +24,8 @@ def _renamed_splits(source, target, names: dict[str, str]):
     """A copy of a prepared data folder with its splits renamed (train → trainA, ...)."""
     shutil.copytree(source, target, ignore=shutil.ignore_patterns("*.h5", "vocab.json", "generate.json"))
     for old, new in names.items():
-        (target / "questions" / f"CLEVR_{old}_questions.json").rename(target / "questions" / f"CLEVR_{new}_questions.json")
+        (target / "questions" / f"CLEVR_{old}_questions.json").rename(
+            target / "questions" / f"CLEVR_{new}_questions.json")
         (target / "scenes" / f"CLEVR_{old}_scenes.json").rename(target / "scenes" / f"CLEVR_{new}_scenes.json")
         (target / "images" / old).rename(target / "images" / new)
         for image in (target / "images" / new).iterdir():
@@ -38,7 +39,8 @@ def test_cogent_splits_train_with_the_recipe_split_keys(tiny_run, tmp_path):
     data = _renamed_splits(workdir.data, tmp_path / "cogent", {"train": "trainA", "val": "valA", "test": "valB"})
     summary = prepare(data)
     assert summary["vocab"]["split"] == "trainA"
-    with pytest.raises(ModtrainError, match="--vocab-split 'train': .* has no such split; its splits: trainA, valA, valB"):
+    with pytest.raises(ModtrainError, match="--vocab-split 'train': .* has no such split; "
+                                            "its splits: trainA, valA, valB"):
         prepare(data, vocab_split="train")
     recipe = Recipe.load("nmn-typed", ["data.train_split='trainA'", "data.val_split='valA'", f"data.source='{data}'",
                                        "train.max_epochs=1", "train.device='cpu'"])
@@ -78,7 +80,8 @@ def test_a_cogent_folder_runs_as_it_comes(tiny_run, tmp_path):
 def test_run_takes_an_existing_data_folder(tiny_run, tmp_path):
     _, workdir, _, _ = tiny_run
     root = tmp_path / "run"
-    result = CliRunner().invoke(main, ["run", "--recipe", "nmn-typed", "--workdir", str(root), "--data", str(workdir.data),
+    result = CliRunner().invoke(main, ["run", "--recipe", "nmn-typed", "--workdir", str(root),
+                                       "--data", str(workdir.data),
                                        "--set", "train.max_epochs=1", "--device", "cpu"])
     assert result.exit_code == 0, result.output
     assert not (root / "data").exists()  # nothing generated: the given folder was used

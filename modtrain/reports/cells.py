@@ -106,7 +106,8 @@ def cells_report(workdir: Workdir, split_name: str = "val", limit: int = 2000,
     split = data.split(split_name)
     features = split.features()
     cells = module.net.cells
-    report: dict[str, Any] = {"workdir": str(workdir.root), "split": split_name, "questions": int(min(limit, split.trainable().sum())),
+    report: dict[str, Any] = {"workdir": str(workdir.root), "split": split_name,
+                              "questions": int(min(limit, split.trainable().sum())),
                               "operations": list(OPERATIONS), "modules": {}}
     for name, cell in cells.items():
         report["modules"][name] = {
@@ -138,9 +139,11 @@ def format_cells(report: dict) -> str:
     lines = [f"# LNMN cells ({report['split']}, {report['questions']} questions)", "",
              "| module | node argmax | expression |", "|---|---|---|"]
     lines += [f"| {n} | {', '.join(m['argmax'])} | `{m['expression']}` |" for n, m in report["modules"].items()]
-    lines += ["", "Integrated gradients of the correct answer's log-probability w.r.t. α, per operation (LNMN Table 5):",
+    lines += ["", "Integrated gradients of the correct answer's log-probability w.r.t. α, "
+                  "per operation (LNMN Table 5):",
               "", "| module | " + " | ".join(ops) + " |", "|---" * (len(ops) + 1) + "|"]
-    lines += [f"| {n} | " + " | ".join(f"{v:.3f}" for v in m["ig_by_operation"]) + " |" for n, m in report["modules"].items()]
+    lines += [f"| {n} | " + " | ".join(f"{v:.3f}" for v in m["ig_by_operation"]) + " |"
+              for n, m in report["modules"].items()]
     lines += ["", "Accuracy (LNMN Tables 2 and 7):", "", "| setting | accuracy |", "|---|---|"]
     lines += [f"| {k} | {100 * v:.2f} |" for k, v in report["accuracy"].items()]
     return "\n".join(lines) + "\n"

@@ -274,7 +274,8 @@ def format_markdown(summary: dict) -> str:
         lines += ["| version | accuracy |", "|---|---|"]
         lines += [f"| {label} | {_pm(v['accuracy'])} |" for label, v in versions.items()]
     types = list(next(iter(versions.values()))["by_type"])
-    for key, what in ([("by_type_vqa", "VQA accuracy per answer type")] if vqa else []) + [("by_type", "Accuracy per type")]:
+    for key, what in (([("by_type_vqa", "VQA accuracy per answer type")] if vqa else [])
+                      + [("by_type", "Accuracy per type")]):
         lines += ["", f"{what}:", "", "| version | " + " | ".join(types) + " |", "|---" * (len(types) + 1) + "|"]
         lines += [f"| {label} | " + " | ".join(_pm(v[key][t]) for t in types) + " |" for label, v in versions.items()]
     jobs = summary["jobs"]
@@ -284,7 +285,8 @@ def format_markdown(summary: dict) -> str:
         cells = [f"{v['seconds'][j]:.1f}" if j in v["seconds"] else "-" for j in (*jobs, "train e2e")]
         lines.append(f"| {label} | " + " | ".join(cells) +
                      f" | {v['total_seconds']['training']:.1f} | {v['total_seconds']['with_caches']:.1f} |")
-    lines += ["", "Epochs trained / kept (early stopping), per seed:", "", "| version | seed | epochs |", "|---|---|---|"]
+    lines += ["", "Epochs trained / kept (early stopping), per seed:", "",
+              "| version | seed | epochs |", "|---|---|---|"]
     for label, v in versions.items():
         for seed, epochs in v.get("epochs", {}).items():
             cells = ", ".join(f"{m} {e['epochs']}/{e['best_epoch']}" for m, e in epochs.items())

@@ -155,7 +155,8 @@ def train_final(recipe_raw: dict, where: str, module: str, root: str, data_dir: 
     candidate = Workdir(Path(candidate_root), Path(data_dir))
     frozen = _frozen(plan, module)
     if not caches_up_to_date(candidate, plan, module, data):
-        write_caches(candidate, plan, module, data, torch.device(device), allow_untrusted=True)  # the report judges trust
+        # the report judges trust
+        write_caches(candidate, plan, module, data, torch.device(device), allow_untrusted=True)
     workdir = Workdir(Path(root), Path(data_dir))
     spec = joint_spec(plan, FINAL, frozen)
     sources = {m: candidate for m in frozen}
@@ -436,8 +437,9 @@ def plot_variance(report: dict, path: Path) -> Path:
     trust = report["trust"]
     candidates = [e for e in report["candidates"] if not e["null"] and math.isfinite(e["surrogate_loss"])]
     for name, color in (("discarded", "tab:red"), ("selected", "tab:blue"), ("other", "tab:gray")):
-        points = [e for e in candidates if (e["discarded"] if name == "discarded" else e["selected"] if name == "selected"
-                                            else not e["discarded"] and not e["selected"])]
+        points = [e for e in candidates
+                  if (e["discarded"] if name == "discarded" else e["selected"] if name == "selected"
+                      else not e["discarded"] and not e["selected"])]
         axis.scatter([e["surrogate_loss"] for e in points], [max(e["variance"], 1e-9) for e in points],
                      c=color, label=f"{name} by {trust['criterion']} ({len(points)})", s=28)
     axis.set_xlabel("surrogate validation loss (NLL)")

@@ -212,7 +212,8 @@ def format_markdown(summary: dict) -> str:
              f"every system)."]
     for subset, title in (("", "every question"), ("_composable", "composable questions")):
         lines += ["", f"## {title}", "",
-                  "| system | seen | unseen | unseen / seen | train questions > D | " + " | ".join(map(str, depths)) + " |",
+                  "| system | seen | unseen | unseen / seen | "
+                  "train questions > D | " + " | ".join(map(str, depths)) + " |",
                   "|---" * (len(depths) + 5) + "|"]
         for label, regimes in systems.items():
             s = regimes[LIMITED]
@@ -226,7 +227,8 @@ def format_markdown(summary: dict) -> str:
                                                          for k in depths) + " |")
     if any(ALL in r for r in systems.values()):
         lines += ["", "Trained on every depth (reference): mean validation error at depths > D, %:", "",
-                  "| system | depth-limited | every depth trained | composable, depth-limited | composable, every depth |",
+                  "| system | depth-limited | every depth trained | "
+                  "composable, depth-limited | composable, every depth |",
                   "|---|---|---|---|---|"]
         lines += [f"| {label} | {100 * r[LIMITED]['unseen_error']:.1f} | {100 * r[ALL]['unseen_error']:.1f} | "
                   f"{100 * r[LIMITED]['unseen_error_composable']:.1f} | {100 * r[ALL]['unseen_error_composable']:.1f} |"

@@ -97,7 +97,8 @@ def explain(workdir: Workdir, recipe: Recipe, device: torch.device, question_ind
                                 f"(valid: {split_data.question_index.min()}..{split_data.question_index.max()})")
         row = int(rows[0])
         if split_data.layout[row] < 0:
-            raise ModtrainError(f"question {question_index} of split {split!r} has no program, hence no layout to explain")
+            raise ModtrainError(f"question {question_index} of split {split!r} has no program, "
+                                "hence no layout to explain")
         layout = data.layouts[split_data.layout[row]]
         image_index = int(split_data.image_index[row])
         feats = torch.from_numpy(features.take([image_index])).float().to(device)

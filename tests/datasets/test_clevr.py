@@ -114,7 +114,8 @@ def test_unknown_function_names_file_question_and_valid_ones(tmp_path):
         {"function": "scene", "inputs": [], "value_inputs": []},
         {"function": "teleport", "inputs": [0], "value_inputs": []}]}]}
     path = _write(tmp_path / "CLEVR_train_questions.json", raw)
-    with pytest.raises(ModtrainError, match=r"question 1: program node 1 has unknown function 'teleport'; valid: .*filter_color"):
+    with pytest.raises(ModtrainError, match=r"question 1: program node 1 has unknown function 'teleport'; "
+                                            r"valid: .*filter_color"):
         load_questions(path)
 
 
@@ -131,7 +132,8 @@ def test_image_index_out_of_range_is_named(tiny_clevr):
     folder = ClevrFolder(tiny_clevr)
     questions = folder.load_questions("val")
     questions[0].image_index = 99
-    with pytest.raises(ModtrainError, match=r"question 0 refers to image 99, but split 'val' has 8 images \(valid: 0..7\)"):
+    with pytest.raises(ModtrainError, match=r"question 0 refers to image 99, but split 'val' has 8 images "
+                                            r"\(valid: 0..7\)"):
         folder.check_image_indices("val", questions, folder.num_images("val"))
 
 

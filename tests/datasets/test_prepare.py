@@ -14,7 +14,8 @@ from modtrain.io import sha256_json
 
 
 def test_tokenize():
-    assert tokenize("Is the RED cube, left of it; yes?") == ["is", "the", "red", "cube", ",", "left", "of", "it", ";", "yes"]
+    assert tokenize("Is the RED cube, left of it; yes?") == [
+        "is", "the", "red", "cube", ",", "left", "of", "it", ";", "yes"]
 
 
 @pytest.fixture(scope="module")

@@ -147,7 +147,8 @@ def test_vqa_accuracy_equals_the_official_evaluation_question_by_question(split)
     assert {str(i): round(100 * a, 2) for i, a in got.items()} == {i: c["official"] for i, c in by_id.items()}
     assert round(100 * float(np.mean(list(got.values()))), 2) == expected["overall"]
     for kind, official in expected["per_answer_type"].items():
-        assert round(100 * float(np.mean([got[q.question_id] for q in questions if q.answer_type == kind])), 2) == official
+        assert round(100 * float(np.mean([got[q.question_id] for q in questions
+                                          if q.answer_type == kind])), 2) == official
     # vqa_scores (what assemble calls) on the answers as prepare stores them: the same values
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

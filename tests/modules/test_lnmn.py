@@ -184,7 +184,8 @@ def test_lnmn_trains_weights_and_structure_alternately_in_a_modtrain_job(tiny_ru
     job._setup_data()
     trainable = data.split("train").trainable().sum()
     assert len(job.held_out_rows) == round(0.1 * trainable)
-    assert len(job.train_rows) + len(job.held_out_rows) == trainable and not set(job.held_out_rows) & set(job.train_rows)
+    assert (len(job.train_rows) + len(job.held_out_rows) == trainable
+            and not set(job.held_out_rows) & set(job.train_rows))
     # α's optimizer and the search batches' stream are checkpointed: a resumed job continues them
     job._setup_model()
     job._setup_optimizer()

@@ -81,7 +81,8 @@ def test_instances_are_applied_per_sample():
 def test_factory_errors_name_the_valid_choices():
     with pytest.raises(ModtrainError, match="unknown module 'transform'; valid: and, compare, describe"):
         build_module("transform", "typed", DIMS)
-    with pytest.raises(ModtrainError, match=r"unknown hyperparameter\(s\) depth for module find; valid: attention, bias, dropout"):
+    with pytest.raises(ModtrainError, match=r"unknown hyperparameter\(s\) depth for module find; "
+                                            r"valid: attention, bias, dropout"):
         build_module("find", "typed", DIMS, INSTANCES, depth=3)
     with pytest.raises(ModtrainError, match="unknown instance|is not an instance"):
         build_module("find", "typed", DIMS, INSTANCES).instance_ids(["zz"], "layout find[zz]")

@@ -194,7 +194,8 @@ def test_stack_nmn_asks_its_job_for_its_training_through_the_hooks(tiny_clevr):
     supervised = build_module("snmn", "typed", dims, dim=16, steps=4, stack=4, layout_weight=0.5)
     run_prior(supervised, torch.randint(1, 11, (3, 5)), torch.tensor([5, 2, 4]), torch.randn(3, 6, 4, 4))
     target = torch.tensor([[1, 7, 0, 0], [-1, -1, -1, -1], [2, 2, 7, 0]])
-    expected = 0.5 * F.cross_entropy(supervised.explained["module_logits"][[0, 2]].flatten(0, 1), target[[0, 2]].flatten())
+    expected = 0.5 * F.cross_entropy(supervised.explained["module_logits"][[0, 2]].flatten(0, 1),
+                                     target[[0, 2]].flatten())
     assert supervised.auxiliary_loss({"layout_target": target}, 1).item() == pytest.approx(expected.item())
     assert supervised.auxiliary_loss({"layout_target": torch.full((3, 4), -1)}, 1) == 0.0  # no layout in the batch
     assert supervised.auxiliary_loss({}, 1) == 0.0
