@@ -32,7 +32,7 @@ def node_loss(recipe: Recipe, workdir: Workdir, out: str) -> None:
 
     def run() -> None:
         try:
-            run_pipeline_on_ray(recipe, workdir, cluster.address, messages.append, gpus=1, cpus_per_job=2)
+            run_pipeline_on_ray(recipe, workdir, cluster.address, messages.append, gpus=1, cpus_per_job=1)
         except BaseException as e:  # noqa: BLE001 - whatever ends the run in this thread is reported in the JSON
             errors.append(repr(e))
 
@@ -61,7 +61,7 @@ def main() -> None:
     recipe_path, root, data, out = sys.argv[1:5]
     if sys.argv[5:] == ["node-loss"]:
         return node_loss(Recipe.load(recipe_path), Workdir(Path(root), Path(data)), out)
-    # two nodes declaring 2 GPUs and 2 CPUs each; a job asks for 2 CPUs, so each node runs one at a time
+    # two nodes declaring 2 GPUs and 2 CPUs each; a job asks for 1 CPU and 1 GPU
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "num_gpus": 2, "include_dashboard": False})
     cluster.add_node(num_cpus=2, num_gpus=2)
     cluster.wait_for_nodes()
@@ -70,11 +70,11 @@ def main() -> None:
     result = {}
     try:
         try:
-            run_pipeline_on_ray(recipe, workdir, cluster.address, print, gpus=3, cpus_per_job=2)
+            run_pipeline_on_ray(recipe, workdir, cluster.address, print, gpus=3, cpus_per_job=1)
         except ModtrainError as e:
             result["too_many_gpus"] = str(e)
         messages = []
-        run_pipeline_on_ray(recipe, workdir, cluster.address, messages.append, gpus=1, cpus_per_job=2)
+        run_pipeline_on_ray(recipe, workdir, cluster.address, messages.append, gpus=1, cpus_per_job=1)
         result["messages"] = messages
         result["nodes"] = sorted(n["NodeID"] for n in ray.nodes() if n["Alive"])
         Path(out).write_text(json.dumps(result))
