@@ -116,24 +116,23 @@ def test_compare_fresh_retrains_instead_of_reusing(compared, tiny_run):
 
 
 def test_compare_adds_other_end_to_end_systems_under_the_same_protocol(compared, tiny_run):
-    """--system adds Stack-NMN (or FiLM, LNMN) beside the three versions: same data, seeds and
+    """--system adds FiLM (or Stack-NMN, LNMN) beside the three versions: same data, seeds and
     [train] table, trained end to end, evaluated by the assembler, never in the retraining table."""
     root, _ = compared
     _, typed, _, _ = tiny_run
     with pytest.raises(ModtrainError, match="unknown system\\(s\\) 'MAC'; valid: FiLM, Stack-NMN \\(ground truth\\)"):
         run_compare(root, 1, CPU, FAST, data_dir=typed.data, say=lambda m: None, systems=["MAC"])
-    summary = run_compare(root, 1, CPU, FAST, data_dir=typed.data, say=lambda m: None,
-                          systems=["Stack-NMN (scratch)"])
-    assert list(summary["versions"]) == ["end-to-end", "modular", "modular + data types", "Stack-NMN (scratch)"]
-    snmn = summary["versions"]["Stack-NMN (scratch)"]
-    assert snmn["how"] == "end-to-end" and snmn["seeds"] == [0] and list(snmn["seconds"]) == ["train e2e"]
-    assert snmn["train"]["snmn"] == summary["versions"]["end-to-end"]["train"]["encoder"]  # one [train] table
-    card = json.loads((Path(snmn["workdirs"][0]) / "modules" / "snmn.json").read_text())
+    summary = run_compare(root, 1, CPU, FAST, data_dir=typed.data, say=lambda m: None, systems=["FiLM"])
+    assert list(summary["versions"]) == ["end-to-end", "modular", "modular + data types", "FiLM"]
+    film = summary["versions"]["FiLM"]
+    assert film["how"] == "end-to-end" and film["seeds"] == [0] and list(film["seconds"]) == ["train e2e"]
+    assert film["train"]["film"] == summary["versions"]["end-to-end"]["train"]["encoder"]  # one [train] table
+    card = json.loads((Path(film["workdirs"][0]) / "modules" / "film.json").read_text())
     assert card["data_fingerprint"] == summary["dataset"]["data_fingerprint"]
-    report = json.loads((Path(snmn["workdirs"][0]) / "reports" / "assemble.json").read_text())
-    assert snmn["accuracy"]["mean"] == report["splits"]["test"]["accuracy"]
-    assert "Stack-NMN (scratch)" not in summary["retraining_vs_end_to_end"]
-    assert "| Stack-NMN (scratch) |" in (root / "reports" / "compare.md").read_text()
+    report = json.loads((Path(film["workdirs"][0]) / "reports" / "assemble.json").read_text())
+    assert film["accuracy"]["mean"] == report["splits"]["test"]["accuracy"]
+    assert "FiLM" not in summary["retraining_vs_end_to_end"]
+    assert "| FiLM |" in (root / "reports" / "compare.md").read_text()
 
 
 def test_explain_writes_one_png_per_question(tiny_run):

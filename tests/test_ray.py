@@ -3,9 +3,6 @@ import json
 import os
 import shutil
 import signal
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -29,27 +26,6 @@ def _shared(tiny_run, tmp_path):
     root = tmp_path / "shared"
     shutil.copytree(workdir.root, root, ignore=shutil.ignore_patterns("data"))
     return Workdir(root, workdir.data)
-
-
-def test_run_on_ray_gives_the_same_cards_as_in_process(ray_local, tiny_run, tmp_path):
-    recipe, workdir, _, _ = tiny_run
-    # the in-process reference runs in a fresh process, as Ray's workers are: float results of
-    # CPU kernels can differ in the last bits between a fresh process and one with a long history
-    in_process = tmp_path / "in-process"
-    subprocess.run([str(Path(sys.executable).parent / "modtrain"), "run", "--recipe", str(workdir.root / "recipe.toml"),
-                    "--workdir", str(in_process), "--device", "cpu"], check=True, capture_output=True)
-    on_ray = Workdir(tmp_path / "ray", workdir.data)
-    messages = []  # 2 CPUs per job: one job at a time, with the threads of the in-process run
-    ray_report = run_pipeline_on_ray(recipe, on_ray, "local", messages.append, gpus=None, cpus_per_job=2)
-    for name in recipe.modules:
-        here, there = load_card(in_process / "modules", name), load_card(on_ray.modules, name)
-        for key in ("job_key", "weights_sha256", "instances", "hyperparameters", "signature", "metrics"):
-            assert here[key] == there[key], (name, key)
-    report = json.loads((in_process / "reports" / "assemble.json").read_text())
-    assert ray_report["splits"]["val"]["accuracy"] == report["splits"]["val"]["accuracy"]
-    assert any("∥" in m for m in messages)
-    times = json.loads((on_ray.reports / "jobs.json").read_text())
-    assert {"train encoder", "cache find", "train describe", "train measure"} <= set(times)
 
 
 def test_gpu_request_on_a_cpu_cluster_fails_fast(ray_local, tiny_run, tmp_path):
