@@ -314,9 +314,10 @@ def extract_features(image_paths: list[Path], backbone: Backbone, out_path: Path
 
 
 def validate_features(path: str | Path, num_images: int | None = None,
-                      image_ids: np.ndarray | None = None) -> tuple[int, ...]:
-    """Check a clevr-iep layout file: dataset ``features`` (N, C, H, W) of floats, N = images, and
-    where the file keeps its rows' ``image_ids`` (a VQA split), that they are ``image_ids``."""
+                      image_ids: np.ndarray | None = None, split: str | None = None) -> tuple[int, ...]:
+    """Check a clevr-iep layout file: dataset ``features`` (N, C, H, W) of floats, N = images;
+    where the file keeps its rows' ``image_ids`` (a VQA split), that they are ``image_ids``; and
+    where it names its split (an attribute ``split``, as modtrain writes), that it is ``split``."""
     path = Path(path)
     if not path.is_file():
         raise ModtrainError(f"features file not found: {path}")
@@ -326,8 +327,14 @@ def validate_features(path: str | Path, num_images: int | None = None,
                 raise ModtrainError(f"{path}: no dataset 'features' (found: {', '.join(f.keys()) or 'nothing'})")
             shape, kind = f["features"].shape, f["features"].dtype.kind
             stored_ids = f["image_ids"][()] if "image_ids" in f else None
+            stored_split = f.attrs.get("split")
     except OSError as e:
         raise ModtrainError(f"{path}: not a readable HDF5 file ({e})") from None
+    if isinstance(stored_split, bytes):
+        stored_split = stored_split.decode()
+    if split is not None and stored_split is not None and str(stored_split) != split:
+        raise ModtrainError(f"{path}: its attribute split = {str(stored_split)!r}, but it would stand for split "
+                            f"{split!r}; give each split its own file (a pattern with {{split}})")
     if len(shape) != 4:
         raise ModtrainError(f"{path}: 'features' has shape {shape}; expected (N_images, C, H, W)")
     if kind != "f":
@@ -366,7 +373,7 @@ def features_command(data_dir: str | Path, backbone: str = "clevr-cnn", weights:
         sources = {split: Path(from_h5.replace("{split}", split)).resolve() for split in splits}
         for split, source in sources.items():  # every split checked before any is linked: all or none
             shapes[split] = validate_features(source, folder.num_images(split),
-                                              folder.image_ids(split) if folder.kind == "vqa" else None)
+                                              folder.image_ids(split) if folder.kind == "vqa" else None, split)
         for split, source in sources.items():
             target = features_path(data_dir, split)
             if target.exists() and target.resolve() == source:
@@ -378,6 +385,10 @@ def features_command(data_dir: str | Path, backbone: str = "clevr-cnn", weights:
         return shapes
     if backbone not in BACKBONES:
         raise ModtrainError(f"unknown backbone {backbone!r}; valid: {', '.join(BACKBONES)}")
+    if backbone == "clevr-cnn" and weights is not None:
+        raise ModtrainError(f"--weights {weights}: clevr-cnn keeps its own weights "
+                            f"({Path(data_dir) / 'features' / 'clevr-cnn.pt'}, pretrained by this command; --retrain "
+                            f"pretrains it again); --weights is for --backbone resnet101")
     image_size = _image_size(folder.image_paths(splits[0])[0])
     if backbone == "clevr-cnn" and not (Path(data_dir) / "generate.json").exists():
         warnings.warn(f"{data_dir}: modtrain did not generate these images, and clevr-cnn is pretrained on its own "

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import shutil
+import signal
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -128,6 +129,10 @@ def _render(jobs: list[tuple[list[dict], int, Path]]) -> None:
         render_scene(objects, image_size).save(path, compress_level=1)
 
 
+def _ignore_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 class Renderer:
     """Draws and saves images: in ``workers`` processes beside this one (rendering is per image and
     independent of the random stream, so the output does not depend on the number of workers), or
@@ -137,7 +142,9 @@ class Renderer:
 
     def __init__(self, workers: int | None):
         self.workers = default_workers() if workers is None else workers
-        self._pool = multiprocessing.get_context("fork").Pool(self.workers) if self.workers > 0 else None
+        # the workers leave Ctrl-C to this process, which stops them (no traceback from each)
+        self._pool = (multiprocessing.get_context("fork").Pool(self.workers, initializer=_ignore_sigint)
+                      if self.workers > 0 else None)
         self._pending: list = []
         self._chunk: list = []
 
@@ -155,14 +162,23 @@ class Renderer:
             self._chunk = []
 
     def finish(self) -> None:
-        self._flush()
         try:
+            self._flush()
             for result in self._pending:
                 result.get()
-        finally:
-            if self._pool is not None:
-                self._pool.close()
-                self._pool.join()
+        except BaseException:
+            self.stop()
+            raise
+        if self._pool is not None:
+            self._pool.close()
+            self._pool.join()
+
+    def stop(self) -> None:
+        """End the workers now, whatever they were drawing (an error or Ctrl-C in this process)."""
+        if self._pool is not None:
+            self._pool.terminate()
+            self._pool.join()
+            self._pool = None
 
 
 def generate_split(root: Path, split: str, num_images: int, questions_per_image: int,
@@ -179,17 +195,21 @@ def generate_split(root: Path, split: str, num_images: int, questions_per_image:
     scenes: list[Scene] = []
     questions: list[Question] = []
     renderer = Renderer(workers if num_images > Renderer.CHUNK else 0)
-    with progress(range(num_images), label=f"generate {split}") as bar:
-        for index in bar:
-            scene = make_scene(rng, split, index, image_size, combos)
-            renderer.add(scene.objects, image_size, image_dir / scene.image_filename)
-            scenes.append(scene)
-            for family, program, text, answer in sample_questions(
-                    rng, scene, families, questions_per_image, balancer, depths=depths):
-                questions.append(Question(
-                    question_index=len(questions), split=split, image_index=index,
-                    image_filename=image_filename(split, index), question=text,
-                    program=program, answer=answer, question_family_index=family.index))
+    try:
+        with progress(range(num_images), label=f"generate {split}") as bar:
+            for index in bar:
+                scene = make_scene(rng, split, index, image_size, combos)
+                renderer.add(scene.objects, image_size, image_dir / scene.image_filename)
+                scenes.append(scene)
+                for family, program, text, answer in sample_questions(
+                        rng, scene, families, questions_per_image, balancer, depths=depths):
+                    questions.append(Question(
+                        question_index=len(questions), split=split, image_index=index,
+                        image_filename=image_filename(split, index), question=text,
+                        program=program, answer=answer, question_family_index=family.index))
+    except BaseException:
+        renderer.stop()
+        raise
     renderer.finish()
     return scenes, questions
 

@@ -254,12 +254,23 @@ def load_vqa(questions_path: str | Path, sps2_path: str | Path,
             missing = [k for k in ("question_id", "answers", "multiple_choice_answer") if k not in a]
             if missing:
                 raise ModtrainError(f"{annotations_path}: annotation {j} lacks {missing[0]!r}")
+            if a["question_id"] in annotations:
+                raise ModtrainError(f"{annotations_path}: annotation {j} repeats question_id {a['question_id']}; "
+                                    f"each question has one annotation")
+            if not a["answers"]:
+                raise ModtrainError(f"{annotations_path}: annotation {j} (question_id {a['question_id']}) has no "
+                                    f"answers; VQA annotations list the human answers (ten in a VQA release)")
             annotations[a["question_id"]] = a
     out = []
+    seen: dict[int, int] = {}
     for i, (record, line) in enumerate(zip(records, lines)):
         for key in ("question_id", "image_id", "question"):
             if key not in record:
                 raise ModtrainError(f"{questions_path}: question {i} lacks {key!r}")
+        if record["question_id"] in seen:
+            raise ModtrainError(f"{questions_path}: question {i} repeats question_id {record['question_id']} "
+                                f"(question {seen[record['question_id']]}); question ids are unique in a VQA file")
+        seen[record["question_id"]] = i
         annotation = annotations.get(record["question_id"])
         if annotations_path is not None and annotation is None:
             raise ModtrainError(

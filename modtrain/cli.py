@@ -10,10 +10,32 @@ import warnings
 import click
 
 from modtrain import __version__
-from modtrain.errors import ModtrainError
+from modtrain.errors import ModtrainError, io_error_line
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 log = logging.getLogger("modtrain")
+
+
+def _close_hdf5_at_exit() -> None:
+    """After an error: close every HDF5 file still open when the process exits, before h5py's
+    finalizers run, which can crash the interpreter's exit after a failed write (a full disk)."""
+    import atexit
+
+    atexit.unregister(_close_hdf5)
+    atexit.register(_close_hdf5)
+
+
+def _close_hdf5() -> None:
+    """Close every HDF5 file this process still has open."""
+    if "h5py" not in sys.modules:
+        return
+    import h5py
+
+    for file_id in h5py.h5f.get_obj_ids(types=h5py.h5f.OBJ_FILE):
+        try:
+            h5py.File(file_id).close()  # and every dataset and group of it
+        except Exception:  # noqa: BLE001, S110 - closing what can be closed; the error is what is reported
+            pass
 
 
 class _Group(click.Group):
@@ -23,7 +45,17 @@ class _Group(click.Group):
         try:
             return super().invoke(ctx)
         except ModtrainError as e:
+            _close_hdf5_at_exit()
             raise click.ClickException(str(e)) from None
+        except (OSError, RuntimeError) as e:
+            line = io_error_line(e)
+            if line is None:
+                raise
+            _close_hdf5_at_exit()
+            raise click.ClickException(line) from None
+        except KeyboardInterrupt:  # Ctrl-C: the shell's status for SIGINT, and one line
+            click.echo("\ninterrupted; what was finished is kept: the same command resumes", err=True)
+            raise click.exceptions.Exit(130) from None
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None):
@@ -58,10 +90,10 @@ def data() -> None:
 
 @data.command(context_settings=CONTEXT, short_help="Generate a procedural CLEVR (or VQA) folder.")
 @click.argument("directory", type=click.Path(file_okay=False))
-@click.option("--images", default=1000, show_default=True, help="Training images.")
-@click.option("--val-images", type=int, default=None, help="Validation images [default: images/5].")
-@click.option("--test-images", type=int, default=None, help="Test images [default: images/5].")
-@click.option("--questions-per-image", default=10, show_default=True)
+@click.option("--images", type=click.IntRange(min=1), default=1000, show_default=True, help="Training images.")
+@click.option("--val-images", type=click.IntRange(min=1), default=None, help="Validation images [default: images/5].")
+@click.option("--test-images", type=click.IntRange(min=1), default=None, help="Test images [default: images/5].")
+@click.option("--questions-per-image", type=click.IntRange(min=1), default=10, show_default=True)
 @click.option("--families", default=None,
               help="Comma-separated question families or groups (all, no-relate, compare, relate, same) "
                    "[default: all; with --format vqa: no-relate].")
@@ -78,7 +110,7 @@ def data() -> None:
 @click.option("--format", "format_", type=click.Choice(["clevr", "vqa"]), default="clevr", show_default=True,
               help="Write a CLEVR v1.0 folder, or the same data as a VQA v1 folder (questions, annotations with "
                    "ten answers each, NMN .sps2 parses).")
-@click.option("--workers", type=int, default=None,
+@click.option("--workers", type=click.IntRange(min=0), default=None,
               help="Processes that render images beside this one [default: one per other core; 0: none].")
 def generate(directory, images, val_images, test_images, questions_per_image, families, seed,
              image_size, combos, fresh, force_alias, balance_depth, format_, workers):
@@ -109,14 +141,14 @@ def generate(directory, images, val_images, test_images, questions_per_image, fa
 @click.option("--from-h5", default=None,
               help="Use existing clevr-iep features instead: a path, with {split} for several splits.")
 @click.option("--dtype", type=click.Choice(["float32", "float16"]), default="float32", show_default=True)
-@click.option("--batch-size", default=64, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--seed", default=0, show_default=True, help="Seed of the clevr-cnn pretraining split.")
 @click.option("--retrain", is_flag=True, help="Pretrain clevr-cnn again even if its weights exist.")
-@click.option("--pretrain-images", type=int, default=None,
+@click.option("--pretrain-images", type=click.IntRange(min=1), default=None,
               help="Generated scenes the clevr-cnn pretrains on [default: 2500].")
-@click.option("--pretrain-epochs", type=int, default=None, help="[default: 12]")
-@click.option("--workers", type=int, default=None,
+@click.option("--pretrain-epochs", type=click.IntRange(min=1), default=None, help="[default: 12]")
+@click.option("--workers", type=click.IntRange(min=0), default=None,
               help="Processes that decode images while the backbone computes [default: on CUDA one per other core; "
                    "on the CPU none: the backbone's threads use every core].")
 def features(directory, backbone, weights, from_h5, dtype, batch_size, device, seed, retrain,
@@ -309,6 +341,12 @@ def train(module, surrogate, impl, recipe, workdir, overrides, data_dir, device)
 
     loaded, wd, dev = _context(recipe, workdir, overrides, device, data_dir)
     if surrogate is not None:
+        from modtrain.plan import make_plan
+
+        entry = next((m for m in make_plan(loaded).modules if m.name == module), None)
+        if entry is not None and entry.supervision == "direct":
+            raise ModtrainError(f"--surrogate {surrogate}: {module} has a loss of its own (direct supervision, "
+                                f"paper §3.1) and trains without a surrogate; drop --surrogate")
         loaded = loaded.with_surrogate(module, surrogate)
     if impl is not None:
         loaded = loaded.with_implementation(module, impl)
@@ -359,8 +397,14 @@ def assemble(splits, recipe, workdir, overrides, data_dir, device):
 
     loaded, wd, dev = _context(recipe, workdir, overrides, device, data_dir)
     names = [name.strip() for item in splits for name in item.split(",") if name.strip()]
+    if splits and not names:
+        from modtrain.data import folder_splits
+
+        raise ModtrainError(f"--split {splits[0]!r} names no split; {wd.data}'s splits: "
+                            f"{', '.join(folder_splits(wd.data))}")
     _check_splits(names, wd.data)
-    report = run(wd, loaded, dev, names or None)
+    with wd.lock():  # it writes caches and reports/assemble.json: one command at a time in a workdir
+        report = run(wd, loaded, dev, names or None)
     click.echo(format_report(report))
     click.echo(f"\nwrote {wd.reports / 'assemble.json'}")
 
@@ -368,7 +412,7 @@ def assemble(splits, recipe, workdir, overrides, data_dir, device):
 @main.command(context_settings=CONTEXT, short_help="The whole pipeline, resumable.")
 @address_option("the jobs run in this process, without Ray")
 @gpus_option("training job")
-@click.option("--cpus-per-job", type=int, default=None, help="CPUs per job on Ray [default: 1].")
+@click.option("--cpus-per-job", type=click.IntRange(min=1), default=None, help="CPUs per job on Ray [default: 1].")
 @click.option("--allow-untrusted", is_flag=True,
               help="Cache and use a module its surrogate does not trust (see [trust] in the recipe).")
 @click.option("--dry-run", is_flag=True,
@@ -430,7 +474,7 @@ def report() -> None:
 @click.option("--recipe", "recipe_name", default="nmn-typed", show_default=True,
               help="The NMN compared: its modules trained end to end (gradient), modular (gradient) and modular "
                    "with data types (typed), e.g. nmn-clevr for every CLEVR program.")
-@click.option("--seeds", default=3, show_default=True, help="Seeds per version.")
+@click.option("--seeds", type=click.IntRange(min=1), default=3, show_default=True, help="Seeds per version.")
 @click.option("--workdir", type=click.Path(file_okay=False), default="runs/compare", show_default=True,
               help="Holds the shared data, one folder per version and seed, and reports/.")
 @click.option("--data", "data_dir", type=click.Path(exists=True, file_okay=False), default=None,
@@ -439,7 +483,7 @@ def report() -> None:
               help="Override a key of every version's recipe, e.g. --set train.max_epochs=10.")
 @click.option("--device", default="auto", show_default=True)
 @click.option("--fresh", is_flag=True, help="Train every version and seed again instead of reusing trained runs.")
-@click.option("--tune", "trials", default=0, show_default=True,
+@click.option("--tune", "trials", type=click.IntRange(min=0), default=0, show_default=True,
               help="Search every version's hyperparameters with N trials per module (N for the whole network end "
                    "to end) before training the seeds; 0: every version on one shared set of defaults.")
 @click.option("--system", "systems", multiple=True, metavar="NAME",
@@ -477,7 +521,7 @@ def compare(recipe_name, seeds, workdir, data_dir, overrides, device, fresh, tri
               help="An already prepared data folder to use instead of generating one.")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="Override a key of every system's recipe, e.g. --set train.max_epochs=10.")
-@click.option("--min-questions", default=20, show_default=True,
+@click.option("--min-questions", type=click.IntRange(min=1), default=20, show_default=True,
               help="Depths with fewer questions are drawn and averaged no more (too noisy).")
 @click.option("--device", default="auto", show_default=True)
 @click.option("--fresh", is_flag=True, help="Train every system again instead of reusing trained runs.")
@@ -504,11 +548,13 @@ def depth(max_depth, recipe_name, systems, reference, workdir, data_dir, overrid
 @click.option("--search", type=click.Choice(["random", "optuna"]), default="random", show_default=True)
 @address_option("as local, since the trials run on Ray Tune")
 @click.option("--storage", default=None, help="Absolute path for Tune's files [default: WORKDIR/tune].")
-@click.option("--cpus-per-job", type=int, default=None, help="CPUs per trial [default: 1].")
-@click.option("--cpus-per-trial", "cpus_alias", type=int, default=None, hidden=True)  # the old spelling
+@click.option("--cpus-per-job", type=click.IntRange(min=1), default=None, help="CPUs per trial [default: 1].")
+# the old spelling
+@click.option("--cpus-per-trial", "cpus_alias", type=click.IntRange(min=1), default=None, hidden=True)
 @gpus_option("trial")
 @click.option("--gpus-per-trial", "gpus_alias", type=float, default=None, hidden=True)  # the old spelling
-@click.option("--retries", default=1, show_default=True, help="Retries of a crashed trial.")
+@click.option("--retries", type=click.IntRange(min=0), default=1, show_default=True,
+              help="Retries of a crashed trial.")
 @click.option("--fresh", is_flag=True, help="Discard an earlier search of this module instead of resuming it.")
 @recipe_options(device=False)
 def tune(module, samples, scheduler, search, address, storage, cpus_per_job, cpus_alias, gpus_per_job, gpus_alias,
@@ -556,7 +602,8 @@ def hpo(workdir, e2e_workdir):
 @click.option("--workdir", type=click.Path(exists=True, file_okay=False), required=True,
               help="A workdir holding a trained LNMN (modtrain e2e --recipe lnmn).")
 @click.option("--split", "split_name", default=None, help="[default: the validation split, data.val_split]")
-@click.option("--questions", "limit", default=2000, show_default=True, help="Questions evaluated per setting.")
+@click.option("--questions", "limit", type=click.IntRange(min=1), default=2000, show_default=True,
+              help="Questions evaluated per setting.")
 def cells(workdir, split_name, limit):
     """What an LNMN's cells learned: σ(α) heatmaps, expressions, attributions, operations removed."""
     from pathlib import Path

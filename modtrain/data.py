@@ -196,6 +196,15 @@ class PreparedData:
         if name not in self._splits:
             path = self.root / f"{name}.h5"
             if not path.exists():
+                try:
+                    known = folder_splits(self.root)
+                except ModtrainError:
+                    known = self.splits()
+                if name not in known:  # no such split at all: preparing would not make one
+                    from modtrain.recipe import SPLIT_KEYS
+
+                    raise ModtrainError(f"{self.root} has no split {name!r}; its splits: {', '.join(known) or 'none'}; "
+                                        f"choose with {SPLIT_KEYS} (or assemble --split)")
                 raise ModtrainError(f"{path} not found; run 'modtrain data prepare {self.root}' "
                                     f"(prepared splits: {', '.join(self.splits()) or 'none'})")
             with h5py.File(path, "r") as f:

@@ -26,6 +26,9 @@ def connect(address: str = "local", num_cpus: int | None = None):
     """Start or join Ray once per process; returns the ``ray`` module."""
     import ray
 
+    # a failed job is reported once, as its one line (``get``); the jobs after it fail with the
+    # same error, which Ray would print again as "Unhandled error" stacks when their refs go
+    os.environ.setdefault("RAY_IGNORE_UNHANDLED_ERRORS", "1")
     if address != "local":
         _reachable(address)
     if ray.is_initialized():
@@ -45,17 +48,39 @@ def connect(address: str = "local", num_cpus: int | None = None):
     return ray
 
 
+# An HTTP/2 client's opening (what a gRPC client such as Ray's sends first) and an empty SETTINGS frame
+_HTTP2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"
+
+
 def _reachable(address: str, timeout: float = 10.0) -> None:
-    """Fail at once for a HOST:PORT nobody answers at (Ray itself retries for minutes)."""
+    """Fail within ``timeout`` for a HOST:PORT where no Ray cluster answers (Ray itself retries
+    for minutes, and prints native warnings meanwhile): Ray's GCS is a gRPC server, so it must
+    answer an HTTP/2 opening with a SETTINGS frame; a web server, or a service that says
+    nothing, does not."""
     target = address.removeprefix("ray://")
     if address == "auto" or ":" not in target:
         return
     host, _, port = target.rpartition(":")
+    advice = "start one with 'ray start --head' (it prints the address) or use --address local"
     try:
-        socket.create_connection((host, int(port)), timeout=timeout).close()
+        with socket.create_connection((host, int(port)), timeout=timeout) as conn:
+            conn.settimeout(timeout)
+            conn.sendall(_HTTP2_PREFACE)
+            reply = b""
+            while len(reply) < 9:
+                chunk = conn.recv(9 - len(reply))
+                if not chunk:
+                    break
+                reply += chunk
+    except socket.timeout:
+        raise ModtrainError(f"{address!r} accepts connections but did not answer as a Ray cluster within "
+                            f"{timeout:g} s; {advice}") from None
     except (OSError, ValueError) as e:
-        raise ModtrainError(f"cannot reach the Ray cluster at {address!r} ({e}); start one with "
-                            f"'ray start --head' or use --address local") from None
+        raise ModtrainError(f"cannot reach the Ray cluster at {address!r} ({e}); {advice}") from None
+    if len(reply) < 9 or reply[3] != 0x4:  # frame type 4: SETTINGS
+        said = reply[:20].decode("latin-1").split("\r")[0] or "nothing"
+        raise ModtrainError(f"{address!r} is not a Ray cluster: it answered {said!r} where Ray's GCS speaks gRPC; "
+                            f"{advice}")
 
 
 def get(ray, refs):
@@ -163,8 +188,13 @@ def _run_on_ray(recipe, workdir, address: str, say: Callable[[str], None], gpus:
     while pending:
         done, _ = ray.wait(list(pending.values()), num_returns=1)
         name = next(n for n, r in pending.items() if r == done[0])
-        result = get(ray, done[0])
         del pending[name]
+        try:
+            result = get(ray, done[0])
+        except BaseException:
+            for ref in pending.values():  # the jobs after a failed one would only fail the same way
+                ray.cancel(ref)
+            raise
         placement = result.get("placement", {})
         if placement.get("cpu_fallback") and not fallback_said:
             say(f"{name}: Ray granted GPU {', '.join(placement['gpu_ids'])} but its worker sees no CUDA device; "

@@ -32,9 +32,10 @@ class EpochLog:
     def __init__(self, workdir: Workdir, name: str, loggers: tuple[str, ...], history: list[dict[str, Any]]):
         self.jsonl = workdir.logs / f"{name}.jsonl" if "jsonl" in loggers else None
         self.writer = None
-        if self.jsonl is not None:
-            self.jsonl.parent.mkdir(parents=True, exist_ok=True)
-            write_text(self.jsonl, "".join(json.dumps(m) + "\n" for m in history))
+        # the lines of the epochs the job already has: the file is replaced by them, atomically,
+        # when the first new epoch is written, so a job that dies before one (a full disk, Ctrl-C)
+        # leaves the previous run's log as it was
+        self._history = [json.dumps(m) + "\n" for m in history]
         if "tensorboard" in loggers:
             from tensorboardX import SummaryWriter
 
@@ -45,8 +46,13 @@ class EpochLog:
     def write(self, metrics: dict[str, Any], lr: float) -> None:
         """One epoch's metrics (``metrics["epoch"]`` is the step)."""
         if self.jsonl is not None:
-            with open(self.jsonl, "a") as f:
-                f.write(json.dumps(metrics) + "\n")
+            if self._history is not None:
+                self.jsonl.parent.mkdir(parents=True, exist_ok=True)
+                write_text(self.jsonl, "".join(self._history) + json.dumps(metrics) + "\n")
+                self._history = None
+            else:
+                with open(self.jsonl, "a") as f:
+                    f.write(json.dumps(metrics) + "\n")
         if self.writer is not None:
             for key, value in {**metrics, "lr": lr}.items():
                 if key not in ("epoch", "val_questions") and isinstance(value, (int, float)):

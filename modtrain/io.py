@@ -12,12 +12,13 @@ import hashlib
 import json
 import os
 import secrets
+import shutil
 from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
 
-from modtrain.errors import ModtrainError
+from modtrain.errors import ModtrainError, io_error_line
 
 
 def pid_alive(pid: int) -> bool:
@@ -53,12 +54,25 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         yield tmp_path
         os.replace(tmp_path, path)
     except BaseException as e:
+        # torch reports a failed write without its cause: a device with no room left says it
+        full = _disk_full(e) or (isinstance(e, (RuntimeError, OSError)) and _no_room(path.parent))
         tmp_path.unlink(missing_ok=True)
-        if _disk_full(e):
-            raise ModtrainError(
-                f"no space left on the device while writing {path}; "
-                f"{'the previous file is unchanged' if path.exists() else 'nothing was written'}") from None
+        kept = "the previous file is unchanged" if path.exists() else "nothing was written"
+        if full:
+            raise ModtrainError(f"no space left on the device while writing {path}; {kept}") from None
+        if isinstance(e, OSError) and not isinstance(e, FileNotFoundError):
+            raise ModtrainError(f"cannot write {path}: {e.strerror or e}; {kept}") from None
+        if isinstance(e, RuntimeError) and io_error_line(e) is not None:
+            raise ModtrainError(f"cannot write {path}: {io_error_line(e)}; {kept}") from None
         raise
+
+
+def _no_room(folder: Path) -> bool:
+    """Whether the device holding ``folder`` has (almost) no free space."""
+    try:
+        return shutil.disk_usage(folder).free < (1 << 16)
+    except OSError:
+        return False
 
 
 def _disk_full(error: BaseException) -> bool:

@@ -98,10 +98,16 @@ def _missing_features(recipe: Recipe, root: Path, folder) -> list[str]:
         if not card.exists() or read_json(card).get("config") != wanted:
             missing = folder.splits()
     for split in [s for s in folder.splits() if s not in missing]:
+        path = features_path(root, split)
         try:
-            validate_features(features_path(root, split), folder.num_images(split),
+            validate_features(path, folder.num_images(split),
                               folder.image_ids(split) if folder.kind == "vqa" else None)
-        except ModtrainError:
+        except ModtrainError as e:
+            if d.source != "generate" and (path.exists() or path.is_symlink()):
+                # a folder of the user's: its files (and its backbone) are never rebuilt behind its back
+                raise ModtrainError(f"{e}. The features of split {split!r} do not fit the folder: extract them "
+                                    f"again with 'modtrain data features {root} --retrain' (or replace the file); "
+                                    f"nothing was changed") from None
             missing.append(split)
     return missing
 

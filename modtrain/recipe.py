@@ -178,6 +178,23 @@ def parse_override(item: str) -> tuple[list[str], Any]:
     return [k.strip() for k in key.split(".")], value
 
 
+def _overridden(cls, raw: dict, overrides: list[str], where: str) -> "Recipe":
+    """The recipe ``raw`` with ``overrides``; an error that the recipe alone does not have is
+    blamed on the ``--set`` that brought it (the one whose key it names), not on the file."""
+    try:
+        return cls(_apply(copy.deepcopy(raw), overrides), where)
+    except ModtrainError as e:
+        if not overrides or str(e).startswith("--set"):
+            raise
+        try:
+            cls(copy.deepcopy(raw), where)
+        except ModtrainError:
+            raise e from None
+        text = str(e).removeprefix(f"{where}: ")
+        named = [o for o in overrides if o.split("=", 1)[0].strip() in text] or list(overrides)
+        raise ModtrainError(f"--set {' --set '.join(named)}: {text}") from None
+
+
 class Recipe:
     """A validated recipe with its overrides applied."""
 
@@ -189,11 +206,11 @@ class Recipe:
     @classmethod
     def load(cls, name_or_path: str | Path, overrides: list[str] = ()) -> "Recipe":
         raw, where = _read(name_or_path)
-        return cls(_apply(raw, overrides), where)
+        return _overridden(cls, raw, overrides, where)
 
     def with_overrides(self, overrides: list[str]) -> "Recipe":
         """This recipe with ``--set`` overrides applied (checked like any recipe)."""
-        return Recipe(_apply(copy.deepcopy(self.raw), overrides), self.where)
+        return _overridden(Recipe, self.raw, overrides, self.where)
 
     # -- views -------------------------------------------------------------------------------
     @property
@@ -305,6 +322,9 @@ class Recipe:
         _known(raw, TOP_KEYS, where, "")
         if not isinstance(raw.get("name"), str):
             raise ModtrainError(f"{where}: 'name' (a string) is required")
+        if raw["name"] in ("", ".", "..") or any(c in raw["name"] for c in "/\\\0"):
+            raise ModtrainError(f"{where}: name = {raw['name']!r}: a recipe's name is one folder name (the default "
+                                f"workdir is runs/NAME): no '/' or '\\', not '.' or '..'")
         check(f"{where}: interface", self.interface, str, Range(choices=tuple(INTERFACES)))
         check(f"{where}: seed", raw.get("seed", 0), int)
         self._data = build_section(DataSection, raw.get("data", {}), where, "data.")

@@ -44,7 +44,8 @@ def _read_checkpoint(path: Path) -> dict | None:
     if not path.exists():
         return None
     try:
-        saved = torch.load(path, map_location="cpu", weights_only=False)
+        # tensors, numbers and plain containers only: unpickling anything else could run code
+        saved = torch.load(path, map_location="cpu", weights_only=True)
         if not isinstance(saved, dict) or "key" not in saved:
             raise ValueError("not a modtrain checkpoint")
         return saved
@@ -52,6 +53,18 @@ def _read_checkpoint(path: Path) -> dict | None:
         log.warning("%s cannot be read (%s); the job starts from its first epoch", path, str(e).splitlines()[0][:100])
         path.unlink(missing_ok=True)
         return None
+
+
+def _plain(value: Any) -> Any:
+    """``value`` with numpy scalars and arrays as Python numbers and lists: what a checkpoint read
+    with ``weights_only=True`` can hold (tensors, numbers, strings, plain containers)."""
+    if isinstance(value, dict):
+        return type(value)((k, _plain(v)) for k, v in value.items())
+    if isinstance(value, (list, tuple)):
+        return type(value)(_plain(v) for v in value)
+    if isinstance(value, (np.generic, np.ndarray)):
+        return value.tolist()
+    return value
 
 
 def cards_match(modules_dir, names: list[str], key: dict[str, Any]) -> bool:
@@ -316,10 +329,10 @@ class TrainingLoop:
                 state["bad_epochs"] += 1
             state["epoch"] = epoch
             with atomic_path(ckpt_path) as tmp:
-                torch.save({"key": key_hash, "model": self.model.state_dict(),
-                            "optimizer": self.optimizer.state_dict(), "rng": torch.get_rng_state(),
-                            "state": state, "extra": self._extra_state(),
-                            **({"average": average.state_dict()} if average is not None else {})}, tmp)
+                torch.save(_plain({"key": key_hash, "model": self.model.state_dict(),
+                                   "optimizer": self.optimizer.state_dict(), "rng": torch.get_rng_state(),
+                                   "state": state, "extra": self._extra_state(),
+                                   **({"average": average.state_dict()} if average is not None else {})}), tmp)
             if finished():  # the card before the last report: a scheduler may stop the job at that report
                 self.model.load_state_dict(state["best"])
                 result = self._save(key_hash, state)

@@ -35,8 +35,6 @@ _EXPRESSION = re.compile(r"^\s*(\w+)\s*\((.*)\)\s*$", re.S)
 
 def parse_expression(text: Any, where: str):
     """``loguniform(1e-5, 1e-1)`` → the Tune domain; a plain value stays fixed."""
-    from ray import tune
-
     if not isinstance(text, str):
         return text
     match = _EXPRESSION.match(text)
@@ -48,10 +46,40 @@ def parse_expression(text: Any, where: str):
         args = ast.literal_eval(f"({match.group(2)},)")
     except (ValueError, SyntaxError):
         raise ModtrainError(f"{where}: cannot read the arguments of {text!r}") from None
+    name = match.group(1)
+    if name == "choice":
+        if len(args) != 1 or not isinstance(args[0], (list, tuple)) or not args[0]:
+            raise ModtrainError(f"{where}: {text!r}: choice takes one non-empty list, e.g. choice([32, 64, 128])")
+    else:
+        if len(args) < 2 or not all(isinstance(a, (int, float)) and not isinstance(a, bool) for a in args[:2]):
+            raise ModtrainError(f"{where}: {text!r}: {name} takes a lower and an upper bound, e.g. {name}(1e-5, 1e-1)")
+        low, high = args[:2]
+        if not low < high:
+            raise ModtrainError(f"{where}: {text!r}: the lower bound {low!r} must be below the upper bound {high!r}, "
+                                f"e.g. {name}({min(low, high)!r}, {max(low, high)!r})")
+        if name.startswith("log") and low <= 0:
+            raise ModtrainError(f"{where}: {text!r}: {name} needs bounds above 0 (it samples their logarithm)")
+    from ray import tune
+
     try:
-        return getattr(tune, match.group(1))(*args)
+        return getattr(tune, name)(*args)
     except (TypeError, ValueError, AssertionError) as e:
         raise ModtrainError(f"{where}: {text!r}: {e}") from None
+
+
+def error_line(error: BaseException) -> str:
+    """The line that says why a trial failed: a ``ModtrainError``'s message as it would print in
+    process, else the exception's own last line (Ray wraps it in a traceback that starts with
+    where the trial ran)."""
+    seen = 0
+    cause = error
+    while cause is not None and seen < 5:
+        if isinstance(cause, ModtrainError):
+            return str(cause).splitlines()[0]
+        cause, seen = getattr(cause, "cause", None) or cause.__cause__, seen + 1
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    marked = [line.split("ModtrainError: ", 1)[1] for line in lines if "ModtrainError: " in line]
+    return (marked or lines[-1:] or [type(error).__name__])[0]
 
 
 def search_space(recipe: Recipe, module: str) -> dict[str, Any]:
@@ -288,7 +316,7 @@ def _summarize(results, recipe: Recipe, workdir: Workdir, module: str, out: Path
         trustworthy = None if card is None else (verdict is None or verdict.trusted)
         trials.append({"trial_id": metrics.get("trial_id"), "config": result.config,
                        "status": "error" if result.error else "done",
-                       "error": str(result.error).splitlines()[0] if result.error else None,
+                       "error": error_line(result.error) if result.error else None,
                        "epochs": int(metrics.get("training_iteration", 0)), "best_score": best,
                        "kept_accuracy": None if card is None else card["metrics"]["val_accuracy"],
                        "trustworthy": trustworthy, "trust_reason": verdict.reason if verdict else None,

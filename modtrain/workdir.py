@@ -55,7 +55,13 @@ class Workdir:
         once naming the holder's pid. The OS releases the lock when its holder dies, killed or not."""
         self.root.mkdir(parents=True, exist_ok=True)
         path = self.root / LOCK
-        handle = open(path, "a+")
+        try:  # never through a symbolic link: the pid would overwrite whatever file it points at
+            handle = os.fdopen(os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644), "r+")
+        except OSError:
+            if path.is_symlink():
+                raise ModtrainError(f"{path} is a symbolic link (to {os.readlink(path)}); the workdir's lock must "
+                                    f"be a plain file: remove the link") from None
+            raise
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

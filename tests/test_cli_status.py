@@ -69,7 +69,8 @@ def test_splits_that_cannot_be_chosen_stop_before_anything_is_written(cogent, tm
              f"Error: data.train_split = 'bogus': data folder {cogent} has no such split; its splits: trainA, valA, "
              f"valB, testA, testB; {KEYS}"),
             (["--set", "data.train_split='valB'", "--set", "data.val_split='valB'"],
-             "Error: recipe nmn-typed: data.train_split and data.val_split are both 'valB': a module stops early on "
+             "Error: --set data.train_split='valB' --set data.val_split='valB': data.train_split and "
+             "data.val_split are both 'valB': a module stops early on "
              "questions it does not train on; name another validation split"),
             (["--set", "data.val_split='testB'", "--set", "data.train_split='testB'"], None)):
         result = runner.invoke(main, ["run", *args, *extra])

@@ -70,7 +70,8 @@ def test_a_bad_value_is_refused_before_anything_is_written(workdir):
     card_before = (workdir / "modules" / "encoder.json").read_text()
     result = CliRunner().invoke(main, ["train", "encoder", "--workdir", str(workdir), "--set", "train.batch_size=-8"])
     assert result.exit_code == 1
-    assert result.output.strip() == f"Error: {workdir / 'recipe.toml'}: train.batch_size = -8: must be an integer ≥ 1"
+    # blamed on the --set that brought it, not on the workdir's recipe.toml
+    assert result.output.strip() == "Error: --set train.batch_size=-8: train.batch_size = -8: must be an integer ≥ 1"
     assert (workdir / "recipe.toml").read_text() == recipe_before  # the rejected value is not written
     assert (workdir / "modules" / "encoder.json").read_text() == card_before
 

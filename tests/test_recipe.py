@@ -93,7 +93,7 @@ def test_unknown_recipe_module_surrogate_and_interface():
 def test_bad_values_name_the_key_the_value_and_what_is_valid(override, message):
     with pytest.raises(ModtrainError) as error:
         Recipe.load("nmn-typed", [override])
-    assert str(error.value) == f"recipe nmn-typed: {message}"
+    assert str(error.value) == f"--set {override}: {message}"  # blamed on the --set, not the recipe
 
 
 def test_resolved_recipe_round_trips(tmp_path):
@@ -181,7 +181,8 @@ def test_a_recipe_resolves_its_splits_against_its_data(tmp_path):
     with pytest.raises(ModtrainError, match=r"data.val_split = 'valB': generated data has no such split; its "
                                             r"splits: train, val, test; choose with --set data.train_split=NAME"):
         Recipe.load("nmn-typed", ["data.val_split='valB'"]).resolved()
-    with pytest.raises(ModtrainError, match="^recipe nmn-typed: data.train_split and data.val_split are both 'val'"):
+    with pytest.raises(ModtrainError, match="^--set data.train_split='val' --set data.val_split='val': "
+                                            "data.train_split and data.val_split are both 'val'"):
         Recipe.load("nmn-typed", ["data.train_split='val'", "data.val_split='val'"])
 
 

@@ -146,6 +146,12 @@ def run_compare(root: str | Path, seeds: int, device: torch.device, overrides: l
         raise ModtrainError(f"--tune {tune}: trials per module must be 0 (shared defaults) or more")
     root = Path(root)
     base = Recipe.load(recipe_name, list(overrides))
+    if len(base.modules) < 2:
+        system = next((label for label, name in SYSTEMS if name == base.name), None)
+        raise ModtrainError(f"recipe {base.name} has one module ({', '.join(base.modules)}): trained module by "
+                            f"module or end to end it is the same network, so there is nothing to compare; compare "
+                            f"an NMN recipe (nmn-typed, nmn-clevr, nmn-vqa)"
+                            + (f" and add it with --system {system!r}" if system else ""))
     if data_dir is None:
         data = ensure_data(base, Workdir.for_recipe(base, root), device, say)
     else:
