@@ -32,6 +32,7 @@ def timed(args: list[str]) -> dict:
     counts = {kind.rstrip("s") if kind.startswith("error") else kind: int(n) for n, kind in SUMMARY.findall(last)}
     return {"command": "pytest " + " ".join(args), "seconds": round(seconds, 1), "exit_status": done.returncode,
             "counts": counts, "summary": last,
+            "failed": re.findall(r"^(?:FAILED|ERROR) (\S+)", done.stdout, re.M),
             "slowest": [{"seconds": float(s), "step": step, "test": test}
                         for s, step, test in DURATION.findall(done.stdout)]}
 
