@@ -54,7 +54,9 @@ def test_search_space_errors():
         absolute("runs/tune")
 
 
-@pytest.mark.parametrize("module", ["encoder", "find", "describe", "measure"])
+# one module per way of training: the prior's producer, through a surrogate, on a virtual dataset
+# (measure trains as describe does)
+@pytest.mark.parametrize("module", ["encoder", "find", "describe"])
 def test_four_trial_search_per_module(ray_local, tiny_run, tmp_path, module):
     recipe, _, _, _ = tiny_run
     shared = _shared(tiny_run, tmp_path)

@@ -69,15 +69,19 @@ def test_jobs_on_a_gpu_cluster_hold_a_gpu_each_survive_a_lost_node_and_train_the
     recipe, workdir, _, _ = tiny_run
     # the reference reads the cluster run's data folder: the features come from a backbone
     # pretrained when the data is made, whose weights depend on the threads that trained it
+    # (single-threaded, beside the cluster run, whose jobs also run one thread each)
     reference = tmp_path / "in-process"
-    subprocess.run([str(Path(sys.executable).parent / "modtrain"), "run", "--recipe", str(workdir.root / "recipe.toml"),
-                    "--workdir", str(reference), "--data", str(workdir.data), "--device", "cpu"],
-                   check=True, capture_output=True, env=ENV)
+    in_process = subprocess.Popen([str(Path(sys.executable).parent / "modtrain"), "run", "--recipe",
+                                   str(workdir.root / "recipe.toml"), "--workdir", str(reference), "--data",
+                                   str(workdir.data), "--device", "cpu"],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=ENV)
     cluster = Workdir(tmp_path / "cluster", workdir.data)
     out = tmp_path / "cluster.json"
     done = subprocess.run([sys.executable, str(Path(__file__).parent / "cluster_run.py"),
                            str(workdir.root / "recipe.toml"), str(cluster.root), str(cluster.data), str(out)],
                           capture_output=True, text=True, env=ENV, timeout=900)
+    _, in_process_errors = in_process.communicate(timeout=600)
+    assert in_process.returncode == 0, in_process_errors[-3000:]
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(out.read_text())
     assert "no node has more than 2" in result["too_many_gpus"] and "2 GPU(s), 2 CPU(s)" in result["too_many_gpus"]

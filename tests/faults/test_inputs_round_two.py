@@ -339,8 +339,10 @@ def test_ctrl_c_during_generate_stops_the_workers_quietly(tmp_path):
     import time
 
     modtrain = str(Path(sys.executable).parent / "modtrain")
+    # SIGINT as a shell leaves it (a test process may have inherited it ignored, which the child would too)
     process = subprocess.Popen([modtrain, "data", "generate", str(tmp_path / "d"), "--images", "3000",
-                                "--workers", "1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                                "--workers", "1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 60
     while not (tmp_path / "d").exists() and time.time() < deadline:
         time.sleep(0.1)
