@@ -162,20 +162,20 @@ class Renderer:
             self._chunk = []
 
     def finish(self) -> None:
-        try:
-            self._flush()
-            for result in self._pending:
-                result.get()
-        except BaseException:
-            self.stop()
-            raise
+        self._flush()
+        for result in self._pending:
+            result.get()
         if self._pool is not None:
             self._pool.close()
             self._pool.join()
+            self._pool = None
 
-    def stop(self) -> None:
-        """End the workers now, whatever they were drawing (an error or Ctrl-C in this process)."""
-        if self._pool is not None:
+    def __enter__(self) -> "Renderer":
+        return self
+
+    def __exit__(self, kind, *rest) -> None:
+        """On an error or Ctrl-C in this process, end the workers now, whatever they were drawing."""
+        if kind is not None and self._pool is not None:
             self._pool.terminate()
             self._pool.join()
             self._pool = None
@@ -194,8 +194,7 @@ def generate_split(root: Path, split: str, num_images: int, questions_per_image:
     image_dir.mkdir(parents=True, exist_ok=True)
     scenes: list[Scene] = []
     questions: list[Question] = []
-    renderer = Renderer(workers if num_images > Renderer.CHUNK else 0)
-    try:
+    with Renderer(workers if num_images > Renderer.CHUNK else 0) as renderer:
         with progress(range(num_images), label=f"generate {split}") as bar:
             for index in bar:
                 scene = make_scene(rng, split, index, image_size, combos)
@@ -207,10 +206,7 @@ def generate_split(root: Path, split: str, num_images: int, questions_per_image:
                         question_index=len(questions), split=split, image_index=index,
                         image_filename=image_filename(split, index), question=text,
                         program=program, answer=answer, question_family_index=family.index))
-    except BaseException:
-        renderer.stop()
-        raise
-    renderer.finish()
+        renderer.finish()
     return scenes, questions
 
 

@@ -269,11 +269,14 @@ def _context(recipe, workdir, overrides, device, data_dir=None):
     return loaded, wd, resolve_device(device or loaded.train_config("encoder").device)
 
 
-def _check_splits(names, folder, option: str = "--split") -> None:
-    """Every split named by ``option`` is one of the data folder's, else one error listing them."""
+def _check_splits(names, folder, option: str = "--split", given=()) -> None:
+    """Every split named by ``option`` is one of the data folder's, else one error listing them;
+    an option ``given`` that names none (``--split ''``) is an error too."""
     from modtrain.data import folder_splits
 
     known = folder_splits(folder)
+    if given and not names:
+        raise ModtrainError(f"{option} {given[0]!r} names no split; {folder}'s splits: {', '.join(known)}")
     unknown = [name for name in names if name not in known]
     if unknown:
         raise ModtrainError(f"{option} {unknown[0]}: {folder} has no such split; its splits: {', '.join(known)}")
@@ -343,8 +346,7 @@ def train(module, surrogate, impl, recipe, workdir, overrides, data_dir, device)
     if surrogate is not None:
         from modtrain.plan import make_plan
 
-        entry = next((m for m in make_plan(loaded).modules if m.name == module), None)
-        if entry is not None and entry.supervision == "direct":
+        if make_plan(loaded).module(module).supervision == "direct":
             raise ModtrainError(f"--surrogate {surrogate}: {module} has a loss of its own (direct supervision, "
                                 f"paper §3.1) and trains without a surrogate; drop --surrogate")
         loaded = loaded.with_surrogate(module, surrogate)
@@ -397,12 +399,7 @@ def assemble(splits, recipe, workdir, overrides, data_dir, device):
 
     loaded, wd, dev = _context(recipe, workdir, overrides, device, data_dir)
     names = [name.strip() for item in splits for name in item.split(",") if name.strip()]
-    if splits and not names:
-        from modtrain.data import folder_splits
-
-        raise ModtrainError(f"--split {splits[0]!r} names no split; {wd.data}'s splits: "
-                            f"{', '.join(folder_splits(wd.data))}")
-    _check_splits(names, wd.data)
+    _check_splits(names, wd.data, given=splits)
     with wd.lock():  # it writes caches and reports/assemble.json: one command at a time in a workdir
         report = run(wd, loaded, dev, names or None)
     click.echo(format_report(report))

@@ -7,7 +7,6 @@ that looks finished.
 from __future__ import annotations
 
 import contextlib
-import errno
 import hashlib
 import json
 import os
@@ -18,7 +17,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from modtrain.errors import ModtrainError, io_error_line
+from modtrain.errors import ModtrainError, disk_full, io_error_line
 
 
 def pid_alive(pid: int) -> bool:
@@ -55,15 +54,16 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         os.replace(tmp_path, path)
     except BaseException as e:
         # torch reports a failed write without its cause: a device with no room left says it
-        full = _disk_full(e) or (isinstance(e, (RuntimeError, OSError)) and _no_room(path.parent))
+        full = disk_full(e) or (isinstance(e, (RuntimeError, OSError)) and _no_room(path.parent))
         tmp_path.unlink(missing_ok=True)
         kept = "the previous file is unchanged" if path.exists() else "nothing was written"
         if full:
             raise ModtrainError(f"no space left on the device while writing {path}; {kept}") from None
         if isinstance(e, OSError) and not isinstance(e, FileNotFoundError):
             raise ModtrainError(f"cannot write {path}: {e.strerror or e}; {kept}") from None
-        if isinstance(e, RuntimeError) and io_error_line(e) is not None:
-            raise ModtrainError(f"cannot write {path}: {io_error_line(e)}; {kept}") from None
+        line = io_error_line(e) if isinstance(e, RuntimeError) else None
+        if line is not None:
+            raise ModtrainError(f"cannot write {path}: {line}; {kept}") from None
         raise
 
 
@@ -73,18 +73,6 @@ def _no_room(folder: Path) -> bool:
         return shutil.disk_usage(folder).free < (1 << 16)
     except OSError:
         return False
-
-
-def _disk_full(error: BaseException) -> bool:
-    """Whether an error (or its cause: torch and h5py wrap the OS error) is a full disk."""
-    seen = 0
-    while error is not None and seen < 5:
-        if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
-            return True
-        if "No space left on device" in str(error):
-            return True
-        error, seen = error.__cause__ or error.__context__, seen + 1
-    return False
 
 
 def write_text(path: str | os.PathLike, text: str) -> None:

@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from modtrain.errors import ModtrainError
+from modtrain.errors import ModtrainError, causes
 from modtrain.io import read_json, sha256_json, write_json, write_text
 from modtrain.recipe import SURROGATE_PREFIX, Recipe, _toml_value
 from modtrain.registry import module_class, surrogate_class
@@ -71,12 +71,9 @@ def error_line(error: BaseException) -> str:
     """The line that says why a trial failed: a ``ModtrainError``'s message as it would print in
     process, else the exception's own last line (Ray wraps it in a traceback that starts with
     where the trial ran)."""
-    seen = 0
-    cause = error
-    while cause is not None and seen < 5:
-        if isinstance(cause, ModtrainError):
-            return str(cause).splitlines()[0]
-        cause, seen = getattr(cause, "cause", None) or cause.__cause__, seen + 1
+    own = next((e for e in causes(error) if isinstance(e, ModtrainError)), None)
+    if own is not None:
+        return str(own).splitlines()[0]
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
     marked = [line.split("ModtrainError: ", 1)[1] for line in lines if "ModtrainError: " in line]
     return (marked or lines[-1:] or [type(error).__name__])[0]

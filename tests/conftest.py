@@ -1,6 +1,8 @@
 """Shared fixtures: a hand-built scene, a tiny generated CLEVR folder, the tiny pipeline runs, Ray."""
 from __future__ import annotations
 
+import types
+
 import pytest
 from modtrain.datasets.clevr import Scene
 
@@ -120,3 +122,21 @@ def pytest_collection_modifyitems(config, items):
         if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.slow)
 
+
+@pytest.fixture
+def validations(monkeypatch):
+    """Counts ``Job._validate`` calls (``.calls``, one per epoch); with ``.stop_at = n`` the n-th
+    raises KeyboardInterrupt: a job interrupted in that epoch, after the previous one's checkpoint."""
+    from modtrain.job import Job
+
+    real = Job._validate
+    state = types.SimpleNamespace(calls=0, stop_at=None)
+
+    def counted(self):
+        state.calls += 1
+        if state.calls == state.stop_at:
+            raise KeyboardInterrupt
+        return real(self)
+
+    monkeypatch.setattr(Job, "_validate", counted)
+    return state

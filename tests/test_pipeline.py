@@ -178,7 +178,7 @@ def _encoder_workdir(tiny_run, root, epochs=4):
     return recipe, Workdir(root, workdir.data)
 
 
-def test_training_is_deterministic_and_resumes_where_it_stopped(tiny_run, tmp_path, monkeypatch):
+def test_training_is_deterministic_and_resumes_where_it_stopped(tiny_run, tmp_path, validations):
     recipe, first = _encoder_workdir(tiny_run, tmp_path / "a")
     _, second = _encoder_workdir(tiny_run, tmp_path / "b")
     _, resumed = _encoder_workdir(tiny_run, tmp_path / "c")
@@ -186,20 +186,11 @@ def test_training_is_deterministic_and_resumes_where_it_stopped(tiny_run, tmp_pa
     card_b = Job.for_module(second, recipe, "encoder", CPU).run()
     assert card_a["weights_sha256"] == card_b["weights_sha256"]
 
-    calls = {"n": 0}
-    real_validate = Job._validate
-
-    def interrupted(self):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise KeyboardInterrupt  # during epoch 3, after epoch 2's checkpoint
-        return real_validate(self)
-
-    monkeypatch.setattr(Job, "_validate", interrupted)
+    validations.calls, validations.stop_at = 0, 3  # during epoch 3, after epoch 2's checkpoint
     with pytest.raises(KeyboardInterrupt):
         Job.for_module(resumed, recipe, "encoder", CPU).run()
     assert (resumed.modules / ".encoder.ckpt").exists() and not (resumed.modules / "encoder.json").exists()
-    monkeypatch.setattr(Job, "_validate", real_validate)
+    validations.stop_at = None
     card_c = Job.for_module(resumed, recipe, "encoder", CPU).run()
     assert card_c["weights_sha256"] == card_a["weights_sha256"]
     assert len((resumed.logs / "encoder.jsonl").read_text().splitlines()) == 4

@@ -77,7 +77,7 @@ def test_a_recipe_name_is_one_folder_name(name):
 
 
 @pytest.mark.slow
-def test_a_find_checkpoint_resumes_with_weights_only(tiny_run, tmp_path, monkeypatch):
+def test_a_find_checkpoint_resumes_with_weights_only(tiny_run, tmp_path, validations):
     """A surrogate-trained find, interrupted after its second epoch's checkpoint, resumes from it
     (only the remaining epochs are validated) and ends with the weights of an uninterrupted run."""
     recipe, workdir, _, _ = tiny_run
@@ -90,21 +90,12 @@ def test_a_find_checkpoint_resumes_with_weights_only(tiny_run, tmp_path, monkeyp
             path.unlink()
         runs[name] = Workdir(root, workdir.data)
     whole = Job.for_module(runs["whole"], recipe, "find", CPU).run()
-    calls = {"n": 0}
-    real_validate = Job._validate
-
-    def counted(self):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise KeyboardInterrupt  # during epoch 3, after epoch 2's checkpoint
-        return real_validate(self)
-
-    monkeypatch.setattr(Job, "_validate", counted)
+    validations.calls, validations.stop_at = 0, 3  # during epoch 3, after epoch 2's checkpoint
     with pytest.raises(KeyboardInterrupt):
         Job.for_module(runs["resumed"], recipe, "find", CPU).run()
     ckpt = runs["resumed"].modules / ".find.ckpt"
     assert torch.load(ckpt, weights_only=True)["state"]["epoch"] == 2
-    calls["n"] = 10
+    validations.calls, validations.stop_at = 0, None
     resumed = Job.for_module(runs["resumed"], recipe, "find", CPU).run()
-    assert calls["n"] == 12  # epochs 3 and 4 only
+    assert validations.calls == 2  # epochs 3 and 4 only
     assert resumed["weights_sha256"] == whole["weights_sha256"]
