@@ -11,10 +11,18 @@ are generic *cells* whose structure is learned (LNMN §3).
   the grid and give the memory W_2[v; W_1 c; memory] (LNMN §3.1.2).
 - Inventories (LNMN Table 3; a NoOp in all): 9 modules = 4 attention-3, 2 attention-4, 1 answer-3,
   1 answer-4; 11 = 4, 2, 2, 2; 14 = 5, 4, 2, 2.
-- On the stack, a 3-input attention cell reads the top and pushes its output, so it can both
-  find (its structure may ignore the input: choose_2) and transform. A 4-input attention cell
-  pops two and pushes one, an answer cell pops its one or two maps, and NoOp keeps everything,
-  the memory included.
+- On the stack, every cell pops its input maps, and an attention cell pushes its output (LNMN
+  §3.1): a 3-input attention cell replaces the top (from the empty stack it pushes, as Find does:
+  the pop stays at the bottom guard), a 4-input one pops two and pushes one, an answer cell pops
+  its one or two maps, and NoOp keeps everything, the memory included. The authors' code writes a
+  3-input cell's output in place with the pointer unchanged; that differs from pop-then-push only
+  at the bottom guard. With ``cell3_pops = false`` a 3-input cell keeps its input and pushes on
+  top of it instead (modtrain's earlier choice): only then can two attention maps be on the stack
+  for a 4-input cell, since nothing else pushes. It is a setting, not the default, because the
+  paper's cells pop.
+- Sizes are scaled down for this CPU (d = 64, T = 12, L = 8, word embedding 64, against the
+  authors' d = 512, T = 9, L = 8, embedding 300); the optimizer is theirs (``recipes/lnmn.toml``:
+  Adam 1e-4 for the weights, batch 32; α as below).
 - Training alternates a weight step on a training batch with an α step on a batch of a separate
   search split (LNMN Algorithm 2): ``weight_parameters`` and ``structure_parameters`` are disjoint.
   The weight step adds −λ_w·mean_t H(w^(t)), the controller's entropy, with λ_w annealed from +1 to −1
@@ -112,13 +120,15 @@ class LNMN(StackNMN):
     answer-3 and answer-4 cells, in that order."""
 
     def __init__(self, tokens: int, answers: int, features: int, dim: int = 128, steps: int = 12,
-                 stack: int = 8, hard_pointer: bool = False, embedding: int = 128, inventory: int = 9):
+                 stack: int = 8, hard_pointer: bool = False, embedding: int = 128, inventory: int = 9,
+                 cell3_pops: bool = True):
         if inventory not in INVENTORIES:
             raise ModtrainError(f"LNMN inventory {inventory}: valid: {', '.join(map(str, INVENTORIES))} modules")
         kinds = [("attention", 1), ("attention", 2), ("answer", 1), ("answer", 2)]
         specs = [(f"{kind}{maps + 2}_{i}", maps, kind == "answer")
                  for (kind, maps), n in zip(kinds, INVENTORIES[inventory]) for i in range(n)]
         self.module_names = ("NoOp", *[name for name, _, _ in specs])
+        self.cell3_pops = cell3_pops
         super().__init__(tokens, answers, features, dim, steps, stack, hard_pointer, embedding)
         del self.ops  # Stack-NMN's hand-designed modules: replaced by the cells
         self.cells = nn.ModuleDict({name: Cell(dim, maps, answer) for name, maps, answer in specs})
@@ -132,14 +142,14 @@ class LNMN(StackNMN):
         top = read(stack, pointer)
         below = move_down(pointer)
         second = read(stack, below)
+        pushed = move_up(below if self.cell3_pops else pointer)  # a 3-input cell's pop (or not), then its push
         for name, cell in self.cells.items():
             if cell.answer:
                 maps = [top] if cell.maps == 1 else [second, top]
                 out[name] = (stack, below if cell.maps == 1 else move_down(below),
                              cell(x, c, maps, memory, image[name]))
             elif cell.maps == 1:
-                up = move_up(pointer)
-                out[name] = (write(stack, up, cell(x, c, [top], projected=image[name])), up, memory)
+                out[name] = (write(stack, pushed, cell(x, c, [top], projected=image[name])), pushed, memory)
             else:
                 out[name] = (write(stack, below, cell(x, c, [second, top], projected=image[name])), below, memory)
         return out
@@ -198,7 +208,8 @@ class LNMNModule(NMNModule):
     defaults = {"dim": 64, "steps": 12, "stack": 8, "embedding": 64, "hard_pointer": False, "inventory": 9,
                 "structure_lr": 3e-4, "sparsity_weight": 1.0, "search_fraction": 0.1, "hard_operations": False,
                 "grad_clip": 8.0, "ema_decay": 0.999,  # LNMN trains on Stack-NMN's code: its clipping and average
-                "entropy_zero_epoch": 20.0, "entropy_end_epoch": 30.0}  # λ_w's schedule (LNMN §3.2)
+                "entropy_zero_epoch": 20.0, "entropy_end_epoch": 30.0,  # λ_w's schedule (LNMN §3.2)
+                "cell3_pops": True}  # a 3-input attention cell pops its input (LNMN §3.1); false: keeps it
     limits = {"ema_decay": EMA_DECAY, "search_fraction": Range(low=0.0, high=1.0, low_open=True, high_open=True),
               "entropy_zero_epoch": Range(low=0.0, low_open=True), "entropy_end_epoch": Range(low=0.0, low_open=True)}
     needs = ("tokens", "answers", "features")
@@ -207,7 +218,7 @@ class LNMNModule(NMNModule):
         super().__init__(interface, dims, instances, hparams)
         self.net = LNMN(self.dims["tokens"], self.dims["answers"], self.dims["features"], hparams["dim"],
                         hparams["steps"], hparams["stack"], bool(hparams["hard_pointer"]), hparams["embedding"],
-                        int(hparams["inventory"]))
+                        int(hparams["inventory"]), bool(hparams["cell3_pops"]))
         self.net.set_hard(bool(hparams["hard_operations"]))
         self.explained: dict | None = None
         self.structure_optimizer: torch.optim.Optimizer | None = None  # α's, made with the weights'

@@ -13,7 +13,14 @@ in the papers folder: controller, stack, modules).
 - Modules run every step; the stack, the pointer and the memory become their average by the module
   weights. Every module but the answering ones carries the memory forward (NoOp included: the
   reference code's NoOp zeroed it, so an answer followed by NoOp padding was lost); Answer and
-  Compare write it. The output is an MLP on [q; memory].
+  Compare write it from [c_t; the previous memory; W(c_t) ⊙ the attended features] (the reference
+  code's Describe modules), so a second answer can build on the first. The output is an MLP on
+  [q; memory].
+- Deliberate differences from the reference code, kept for this CPU or for the typed stack: no
+  l2-normalisation inside the modules; Answer and Compare pop their maps (the reference's CLEVR
+  setting keeps them); sizes are scaled down (d = 64, T = 12, L = 8, word embedding 64, against
+  d = 512, T = 9, L = 8 (its CLEVR VQA setting), embedding 300). Its optimizer (Adam 1e-4, weight
+  decay 1e-5, batch 64, clipping at 8, weight average 0.999) is ``recipes/snmn-*.toml``'s.
 
 The per-module computations are plain functions of their inputs (``find``, ``transform``, ...), so
 ``DiscreteExecutor`` can run a layout with a Python list as the stack: with one-hot module weights
@@ -132,9 +139,9 @@ class StackModules(nn.Module):
         self.tr_in, self.tr_att, self.tr_c = nn.Conv2d(dim, dim, 1), nn.Linear(dim, dim), nn.Linear(dim, dim)
         self.tr_out = nn.Conv2d(dim, 1, 1)
         self.scene_out = nn.Conv2d(dim, 1, 1)
-        self.ans_att, self.ans_c, self.ans_out = nn.Linear(dim, dim), nn.Linear(dim, dim), nn.Linear(dim, dim)
+        self.ans_att, self.ans_c, self.ans_out = nn.Linear(dim, dim), nn.Linear(dim, dim), nn.Linear(3 * dim, dim)
         self.cmp_a1, self.cmp_a2, self.cmp_c = nn.Linear(dim, dim), nn.Linear(dim, dim), nn.Linear(dim, dim)
-        self.cmp_out = nn.Linear(dim, dim)
+        self.cmp_out = nn.Linear(3 * dim, dim)
 
     def prepare(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         return {"x": x, "find": self.find_in(x), "transform": self.tr_in(x), "scene": self.scene_out(x).squeeze(1)}
@@ -152,12 +159,15 @@ class StackModules(nn.Module):
     def scene(self, image, c):
         return image["scene"]
 
-    def answer(self, image, c, a):
-        return self.ans_out(self.ans_att(attend(a, image["x"])) * self.ans_c(c))
+    def answer(self, image, c, a, memory):
+        """The new memory from [c; memory; W(c) ⊙ the features attended by ``a``]."""
+        return self.ans_out(torch.cat([c, memory, self.ans_att(attend(a, image["x"])) * self.ans_c(c)], dim=1))
 
-    def compare(self, image, c, a1, a2):
+    def compare(self, image, c, a1, a2, memory):
+        """The new memory from [c; memory; W(c) ⊙ the features attended by ``a1`` and by ``a2``]."""
         x = image["x"]
-        return self.cmp_out(self.cmp_a1(attend(a1, x)) * self.cmp_a2(attend(a2, x)) * self.cmp_c(c))
+        both = self.cmp_a1(attend(a1, x)) * self.cmp_a2(attend(a2, x)) * self.cmp_c(c)
+        return self.cmp_out(torch.cat([c, memory, both], dim=1))
 
 
 class StackNMN(nn.Module):
@@ -191,8 +201,8 @@ class StackNMN(nn.Module):
         second = read(stack, below)
         out["And"] = (write(stack, below, torch.minimum(second, top)), below, memory)
         out["Or"] = (write(stack, below, torch.maximum(second, top)), below, memory)
-        out["Answer"] = (stack, below, ops.answer(image, c, top))
-        out["Compare"] = (stack, move_down(below), ops.compare(image, c, second, top))
+        out["Answer"] = (stack, below, ops.answer(image, c, top, memory))
+        out["Compare"] = (stack, move_down(below), ops.compare(image, c, second, top, memory))
         return out
 
     def forward(self, tokens, lengths, features, module_weights: torch.Tensor | None = None):
@@ -244,10 +254,10 @@ class DiscreteExecutor:
                 a2, a1 = stack.pop(), stack.pop()
                 stack.append(torch.minimum(a1, a2) if module == "And" else torch.maximum(a1, a2))
             elif module == "Answer":
-                memory = ops.answer(image, c, stack.pop())
+                memory = ops.answer(image, c, stack.pop(), memory)
             elif module == "Compare":
                 a2, a1 = stack.pop(), stack.pop()
-                memory = ops.compare(image, c, a1, a2)
+                memory = ops.compare(image, c, a1, a2, memory)
         return self.net.output(torch.cat([q, memory], dim=1))
 
 

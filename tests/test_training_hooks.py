@@ -113,7 +113,7 @@ def prepared(tiny_clevr, tmp_path_factory):
 
 def _recipe(max_epochs: int) -> Recipe:
     raw = Recipe.load("film", [f"train.max_epochs={max_epochs}", f"train.patience={max_epochs}", "train.batch_size=32",
-                               "train.lr=0.01", "train.device='cpu'"]).raw
+                               "train.lr=0.01", "train.weight_decay=0", "train.device='cpu'"]).raw
     raw.update(name="guess", modules={"guess": {"width": 8}})
     raw.pop("search")
     return Recipe(raw, "test recipe")

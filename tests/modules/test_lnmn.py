@@ -171,7 +171,8 @@ def test_lnmn_trains_weights_and_structure_alternately_in_a_modtrain_job(tiny_ru
 
     _, workdir, _, _ = tiny_run
     recipe = Recipe.load("lnmn", ["data.families='no-relate'", "train.max_epochs=2", "train.patience=2",
-                                  "train.device='cpu'", "modules.lnmn.dim=16", "modules.lnmn.steps=4",
+                                  "train.device='cpu'", "train.batch_size=64", "train.lr=0.002",
+                                  "modules.lnmn.dim=16", "modules.lnmn.steps=4",
                                   "modules.lnmn.structure_lr=0.01"])
     run = Workdir(tmp_path / "lnmn", workdir.data)
     train_end_to_end(run, recipe, torch.device("cpu"))
@@ -349,3 +350,117 @@ def test_expressions_of_cells_from_their_argmax_operations():
         "conv_2((max(a_2, conv_1(I)) ⊙ W_1 c))"
     assert expression(set_ops(Cell(4, 1, answer=True), "product", "min")) == \
         "W_2[Σ min((conv_1(I) ⊙ a), W_1 c), W_1 c, f_mem]"
+
+
+def _one_hot_ops(cell: Cell, *ops: str) -> Cell:
+    with torch.no_grad():
+        for node, op in zip(cell.nodes, ops):
+            node.alpha.copy_(torch.full((6,), -1e4))
+            node.alpha[OPERATIONS.index(op)] = 0.0
+    return cell
+
+
+def test_each_cell_is_the_expression_of_its_one_hot_operations():
+    """A cell's nodes in their order, with their inputs in their order (LNMN §3.1), written out by
+    hand: node 1 of a 3-input cell is (conv_1(I), a), node 2 (node 1, W_1 c); a 4-input cell's
+    node 1 is (a_1, a_2), node 2 (node 1, conv_1(I)), node 3 (node 2, W_1 c)."""
+    torch.manual_seed(0)
+    x, c, memory = torch.randn(2, 8, 3, 3), torch.randn(2, 8), torch.randn(2, 8)
+    a1, a2 = torch.randn(2, 3, 3), torch.randn(2, 3, 3)
+    cell = Cell(8, 1, answer=False)
+    image, text = cell.conv1(x), cell.text(c)[:, :, None, None].expand(-1, -1, 3, 3)
+
+    def attention(cell, h):
+        return cell.out(h).squeeze(1)
+
+    assert torch.allclose(_one_hot_ops(cell, "choose_1", "choose_1")(x, c, [a1]), attention(cell, image))
+    assert torch.allclose(_one_hot_ops(cell, "choose_2", "choose_1")(x, c, [a1]),
+                          attention(cell, a1[:, None].expand(-1, 8, -1, -1)))
+    assert torch.allclose(_one_hot_ops(cell, "min", "choose_2")(x, c, [a1]), attention(cell, text))
+    assert torch.allclose(_one_hot_ops(cell, "sum", "product")(x, c, [a1]),
+                          attention(cell, (image + a1[:, None]) * text))
+    cell = Cell(8, 2, answer=False)
+    image, text = cell.conv1(x), cell.text(c)[:, :, None, None]
+    assert torch.allclose(_one_hot_ops(cell, "choose_1", "choose_1", "choose_1")(x, c, [a1, a2]),
+                          attention(cell, a1[:, None].expand(-1, 8, -1, -1)))
+    assert torch.allclose(_one_hot_ops(cell, "choose_2", "choose_1", "choose_1")(x, c, [a1, a2]),
+                          attention(cell, a2[:, None].expand(-1, 8, -1, -1)))
+    assert torch.allclose(_one_hot_ops(cell, "min", "sum", "product")(x, c, [a1, a2]),
+                          attention(cell, (torch.minimum(a1, a2)[:, None] + image) * text))
+    assert torch.allclose(_one_hot_ops(cell, "max", "choose_2", "choose_1")(x, c, [a1, a2]), attention(cell, image))
+    cell = Cell(8, 1, answer=True)
+    image, text = cell.conv1(x), cell.text(c)
+    assert torch.allclose(_one_hot_ops(cell, "choose_2", "choose_1")(x, c, [a1], memory),
+                          cell.out(torch.cat([a1.sum((1, 2))[:, None].expand(-1, 8), text, memory], 1)))
+    assert torch.allclose(_one_hot_ops(cell, "max", "product")(x, c, [a1], memory),
+                          cell.out(torch.cat([(torch.maximum(image, a1[:, None]) * text[:, :, None, None]).sum((2, 3)),
+                                              text, memory], 1)), atol=1e-5)
+    cell = Cell(8, 2, answer=True)
+    assert torch.allclose(_one_hot_ops(cell, "choose_1", "choose_1", "choose_1")(x, c, [a1, a2], memory),
+                          cell.out(torch.cat([a1.sum((1, 2))[:, None].expand(-1, 8), cell.text(c), memory], 1)))
+
+
+@pytest.mark.parametrize("pops", [True, False])
+def test_each_cell_pops_its_maps_and_pushes_its_output(pops):
+    """One step of each cell from a stack holding two maps (slots 1 and 2, pointer at 2): a 3-input
+    attention cell pops its map and pushes its output (LNMN §3.1), or with ``cell3_pops`` false
+    keeps it and pushes on top; from the empty stack it pushes to slot 1 either way. A 4-input
+    attention cell pops two and pushes one; answer cells pop their maps and write the memory."""
+    torch.manual_seed(0)
+    net = LNMN(tokens=9, answers=5, features=4, dim=8, steps=2, stack=5, inventory=9, cell3_pops=pops)
+    x, c, memory = torch.randn(2, 8, 3, 3), torch.randn(2, 8), torch.randn(2, 8)
+    first, second = torch.randn(2, 3, 3), torch.randn(2, 3, 3)
+    stack = torch.zeros(2, 5, 3, 3)
+    stack[:, 1], stack[:, 2] = first, second
+    image = net.prepare(x)
+    with torch.no_grad():
+        out = net.step(image, c, stack, F.one_hot(torch.full((2,), 2), 5).float(), memory)
+        empty = net.step(image, c, torch.zeros(2, 5, 3, 3), F.one_hot(torch.zeros(2, dtype=torch.long), 5).float(),
+                         memory)
+    cells = net.cells
+    for name, cell in cells.items():
+        new_stack, pointer, new_memory = out[name]
+        slot = pointer.argmax(1).tolist()
+        if cell.answer:
+            assert slot == ([1, 1] if cell.maps == 1 else [0, 0]) and torch.equal(new_stack, stack)
+            maps = [second] if cell.maps == 1 else [first, second]
+            assert torch.allclose(new_memory, cell(x, c, maps, memory)), name
+            continue
+        assert torch.equal(new_memory, memory), name
+        if cell.maps == 2:
+            assert slot == [1, 1] and torch.allclose(new_stack[:, 1], cell(x, c, [first, second])), name
+            continue
+        output = cell(x, c, [second])
+        if pops:
+            assert slot == [2, 2] and torch.equal(new_stack[:, 1], first), name
+            assert torch.allclose(new_stack[:, 2], output), name
+        else:
+            assert slot == [3, 3] and torch.equal(new_stack[:, 1:3], stack[:, 1:3]), name
+            assert torch.allclose(new_stack[:, 3], output), name
+        empty_stack, empty_pointer, _ = empty[name]
+        assert empty_pointer.argmax(1).tolist() == [1, 1]
+        assert torch.allclose(empty_stack[:, 1], cell(x, c, [torch.zeros(2, 3, 3)])), name
+
+
+def test_the_regularizers_push_the_way_the_paper_says():
+    """The weight step's term is −λ_w·H(w): while λ_w > 0 minimizing it raises the controller's
+    entropy (exploration), once λ_w < 0 it lowers it (LNMN §3.2). The α step's term is
+    −λ_op·Σ‖σ(α)‖₂/‖σ(α)‖₁: a gradient step on it makes every node's σ(α) sparser."""
+    torch.manual_seed(0)
+    module = _module(entropy_zero_epoch=2.0, entropy_end_epoch=4.0, sparsity_weight=0.5)
+    batch = _batch()
+    module(batch["tokens"], batch["lengths"], batch["features"])
+    entropy = module_entropy(module.explained["module_weights"])
+    assert module.auxiliary_loss(batch, epoch=1).item() == pytest.approx(-entropy.item())        # λ_w = +1
+    assert module.auxiliary_loss(batch, epoch=2).item() == pytest.approx(-0.5 * entropy.item())  # λ_w = 0.5
+    assert module.auxiliary_loss(batch, epoch=5).item() == pytest.approx(entropy.item())         # λ_w = −1
+    assert module.structure_loss().item() == pytest.approx(-0.5 * module.net.sparsity().item())
+    with torch.no_grad():
+        for a in module.structure_parameters():
+            a.normal_()
+    before = module.net.sparsity().item()
+    module.structure_loss().backward()
+    with torch.no_grad():
+        for a in module.structure_parameters():
+            a -= 0.5 * a.grad
+    assert module.net.sparsity().item() > before + 0.01
