@@ -260,12 +260,15 @@ class LNMNModule(NMNModule):
     def after_step(self, held_out: dict) -> None:
         """The α step on a batch of the search split: its answers' NLL − λ_op × Σ ‖σ(α)‖₂/‖σ(α)‖₁."""
         self.zero_grad(set_to_none=True)  # the weight step's backward reached α too
-        logits = self(held_out["tokens"], held_out["lengths"], held_out["features"])
-        loss = F.nll_loss(F.log_softmax(logits, dim=-1).float(), held_out["answer"]) + self.structure_loss()
-        loss.backward()
+        self.search_loss(held_out).backward()
         self.structure_optimizer.step()
         for p in self.weight_parameters():  # the α step leaves no gradient of the weights behind
             p.grad = None
+
+    def search_loss(self, held_out: dict) -> torch.Tensor:
+        """The α step's loss on a search batch: the answers' mean NLL plus the sparsity term."""
+        logits = self(held_out["tokens"], held_out["lengths"], held_out["features"])
+        return F.nll_loss(F.log_softmax(logits, dim=-1).float(), held_out["answer"]) + self.structure_loss()
 
     def structure_loss(self) -> torch.Tensor:
         """−λ_op × Σ ‖σ(α)‖₂/‖σ(α)‖₁ (the sparsity term of the α step)."""

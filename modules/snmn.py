@@ -236,6 +236,7 @@ class DiscreteExecutor:
 
     def __init__(self, net: StackNMN):
         self.net = net
+        self.tops: list[torch.Tensor] = []  # the map on top after each step of the last run (zeros: empty)
 
     def run(self, layout: list[str], tokens, lengths, features) -> torch.Tensor:
         _, controls, _, q = self.net.controller(tokens, lengths)
@@ -243,6 +244,7 @@ class DiscreteExecutor:
         ops, image = self.net.ops, self.net.prepare(x)
         stack: list[torch.Tensor] = []
         memory = x.new_zeros(len(x), x.shape[1])
+        self.tops = []
         for t, module in enumerate(layout):
             c = controls[:, t]
             if module in ("Find", "Scene"):
@@ -258,6 +260,7 @@ class DiscreteExecutor:
             elif module == "Compare":
                 a2, a1 = stack.pop(), stack.pop()
                 memory = ops.compare(image, c, a1, a2, memory)
+            self.tops.append(stack[-1] if stack else x.new_zeros(len(x), *x.shape[2:]))
         return self.net.output(torch.cat([q, memory], dim=1))
 
 

@@ -31,12 +31,37 @@ def test_a_node_with_one_hot_alpha_is_its_operation(index, expected):
     node.alpha.data[index] = 10.0
     node.hard = True  # inference with the argmax operation alone
     assert torch.equal(node(a, b), expected(a, b))
+    assert node.weights().tolist() == F.one_hot(torch.tensor(index), 6).float().tolist()
     node.hard = False
     node.removed = {OPERATIONS[index]}  # the operation zeroed out (LNMN Table 7): nothing of it is left
     assert not torch.allclose(node(a, b), expected(a, b))
+    with torch.no_grad():
+        node.alpha.copy_(torch.full((6,), -1e4))
+        node.alpha[index] = 0.0
+    assert torch.allclose(node(a, b), torch.zeros_like(a))  # its one-hot weight is gone: nothing is left
+    node.removed = {OPERATIONS[(index + 1) % 6]}  # another operation removed: this one is untouched
+    assert torch.allclose(node(a, b), expected(a, b))
+
+
+def test_a_fresh_node_mixes_its_operations_about_equally():
+    torch.manual_seed(0)
+    weights = torch.stack([Node().weights() for _ in range(50)])
+    assert (weights - 1 / 6).abs().max() < 1e-2 and weights.std(0).max() > 0  # near uniform, not exactly
 
 
 def test_cells_and_inventories():
+    with pytest.raises(ModtrainError, match="a cell reads 1 or 2 attention maps, not 3"):
+        Cell(8, 3, answer=False)
+    with pytest.raises(ModtrainError, match="LNMN inventory 10: valid: 9, 11, 14 modules"):
+        LNMN(tokens=9, answers=5, features=4, dim=8, steps=3, stack=4, inventory=10)
+    net = LNMN(tokens=9, answers=5, features=4, dim=8, steps=3, stack=4, embedding=6, hard_pointer=True)
+    assert net.module_names == ("NoOp", "attention3_0", "attention3_1", "attention3_2", "attention3_3",
+                                "attention4_0", "attention4_1", "answer3_0", "answer4_0")  # 9 by default
+    assert [(c.maps, c.answer) for c in net.cells.values()] == [(1, False)] * 4 + [(2, False)] * 2 + [(1, True),
+                                                                                                      (2, True)]
+    assert net.hard_pointer and net.controller.embed.embedding_dim == 6 and net.cell3_pops  # popping by default
+    net.set_hard(True)
+    assert all(node.hard is True for cell in net.cells.values() for node in cell.nodes)
     x, c = torch.randn(2, 8, 3, 3), torch.randn(2, 8)
     a1, a2 = torch.randn(2, 3, 3), torch.randn(2, 3, 3)
     assert Cell(8, 1, answer=False)(x, c, [a1]).shape == (2, 3, 3)
@@ -65,6 +90,36 @@ def _snapshot(params) -> list[torch.Tensor]:
 
 def _same(before, params) -> bool:
     return all(torch.equal(a, b) for a, b in zip(before, params))
+
+
+def test_the_module_passes_its_settings_to_its_network_and_optimizers():
+    module = _module(hard_pointer=True, cell3_pops=False, hard_operations=True, embedding=6, structure_lr=0.02)
+    assert module.net.hard_pointer and not module.net.cell3_pops and module.net.controller.embed.embedding_dim == 6
+    assert all(node.hard for cell in module.net.cells.values() for node in cell.nodes)
+    assert not any(node.hard for cell in _module().net.cells.values() for node in cell.nodes)
+    assert _module().net.cell3_pops is True and _module().net.hard_pointer is False
+    assert _module(grad_clip=3.0, ema_decay=0.5).training_settings() == {"grad_clip": 3.0, "ema_decay": 0.5}
+    weights = module.configure_optimizers(lr=0.003, weight_decay=0.25)
+    assert [(g["lr"], g["weight_decay"], g["betas"]) for g in weights.param_groups] == [(0.003, 0.25, (0.9, 0.999))]
+    assert [(g["lr"], g["weight_decay"], g["betas"]) for g in module.structure_optimizer.param_groups] == \
+        [(0.02, 1e-3, (0.5, 0.999))]  # LNMN §4
+
+
+def test_the_alpha_steps_loss_is_the_search_batchs_nll_plus_the_sparsity_term():
+    torch.manual_seed(0)
+    module = _module(sparsity_weight=0.3)
+    batch = _batch()
+    module.eval()  # the same forward twice
+    logits = module(batch["tokens"], batch["lengths"], batch["features"])
+    expected = F.cross_entropy(logits, batch["answer"]) - 0.3 * module.net.sparsity()
+    assert module.search_loss(batch).item() == pytest.approx(expected.item(), rel=1e-5)
+    # a large λ_op: the α step makes the nodes sparser
+    strong = _module(sparsity_weight=100.0, structure_lr=0.05)
+    strong.configure_optimizers(lr=1e-3, weight_decay=0.0)
+    before = strong.net.sparsity().item()
+    for _ in range(3):
+        strong.after_step(_batch())
+    assert strong.net.sparsity().item() > before
 
 
 def test_the_weight_step_never_changes_alpha_and_the_alpha_step_never_changes_weights():
@@ -407,7 +462,8 @@ def test_each_cell_pops_its_maps_and_pushes_its_output(pops):
     keeps it and pushes on top; from the empty stack it pushes to slot 1 either way. A 4-input
     attention cell pops two and pushes one; answer cells pop their maps and write the memory."""
     torch.manual_seed(0)
-    net = LNMN(tokens=9, answers=5, features=4, dim=8, steps=2, stack=5, inventory=9, cell3_pops=pops)
+    net = LNMN(tokens=9, answers=5, features=4, dim=8, steps=2, stack=5, inventory=9,
+               **({} if pops else {"cell3_pops": False}))  # popping is the default
     x, c, memory = torch.randn(2, 8, 3, 3), torch.randn(2, 8), torch.randn(2, 8)
     first, second = torch.randn(2, 3, 3), torch.randn(2, 3, 3)
     stack = torch.zeros(2, 5, 3, 3)

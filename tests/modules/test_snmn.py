@@ -1,6 +1,7 @@
 """Stack-NMN: the differentiable stack, the soft network against discrete execution, layouts."""
 import math
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -35,6 +36,8 @@ def test_push_and_pop_move_the_pointer_with_guards_at_both_ends():
     soft = torch.tensor([[0.5, 0.0, 0.0, 0.5]])
     assert move_up(soft).tolist() == [[0.0, 0.5, 0.0, 0.5]]    # mass is kept: the top's stays
     assert move_down(soft).tolist() == [[0.5, 0.0, 0.5, 0.0]]
+    assert move_up(torch.tensor([[0.0, 0.0, 0.5, 0.5]])).tolist() == [[0.0, 0.0, 0.0, 1.0]]    # both reach the top
+    assert move_down(torch.tensor([[0.5, 0.5, 0.0, 0.0]])).tolist() == [[1.0, 0.0, 0.0, 0.0]]  # both the bottom
     stack = torch.zeros(1, 4, 2, 2)
     a, b = torch.full((1, 2, 2), 1.0), torch.full((1, 2, 2), 2.0)
     stack, p = push(stack, _ptr(0), a)
@@ -49,7 +52,7 @@ def test_push_and_pop_move_the_pointer_with_guards_at_both_ends():
 
 def test_sharpening():
     p = torch.tensor([[0.1, 0.6, 0.3]])
-    assert sharpen(p, hard=True).tolist() == [[0.0, 1.0, 0.0]]
+    assert sharpen(p, hard=True).tolist() == [[0.0, 1.0, 0.0]] and sharpen(p, hard=True).dtype == p.dtype
     soft = sharpen(p, hard=False)  # softmax(p / 0.2) = e^(0.5, 3, 1.5) / their sum
     total = math.exp(0.5) + math.exp(3) + math.exp(1.5)
     assert soft[0].tolist() == pytest.approx([math.exp(0.5) / total, math.exp(3) / total, math.exp(1.5) / total])
@@ -66,8 +69,8 @@ def _peaked_net(seed: int = 0, scale: float = 40.0) -> StackNMN:
     net = StackNMN(tokens=11, answers=7, features=6, dim=16, steps=8, stack=6, hard_pointer=True).eval()
     bank = torch.randn(16, 16)  # grid cells × control dimensions
 
-    def find(image, c):
-        return (scale * (c / c.norm(dim=1, keepdim=True)) @ bank.T).view(len(c), 4, 4)
+    def find(image, c):  # peaked by the control vector, and reading the image like the real one
+        return (scale * (c / c.norm(dim=1, keepdim=True)) @ bank.T).view(len(c), 4, 4) + image["x"].mean(1)
 
     net.ops.find = find  # Filter and the discrete executor call it too
     with torch.no_grad():
@@ -97,9 +100,13 @@ def test_soft_network_with_one_hot_weights_is_the_discrete_execution(layout):
     tokens, lengths, features = _question()
     with torch.no_grad():
         soft, aux = net(tokens, lengths, features, module_weights=one_hot_layout(layout, 8, 3))
-        discrete = DiscreteExecutor(net).run(layout, tokens, lengths, features)
+        executor = DiscreteExecutor(net)
+        discrete = executor.run(layout, tokens, lengths, features)
     assert torch.allclose(soft, discrete, atol=1e-4)
     assert aux["tops"].shape == (3, 8, 4, 4) and aux["module_weights"].shape == (3, 8, len(MODULES))
+    # the map on top of the stack after every step of the layout, as the list machine has it
+    for t, top in enumerate(executor.tops):
+        assert torch.allclose(aux["tops"][:, t], top, atol=1e-4), (t, layout[t])
 
 
 def test_the_execution_test_can_tell_slots_operands_and_inputs_apart():
@@ -126,6 +133,68 @@ def test_the_execution_test_can_tell_slots_operands_and_inputs_apart():
         assert far(ops.answer(image, c2, a1, memory), ops.answer(image, c2, a1, torch.zeros_like(memory)))
         assert far(ops.answer(image, c2, a1, memory), ops.answer(image, c1, a1, memory))
         assert far(ops.compare(image, c2, a1, a2, memory), ops.compare(image, c2, a1, a2, torch.zeros_like(memory)))
+
+
+def test_the_modules_compute_their_formulas():
+    """Each module's computation written out from its layers (Stack-NMN §3.2; Answer and Compare as
+    the reference code's Describe modules), so that an operator or an operand changed inside one
+    is caught even though the discrete execution calls the same functions."""
+    from modtrain.modules.snmn import attend
+
+    torch.manual_seed(0)
+    net = StackNMN(tokens=11, answers=7, features=6, dim=16, steps=4, stack=4).eval()
+    ops = net.ops
+    x, c, memory = torch.randn(2, 16, 4, 4), torch.randn(2, 16), torch.randn(2, 16)
+    a1, a2 = 5 * torch.randn(2, 4, 4), 5 * torch.randn(2, 4, 4)
+    image = net.prepare(x)
+    with torch.no_grad():
+        find = ops.find_out(ops.find_in(x) * ops.find_c(c)[:, :, None, None]).squeeze(1)
+        assert torch.allclose(ops.find(image, c), find, atol=1e-6)
+        gate = (ops.tr_att(attend(a1, x)) * ops.tr_c(c))[:, :, None, None]
+        assert torch.allclose(ops.transform(image, c, a1), ops.tr_out(ops.tr_in(x) * gate).squeeze(1), atol=1e-6)
+        assert torch.allclose(ops.filter(image, c, a1), torch.minimum(a1, find), atol=1e-6)
+        assert torch.allclose(ops.scene(image, c), ops.scene_out(x).squeeze(1), atol=1e-6)
+        answer = ops.ans_out(torch.cat([c, memory, ops.ans_att(attend(a1, x)) * ops.ans_c(c)], 1))
+        assert torch.allclose(ops.answer(image, c, a1, memory), answer, atol=1e-6)
+        both = ops.cmp_a1(attend(a1, x)) * ops.cmp_a2(attend(a2, x)) * ops.cmp_c(c)
+        assert torch.allclose(ops.compare(image, c, a1, a2, memory), ops.cmp_out(torch.cat([c, memory, both], 1)),
+                              atol=1e-6)
+    # attention: a softmax over the whole grid, then the weighted sum of the features
+    peaked = torch.full((2, 4, 4), -1e4)
+    peaked[0, 1, 2], peaked[1, 3, 0] = 0.0, 0.0
+    assert torch.allclose(attend(peaked, x), torch.stack([x[0, :, 1, 2], x[1, :, 3, 0]]))
+    assert torch.allclose(attend(torch.zeros(2, 4, 4), x), x.mean((2, 3)), atol=1e-6)
+    # the layers the module docstring names: ELU inside the image projection and the output MLP
+    assert [type(m).__name__ for m in net.image] == ["Conv2d", "ELU", "Conv2d"]
+    assert [type(m).__name__ for m in net.output] == ["Linear", "ELU", "Linear"]
+    assert [type(m).__name__ for m in net.controller.choose] == ["Linear", "ReLU", "Linear"]
+
+
+def test_the_controller_reads_each_question_as_if_alone():
+    """q is the BiLSTM's last forward and first backward states of the words alone (padding
+    changes nothing), and a one-word question reads its word."""
+    torch.manual_seed(0)
+    net = StackNMN(tokens=11, answers=7, features=6, dim=16, steps=3, stack=4, embedding=8).eval()
+    tokens = torch.tensor([[3, 4, 5, 0, 0], [3, 4, 5, 6, 7], [9, 0, 0, 0, 0]])
+    with torch.no_grad():
+        _, _, _, q = net.controller(tokens, torch.tensor([3, 5, 1]))
+        for row, n in zip(range(3), (3, 5, 1)):
+            out, (h, _) = net.controller.lstm(net.controller.embed(tokens[row:row + 1, :n]))
+            assert torch.allclose(q[row], torch.cat([h[0, 0], h[1, 0]]), atol=1e-6), row
+            assert torch.allclose(q[row, :8], out[0, -1, :8], atol=1e-6) and torch.allclose(q[row, 8:], out[0, 0, 8:],
+                                                                                             atol=1e-6)
+    assert net.controller.embed.embedding_dim == 8 and net.controller.embed.padding_idx == 0
+    assert net.controller.per_step.abs().mean() < 1.0  # W1(t) starts at the scale 1/√d
+
+
+def test_one_hot_layouts_pad_with_noop_and_refuse_what_does_not_fit():
+    weights = one_hot_layout(["Find", "Answer"], 4)
+    assert weights.shape == (1, 4, len(MODULES))
+    assert weights.argmax(2).tolist() == [[MODULES.index("Find"), MODULES.index("Answer"), 0, 0]]
+    assert MODULES[0] == "NoOp"
+    assert one_hot_layout(["Find", "Find", "And", "Answer"], 4, batch=2).shape == (2, 4, len(MODULES))  # exactly T
+    with pytest.raises(ModtrainError, match="layout of 5 modules is longer than the 4 steps"):
+        one_hot_layout(["Find"] * 4 + ["Answer"], 4)
 
 
 def test_each_step_moves_the_stack_as_its_module_says():
@@ -190,6 +259,22 @@ def test_ground_truth_layouts_from_programs():
     assert program_layout(either, 4) == ["Find", "Find", "Or", "Answer"]
     with pytest.raises(ModtrainError, match="has 4 modules .* more than the 3 steps"):
         program_layout(either, 3)
+    # the two inputs of And/Or and of Compare keep their order; intersect is And
+    both = compact_program(("scene",), ("scene",), ("filter_color", [1], ["red"]), ("intersect", [0, 2]),
+                           ("exist", [3]))
+    assert program_layout(both, 4) == ["Scene", "Find", "And", "Answer"]
+    fewer = compact_program(("scene",), ("filter_color", [0], ["red"]), ("count", [1]), ("scene",), ("count", [3]),
+                            ("less_than", [2, 4]))
+    assert program_layout(fewer, 3) == ["Find", "Scene", "Compare"]
+    # same_* is a Transform; a filter chain runs through unique too; a function with no module is refused
+    same = compact_program(("scene",), ("filter_shape", [0], ["cube"]), ("unique", [1]), ("same_color", [2]),
+                           ("count", [3]))
+    assert program_layout(same, 3) == ["Find", "Transform", "Answer"]
+    chain = compact_program(("scene",), ("filter_shape", [0], ["cube"]), ("unique", [1]),
+                            ("filter_color", [2], ["red"]), ("exist", [3]))
+    assert program_layout(chain, 2) == ["Find", "Answer"]
+    with pytest.raises(ModtrainError, match="program node 1: no Stack-NMN module for function 'paint'"):
+        program_layout(compact_program(("scene",), ("paint", [0])), 3)
 
 
 def test_stack_nmn_is_a_modtrain_module_that_answers_alone():
@@ -197,6 +282,10 @@ def test_stack_nmn_is_a_modtrain_module_that_answers_alone():
 
     module = build_module("snmn", "typed", {"tokens": 11, "answers": 7, "features": 6, "height": 4, "width": 4},
                           dim=16, steps=4, stack=4)
+    assert module.net.hard_pointer is False and module.net.controller.embed.embedding_dim == 64  # the defaults
+    hard = build_module("snmn", "typed", {"tokens": 11, "answers": 7, "features": 6, "height": 4, "width": 4},
+                        dim=16, steps=4, stack=4, hard_pointer=True, embedding=8)
+    assert hard.net.hard_pointer is True and hard.net.controller.embed.embedding_dim == 8
     assert reads_features(module) and module.output == "Prior"
     out = run_prior(module, torch.randint(1, 11, (3, 5)), torch.tensor([5, 2, 4]), torch.randn(3, 6, 4, 4))
     assert out.shape == (3, 7)
@@ -255,7 +344,7 @@ def test_entropy_sharpening_starts_after_its_warm_up():
     assert module.auxiliary_loss({}, 3).item() == pytest.approx(0.5 * entropy.item())
 
 
-def test_stack_nmn_asks_its_job_for_its_training_through_the_hooks(tiny_clevr):
+def test_stack_nmn_asks_its_job_for_its_training_through_the_hooks(tiny_clevr, caplog):
     """Clipping and the weights' average; with layout supervision, each question's layout as a
     batch target and its cross-entropy added to the loss (questions without one left out)."""
     from modtrain.registry import build_module, run_prior
@@ -273,7 +362,18 @@ def test_stack_nmn_asks_its_job_for_its_training_through_the_hooks(tiny_clevr):
     supervised = build_module("snmn", "typed", dims, dim=16, steps=6, stack=4, layout_weight=0.5)
     targets = supervised.question_targets(tiny_clevr, Split())
     assert list(targets) == ["layout_target"] and targets["layout_target"].shape == (len(Split()), 6)
-    assert (targets["layout_target"] >= 0).all(1).any()  # some questions' layouts fit in 6 steps
+    assert targets["layout_target"].dtype == np.int64
+    # each question's row: its program's layout where it fits in 6 steps, −1 everywhere if not
+    fits = 0
+    for row, question in zip(targets["layout_target"], ClevrFolder(tiny_clevr).load_questions("val")):
+        try:
+            expected = [MODULES.index(m) for m in program_layout(question.program, 6)]
+        except ModtrainError:
+            expected = [-1] * 6
+        fits += expected[0] >= 0
+        assert row.tolist() == expected
+    assert 0 < fits < len(Split())  # some questions' layouts fit in 6 steps, some don't
+    assert f"val: {len(Split()) - fits} questions' layouts are longer than 6 steps" in caplog.text
     supervised = build_module("snmn", "typed", dims, dim=16, steps=4, stack=4, layout_weight=0.5)
     run_prior(supervised, torch.randint(1, 11, (3, 5)), torch.tensor([5, 2, 4]), torch.randn(3, 6, 4, 4))
     target = torch.tensor([[1, 7, 0, 0], [-1, -1, -1, -1], [2, 2, 7, 0]])
@@ -281,4 +381,7 @@ def test_stack_nmn_asks_its_job_for_its_training_through_the_hooks(tiny_clevr):
                                      target[[0, 2]].flatten())
     assert supervised.auxiliary_loss({"layout_target": target}, 1).item() == pytest.approx(expected.item())
     assert supervised.auxiliary_loss({"layout_target": torch.full((3, 4), -1)}, 1) == 0.0  # no layout in the batch
+    noop = torch.zeros(3, 4, dtype=torch.long)  # NoOp (id 0) everywhere is a layout like any other
+    expected = 0.5 * F.cross_entropy(supervised.explained["module_logits"].flatten(0, 1), noop.flatten())
+    assert supervised.auxiliary_loss({"layout_target": noop}, 1).item() == pytest.approx(expected.item())
     assert supervised.auxiliary_loss({}, 1) == 0.0

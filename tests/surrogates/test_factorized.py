@@ -74,6 +74,8 @@ def test_mc_summary_on_a_hand_made_case():
     assert result.mutual_information[0].item() == pytest.approx(information, rel=1e-5)
     same = mc_summary(probs[:1].expand(5, -1, -1))  # samples that agree: no variance, no information
     assert same.variance.abs().max() == 0 and same.mutual_information.abs().max() < 1e-6
+    one = mc_summary(probs[:1])  # a single sample has no spread: zero, not the unbiased estimate's NaN
+    assert one.variance.tolist() == [0.0, 0.0]
 
 
 def test_dropout_sits_after_the_rank_projection():
@@ -87,6 +89,8 @@ def test_dropout_sits_after_the_rank_projection():
     for question in range(samples.shape[1]):
         assert len({tuple(row) for row in samples[:, question].round(decimals=5).tolist()}) == 2
     assert torch.equal(s(values, part, root, prior), s(values, part, root, prior))  # eval: no dropout
+    hidden = s.projected(values, part)
+    assert torch.equal(s.read_out(hidden, root, prior), s.read_out(hidden, root, prior))  # nor in read_out
 
 
 def test_mc_predict_projects_once_and_matches_the_samples_it_draws():
