@@ -518,11 +518,14 @@ def compare(recipe_name, seeds, workdir, data_dir, overrides, device, fresh, tri
               help="An already prepared data folder to use instead of generating one.")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="Override a key of every system's recipe, e.g. --set train.max_epochs=10.")
-@click.option("--min-questions", type=click.IntRange(min=1), default=20, show_default=True,
-              help="Depths with fewer questions are drawn and averaged no more (too noisy).")
+@click.option("--min-questions", type=click.IntRange(min=1), default=100, show_default=True,
+              help="Depths with fewer questions are drawn but not averaged (too noisy).")
+@click.option("--seeds", type=click.IntRange(min=1), default=3, show_default=True,
+              help="Train every system this many times (seeds 0..N-1): means with 95% intervals.")
 @click.option("--device", default="auto", show_default=True)
 @click.option("--fresh", is_flag=True, help="Train every system again instead of reusing trained runs.")
-def depth(max_depth, recipe_name, systems, reference, workdir, data_dir, overrides, min_questions, device, fresh):
+def depth(max_depth, recipe_name, systems, reference, workdir, data_dir, overrides, min_questions, seeds, device,
+          fresh):
     """Generalization by program depth: error per depth, seen vs unseen (paper Fig. 13/14)."""
     from pathlib import Path
 
@@ -532,7 +535,7 @@ def depth(max_depth, recipe_name, systems, reference, workdir, data_dir, overrid
     overrides = _with_splits(recipe_name, overrides, data_dir)
     summary = run_depth(workdir, max_depth, resolve_device(device), recipe_name, list(systems), reference,
                         list(overrides), data_dir, say=lambda text: click.echo(text, err=True), fresh=fresh,
-                        min_questions=min_questions)
+                        min_questions=min_questions, seeds=seeds)
     click.echo(format_markdown(summary))
     reports = Path(workdir) / "reports"
     click.echo(f"wrote {reports / 'depth.json'}, {reports / 'depth.md'}, {reports / 'depth.png'}")

@@ -15,7 +15,16 @@ from modtrain.pipeline import run_end_to_end
 from modtrain.plan import make_plan
 from modtrain.recipe import Recipe
 from modtrain.registry import build_module
-from modtrain.reports.depth import ALL, LIMITED, composable, mean_error, run_depth, without_untaught
+from modtrain.reports.depth import (
+    ALL,
+    LIMITED,
+    composable,
+    format_markdown,
+    mean_error,
+    run_depth,
+    summarize,
+    without_untaught,
+)
 from modtrain.workdir import Workdir
 
 CPU = torch.device("cpu")
@@ -115,42 +124,95 @@ def test_depth_report_on_tiny_data(tiny_run, tmp_path):
     _, typed, _, _ = tiny_run
     root = tmp_path / "depth"
     summary = run_depth(root, 4, CPU, recipe_name="nmn-typed", systems=["end-to-end typed", "FiLM"], reference=True,
-                        overrides=FAST, data_dir=typed.data, say=lambda m: None, min_questions=1)
+                        overrides=FAST, data_dir=typed.data, say=lambda m: None, min_questions=1, seeds=1)
     saved = json.loads((root / "reports" / "depth.json").read_text())
     assert saved["max_train_depth"] == 4 and set(saved["systems"]) == {"end-to-end typed", "FiLM"}
+    # reported on the test split; the validation questions (≤ D) only stopped training early
+    assert saved["splits"] == {"reported": "test", "early_stopping": "val", "train": "train"}
     data = PreparedData(typed.data)
-    val_depths = {str(d) for d in data.split("val").depth.tolist()}
+    test_depths = {str(d) for d in data.split("test").depth.tolist()}
+    low = saved["counted_depths"]["low"]
     for label, regimes in summary["systems"].items():
         limited = regimes[LIMITED]
-        # every val depth is reported (the limit never filters what is evaluated) ...
-        assert set(limited["val"]) == val_depths
+        run = limited["runs"][0]
+        # every test depth is reported (the limit never filters what is evaluated) ...
+        assert set(limited["report"]) == test_depths
         # ... and the errors are the assembler's, per depth, of that system's own workdir
-        assembled = json.loads((Path(limited["workdir"]) / "reports" / "assemble.json").read_text())
-        for depth, e in limited["val"].items():
-            by_depth = assembled["splits"]["val"]["by_depth"][depth]
-            assert e["error"] == pytest.approx(1 - by_depth["accuracy"]) and e["questions"] == by_depth["questions"]
+        assembled = json.loads((Path(run["workdir"]) / "reports" / "assemble.json").read_text())
+        for depth, e in limited["report"].items():
+            by_depth = assembled["splits"]["test"]["by_depth"][depth]
+            assert e["mean"] == pytest.approx(1 - by_depth["accuracy"]) and e["questions"] == by_depth["questions"]
+            assert e["interval"] is None  # one seed: no interval
         # the training split's questions deeper than the limit, which no job trained on
         assert limited["train_unseen"] and all(int(d) > 4 for d in limited["train_unseen"])
-        seen = [e["error"] for d, e in limited["val"].items() if int(d) <= 4]
-        unseen = [e["error"] for d, e in limited["val"].items() if int(d) > 4]
-        assert limited["seen_error"] == pytest.approx(np.mean(seen))
-        assert limited["unseen_error"] == pytest.approx(np.mean(unseen))
+        # the means count the balanced depths only (here ≥ 3: the data has no balance range)
+        seen = [e["mean"] for d, e in limited["report"].items() if low <= int(d) <= 4]
+        unseen = [e["mean"] for d, e in limited["report"].items() if int(d) > 4]
+        assert any(int(d) < low for d in limited["report"])  # a shallower depth exists, and is left out
+        assert limited["seen_error"]["mean"] == pytest.approx(np.mean(seen))
+        assert limited["unseen_error"]["mean"] == pytest.approx(np.mean(unseen))
+        assert limited["counted_depths"] == sorted(int(d) for d in limited["report"] if int(d) >= low)
         cards = [json.loads(p.read_text())
-                 for p in (root / label.replace(" ", "-") / "depth-4" / "modules").glob("*.json")]
+                 for p in (root / label.replace(" ", "-") / "depth-4" / "seed-0" / "modules").glob("*.json")]
         assert cards and all(c["metrics"]["train_questions"] < len(data.split("train")) for c in cards)
         # the reference trained on every depth: more training questions than the limited run
         reference = [json.loads(p.read_text())
-                     for p in (root / label.replace(" ", "-") / "all-depths" / "modules").glob("*.json")]
+                     for p in (root / label.replace(" ", "-") / "all-depths" / "seed-0" / "modules").glob("*.json")]
         assert reference[0]["metrics"]["train_questions"] > cards[0]["metrics"]["train_questions"]
         assert ALL in regimes
         # the composable subset is a subset, the same questions for every system
-        for depth, e in limited["val_composable"].items():
-            assert e["questions"] <= limited["val"][depth]["questions"]
-    counts = [{d: e["questions"] for d, e in r[LIMITED]["val_composable"].items()} for r in summary["systems"].values()]
+        for depth, e in limited["report_composable"].items():
+            assert e["questions"] <= limited["report"][depth]["questions"]
+        assert limited["trained"] is None  # no modular NMN ran: no prior to judge "did not train" by
+    counts = [{d: e["questions"] for d, e in r[LIMITED]["report_composable"].items()}
+              for r in summary["systems"].values()]
     assert counts[0] == counts[1]
     markdown = (root / "reports" / "depth.md").read_text()
     assert "| end-to-end typed |" in markdown and "| FiLM |" in markdown
     assert (root / "reports" / "depth.png").stat().st_size > 10_000
+
+
+def _run(errors: dict[int, float], questions: int = 200, prior: dict[int, float] | None = None) -> dict:
+    by_depth = {str(d): {"questions": questions if d != 7 else 30, "error": e} for d, e in errors.items()}
+    return {"report": by_depth, "report_composable": by_depth, "prior_accuracy": {str(d): a for d, a in
+                                                                                 (prior or {}).items()}}
+
+
+def test_depth_summary_over_seeds_counts_balanced_well_filled_depths_and_says_who_did_not_train():
+    """Three seeds: per depth and per mean, the mean and its Student-t interval; depth 2 (below the
+    balanced range) and depth 7 (30 questions < 100) are kept per depth but left out of the means;
+    a system within 10 points of the prior at seen depths "did not train"."""
+    from scipy import stats
+
+    prior = {2: 0.9, 3: 0.4, 4: 0.4, 5: 0.4, 6: 0.4, 7: 0.4}
+    typed = [_run({2: 0.5, 3: 0.10, 4: 0.20, 5: 0.30, 6: 0.40, 7: 0.9}, prior=prior),
+             _run({2: 0.5, 3: 0.12, 4: 0.22, 5: 0.36, 6: 0.42, 7: 0.9}, prior=prior),
+             _run({2: 0.5, 3: 0.14, 4: 0.18, 5: 0.33, 6: 0.50, 7: 0.9}, prior=prior)]
+    flat = [_run({2: 0.1, 3: 0.55, 4: 0.55, 5: 0.6, 6: 0.6, 7: 0.6}) for _ in range(3)]
+    results = {"modular typed": {LIMITED: {"runs": typed}}, "FiLM": {LIMITED: {"runs": flat}}}
+    summary = summarize(results, 4, 100, {}, (3, 12))
+    s = summary["systems"]["modular typed"][LIMITED]
+    assert s["counted_depths"] == [3, 4, 5, 6]
+    per_seed_seen = [(0.10 + 0.20) / 2, (0.12 + 0.22) / 2, (0.14 + 0.18) / 2]
+    per_seed_unseen = [(0.30 + 0.40) / 2, (0.36 + 0.42) / 2, (0.33 + 0.50) / 2]
+    assert s["seen_error"]["values"] == pytest.approx(per_seed_seen)
+    assert s["unseen_error"]["values"] == pytest.approx(per_seed_unseen)
+    ratios = [u / e for u, e in zip(per_seed_unseen, per_seed_seen)]
+    half = stats.t.ppf(0.975, 2) * np.std(ratios, ddof=1) / np.sqrt(3)
+    assert s["unseen_over_seen"]["mean"] == pytest.approx(np.mean(ratios))
+    assert s["unseen_over_seen"]["interval"] == pytest.approx([np.mean(ratios) - half, np.mean(ratios) + half])
+    assert s["report"]["5"]["mean"] == pytest.approx(0.33) and s["report"]["7"]["questions"] == 30
+    assert s["report"]["2"]["interval"] == pytest.approx([0.5, 0.5])  # no spread, a zero-width interval
+    # the prior: the typed system's encoder at the counted seen depths (error 0.6); typed is 43 points
+    # below it, FiLM 5 points: FiLM did not train, and depth 2's 0.1 does not rescue it
+    assert summary["prior"] == {"from": "modular typed's encoder", "error": pytest.approx(0.6)}
+    assert s["trained"] is True and s["above_prior_points"] == pytest.approx(44.0)
+    film = summary["systems"]["FiLM"][LIMITED]
+    assert film["trained"] is False and film["above_prior_points"] == pytest.approx(5.0)
+    summary.update(splits={"reported": "test", "early_stopping": "val"}, seeds=[0, 1, 2])
+    markdown = format_markdown(summary)
+    assert "| FiLM (did not train) |" in markdown and "| modular typed |" in markdown
+    assert f"{100 * np.mean(per_seed_seen):.1f} [" in markdown  # the mean with its interval
 
 
 def test_bad_depth_settings_are_one_clear_error():

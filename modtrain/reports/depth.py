@@ -2,10 +2,20 @@
 
 Every system trains only on questions of program depth ≤ D (``data.max_train_depth``: the
 training split and the validation questions that stop it early; the reported splits are never
-filtered) and is then evaluated, by the assembler, on every depth of the validation split and on
-the training split's questions deeper than D, which it never saw (as the paper does). With
-``--reference`` each system is also trained on every depth: its curve shows what the depth
-limit costs at each depth.
+filtered) and is then evaluated, by the assembler, on every depth of the test split (the
+validation split where the data has no test split; the summary says which) and on the training
+split's questions deeper than D, which it never saw (as the paper does). With ``--reference``
+each system is also trained on every depth: its curve shows what the depth limit costs.
+
+The protocol, so that the report cannot flatter (issue 26):
+- the questions that chose the early-stopping epoch (validation, ≤ D) are never the reported ones;
+- the seen and unseen means count only the balanced depths (the generator's ``balance_depth``
+  range, else ≥ 3) with ≥ ``min_questions`` (100) questions: depth 2 is count(scene) alone in
+  CLEVR and would weigh as much as a depth of every family. The others are drawn, not averaged;
+- every system trains ``seeds`` (3) times; each depth and each mean and ratio has its mean and a
+  95% Student-t interval over the seeds;
+- a system whose seen-depth error is not ≥ 10 points below the prior's (the modular NMN's
+  question-only encoder, trained on the same depths) is labelled "did not train".
 
 Systems (one shared data folder, one shared set of training defaults, as ``report compare``):
 the recipe's NMN modular with data types (typed) and without (gradient), the same NMN trained
@@ -113,14 +123,41 @@ def mean_error(errors: dict[str, dict], depths: Callable[[int], bool], min_quest
     return statistics.fmean(values) if values else math.nan
 
 
+def interval(values: list[float], confidence: float = 0.95) -> dict:
+    """Mean and Student-t interval over seeds (None with one seed: one seed is a smoke test)."""
+    from scipy import stats
+
+    finite = [v for v in values if not math.isnan(v)]
+    mean = statistics.fmean(finite) if finite else math.nan
+    if len(finite) < 2:
+        return {"mean": mean, "interval": None, "values": values}
+    half = stats.t.ppf((1 + confidence) / 2, len(finite) - 1) * statistics.stdev(finite) / math.sqrt(len(finite))
+    return {"mean": mean, "interval": [mean - half, mean + half], "values": values}
+
+
+def _depth_range(data: PreparedData, recipe: Recipe) -> tuple[int, int | None]:
+    """The depths the seen and unseen means may count, (low, high or None): the range the generator
+    balanced (``generate.json``'s ``balance_depth``, else the recipe's), else every depth ≥ 3.
+    Shallower depths hold few families (depth 2 is only count(scene) in CLEVR), so one family would
+    weigh as much as a depth of all of them: they are drawn, not averaged."""
+    from modtrain.datasets.generate import parse_depth_range
+
+    generated = Path(data.root) / "generate.json"
+    text = read_json(generated, "generator summary").get("balance_depth") if generated.exists() else None
+    found = parse_depth_range(text or recipe.data.balance_depth)
+    return found if found is not None else (3, None)
+
+
 def run_depth(root: str | Path, max_depth: int, device: torch.device, recipe_name: str = "nmn-clevr",
               systems: list[str] | None = None, reference: bool = False, overrides: list[str] = (),
               data_dir: str | Path | None = None, say: Callable[[str], None] = print, fresh: bool = False,
-              min_questions: int = 20) -> dict:
+              min_questions: int = 100, seeds: int = 3) -> dict:
     """Train (or reuse, unless ``fresh``) every system on depths ≤ ``max_depth`` (and on all depths
-    with ``reference``); write ``reports/depth.{json,md,png}``; return the summary."""
+    with ``reference``), once per seed; write ``reports/depth.{json,md,png}``; return the summary."""
     if max_depth < 1:
         raise ModtrainError(f"--max-train-depth {max_depth}: must be ≥ 1")
+    if seeds < 1:
+        raise ModtrainError(f"--seeds {seeds}: must be ≥ 1 (a verdict needs 3)")
     labels = [s[0] for s in SYSTEMS]
     chosen = systems or list(DEFAULT_SYSTEMS)
     unknown = [s for s in chosen if s not in labels]
@@ -132,50 +169,44 @@ def run_depth(root: str | Path, max_depth: int, device: torch.device, recipe_nam
             else PreparedData(data_dir))
     source = str(Path(data.root).resolve())
     val, train = base.data.val_split, base.data.train_split
+    # the questions that stop training early (val, ≤ D) are never the ones reported (test)
+    reported = "test" if "test" in data.split_names(data.root) else val
     regimes = [(LIMITED, max_depth)] + ([(ALL, None)] if reference else [])
-    masks = {split: composable(data, split, train, max_depth) for split in (val, train)}
+    masks = {split: composable(data, split, train, max_depth) for split in (reported, train)}
     results: dict[str, dict] = {}
     for label, name, interface, how in SYSTEMS:
         if label not in chosen:
             continue
         for regime, limit in regimes:
-            recipe = shared_defaults(Recipe.load(name or recipe_name, [
-                *overrides, f"interface='{interface}'", f"data.source='{source}'",
-                *([f"data.max_train_depth={limit}"] if limit is not None else [])]))
-            recipe, untaught = without_untaught(recipe, data)
-            if untaught:
-                say(f"{label}: no training question of depth ≤ {limit} uses {', '.join(untaught)}: not trained; "
-                    f"the questions that need it are answered by the prior alone")
-            folder = root / _slug(label) / (f"depth-{limit}" if limit is not None else "all-depths")
-            if fresh:
-                shutil.rmtree(folder, ignore_errors=True)
-            workdir = Workdir.for_recipe(recipe, folder)
-            _check_same_data(workdir, data)
-            say(f"== {label}, trained on {f'depths ≤ {limit}' if limit is not None else 'every depth'} ({folder})")
-            report = train_version(how, recipe, workdir, device, say)  # assembles every split but train
-            assemble(workdir, recipe, device, splits=[train], data=data)  # its predictions, for the unseen depths
-            entry = {"workdir": str(folder), "val_accuracy": report["splits"][val]["accuracy"], "untaught": untaught,
-                     "skipped": report["splits"][val]["skipped"],
-                     "untrusted": sorted(n for n, m in report["modules"].items() if m.get("trustworthy") is False)}
-            for split, role in ((val, "val"), (train, "train_unseen")):
-                s = data.split(split)
-                keep = s.answer >= 0
-                if role == "train_unseen":  # the training questions deeper than D, never trained on
-                    if limit is None:
-                        continue
-                    keep &= s.depth > max_depth
-                correct = _correct(workdir, data, split)
-                entry[role] = errors_by_depth(correct[keep], s.depth[keep])
-                subset = keep & masks[split]
-                entry[f"{role}_composable"] = errors_by_depth(correct[subset], s.depth[subset])
-            results.setdefault(label, {})[regime] = entry
+            runs = []
+            for seed in range(seeds):
+                recipe = shared_defaults(Recipe.load(name or recipe_name, [
+                    *overrides, f"interface='{interface}'", f"data.source='{source}'", f"seed={seed}",
+                    *([f"data.max_train_depth={limit}"] if limit is not None else [])]))
+                recipe, untaught = without_untaught(recipe, data)
+                if untaught and seed == 0:
+                    say(f"{label}: no training question of depth ≤ {limit} uses {', '.join(untaught)}: not trained; "
+                        f"the questions that need it are answered by the prior alone")
+                folder = (root / _slug(label) / (f"depth-{limit}" if limit is not None else "all-depths")
+                          / f"seed-{seed}")
+                if fresh:
+                    shutil.rmtree(folder, ignore_errors=True)
+                workdir = Workdir.for_recipe(recipe, folder)
+                _check_same_data(workdir, data)
+                say(f"== {label}, seed {seed}, trained on "
+                    f"{f'depths ≤ {limit}' if limit is not None else 'every depth'} ({folder})")
+                report = train_version(how, recipe, workdir, device, say)  # assembles every split but train
+                assemble(workdir, recipe, device, splits=[train], data=data)  # its predictions, for the unseen depths
+                runs.append(_evaluate(workdir, data, report, untaught, reported, train, masks,
+                                      max_depth if limit is not None else None))
+            results.setdefault(label, {})[regime] = {"runs": runs}
     share = {}  # per split and depth: the fraction of questions in the composable subset
-    for split in (val, train):
+    for split in (reported, train):
         depth = data.split(split).depth
         share[split] = {str(d): float(masks[split][depth == d].mean()) for d in sorted(set(depth[depth >= 0].tolist()))}
-    summary = summarize(results, max_depth, min_questions, share)
+    summary = summarize(results, max_depth, min_questions, share, _depth_range(data, base))
     summary.update(recipe=recipe_name, dataset={"root": str(data.root), "data_fingerprint": data.fingerprint()},
-                   splits={"val": val, "train": train})
+                   splits={"reported": reported, "early_stopping": val, "train": train}, seeds=list(range(seeds)))
     reports = root / "reports"
     write_json(reports / "depth.json", summary)
     write_text(reports / "depth.md", format_markdown(summary))
@@ -183,33 +214,122 @@ def run_depth(root: str | Path, max_depth: int, device: torch.device, recipe_nam
     return summary
 
 
-def summarize(results: dict[str, dict], max_depth: int, min_questions: int, composable_share: dict) -> dict:
-    """Per system: mean error at seen (≤ D) and unseen (> D) depths of val, their ratio, and the
-    same on the training split's unseen questions; on every question and on the composable ones."""
-    seen, unseen = (lambda d: d <= max_depth), (lambda d: d > max_depth)
+def _evaluate(workdir: Workdir, data: PreparedData, report: dict, untaught: list[str], reported: str, train: str,
+              masks: dict, limit: int | None) -> dict:
+    """One trained run: its error per depth on the reported split (every question, the composable
+    ones) and on the training questions deeper than the limit, and the prior's accuracy per depth
+    (the question-only encoder, where the system has one)."""
+    entry = {"workdir": str(workdir.root), "accuracy": report["splits"][reported]["accuracy"], "untaught": untaught,
+             "skipped": report["splits"][reported]["skipped"],
+             "untrusted": sorted(n for n, m in report["modules"].items() if m.get("trustworthy") is False),
+             "prior_accuracy": {d: row["encoder_accuracy"] for d, row in report["splits"][reported]["by_depth"].items()
+                                if row.get("encoder_accuracy") is not None}}
+    for split, role in ((reported, "report"), (train, "train_unseen")):
+        s = data.split(split)
+        keep = s.answer >= 0
+        if role == "train_unseen":  # the training questions deeper than D, never trained on
+            if limit is None:
+                continue
+            keep &= s.depth > limit
+        correct = _correct(workdir, data, split)
+        entry[role] = errors_by_depth(correct[keep], s.depth[keep])
+        subset = keep & masks[split]
+        entry[f"{role}_composable"] = errors_by_depth(correct[subset], s.depth[subset])
+    return entry
+
+
+# the system whose encoder (trained alone, on the questions alone) is the prior every system must beat
+PRIOR_FROM = ("modular typed", "modular gradient")
+TRAINED_MARGIN = 0.10  # a system within 10 points of the prior at seen depths "did not train"
+
+
+def summarize(results: dict[str, dict], max_depth: int, min_questions: int, composable_share: dict,
+              depth_range: tuple[int, int | None] = (3, None)) -> dict:
+    """Per system and regime, over its seeds: the error per depth (mean, 95% interval), and the mean
+    error at seen (≤ D) and unseen (> D) depths of the reported split and their ratio, counting only
+    the balanced depths (``depth_range``) with ≥ ``min_questions`` questions; on every question and
+    on the composable ones. A system whose seen-depth error is not ≥ 10 points below the prior's
+    is marked ``trained: false`` ("did not train"); no target may be judged on it."""
+    low, high = depth_range
+    counted = lambda d: d >= low and (high is None or d <= high)  # noqa: E731
+    seen, unseen = (lambda d: counted(d) and d <= max_depth), (lambda d: counted(d) and d > max_depth)
     for regimes in results.values():
         for regime, entry in regimes.items():
+            runs = entry["runs"]
+            for role in ("report", "report_composable", "train_unseen", "train_unseen_composable"):
+                if role not in runs[0]:
+                    continue
+                entry[role] = {d: {"questions": e["questions"], **interval([r[role][d]["error"] for r in runs])}
+                               for d, e in runs[0][role].items()}
             for subset in ("", "_composable"):
-                val = entry[f"val{subset}"]
-                entry[f"seen_error{subset}"] = mean_error(val, seen, min_questions)
-                entry[f"unseen_error{subset}"] = mean_error(val, unseen, min_questions)
-                entry[f"unseen_over_seen{subset}"] = (entry[f"unseen_error{subset}"] / entry[f"seen_error{subset}"]
-                                                      if entry[f"seen_error{subset}"] else math.nan)
-                if f"train_unseen{subset}" in entry:
-                    entry[f"train_unseen_error{subset}"] = mean_error(entry[f"train_unseen{subset}"], unseen,
-                                                                      min_questions)
+                seen_errors = [mean_error(r[f"report{subset}"], seen, min_questions) for r in runs]
+                unseen_errors = [mean_error(r[f"report{subset}"], unseen, min_questions) for r in runs]
+                entry[f"seen_error{subset}"] = interval(seen_errors)
+                entry[f"unseen_error{subset}"] = interval(unseen_errors)
+                entry[f"unseen_over_seen{subset}"] = interval([u / s if s else math.nan
+                                                               for s, u in zip(seen_errors, unseen_errors)])
+                if f"train_unseen{subset}" in runs[0]:
+                    entry[f"train_unseen_error{subset}"] = interval(
+                        [mean_error(r[f"train_unseen{subset}"], unseen, min_questions) for r in runs])
+            entry["counted_depths"] = sorted(int(d) for d, e in runs[0]["report"].items()
+                                             if counted(int(d)) and e["questions"] >= min_questions)
+    prior = _prior_seen_error(results, seen, min_questions)
+    for regimes in results.values():
+        for entry in regimes.values():
+            if prior is None:
+                entry["trained"] = None
+                continue
+            margin = prior["error"] - entry["seen_error"]["mean"]
+            entry["above_prior_points"] = round(100 * margin, 2)
+            entry["trained"] = bool(margin >= TRAINED_MARGIN)
     return {"max_train_depth": max_depth, "min_questions": min_questions, "composable_share": composable_share,
+            "counted_depths": {"low": low, "high": high}, "prior": prior, "trained_margin": TRAINED_MARGIN,
             "systems": results}
+
+
+def _prior_seen_error(results: dict, seen: Callable[[int], bool], min_questions: int) -> dict | None:
+    """The prior's mean error at the counted seen depths, averaged over the seeds of the first of
+    ``PRIOR_FROM`` that was run (its question-only encoder, depth-limited like every system)."""
+    for label in PRIOR_FROM:
+        runs = results.get(label, {}).get(LIMITED, {}).get("runs", [])
+        if runs and runs[0]["prior_accuracy"]:
+            errors = [mean_error({d: {"questions": r["report"][d]["questions"], "error": 1 - a}
+                                  for d, a in r["prior_accuracy"].items()}, seen, min_questions) for r in runs]
+            return {"from": f"{label}'s encoder", "error": statistics.fmean(errors)}
+    return None
+
+
+def _named(label: str, entry: dict) -> str:
+    return f"{label} (did not train)" if entry.get("trained") is False else label
+
+
+def _cell(stat: dict | None, scale: float = 100, digits: int = 1) -> str:
+    if stat is None:
+        return "-"
+    if stat["interval"] is None:
+        return f"{scale * stat['mean']:.{digits}f}"
+    low, high = stat["interval"]
+    return f"{scale * stat['mean']:.{digits}f} [{scale * low:.{digits}f}, {scale * high:.{digits}f}]"
 
 
 def format_markdown(summary: dict) -> str:
     d, systems = summary["max_train_depth"], summary["systems"]
-    depths = sorted({int(k) for s in systems.values() for k in s[LIMITED]["val"]})
+    depths = sorted({int(k) for s in systems.values() for k in s[LIMITED]["report"]})
+    counted = next(iter(systems.values()))[LIMITED]["counted_depths"]
+    seeds = len(summary.get("seeds", [0]))
+    prior = summary.get("prior")
     lines = [f"# Error by program depth, trained on depths ≤ {d} (paper §5.6)", "",
-             f"Validation error (%) per exact depth. Seen: ≤ {d}; unseen: > {d}. Means count each depth once, "
-             f"leaving out depths with fewer than {summary['min_questions']} questions. Composable: the questions "
-             f"whose every module instance occurs in a training question of depth ≤ {d} (the same questions for "
-             f"every system)."]
+             f"Error (%) on the {summary['splits']['reported']} split per exact depth, mean over {seeds} seed(s) "
+             f"with its 95% interval where there are several. Seen: ≤ {d}; unseen: > {d}. Early stopping used "
+             f"the {summary['splits']['early_stopping']} questions of depth ≤ {d}, never the reported ones. The "
+             f"seen and unseen means count each depth once and only the balanced depths with at least "
+             f"{summary['min_questions']} questions ({', '.join(map(str, counted)) or 'none'}); the other depths "
+             f"are shown, not averaged. Composable: the questions whose every module instance occurs in a "
+             f"training question of depth ≤ {d} (the same questions for every system)."]
+    if prior:
+        lines += ["", f"A system whose seen error is not at least {100 * summary['trained_margin']:.0f} points below "
+                      f"the prior's ({prior['from']}: {100 * prior['error']:.1f}%) is marked *did not train*; no "
+                      f"target is judged on it."]
     for subset, title in (("", "every question"), ("_composable", "composable questions")):
         lines += ["", f"## {title}", "",
                   "| system | seen | unseen | unseen / seen | "
@@ -217,38 +337,40 @@ def format_markdown(summary: dict) -> str:
                   "|---" * (len(depths) + 5) + "|"]
         for label, regimes in systems.items():
             s = regimes[LIMITED]
-            val = s[f"val{subset}"]
-            cells = [f"{100 * val[str(k)]['error']:.1f}" if str(k) in val else "-" for k in depths]
-            lines.append(f"| {label} | {100 * s[f'seen_error{subset}']:.1f} | {100 * s[f'unseen_error{subset}']:.1f} | "
-                         f"{s[f'unseen_over_seen{subset}']:.2f} | {100 * s[f'train_unseen_error{subset}']:.1f} | "
-                         + " | ".join(cells) + " |")
-        counts = next(iter(systems.values()))[LIMITED][f"val{subset}"]
+            by_depth = s[f"report{subset}"]
+            cells = [f"{100 * by_depth[str(k)]['mean']:.1f}" if str(k) in by_depth else "-" for k in depths]
+            lines.append(f"| {_named(label, s)} | {_cell(s[f'seen_error{subset}'])} | "
+                         f"{_cell(s[f'unseen_error{subset}'])} | {_cell(s[f'unseen_over_seen{subset}'], 1, 2)} | "
+                         f"{_cell(s.get(f'train_unseen_error{subset}'))} | " + " | ".join(cells) + " |")
+        counts = next(iter(systems.values()))[LIMITED][f"report{subset}"]
         lines.append("| (questions) | | | | | " + " | ".join(str(counts.get(str(k), {}).get("questions", 0))
                                                          for k in depths) + " |")
     if any(ALL in r for r in systems.values()):
-        lines += ["", "Trained on every depth (reference): mean validation error at depths > D, %:", "",
+        lines += ["", "Trained on every depth (reference): mean error at depths > D, %:", "",
                   "| system | depth-limited | every depth trained | "
                   "composable, depth-limited | composable, every depth |",
                   "|---|---|---|---|---|"]
-        lines += [f"| {label} | {100 * r[LIMITED]['unseen_error']:.1f} | {100 * r[ALL]['unseen_error']:.1f} | "
-                  f"{100 * r[LIMITED]['unseen_error_composable']:.1f} | {100 * r[ALL]['unseen_error_composable']:.1f} |"
+        lines += [f"| {label} | {_cell(r[LIMITED]['unseen_error'])} | {_cell(r[ALL]['unseen_error'])} | "
+                  f"{_cell(r[LIMITED]['unseen_error_composable'])} | {_cell(r[ALL]['unseen_error_composable'])} |"
                   for label, r in systems.items() if ALL in r]
-    untaught = sorted({m for r in systems.values() for m in r[LIMITED].get("untaught", [])})
+    untaught = sorted({m for r in systems.values() for run in r[LIMITED]["runs"] for m in run.get("untaught", [])})
     if untaught:
         lines += ["", f"Not trained by any system (no training question of depth ≤ {d} uses them): "
                       f"{', '.join(untaught)}; the questions that need them are answered by the prior alone "
                       f"(FiLM answers them as it answers any)."]
-    untrusted = [f"{label} ({regime}): {', '.join(e['untrusted'])}" for label, r in systems.items()
-                 for regime, e in r.items() if e.get("untrusted")]
+    untrusted = [f"{label} ({regime}, seed {i}): {', '.join(run['untrusted'])}" for label, r in systems.items()
+                 for regime, e in r.items() for i, run in enumerate(e["runs"]) if run.get("untrusted")]
     if untrusted:
         lines += ["", "Used although their surrogates do not trust them: " + "; ".join(untrusted) + "."]
     return "\n".join(lines) + "\n"
 
 
 def plot_depth(summary: dict, path: Path) -> Path:
-    """Error by depth per system (Fig. 13/14): validation and the training split's unseen questions,
-    every question (top) and the composable ones (bottom); a dashed line between seen and unseen
-    depths; each system's every-depth reference, thin and dotted."""
+    """Error by depth per system (Fig. 13/14): the reported split and the training split's unseen
+    questions, every question (top) and the composable ones (bottom); the mean over seeds with its
+    95% band; a dashed line between seen and unseen depths, grey shading over the depths the means
+    leave out (unbalanced or thin); each system's every-depth reference, thin and dotted; a system
+    that did not train is drawn dashed and named so."""
     plt = pyplot()
     import seaborn as sns
 
@@ -256,27 +378,40 @@ def plot_depth(summary: dict, path: Path) -> Path:
     systems = summary["systems"]
     colors = dict(zip(systems, sns.color_palette("tab10", len(systems))))
     figure, axes = plt.subplots(2, 2, figsize=(12, 8), sharey=True, sharex=True)
+    counted = set(next(iter(systems.values()))[LIMITED]["counted_depths"])
 
-    def curve(axis, errors, **style):
-        points = [(int(k), 100 * e["error"]) for k, e in errors.items() if e["questions"] >= n]
-        if points:
-            axis.plot(*zip(*points), **style)
+    def curve(axis, errors, band=True, **style):
+        points = sorted((int(k), e) for k, e in errors.items() if e["questions"] > 0)
+        if not points:
+            return
+        xs = [k for k, _ in points]
+        axis.plot(xs, [100 * e["mean"] for _, e in points], **style)
+        if band and all(e["interval"] is not None for _, e in points):
+            axis.fill_between(xs, [100 * e["interval"][0] for _, e in points],
+                              [100 * e["interval"][1] for _, e in points], color=style["color"], alpha=0.15)
 
     for row, subset in enumerate(("", "_composable")):
         for label, regimes in systems.items():
-            curve(axes[row, 0], regimes[LIMITED][f"val{subset}"], color=colors[label], marker="o", label=label)
+            limited = regimes[LIMITED]
+            style = {"color": colors[label], "marker": "o", "label": _named(label, limited),
+                     "linestyle": "--" if limited.get("trained") is False else "-"}
+            curve(axes[row, 0], limited[f"report{subset}"], **style)
             if ALL in regimes:
-                curve(axes[row, 0], regimes[ALL][f"val{subset}"], color=colors[label], linewidth=1, alpha=0.6,
-                      linestyle=":", label=f"{label}, every depth trained")
-            curve(axes[row, 1], regimes[LIMITED][f"train_unseen{subset}"], color=colors[label], marker="o", label=label)
+                curve(axes[row, 0], regimes[ALL][f"report{subset}"], band=False, color=colors[label], linewidth=1,
+                      alpha=0.6, linestyle=":", label=f"{label}, every depth trained")
+            curve(axes[row, 1], limited[f"train_unseen{subset}"], **style)
         which = "every question" if not subset else "composable questions"
-        for axis, title in zip(axes[row], (f"validation, {which}", f"training questions deeper than {d}, {which}")):
+        for axis, title in zip(axes[row], (f"{summary['splits']['reported']}, {which}",
+                                           f"training questions deeper than {d}, {which}")):
             axis.axvline(d + 0.5, color="black", linestyle="--", linewidth=1)
+            for depth in {int(k) for r in systems.values() for k in r[LIMITED]["report"]} - counted:
+                axis.axvspan(depth - 0.5, depth + 0.5, color="grey", alpha=0.12, linewidth=0)
             axis.set_title(title, fontsize="medium")
         axes[row, 0].set_ylabel("error (%)")
     for axis in axes[1]:
         axis.set_xlabel("program depth")
     axes[0, 0].legend(fontsize="x-small")
-    figure.suptitle(f"Trained on depths ≤ {d} (dashed: seen | unseen); depths with ≥ {n} questions")
+    figure.suptitle(f"Trained on depths ≤ {d} (dashed line: seen | unseen); grey: depths not averaged "
+                    f"(unbalanced, or under {n} questions)")
     figure.tight_layout()
     return save_figure(figure, path)
