@@ -1,0 +1,123 @@
+"""Training speed of Stack-NMN and LNMN on this machine, per way of computing a step.
+
+One training step as their jobs take it — the recipe's sizes and batch, forward, the answer's
+cross-entropy, backward, Adam; for LNMN also the α step on a search batch (LNMN Algorithm 2) —
+on random inputs of the shape the generated data has (64-channel 8 × 8 clevr-cnn features,
+questions of 8 to 30 tokens). Each way is timed over ``--steps`` steps after ``--warmup``:
+
+- ``fp32``: as the modules run now;
+- ``bf16``: the network under ``torch.autocast(device, dtype=torch.bfloat16)`` (the modules keep
+  their LSTM and stack in float32 unless told; here the whole network is autocast);
+- ``compile``: ``torch.compile`` of the network (its compile time reported apart).
+
+The seconds per epoch are the step time × the steps of an epoch at 1000 training images and 10
+questions each (the recipes' data; LNMN holds out its search fraction): compute only, no data
+loading or validation. A faster way is worth adopting only at equal accuracy (±1 point over 3
+seeds), which this script does not measure: it says so in the JSON.
+
+    python bench/bench_speed.py --out bench/results/speed.json
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).parent))
+from common import write_result  # noqa: E402
+
+from modtrain.recipe import Recipe
+from modtrain.registry import build_module
+
+SYSTEMS = {"snmn": ("snmn-gt", 10.0), "lnmn": ("lnmn", 45.0)}  # module: (recipe, target s/epoch)
+DIMS = {"tokens": 90, "answers": 28, "features": 64, "height": 8, "width": 8}
+QUESTIONS = 1000 * 10  # the recipes' training images × questions per image
+
+
+def batch(size: int, generator: torch.Generator) -> dict:
+    lengths = torch.randint(8, 31, (size,), generator=generator)
+    tokens = torch.randint(1, DIMS["tokens"], (size, 30), generator=generator)
+    tokens[torch.arange(30)[None] >= lengths[:, None]] = 0
+    return {"tokens": tokens, "lengths": lengths, "features": torch.randn(size, 64, 8, 8, generator=generator),
+            "answer": torch.randint(0, DIMS["answers"], (size,), generator=generator)}
+
+
+def step_fn(module, net, mode: str, device: torch.device):
+    """One weight step (and LNMN's α step) computed the way ``mode`` says."""
+    optimizer = module.configure_optimizers(1e-4, 0.0)
+    run = torch.compile(net) if mode == "compile" else net
+
+    def forward(b):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=mode == "bf16"):
+            logits, module.explained = run(b["tokens"], b["lengths"], b["features"])
+        return logits.float()
+
+    def step(b, search):
+        optimizer.zero_grad(set_to_none=True)
+        F.cross_entropy(forward(b), b["answer"]).backward()
+        optimizer.step()
+        if search is not None:  # LNMN: the α step on a search batch
+            module.zero_grad(set_to_none=True)
+            (F.cross_entropy(forward(search), search["answer"]) + module.structure_loss()).backward()
+            module.structure_optimizer.step()
+    return step
+
+
+def measure(name: str, mode: str, device: torch.device, warmup: int, steps: int) -> dict:
+    recipe_name, target = SYSTEMS[name]
+    recipe = Recipe.load(recipe_name)
+    size = recipe.train_config(name).batch_size
+    torch.manual_seed(0)
+    module = build_module(name, recipe.interface, DIMS, **recipe.module_hparams(name)).to(device).train()
+    g = torch.Generator().manual_seed(0)
+    batches = [{k: v.to(device) for k, v in batch(size, g).items()} for _ in range(2)]
+    search = batches[1] if name == "lnmn" else None
+    step = step_fn(module, module.net, mode, device)
+    start = time.perf_counter()
+    try:
+        step(batches[0], search)  # the first step: compiles, when compiling
+    except Exception as e:  # noqa: BLE001  (a way this build cannot take: recorded, not fatal)
+        return {"mode": mode, "error": f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"}
+    first = time.perf_counter() - start
+    for _ in range(warmup):
+        step(batches[0], search)
+    start = time.perf_counter()
+    for _ in range(steps):
+        step(batches[0], search)
+    per_step = (time.perf_counter() - start) / steps
+    fraction = recipe.module_hparams(name).get("search_fraction", 0.0)
+    epoch = per_step * math.ceil(QUESTIONS * (1 - fraction) / size)
+    return {"mode": mode, "batch_size": size, "ms_per_step": round(1000 * per_step, 1),
+            "first_step_seconds": round(first, 1), "seconds_per_epoch": round(epoch, 1), "target": target,
+            "meets_target": epoch <= target}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", default="bench/results/speed.json")
+    parser.add_argument("--modes", nargs="+", default=["fp32", "bf16", "compile"])
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--steps", type=int, default=8)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    results = {}
+    for name in SYSTEMS:
+        results[name] = []
+        for mode in args.modes:
+            results[name].append(measure(name, mode, device, args.warmup, args.steps))
+            print(name, results[name][-1], file=sys.stderr, flush=True)
+    write_result(args.out, {"benchmark": "speed", "device": str(device), "questions_per_epoch": QUESTIONS,
+                            "accuracy_checked": False,
+                            "note": "compute per training step only; no way is adopted as a recipe setting "
+                                    "until its accuracy is shown equal (±1 point over 3 seeds)",
+                            "systems": results})
+
+
+if __name__ == "__main__":
+    main()
