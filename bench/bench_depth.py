@@ -19,7 +19,8 @@ from common import keep_reports, write_result  # noqa: E402
 
 from modtrain.reports.depth import LIMITED, interval, run_depth
 
-PROTOCOL = ("every system on the recipe's shared [train] settings (no search), depth-limited training and "
+PROTOCOL = ("each system with its own recipe's [train] table and no search (nmn-clevr's for the four NMN "
+            "versions, FiLM's paper optimizer for FiLM); depth-limited training and "
             "early stopping (validation questions ≤ D); reported on the test split; seen/unseen means over the "
             "balanced depths with ≥ min_questions questions; means and 95% Student-t intervals over the seeds; "
             "targets judged only on systems that trained (≥ 10 points below the prior at seen depths); a target "
