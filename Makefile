@@ -40,7 +40,8 @@ bench: $(STAMP)
 # The method's experiments (several hours on 2 CPU cores; each JSON records its wall time):
 # Table 2 (four-module NMN, every CLEVR program, VQA; shared defaults and tuned), Fig. 7/8,
 # per-module search, generalization by depth, how every cost grows with the data (1x, 4x, 16x),
-# Stack-NMN and LNMN against the NMN, and find as a learnable cell.
+# Stack-NMN and LNMN against the NMN, find as a learnable cell, the seed systems' step speed,
+# injected faults and mutation testing.
 bench-long: $(STAMP)
 	$(BIN)/python bench/bench_compare.py --out bench/results/compare.json
 	$(BIN)/python bench/bench_compare.py --tune 4 --workdir runs/bench-compare-tuned --out bench/results/compare-tuned.json
@@ -54,6 +55,9 @@ bench-long: $(STAMP)
 	$(BIN)/python bench/bench_scale.py --out bench/results/scale.json
 	$(BIN)/python bench/bench_snmn.py --lnmn-epochs 10 --out bench/results/snmn.json
 	$(BIN)/python bench/bench_cell_find.py --out bench/results/cell-find.json
+	$(BIN)/python bench/bench_speed.py --out bench/results/speed.json
+	$(BIN)/python bench/bench_faults.py --out bench/results/faults.json
+	$(BIN)/python bench/bench_mutation.py --out bench/results/mutation.json
 
 clean:
 	rm -rf $(VENV) runs
