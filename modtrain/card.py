@@ -100,7 +100,13 @@ def load_module(modules_dir: Path, name: str, device: torch.device | str = "cpu"
     state = load_weights(modules_dir, name, card)
     module = build_module(card["name"], card["interface"], card["dimensions"], card["instances"],
                           **card["hyperparameters"])
-    module.load_state_dict(state)
+    try:
+        module.load_state_dict(state)
+    except RuntimeError as e:  # weights of an older version of the module, or of other dimensions
+        first = next((line.strip() for line in str(e).splitlines()[1:] if line.strip()), str(e))
+        raise ModtrainError(f"{weights_path(modules_dir, name)} does not fit this modtrain's {card['name']} "
+                            f"({first[:160]}): trained by an older version of the module; retrain with "
+                            f"'modtrain train {name}' (or 'modtrain run')") from None
     return module.to(device).eval(), card
 
 

@@ -48,6 +48,9 @@ class NMNModule(nn.Module):
     limits: ClassVar[dict[str, Range]] = {}
     # Dimensions the module needs: features (C), height, width, answers (A), tokens (V).
     needs: ClassVar[tuple[str, ...]] = ()
+    # Raised when a change to the module makes weights trained before it unusable or different in
+    # meaning: a job key holds every version above 1, so cards of an older version are out of date.
+    version: ClassVar[int] = 1
 
     def __init__(self, interface: Interface, dims: dict[str, int], instances: list[str], hparams: dict[str, Any]):
         super().__init__()

@@ -205,6 +205,7 @@ class LNMNModule(NMNModule):
 
     inputs = ("Tokens", "Features")
     output = "Prior"
+    version = 2  # 2: 3-input attention cells pop their input (the paper's stack)
     defaults = {"dim": 64, "steps": 12, "stack": 8, "embedding": 64, "hard_pointer": False, "inventory": 9,
                 "structure_lr": 3e-4, "sparsity_weight": 1.0, "search_fraction": 0.1, "hard_operations": False,
                 "grad_clip": 8.0, "ema_decay": 0.999,  # LNMN trains on Stack-NMN's code: its clipping and average

@@ -343,6 +343,7 @@ class StackNMNModule(NMNModule):
 
     inputs = ("Tokens", "Features")
     output = "Prior"
+    version = 2  # 2: Answer and Compare read the memory and the control vector
     defaults = {"dim": 64, "steps": 12, "stack": 8, "embedding": 64, "hard_pointer": False, "layout_weight": 0.0,
                 "grad_clip": 8.0, "ema_decay": 0.999, "sharpen_weight": 0.0, "sharpen_warmup": 0}
     limits = {"sharpen_warmup": Range(low=0), "ema_decay": EMA_DECAY}

@@ -87,6 +87,11 @@ def test_given_leaves_stand_for_the_subtrees_they_replace():
     executor, _ = _executor("typed")
     compare = build_module("compare", "typed", DIMS, ["equal_color"])
     leaves = {given_name(t): Given(t) for t in (Attended, AnswerLogits)}
+    # a given leaf reads a (B, K, ...) tensor of its type's values, one more dimension than the type
+    leaf = leaves["given:Attended"]
+    assert leaf.name == "given:Attended" and leaf.signature()[1] is Attended
+    source = leaf.signature()[0][0]
+    assert source.name == "GivenAttended" and source.ndim == Attended.ndim + 1 and source.from_dataset
     with_given = Executor({**executor.modules, "compare": compare, **leaves}, get_interface("typed"))
     full = Executor({**executor.modules, "compare": compare}, get_interface("typed"))
     features = torch.randn(4, 5, 3, 4)

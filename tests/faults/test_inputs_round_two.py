@@ -343,10 +343,11 @@ def test_ctrl_c_during_generate_stops_the_workers_quietly(tmp_path):
     process = subprocess.Popen([modtrain, "data", "generate", str(tmp_path / "d"), "--images", "3000",
                                 "--workers", "1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    deadline = time.time() + 60
-    while not (tmp_path / "d").exists() and time.time() < deadline:
+    # interrupt once the worker has rendered an image: by then the command is inside generate (a
+    # fixed delay after the folder appears was sometimes still in start-up on a loaded machine)
+    deadline = time.time() + 120
+    while not any((tmp_path / "d").rglob("*.png")) and time.time() < deadline and process.poll() is None:
         time.sleep(0.1)
-    time.sleep(2)  # rendering, in the worker
     process.send_signal(signal.SIGINT)
     out, err = process.communicate(timeout=60)
     assert process.returncode == 130, err

@@ -385,3 +385,38 @@ def test_stack_nmn_asks_its_job_for_its_training_through_the_hooks(tiny_clevr, c
     expected = 0.5 * F.cross_entropy(supervised.explained["module_logits"].flatten(0, 1), noop.flatten())
     assert supervised.auxiliary_loss({"layout_target": noop}, 1).item() == pytest.approx(expected.item())
     assert supervised.auxiliary_loss({}, 1) == 0.0
+
+
+def test_weights_of_an_older_stack_nmn_are_out_of_date_and_refused_in_one_line(tmp_path):
+    """Answer and Compare changed shape (version 2): a job key holds the version, so an older card
+    is out of date, and weights that do not fit the module are one clear error, not a torch trace."""
+    import json
+
+    from modtrain.card import card_path, load_module, save_module
+    from modtrain.recipe import Recipe
+    from modtrain.registry import build_module
+    from modtrain.wiring import JobSpec, job_key
+    from modtrain.workdir import Workdir
+
+    class Data:  # what the key reads of the prepared data
+        def fingerprint(self, *splits):
+            return "same data"
+
+    def key(name, recipe):
+        spec = JobSpec("e2e", (name,), (), (), None, "end-to-end")
+        return job_key(spec, Recipe.load(recipe), Data(), {}, Workdir(tmp_path / "w", tmp_path / "data"))
+
+    assert key("snmn", "snmn-gt")["module_versions"] == {"snmn": 2}
+    assert key("lnmn", "lnmn")["module_versions"] == {"lnmn": 2}
+    assert "module_versions" not in key("film", "film")  # version 1: keys of older runs unchanged
+    dims = {"tokens": 11, "answers": 7, "features": 6, "height": 4, "width": 4}
+    module = build_module("snmn", "typed", dims, dim=16, steps=4, stack=4)
+    modules = tmp_path / "modules"
+    save_module(modules, module, {"name": "snmn"})
+    card = json.loads(card_path(modules, "snmn").read_text())
+    card["dimensions"]["answers"] = 9  # weights shaped for another module than the card builds
+    card_path(modules, "snmn").write_text(json.dumps(card))
+    with pytest.raises(ModtrainError, match=r"snmn.pt does not fit this modtrain's snmn \(size mismatch for "
+                                            r".*\): trained by an older version of the module; retrain with "
+                                            r"'modtrain train snmn'"):
+        load_module(modules, "snmn")

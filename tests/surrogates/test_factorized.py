@@ -49,6 +49,14 @@ def test_reads_attended_for_describe_and_attention_for_measure():
     assert torch.allclose(base[measure_rows], changed_attended[measure_rows])
 
 
+def test_the_read_out_starts_at_the_scale_of_its_rank():
+    """W_B per root starts as N(0, 1/rank): a projected input of unit scale gives logits of unit scale."""
+    s = surrogate_class("factorized")(INTERFACES["typed"], [6, 20], DIMS["answers"],
+                                      ["describe[color]", "measure[exist]", "measure[count]"], rank=64)
+    assert s.read.shape == (3, 64, DIMS["answers"]) and abs(s.read.std().item() - 64 ** -0.5) < 0.01
+    assert s.project.bias is None  # W_A has no bias: a zero input reads out the bias and the prior alone
+
+
 def test_factorization_holds_rank_times_the_sides_not_their_product():
     s = _surrogate()  # inputs 6 + 20, rank 3, 3 roots, 7 answers
     assert s.num_parameters() == (6 + 20) * 3 + 3 * 3 * 7 + 3 * 7
