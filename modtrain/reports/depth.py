@@ -368,9 +368,10 @@ def format_markdown(summary: dict) -> str:
 def plot_depth(summary: dict, path: Path) -> Path:
     """Error by depth per system (Fig. 13/14): the reported split and the training split's unseen
     questions, every question (top) and the composable ones (bottom); the mean over seeds with its
-    95% band; a dashed line between seen and unseen depths, grey shading over the depths the means
-    leave out (unbalanced or thin); each system's every-depth reference, thin and dotted; a system
-    that did not train is drawn dashed and named so."""
+    95% band (cut at 0 and 100%: with 3 seeds a thin depth's Student-t interval is wider); a dashed
+    line between seen and unseen depths, grey shading over the depths the means leave out
+    (unbalanced or thin); each system's every-depth reference, thin and dotted; a system that did
+    not train is drawn dashed and named so."""
     plt = pyplot()
     import seaborn as sns
 
@@ -386,9 +387,10 @@ def plot_depth(summary: dict, path: Path) -> Path:
             return
         xs = [k for k, _ in points]
         axis.plot(xs, [100 * e["mean"] for _, e in points], **style)
-        if band and all(e["interval"] is not None for _, e in points):
-            axis.fill_between(xs, [100 * e["interval"][0] for _, e in points],
-                              [100 * e["interval"][1] for _, e in points], color=style["color"], alpha=0.15)
+        if band and all(e["interval"] is not None for _, e in points):  # drawn within 0–100% (the JSON: as is)
+            axis.fill_between(xs, [max(0.0, 100 * e["interval"][0]) for _, e in points],
+                              [min(100.0, 100 * e["interval"][1]) for _, e in points], color=style["color"],
+                              alpha=0.15)
 
     for row, subset in enumerate(("", "_composable")):
         for label, regimes in systems.items():
@@ -407,6 +409,7 @@ def plot_depth(summary: dict, path: Path) -> Path:
             for depth in {int(k) for r in systems.values() for k in r[LIMITED]["report"]} - counted:
                 axis.axvspan(depth - 0.5, depth + 0.5, color="grey", alpha=0.12, linewidth=0)
             axis.set_title(title, fontsize="medium")
+            axis.set_ylim(0, 100)
         axes[row, 0].set_ylabel("error (%)")
     for axis in axes[1]:
         axis.set_xlabel("program depth")
