@@ -1,9 +1,12 @@
 """Stack-NMN and LNMN against modtrain's end-to-end NMN, on one all-family procedural dataset.
 
 Every system trains end to end on the same data (nmn-clevr's: every CLEVR family, depth-balanced,
-1000 training images by default, as in compare-clevr.json), with the same [train] table (lr 0.002,
-batch 64), the same epoch budget (``--epochs``, patience 4) and no tuning; the assembler evaluates
-them all on the test split (overall, per type, per depth). Systems: modtrain's NMN trained end to
+1000 training images by default, as in compare-clevr.json), each with its own recipe's [train]
+table (the NMN's lr 0.002; Stack-NMN's and LNMN's papers' optimizers), the same epoch budget
+(``--epochs``, patience 4) and no tuning; the assembler evaluates them all on the test split
+(overall, per type, per depth). Each system's mean over its seeds has a 95% Student-t interval,
+and each target is judged on the per-seed differences (seeds paired): met, missed, or undecided
+when the interval straddles the threshold (one seed is never a verdict). Systems: modtrain's NMN trained end to
 end (nmn-clevr-original's modules, ground-truth layouts from the programs), Stack-NMN with
 ground-truth layout supervision (snmn-gt), Stack-NMN from scratch (snmn-scratch) and LNMN (9
 modules). Each runs the seeds given for it (``--seeds SYSTEM=0,1,2``); from-scratch runs vary, so
@@ -41,21 +44,44 @@ from common import write_result  # noqa: E402
 from modtrain.card import load_card  # noqa: E402
 from modtrain.pipeline import ensure_data, run_end_to_end  # noqa: E402
 from modtrain.recipe import Recipe  # noqa: E402
+from modtrain.reports.depth import interval  # noqa: E402
 from modtrain.workdir import Workdir  # noqa: E402
 
 SYSTEMS = {"nmn-clevr-original": "NMN end to end (modtrain)", "snmn-gt": "Stack-NMN, ground-truth layouts",
            "snmn-scratch": "Stack-NMN, from scratch", "lnmn": "LNMN (9 modules)"}
-# the runs of bench/results/snmn.json, in the order they ran (the targets' systems first); add
-# seeds with --runs, e.g. "snmn-scratch=1,2", and the JSON keeps the runs it holds
-DEFAULT_SEEDS = "nmn-clevr-original=0 snmn-gt=0 lnmn=0 snmn-scratch=0"
+# three seeds of every system, the targets' systems first; the JSON keeps the runs it holds, so
+# --runs can add seeds later, e.g. "snmn-scratch=3"
+DEFAULT_SEEDS = "nmn-clevr-original=0,1,2 snmn-gt=0,1,2 lnmn=0,1,2 snmn-scratch=0,1,2"
+PROTOCOL = ("each system with its own recipe's [train] table (nmn-clevr-original: lr 0.002, batch 64; Stack-NMN: "
+            "Adam 1e-4, weight decay 1e-5, batch 64; LNMN: Adam 1e-4, batch 32, α 3e-4), the same data and epoch "
+            "budget, patience 4, no tuning; test split; 95% Student-t intervals over the seeds; targets on paired "
+            "per-seed differences")
 
 
 def summary(runs: list[dict]) -> dict:
     accuracies = [r["accuracy"] for r in runs]
     best = max(runs, key=lambda r: r["accuracy"])
+    stats = interval(accuracies)
     return {"seeds": [r["seed"] for r in runs], "accuracy_mean": statistics.mean(accuracies),
+            "accuracy_interval": stats["interval"],
             "accuracy_std": statistics.stdev(accuracies) if len(runs) > 1 else None,
             "accuracy_best": best["accuracy"], "best_seed": best["seed"]}
+
+
+def paired_verdict(a: list[dict], b: list[dict], threshold: float) -> dict:
+    """b − a per seed both ran (test accuracy), its mean and interval, and whether b ≥ a + threshold:
+    met (the interval's low end at or above), missed (its high end below), else undecided."""
+    of_a = {r["seed"]: r["accuracy"] for r in a}
+    gaps = [r["accuracy"] - of_a[r["seed"]] for r in b if r["seed"] in of_a]
+    if not gaps:
+        return {"seeds": 0, "verdict": "undecided"}
+    stats = interval(gaps)
+    low, high = stats["interval"] or (None, None)
+    verdict = ("undecided" if low is None else "met" if low >= threshold else "missed" if high < threshold
+               else "undecided")
+    return {"seeds": len(gaps), "value_points": round(100 * stats["mean"], 2),
+            "interval_points": None if low is None else [round(100 * low, 2), round(100 * high, 2)],
+            "threshold_points": round(100 * threshold, 2), "verdict": verdict}
 
 
 def best_val_within(run: dict, epochs: int) -> float:
@@ -74,14 +100,17 @@ def targets(systems: dict) -> dict:
         out[f"LNMN within 3 points of Stack-NMN, both at {n} epochs (best validation accuracy)"] = {
             "value_points": round(100 * (lnmn - gt), 2), "lnmn": lnmn, "stack_nmn": gt, "met": lnmn >= gt - 0.03}
     if "nmn-clevr-original" in mean and "snmn-gt" in mean:
-        gap = mean["snmn-gt"] - mean["nmn-clevr-original"]
-        out["Stack-NMN (ground truth) within 3 points of the NMN end to end"] = {
-            "value_points": round(100 * gap, 2), "met": gap >= -0.03}
+        out["Stack-NMN (ground truth) within 3 points of the NMN end to end"] = paired_verdict(
+            systems["nmn-clevr-original"]["runs"], systems["snmn-gt"]["runs"], -0.03)
+    # "each ≥ the encoder alone + 15 points" needs a question-only encoder trained alone; this
+    # benchmark trains none (the NMN's encoder here trains end to end, inside the NMN), so it is
+    # not judged here: modtrain report compare trains one (its modular versions' encoder)
+    out["each at least 15 points above the encoder alone"] = {"verdict": "not judged",
+                                                              "why": "no question-only encoder trained alone"}
     if "snmn-gt" in mean and "lnmn" in mean:
-        gap = mean["lnmn"] - mean["snmn-gt"]
         same = {r["max_epochs"] for s in ("lnmn", "snmn-gt") for r in systems[s]["runs"]}
         out["LNMN within 3 points of Stack-NMN (test" + ("" if len(same) == 1 else ", each at its own epoch budget")
-            + ")"] = {"value_points": round(100 * gap, 2), "met": gap >= -0.03}
+            + ")"] = paired_verdict(systems["snmn-gt"]["runs"], systems["lnmn"]["runs"], -0.03)
     return out
 
 
@@ -127,8 +156,7 @@ def main() -> None:
         encoder_alone = [r["encoder_alone_accuracy"] for r in runs if r["recipe"] == "nmn-clevr-original"]
         write_result(out, {
             "benchmark": "snmn", "images": args.images, "epochs": args.epochs, "patience": 4, "split": "test",
-            "protocol": "shared defaults: every system the recipe's [train] table (lr 0.002, batch 64), the same "
-                        "data and epoch budget, no tuning",
+            "protocol": PROTOCOL,
             "nmn_encoder_alone_accuracy": encoder_alone[0] if encoder_alone else None,
             "wall_seconds_this_invocation": round(time.perf_counter() - start, 1),
             "targets": targets(systems), "systems": systems})
