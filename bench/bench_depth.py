@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import keep_reports, write_result  # noqa: E402
+from common import keep_reports, points, verdict, write_result  # noqa: E402
 
 from modtrain.reports.depth import LIMITED, interval, run_depth
 
@@ -25,15 +25,6 @@ PROTOCOL = ("each system with its own recipe's [train] table and no search (nmn-
             "balanced depths with ≥ min_questions questions; means and 95% Student-t intervals over the seeds; "
             "targets judged only on systems that trained (≥ 10 points below the prior at seen depths); a target "
             "whose interval straddles its threshold is 'undecided'")
-
-
-def verdict(low: float, high: float | None, threshold: float, below: bool = True) -> str:
-    """'met', 'missed' or 'undecided' for "value below (or above) threshold", from an interval."""
-    if high is None:  # one seed: a smoke test, never a verdict
-        return "undecided"
-    if below:
-        return "met" if high <= threshold else "missed" if low > threshold else "undecided"
-    return "met" if low >= threshold else "missed" if high < threshold else "undecided"
 
 
 def paired(a: dict, b: dict) -> dict:
@@ -50,29 +41,24 @@ def targets(summary: dict) -> dict:
         typed, gradient, film = (trained.get(k) for k in ("modular typed", "modular gradient", "FiLM"))
         if typed:
             ratio = typed[f"unseen_over_seen{subset}"]
-            low, high = ratio["interval"] or (ratio["mean"], None)
             out[f"typed unseen/seen error ratio <= 1.5{subset}"] = {
-                "mean": round(ratio["mean"], 3), "interval": ratio["interval"], "verdict": verdict(low, high, 1.5)}
+                "mean": round(ratio["mean"], 3), "interval": ratio["interval"],
+                "verdict": verdict(ratio, 1.5, at_least=False)}
         if typed and gradient:
             gap = paired(typed[f"unseen_error{subset}"], gradient[f"unseen_error{subset}"])
-            low, high = gap["interval"] or (gap["mean"], None)
+            above_zero = verdict(gap, 0.0) == "met" and gap["interval"][0] > 0
             out[f"typed >= 5 points below gradient at unseen depths{subset}"] = {
-                "mean_points": round(100 * gap["mean"], 2), "interval_points": _points(gap["interval"]),
+                "mean_points": round(100 * gap["mean"], 2), "interval_points": points(gap["interval"]),
                 # the issue's wording: ≥ 5 points on average, with the interval excluding 0
-                "verdict": ("undecided" if high is None else "met" if gap["mean"] >= 0.05 and low > 0
-                            else "missed" if high < 0.05 or gap["mean"] < 0.05 and low > 0 else "undecided")}
+                "verdict": ("met" if above_zero and gap["mean"] >= 0.05
+                            else "missed" if verdict(gap, 0.05) == "missed" or above_zero else "undecided")}
         if typed and film:
             gap = paired(typed[f"unseen_error{subset}"], film[f"unseen_error{subset}"])
-            low, high = gap["interval"] or (gap["mean"], None)
             out[f"typed below FiLM at unseen depths{subset}"] = {
-                "mean_points": round(100 * gap["mean"], 2), "interval_points": _points(gap["interval"]),
-                "verdict": verdict(low, high, 0.0, below=False)}
+                "mean_points": round(100 * gap["mean"], 2), "interval_points": points(gap["interval"]),
+                "verdict": verdict(gap, 0.0)}
     out["not judged (did not train)"] = sorted(label for label, s in systems.items() if s.get("trained") is False)
     return out
-
-
-def _points(bounds: list[float] | None) -> list[float] | None:
-    return None if bounds is None else [round(100 * b, 2) for b in bounds]
 
 
 def main() -> None:

@@ -130,25 +130,35 @@ JUDGED = [
     ("build_module(name, interface, None)", "equivalent: parameter-free modules read no dims"),
     ("(t is Features) and False", "equivalent: the same rows gathered again instead of from the cache"),
     ("where: str = \"XXXX\"", "message text (the tests match a part of it)"),
+    ("instance_ids([i], )", "message text (the tests match a part of it)"),
+    ("np.full((len(split), steps), -1, )", "equivalent: numpy infers int64 from the fill value −1"),
 ]
-KINDS = [  # (kind, the mutated line matches)
-    ("message text (the tests match a part of it)", re.compile(r"Error\(|warning\(|^\+\s*f?\"")),
-    ("device argument (no GPU here: CPU is every tensor's device)", re.compile(r"device=None|device\b")),
-    ("dtype argument (the default gives the same dtype here)", re.compile(r"dtype=None|\.to\(None\)|, \)")),
-    ("a constructor default that the module always overrides", re.compile(r"def __init__\(")),
+MESSAGE = re.compile(r"Error\(|warning\(|^\s*f?\"", re.M)
+
+
+def _argument(name: str, was: str, now: str) -> bool:
+    """Whether the mutant sets the keyword argument ``name`` to None or drops it."""
+    return f"{name}=None" in now or (f"{name}=" in was and f"{name}=" not in now)
+
+
+KINDS = [  # (kind, whether it is one: the original lines, the mutated lines)
+    ("message text (the tests match a part of it)", lambda was, now: bool(MESSAGE.search(now))),
+    ("device argument (no GPU here: CPU is every tensor's device)",
+     lambda was, now: _argument("device", was, now) or bool(re.search(r"^\s*device = None", now, re.M))
+     or (".to(None)" in now and bool(re.search(r"\.to\([\w.]*device\)", was)))),
+    ("dtype argument (the default gives the same dtype here)",
+     lambda was, now: _argument("dtype", was, now) or ".to(None)" in now),
+    ("a constructor default that the module always overrides", lambda was, now: "def __init__(" in now),
 ]
 
 
 def judge(diff: str) -> str:
     """Why a survivor is harmless, or "not judged equivalent"."""
-    added = "\n".join(line for line in diff.splitlines() if line.startswith("+"))
+    was, now = ("\n".join(line[1:] for line in diff.splitlines() if line.startswith(sign)) for sign in "-+")
     for piece, reason in JUDGED:
-        if piece in added:
+        if piece in now:
             return reason
-    for kind, pattern in KINDS:
-        if any(pattern.search(line) for line in added.splitlines()):
-            return kind
-    return "not judged equivalent"
+    return next((kind for kind, applies in KINDS if applies(was, now)), "not judged equivalent")
 
 
 def staged_path(file: str) -> str:

@@ -39,7 +39,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import write_result  # noqa: E402
+from common import points, verdict, write_result  # noqa: E402
 
 from modtrain.card import load_card  # noqa: E402
 from modtrain.pipeline import ensure_data, run_end_to_end  # noqa: E402
@@ -76,12 +76,9 @@ def paired_verdict(a: list[dict], b: list[dict], threshold: float) -> dict:
     if not gaps:
         return {"seeds": 0, "verdict": "undecided"}
     stats = interval(gaps)
-    low, high = stats["interval"] or (None, None)
-    verdict = ("undecided" if low is None else "met" if low >= threshold else "missed" if high < threshold
-               else "undecided")
     return {"seeds": len(gaps), "value_points": round(100 * stats["mean"], 2),
-            "interval_points": None if low is None else [round(100 * low, 2), round(100 * high, 2)],
-            "threshold_points": round(100 * threshold, 2), "verdict": verdict}
+            "interval_points": points(stats["interval"]), "threshold_points": round(100 * threshold, 2),
+            "verdict": verdict(stats, threshold)}
 
 
 def best_val_within(run: dict, epochs: int) -> float:

@@ -36,3 +36,21 @@ def keep_reports(workdir: str | Path, out: str | Path, names: tuple[str, ...] | 
     (benchmark workdirs are scratch; bench/results is what is kept), under new names if a dict."""
     for name, kept in (names.items() if isinstance(names, dict) else ((n, n) for n in names)):
         shutil.copy(Path(workdir) / "reports" / name, Path(out).parent / kept)
+
+
+def verdict(stat: dict, threshold: float, at_least: bool = True) -> str:
+    """'met', 'missed' or 'undecided' for "the value is at least (``at_least``) or at most
+    ``threshold``", from a stat's 95% interval (``modtrain.reports.depth.interval``): met when the
+    whole interval is on the right side, missed when it is all on the wrong one. One seed (no
+    interval) is a smoke test, never a verdict."""
+    if stat["interval"] is None:
+        return "undecided"
+    low, high = stat["interval"]
+    if at_least:
+        return "met" if low >= threshold else "missed" if high < threshold else "undecided"
+    return "met" if high <= threshold else "missed" if low > threshold else "undecided"
+
+
+def points(bounds: list[float] | None) -> list[float] | None:
+    """An interval of fractions as percentage points, 2 decimals (None stays None)."""
+    return None if bounds is None else [round(100 * b, 2) for b in bounds]

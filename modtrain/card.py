@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from modtrain import __version__
-from modtrain.errors import ModtrainError
+from modtrain.errors import ModtrainError, first_line
 from modtrain.io import atomic_path, read_json, write_json
 from modtrain.registry import NMNModule, build_module
 
@@ -103,9 +103,9 @@ def load_module(modules_dir: Path, name: str, device: torch.device | str = "cpu"
     try:
         module.load_state_dict(state)
     except RuntimeError as e:  # weights of an older version of the module, or of other dimensions
-        first = next((line.strip() for line in str(e).splitlines()[1:] if line.strip()), str(e))
+        detail = first_line(str(e).partition(":\n")[2] or str(e))  # below torch's "Error(s) in loading ..."
         raise ModtrainError(f"{weights_path(modules_dir, name)} does not fit this modtrain's {card['name']} "
-                            f"({first[:160]}): trained by an older version of the module; retrain with "
+                            f"({detail[:160]}): trained by an older version of the module; retrain with "
                             f"'modtrain train {name}' (or 'modtrain run')") from None
     return module.to(device).eval(), card
 

@@ -25,6 +25,11 @@ def disk_full(error: BaseException) -> bool:
                or "No space left on device" in str(e) for e in causes(error))
 
 
+def first_line(text: str) -> str:
+    """The first line of ``text`` that is not blank, stripped (``text`` itself if none is)."""
+    return next((line.strip() for line in text.splitlines() if line.strip()), text)
+
+
 def io_error_line(error: BaseException) -> str | None:
     """One line for an I/O failure — an ``OSError``, or the ``RuntimeError`` torch and h5py raise
     around one — naming the file where the error knows it; None for any other error."""
@@ -43,6 +48,5 @@ def io_error_line(error: BaseException) -> str | None:
         text = str(error)
         if any(s in text for s in ("file write failed", "PytorchStreamWriter failed", "Unable to synchronously",
                                    "Can't write data", "Unable to open file", "unable to open file")):
-            first = next((line.strip() for line in text.splitlines() if line.strip()), text)
-            return f"an I/O error: {first[:200]}"
+            return f"an I/O error: {first_line(text)[:200]}"
     return None

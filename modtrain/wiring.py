@@ -65,7 +65,7 @@ def job_key(spec: JobSpec, recipe: Recipe, data: PreparedData, sources: dict[str
     """Everything a job's result depends on; a card whose key differs is out of date."""
     config = recipe.train_config(spec.name).key()
     inputs = {p: weights_sha256(sources.get(p, workdir).modules, p) for p in spec.frozen}
-    versions = {m: module_class(m).version for m in spec.trainable if module_class(m).version > 1}
+    versions = {m: v for m in spec.trainable if (v := module_class(m).version) > 1}
     return {"kind": spec.training, "interface": recipe.interface, "seed": recipe.seed,
             "hyperparameters": {m: recipe.module_hparams(m) for m in spec.trainable}, "train": config,
             "surrogate": recipe.surrogate(spec.surrogate) if spec.surrogate else None,

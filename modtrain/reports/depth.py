@@ -197,8 +197,7 @@ def run_depth(root: str | Path, max_depth: int, device: torch.device, recipe_nam
                     f"{f'depths ≤ {limit}' if limit is not None else 'every depth'} ({folder})")
                 report = train_version(how, recipe, workdir, device, say)  # assembles every split but train
                 assemble(workdir, recipe, device, splits=[train], data=data)  # its predictions, for the unseen depths
-                runs.append(_evaluate(workdir, data, report, untaught, reported, train, masks,
-                                      max_depth if limit is not None else None))
+                runs.append(_evaluate(workdir, data, report, untaught, reported, train, masks, limit))
             results.setdefault(label, {})[regime] = {"runs": runs}
     share = {}  # per split and depth: the fraction of questions in the composable subset
     for split in (reported, train):

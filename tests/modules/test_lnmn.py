@@ -32,6 +32,7 @@ def test_a_node_with_one_hot_alpha_is_its_operation(index, expected):
     node.hard = True  # inference with the argmax operation alone
     assert torch.equal(node(a, b), expected(a, b))
     assert node.weights().tolist() == F.one_hot(torch.tensor(index), 6).float().tolist()
+    assert node.weights().dtype == node.alpha.dtype
     node.hard = False
     node.removed = {OPERATIONS[index]}  # the operation zeroed out (LNMN Table 7): nothing of it is left
     assert not torch.allclose(node(a, b), expected(a, b))
@@ -90,6 +91,19 @@ def _snapshot(params) -> list[torch.Tensor]:
 
 def _same(before, params) -> bool:
     return all(torch.equal(a, b) for a, b in zip(before, params))
+
+
+def test_the_module_runs_its_network_in_float32_under_autocast():
+    """The LSTM and the stack stay in float32 even inside an autocast region (the job's on CUDA):
+    the module's answer is its network's, as computed without autocast."""
+    torch.manual_seed(0)
+    module = _module().eval()
+    batch = _batch()
+    with torch.no_grad():
+        plain = module.constrain(module.net(batch["tokens"], batch["lengths"], batch["features"])[0])
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            inside = module(batch["tokens"], batch["lengths"], batch["features"])
+    assert inside.dtype == torch.float32 and torch.allclose(inside, plain, atol=1e-6)
 
 
 def test_the_module_passes_its_settings_to_its_network_and_optimizers():
