@@ -39,7 +39,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import points, verdict, write_result  # noqa: E402
+from common import paired_verdict, write_result  # noqa: E402
 
 from modtrain.card import load_card  # noqa: E402
 from modtrain.pipeline import ensure_data, run_end_to_end  # noqa: E402
@@ -66,19 +66,6 @@ def summary(runs: list[dict]) -> dict:
             "accuracy_interval": stats["interval"],
             "accuracy_std": statistics.stdev(accuracies) if len(runs) > 1 else None,
             "accuracy_best": best["accuracy"], "best_seed": best["seed"]}
-
-
-def paired_verdict(a: list[dict], b: list[dict], threshold: float) -> dict:
-    """b − a per seed both ran (test accuracy), its mean and interval, and whether b ≥ a + threshold:
-    met (the interval's low end at or above), missed (its high end below), else undecided."""
-    of_a = {r["seed"]: r["accuracy"] for r in a}
-    gaps = [r["accuracy"] - of_a[r["seed"]] for r in b if r["seed"] in of_a]
-    if not gaps:
-        return {"seeds": 0, "verdict": "undecided"}
-    stats = interval(gaps)
-    return {"seeds": len(gaps), "value_points": round(100 * stats["mean"], 2),
-            "interval_points": points(stats["interval"]), "threshold_points": round(100 * threshold, 2),
-            "verdict": verdict(stats, threshold)}
 
 
 def best_val_within(run: dict, epochs: int) -> float:

@@ -54,3 +54,18 @@ def verdict(stat: dict, threshold: float, at_least: bool = True) -> str:
 def points(bounds: list[float] | None) -> list[float] | None:
     """An interval of fractions as percentage points, 2 decimals (None stays None)."""
     return None if bounds is None else [round(100 * b, 2) for b in bounds]
+
+
+def paired_verdict(a: list[dict], b: list[dict], threshold: float) -> dict:
+    """b − a per seed both ran (test accuracy), its mean and interval, and whether b ≥ a + threshold:
+    met (the interval's low end at or above), missed (its high end below), else undecided."""
+    from modtrain.reports.depth import interval
+
+    of_a = {r["seed"]: r["accuracy"] for r in a}
+    gaps = [r["accuracy"] - of_a[r["seed"]] for r in b if r["seed"] in of_a]
+    if not gaps:
+        return {"seeds": 0, "verdict": "undecided"}
+    stats = interval(gaps)
+    return {"seeds": len(gaps), "value_points": round(100 * stats["mean"], 2),
+            "interval_points": points(stats["interval"]), "threshold_points": round(100 * threshold, 2),
+            "verdict": verdict(stats, threshold)}

@@ -46,7 +46,14 @@ def load_assembly(workdir: Workdir, recipe: Recipe, device: torch.device):
     for name, card in cards.items():  # every module must have trained on the producers it is assembled with
         for producer, trained_on in card.get("inputs", {}).items():
             current = cards.get(producer, {}).get("weights_sha256")
-            if current is not None and current != trained_on:
+            if current is None or trained_on in (current, (cards[producer].get("imported") or {}).get(
+                    "home_weights_sha256")):
+                continue
+            if "imported" in card or "imported" in cards[producer]:
+                # reuse composes modules trained apart on purpose (typed interfaces, paper §3.2): said, not refused
+                log.info("%s was trained on %s %s and is assembled with another %s (%s imported)", name, producer,
+                         str(trained_on)[:12], producer, producer if "imported" in cards[producer] else name)
+            else:
                 raise ModtrainError(
                     f"mixed assembly: {workdir.modules / name}.json was trained on {producer} {str(trained_on)[:12]}, "
                     f"but {workdir.modules / producer}.json is {current[:12]}; retrain {name} "

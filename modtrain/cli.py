@@ -320,6 +320,7 @@ def plan(recipe, workdir, overrides, data_dir):
     from modtrain.data import PreparedData
     from modtrain.job import training_questions
     from modtrain.plan import format_plan, make_plan
+    from modtrain.reuse import imported_sources
 
     loaded, wd = _load(recipe, workdir, overrides, data_dir)
     trained = {m for m in loaded.modules if card_path(wd.modules, m).exists()}
@@ -327,7 +328,7 @@ def plan(recipe, workdir, overrides, data_dir):
     questions = None
     if (wd.data / "vocab.json").exists():
         questions = training_questions(plan_, loaded, PreparedData(wd.data))
-    click.echo(format_plan(plan_, questions))
+    click.echo(format_plan(plan_, questions, imported_sources(wd, loaded.modules)))
 
 
 @main.command(context_settings=CONTEXT, short_help="Train one module as its own job.")
@@ -414,9 +415,14 @@ def assemble(splits, recipe, workdir, overrides, data_dir, device):
               help="Cache and use a module its surrogate does not trust (see [trust] in the recipe).")
 @click.option("--dry-run", is_flag=True,
               help="Print the jobs run would do next, and why (as 'modtrain status' does); do nothing.")
+@click.option("--from", "grow_from", type=click.Path(exists=True, file_okay=False), default=None, metavar="WORKDIR",
+              help="Grow another experiment: import every module of the recipe that WORKDIR trained, frozen, "
+                   "and train only what the recipe adds (see 'modtrain import').")
+@click.option("--from-modules", default=None, metavar="NAMES",
+              help="With --from: import only these modules (comma-separated); the others train here.")
 @recipe_options
-def run(address, gpus_per_job, cpus_per_job, allow_untrusted, dry_run, recipe, workdir, overrides, data_dir,
-        device):
+def run(address, gpus_per_job, cpus_per_job, allow_untrusted, dry_run, grow_from, from_modules, recipe, workdir,
+        overrides, data_dir, device):
     """The whole pipeline: data, plan, train and cache each module, assemble.
 
     Every step whose result is up to date is skipped, so an interrupted run resumes where it
@@ -430,6 +436,9 @@ def run(address, gpus_per_job, cpus_per_job, allow_untrusted, dry_run, recipe, w
     if address is not None and device is not None:
         raise click.UsageError("--device chooses the device of a run in this process; on Ray (--address) "
                                "--gpus-per-job does")
+    if from_modules is not None and grow_from is None:
+        raise click.UsageError("--from-modules chooses what --from imports: give --from WORKDIR too")
+    only = None if from_modules is None else [m.strip() for m in from_modules.split(",") if m.strip()]
     loaded, wd, dev = _context(recipe, workdir, overrides, device, data_dir)
     if dry_run:
         from modtrain.status import workdir_status
@@ -441,11 +450,66 @@ def run(address, gpus_per_job, cpus_per_job, allow_untrusted, dry_run, recipe, w
     if address is not None:
         from modtrain.distributed import run_pipeline_on_ray
 
-        report = run_pipeline_on_ray(loaded, wd, address, say, gpus_per_job, cpus_per_job or 1, allow_untrusted)
+        report = run_pipeline_on_ray(loaded, wd, address, say, gpus_per_job, cpus_per_job or 1, allow_untrusted,
+                                     grow_from, only)
     else:
-        report = run_pipeline(loaded, wd, dev, say=say, allow_untrusted=allow_untrusted)
+        report = run_pipeline(loaded, wd, dev, say=say, allow_untrusted=allow_untrusted, grow_from=grow_from,
+                              grow_only=only)
     click.echo(format_report(report))
     click.echo(f"\nworkdir {wd.root}; total {time.perf_counter() - start:.0f}s")
+
+
+@main.command("export", context_settings=CONTEXT, short_help="Write a trained module as a package.")
+@click.argument("module")
+@click.option("--workdir", type=click.Path(exists=True, file_okay=False), required=True,
+              help="The experiment that trained it.")
+@click.option("--out", type=click.Path(file_okay=False), required=True,
+              help="The package folder (new, empty, or an earlier package of this module).")
+def export(module, workdir, out):
+    """Write MODULE's package: weights, card, the vocabularies it was trained with (as words), the
+    identity of its features and its trust statistics, for 'modtrain import' in another workdir."""
+    from pathlib import Path
+
+    from modtrain.recipe import RESOLVED, Recipe
+    from modtrain.reuse import export_module
+    from modtrain.workdir import Workdir
+
+    resolved = Path(workdir) / RESOLVED
+    recipe = Recipe.load(resolved) if resolved.exists() else None
+    wd = Workdir.for_recipe(recipe, workdir) if recipe is not None else Workdir(Path(workdir), Path(workdir) / "data")
+    package = export_module(wd, module, out, recipe.name if recipe is not None else None)
+    card = package["card"]
+    click.echo(f"exported {module} ({card['interface']}, {len(card['instances'])} instance(s), val accuracy "
+               f"{card['metrics']['val_accuracy']:.1%}) to {out}")
+
+
+@main.command("import", context_settings=CONTEXT, short_help="Bring a module package into a workdir.")
+@click.argument("package", type=click.Path(exists=True, file_okay=False))
+@click.option("--features-compatible", is_flag=True,
+              help="Declare this data's features the same kind as the package's (same backbone and shape) when "
+                   "their backbones' hashes differ; the card says so.")
+@click.option("--new-instances", type=click.Choice(["refuse", "train"]), default="refuse", show_default=True,
+              help="Instances this data has and the package lacks: refuse (listing them), or train them alone "
+                   "(new rows; the rest stays frozen).")
+@click.option("--finetune", is_flag=True, help="Retrain the whole module here, starting from the imported weights.")
+@click.option("--replace", is_flag=True, help="Replace a module this workdir trained already.")
+@recipe_options(device=False)
+def import_(package, features_compatible, new_instances, finetune, replace, recipe, workdir, overrides, data_dir):
+    """Import a module PACKAGE (from 'modtrain export') into a workdir. Frozen by default: the
+    planner treats it as trained, its job never runs, and modules after it train on it."""
+    from modtrain.data import PreparedData
+    from modtrain.reuse import ImportOptions, import_module
+
+    loaded, wd = _load(recipe, workdir, overrides, data_dir)
+    if not (wd.data / "vocab.json").exists():
+        raise ModtrainError(f"{wd.data} is not prepared yet: import maps the module to its vocabularies; run "
+                            f"'modtrain run --recipe {loaded.name} --workdir {wd.root} --dry-run' to see the data "
+                            f"steps, or prepare it first")
+    options = ImportOptions(features_compatible, new_instances, finetune, replace)
+    with wd.lock():
+        loaded.write(wd.root)
+        record = import_module(package, wd, loaded, PreparedData(wd.data), options, say=click.echo)
+    click.echo(f"wrote {wd.root / 'imports' / (record['name'] + '.json')}")
 
 
 @main.command(context_settings=CONTEXT, short_help="Train the NMN end to end (the baseline).")
@@ -702,8 +766,10 @@ def modules(workdir):
             verdict = card_verdict(c, settings)
             trust = "" if verdict is None else \
                 f"\n            {'trusted' if verdict.trusted else 'NOT TRUSTED'}: {verdict.reason}"
+            origin = f"\n            imported from {c['imported']['from']} ({c['imported']['mode']}; features " \
+                     f"{c['imported']['features']})" if c.get("imported") else ""
             click.echo(f"  {c['name']:<9} {c['interface']:<9} val accuracy {c['metrics']['val_accuracy']:.1%}  "
-                       f"{len(c['instances'])} instances  {c['parameters']} parameters  {c['created']}{trust}")
+                       f"{len(c['instances'])} instances  {c['parameters']} parameters  {c['created']}{trust}{origin}")
 
 
 def _percent(value) -> str:
@@ -753,6 +819,9 @@ def _format_status(status) -> str:
             if m["cache"] is not None and m["cache"]["state"] in ("stale", "missing")]
     if why:
         lines += ["", "why:"] + [f"  {name}: {text}" for name, text in why]
+    imported = [(m["name"], m["imported"]) for m in status["modules"] if m.get("imported")]
+    if imported:
+        lines += ["", "imported:"] + [f"  {name}: {text}" for name, text in imported]
     return "\n".join(lines + ["", _format_next(status)])
 
 

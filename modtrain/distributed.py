@@ -152,26 +152,26 @@ def _job(kind: str, module: str | None, recipe_raw: dict, recipe_where: str, roo
 
 
 def run_pipeline_on_ray(recipe, workdir, address: str, say: Callable[[str], None], gpus: float | None = None,
-                        cpus_per_job: int = 1, allow_untrusted: bool = False) -> dict:
+                        cpus_per_job: int = 1, allow_untrusted: bool = False, grow_from=None,
+                        grow_only: list[str] | None = None) -> dict:
     """``modtrain run --address``: the plan's jobs as Ray tasks; independent ones run at once."""
     from modtrain.workdir import Workdir
 
     workdir = Workdir(workdir.root.resolve(), workdir.data.resolve())
     with workdir.lock():
-        return _run_on_ray(recipe, workdir, address, say, gpus, cpus_per_job, allow_untrusted)
+        return _run_on_ray(recipe, workdir, address, say, gpus, cpus_per_job, allow_untrusted, grow_from, grow_only)
 
 
 def _run_on_ray(recipe, workdir, address: str, say: Callable[[str], None], gpus: float | None,
-                cpus_per_job: int, allow_untrusted: bool) -> dict:
+                cpus_per_job: int, allow_untrusted: bool, grow_from=None, grow_only: list[str] | None = None) -> dict:
     import torch
 
-    from modtrain.pipeline import describe_result, ensure_data, record_job_time
+    from modtrain.pipeline import describe_result, prepare_run, record_job_time
     from modtrain.plan import make_plan
 
     ray = connect(address)
     gpu = gpus_per_job(gpus)
-    recipe.write(workdir.root)
-    ensure_data(recipe, workdir, torch.device("cpu"), say)
+    prepare_run(recipe, workdir, torch.device("cpu"), say, grow_from, grow_only)
     remote = ray.remote(_job)
     refs: dict[str, Any] = {}
     plan = make_plan(recipe)

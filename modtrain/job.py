@@ -29,6 +29,7 @@ from modtrain.execute import Executor, Given, given_name
 from modtrain.plan import Plan, make_plan
 from modtrain.recipe import Recipe
 from modtrain.registry import NMNModule, build_module, reads_features, run_prior, surrogate_class
+from modtrain.reuse import card_note, frozen_import, import_record, restore_frozen, training_start
 from modtrain.train import TrainingLoop, cards_match
 from modtrain.trust import judge, trust_statistics
 from modtrain.types import Attended, DataType, Features, get_interface
@@ -65,6 +66,7 @@ class Job(TrainingLoop):
         self.config = recipe.train_config(spec.name)
         self.seed = recipe.seed
         self.sources = dict(sources or {})
+        self.imports: dict[str, tuple] = {}  # modules imported to train here (set when they are built)
         self.key = job_key(spec, recipe, self.data, self.sources, workdir)
         self.wirer = Wirer(spec, self.plan, self.interface)
         self.prior_producer = self.plan.prior
@@ -250,8 +252,18 @@ class Job(TrainingLoop):
     # -- model -------------------------------------------------------------------------------
     def _build_trained(self) -> dict[str, NMNModule]:
         dims, instances = self.data.dims(), self.data.vocab["instances"]
-        return {m: build_module(m, self.interface, dims, instances.get(m, []), **self.recipe.module_hparams(m))
-                for m in self.spec.trainable}
+        built = {}
+        for m in self.spec.trainable:
+            start = training_start(self.workdir, m)
+            if start is None:
+                built[m] = build_module(m, self.interface, dims, instances.get(m, []), **self.recipe.module_hparams(m))
+                continue
+            record, state, masks = start  # fine-tuned, or its new instances trained: from the import's weights
+            module = build_module(m, self.interface, dims, record["instances"],
+                                  **record["hyperparameters"])
+            module.load_state_dict(state)
+            built[m], self.imports[m] = module, start  # (record, the import's weights, its new entries)
+        return built
 
     def _setup_model(self) -> None:
         if not self.modules:  # unless the data setup built them
@@ -314,6 +326,9 @@ class Job(TrainingLoop):
         return 0.0 if module is None else module.auxiliary_loss(batch, self.epoch)
 
     def _after_step(self, epoch: int, batch: int) -> None:
+        for m, (_, state, masks) in self.imports.items():
+            if masks:  # only the instances the import lacked train: the rest goes back to the import's
+                restore_frozen(self.modules[m], state, masks)
         module = self._answering_module()
         if module is None:
             return
@@ -418,7 +433,9 @@ class Job(TrainingLoop):
         fields = {**self._card_fields(key_hash, state), "inputs": self.key["inputs"], "training": self.spec.training}
         if self.surrogate is not None:
             fields.update(self._surrogate_card(state["best_metrics"]))
-        cards = {name: save_module(self.workdir.modules, module, fields) for name, module in self.modules.items()}
+        cards = {name: save_module(self.workdir.modules, module, {**fields, **(
+                     {"imported": card_note(self.imports[name][0])} if name in self.imports else {})})
+                 for name, module in self.modules.items()}
         if len(cards) == 1:
             return next(iter(cards.values()))
         return {"name": self.name, "modules": cards, "metrics": fields["metrics"], "timings": fields["timings"]}
@@ -426,11 +443,21 @@ class Job(TrainingLoop):
 
 def train_module(workdir: Workdir, recipe: Recipe, name: str, device: torch.device,
                  data: PreparedData | None = None) -> dict[str, Any]:
-    """``modtrain train NAME``: train one module as its own job, as the plan says; return its card."""
+    """``modtrain train NAME``: train one module as its own job, as the plan says; return its card.
+    A module imported frozen is never trained here: that is refused, saying how to go on."""
+    record = import_record(workdir, name)
+    if record is not None and record["mode"] == "frozen":
+        state = "is" if frozen_import(workdir, name) else "was"
+        raise ModtrainError(f"{name} {state} imported frozen from {record['from']} ({workdir.root / 'imports' / name}"
+                            f".json): it is not trained here. To retrain it from the import: 'modtrain import "
+                            f"{record['from']} --workdir {workdir.root} --finetune'; to train it from scratch here, "
+                            f"remove {workdir.root / 'imports' / name}.json")
     return Job.for_module(workdir, recipe, name, device, data).run()
 
 
 def is_up_to_date(recipe: Recipe, name: str, data: PreparedData, workdir: Workdir) -> bool:
-    """Whether ``modules/NAME`` was trained with this recipe, data and producers."""
+    """Whether ``modules/NAME`` was trained with this recipe, data and producers, or imported frozen."""
+    if frozen_import(workdir, name) is not None:
+        return True
     spec = module_spec(make_plan(recipe), name)
     return cards_match(workdir.modules, [name], job_key(spec, recipe, data, {}, workdir))

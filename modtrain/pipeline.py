@@ -26,6 +26,7 @@ from modtrain.io import read_json, write_json
 from modtrain.job import is_up_to_date, train_module
 from modtrain.plan import Job, Plan, make_plan
 from modtrain.recipe import Recipe
+from modtrain.reuse import ensure_imports, frozen_import
 from modtrain.workdir import Workdir
 
 log = logging.getLogger(__name__)
@@ -194,6 +195,9 @@ def run_job(job: Job, recipe: Recipe, plan: Plan, workdir: Workdir, data: Prepar
     start = time.perf_counter()
     set_in_memory_bytes(recipe.data.in_memory_bytes)
     if job.kind == "train":
+        record = frozen_import(workdir, job.module)
+        if record is not None:
+            return {"job": job.name, "skipped": True, "imported": record["from"]}
         if is_up_to_date(recipe, job.module, data, workdir):
             return {"job": job.name, "skipped": True}
         say(f"{job.name} ...")
@@ -213,7 +217,9 @@ def run_job(job: Job, recipe: Recipe, plan: Plan, workdir: Workdir, data: Prepar
 
 
 def describe_result(result: dict[str, Any]) -> str:
-    """One line on a finished job: skipped, or its time and validation accuracy."""
+    """One line on a finished job: skipped, imported, or its time and validation accuracy."""
+    if "imported" in result:
+        return f"{result['job']}: imported from {result['imported']} (frozen, never trained here)"
     if result["skipped"]:
         return f"{result['job']}: up to date"
     line = f"{result['job']}: done in {result['seconds']:.1f}s"
@@ -223,13 +229,24 @@ def describe_result(result: dict[str, Any]) -> str:
     return line
 
 
+def prepare_run(recipe: Recipe, workdir: Workdir, device: torch.device, say: Callable[[str], None],
+                grow_from: str | Path | None = None, grow_only: list[str] | None = None) -> PreparedData:
+    """What every run does before its jobs: write the recipe, make the data current, and import
+    the modules the recipe (``[modules.NAME] from``) or ``run --from W`` brings (``modtrain.reuse``)."""
+    recipe.write(workdir.root)
+    data = ensure_data(recipe, workdir, device, say)
+    ensure_imports(recipe, workdir, data, say, grow_from, grow_only)
+    return data
+
+
 def run_pipeline(recipe: Recipe, workdir: Workdir, device: torch.device,
-                 say: Callable[[str], None] = log.info, allow_untrusted: bool = False) -> dict:
-    """The whole modular training of a recipe; returns the assembler's report."""
+                 say: Callable[[str], None] = log.info, allow_untrusted: bool = False,
+                 grow_from: str | Path | None = None, grow_only: list[str] | None = None) -> dict:
+    """The whole modular training of a recipe; returns the assembler's report. ``grow_from``: a
+    workdir whose trained modules (those of ``grow_only``) are imported first, frozen."""
     recipe = recipe.resolved()  # the split names, before anything is written
     with workdir.lock():
-        recipe.write(workdir.root)
-        data = ensure_data(recipe, workdir, device, say)
+        data = prepare_run(recipe, workdir, device, say, grow_from, grow_only)
         plan = make_plan(recipe)
         report = None
         for job in plan.jobs:  # sorted by level: every job after the ones it needs

@@ -223,13 +223,16 @@ def inputs_text(m: ModulePlan) -> str:
     return ", ".join(parts) or "-"
 
 
-def format_plan(plan: Plan, questions: dict[str, int] | None = None) -> str:
+def format_plan(plan: Plan, questions: dict[str, int] | None = None, imported: dict[str, str] | None = None) -> str:
     """The dependency table (paper Table 1, one row per module: how it trains, where its inputs
-    come from and, given ``questions``, on how many training questions) and the job graph."""
+    come from and, given ``questions``, on how many training questions) and the job graph.
+    ``imported``: per module imported from another experiment, where from and how."""
+    imported = imported or {}
     header = ("module", "input", "supervision", "trains by", "inputs from")
     rows = [header + (("train questions",) if questions is not None else ())]
     for m in plan.modules:
-        row = (m.name, m.input, m.supervision, m.strategy + (" (trained)" if m.trained else ""), inputs_text(m))
+        how = " (imported)" if m.name in imported else " (trained)" if m.trained else ""
+        row = (m.name, m.input, m.supervision, m.strategy + how, inputs_text(m))
         rows.append(row + ((str(questions.get(m.name, 0)),) if questions is not None else ()))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = [f"plan for recipe {plan.recipe} ({plan.interface} interface)", ""]
@@ -243,6 +246,8 @@ def format_plan(plan: Plan, questions: dict[str, int] | None = None) -> str:
     notes = [(m.name, n) for m in plan.modules for n in m.notes]
     if notes:
         lines += ["", "how outputs interact (§3.1):"] + [f"  {name}: {note}" for name, note in notes]
+    if imported:
+        lines += ["", "imported from other experiments:"] + [f"  {name}: {text}" for name, text in imported.items()]
     lines += ["", "jobs (one line per step; ∥ = can run in parallel):"]
     for k, level in enumerate(plan.levels(), 1):
         lines.append(f"  {k}. " + " ∥ ".join(j.name for j in level))

@@ -95,8 +95,11 @@ class TrainSection:
 TRAIN_KEYS = {f.name for f in dataclasses.fields(TrainSection)}
 # Per-module keys that are not hyperparameters of the module itself: its surrogate, and that
 # surrogate's settings for this module alone (``surrogate_dropout = 0.2`` overrides
-# [surrogates.factorized] dropout), which a search can then vary per module.
-MODULE_EXTRA_KEYS = {"surrogate"}
+# [surrogates.factorized] dropout), which a search can then vary per module; and where the module
+# comes from when another experiment trained it (``modtrain.reuse``): ``from = "DIR"`` (a module
+# package) with what the import declares and chooses.
+IMPORT_KEYS = {"from": str, "finetune": bool, "features_compatible": bool, "new_instances": str}
+MODULE_EXTRA_KEYS = {"surrogate", *IMPORT_KEYS}
 SURROGATE_PREFIX = "surrogate_"
 
 
@@ -358,6 +361,14 @@ class Recipe:
                                            hyperparameter_range(name, surrogate.defaults[name], {})},
                                           f"{where}: modules.{module}")
             check_hyperparameters(cls.defaults, self.module_hparams(module), cls.limits, f"{where}: modules.{module}")
+            for key, kind in IMPORT_KEYS.items():
+                if key in section:
+                    check(f"{where}: modules.{module}.{key}", section[key], kind,
+                          Range(choices=("refuse", "train")) if key == "new_instances" else Range())
+            if "from" not in section and section.keys() & (IMPORT_KEYS.keys() - {"from"}):
+                raise ModtrainError(f"{where}: modules.{module}: "
+                                    f"{', '.join(sorted(section.keys() & IMPORT_KEYS.keys()))} say how to import "
+                                    f"the module: give from = \"DIR\" (a module package) too")
             self._own_train[module] = check_section(TrainSection, {k: v for k, v in section.items() if k in TRAIN_KEYS},
                                                     where, f"modules.{module}.")
         for surrogate, section in raw.get("surrogates", {}).items():

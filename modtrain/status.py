@@ -18,11 +18,13 @@ from modtrain.io import read_json, sha256_json
 from modtrain.job import job_key, module_spec
 from modtrain.plan import Plan, make_plan
 from modtrain.recipe import TRAIN_KEYS, Recipe
+from modtrain.reuse import frozen_import, imported_sources
 from modtrain.train import cards_match
 from modtrain.trust import card_verdict
 from modtrain.workdir import Workdir
 
 TRAINED, STALE, UNTRAINED, UNCHECKED = "trained", "stale", "untrained", "unchecked"
+IMPORTED = "imported"  # frozen from another experiment (modtrain.reuse): never trained here
 
 
 def _changed(what: str, then: Any, now: Any) -> str:
@@ -128,18 +130,22 @@ def workdir_status(recipe: Recipe, workdir: Workdir, allow_untrusted: bool = Fal
     data = _prepared(workdir)
     plan = make_plan(recipe)
     producers = {p for m in plan.modules for p in m.reads}
+    sources = imported_sources(workdir, recipe.modules)
     modules = []
     for m in plan.modules:
         spec = module_spec(plan, m.name)
         path = card_path(workdir.modules, m.name)
         card = read_json(path, "module card") if path.exists() else None
         entry: dict[str, Any] = {"name": m.name, "state": UNTRAINED, "why": [], "training": None,
+                                 "imported": sources.get(m.name),
                                  "val_accuracy": None, "trust": None,
                                  "cache": _cache(workdir, plan, m.name, data) if m.name in producers else None}
         if card is not None:
             entry.update(training=card.get("training"), val_accuracy=card.get("metrics", {}).get("val_accuracy"),
                          trust=_verdict(card, recipe))
-            if data is None:
+            if frozen_import(workdir, m.name) is not None:
+                entry["state"] = IMPORTED
+            elif data is None:
                 entry.update(state=UNCHECKED, why=["the data is not prepared"])
             else:
                 key = job_key(spec, recipe, data, {}, workdir)
@@ -183,7 +189,7 @@ def next_jobs(plan: Plan, modules: list[dict[str, Any]], data_steps: list[str] |
             why = "the data is generated again" if regenerated else "the data is not prepared yet"
         elif job.kind == "train":
             m = by_name[job.module]
-            why = None if m["state"] == TRAINED else \
+            why = None if m["state"] in (TRAINED, IMPORTED) else \
                 "not trained" if m["state"] == UNTRAINED else "stale: " + "; ".join(m["why"])
         else:
             cache = by_name[job.module]["cache"]

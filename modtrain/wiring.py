@@ -30,6 +30,7 @@ from modtrain.layout import Layout
 from modtrain.plan import Plan
 from modtrain.recipe import Recipe
 from modtrain.registry import module_class
+from modtrain.reuse import import_record
 from modtrain.types import Attended, DataType, get_interface
 from modtrain.workdir import Workdir
 
@@ -66,12 +67,16 @@ def job_key(spec: JobSpec, recipe: Recipe, data: PreparedData, sources: dict[str
     config = recipe.train_config(spec.name).key()
     inputs = {p: weights_sha256(sources.get(p, workdir).modules, p) for p in spec.frozen}
     versions = {m: v for m in spec.trainable if (v := module_class(m).version) > 1}
+    # a module imported to train here starts from the import's weights, with its hyperparameters
+    starts = {m: r for m in spec.trainable if (r := import_record(workdir, m)) is not None and r["mode"] != "frozen"}
+    hparams = {m: starts[m]["hyperparameters"] if m in starts else recipe.module_hparams(m) for m in spec.trainable}
     return {"kind": spec.training, "interface": recipe.interface, "seed": recipe.seed,
-            "hyperparameters": {m: recipe.module_hparams(m) for m in spec.trainable}, "train": config,
+            "hyperparameters": hparams, "train": config,
             "surrogate": recipe.surrogate(spec.surrogate) if spec.surrogate else None,
             "data_fingerprint": data.fingerprint(recipe.data.train_split, recipe.data.val_split), "inputs": inputs,
             **({"max_train_depth": recipe.data.max_train_depth} if recipe.data.max_train_depth is not None else {}),
-            **({"module_versions": versions} if versions else {})}
+            **({"module_versions": versions} if versions else {}),
+            **({"imported": {m: [r["mode"], r["weights_sha256"]] for m, r in starts.items()}} if starts else {})}
 
 
 @dataclass
