@@ -126,3 +126,54 @@ def test_restore_frozen_keeps_only_the_new_rows_changed():
     for key, value in module.state_dict().items():
         assert torch.equal(value[0], start[key][0]), key
         assert torch.equal(value[1], start[key][1] + 1.0), key
+
+
+def write_package(folder, **changes):
+    """A package folder of an untrained describe, with ``changes`` to its package.json."""
+    import json
+
+    from modtrain.card import describe_module, state_sha256
+    from modtrain.reuse import FORMAT, FORMAT_VERSION
+
+    module = build("describe", ["color"])
+    state = module.state_dict()
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.save(state, folder / "weights.pt")
+    package = {"format": FORMAT, "format_version": FORMAT_VERSION, "name": "describe",
+               "card": {**describe_module(module), "weights_sha256": state_sha256(state)},
+               "vocabulary": {"tokens": TOKENS, "answers": ANSWERS, "instances": ["color"]},
+               "features": {"backbone": "clevr-cnn", "backbone_sha256": "a" * 64, "shape": [6, 3, 3]}, **changes}
+    (folder / "package.json").write_text(json.dumps({k: v for k, v in package.items() if v is not None}))
+    return state
+
+
+def test_a_package_is_read_whole_or_refused_in_one_line(tmp_path):
+    from modtrain.reuse import read_package
+
+    state = write_package(tmp_path / "good")
+    package, read = read_package(tmp_path / "good")
+    assert package["name"] == "describe" and all(torch.equal(read[k], v) for k, v in state.items())
+    cases = {"not-a-package": None, "format": {"format": "zip"}, "version": {"format_version": 99},
+             "no-features": {"features": None}}
+    expected = {"not-a-package": "is not a module package: package.json not found", "format": "not a modtrain module",
+                "version": "format version 99", "no-features": "key 'features' is missing"}
+    for case, changes in cases.items():
+        if changes is not None:
+            write_package(tmp_path / case, **changes)
+        else:
+            (tmp_path / case).mkdir()
+        with pytest.raises(ModtrainError, match=expected[case]) as caught:
+            read_package(tmp_path / case)
+        assert "\n" not in str(caught.value)
+    write_package(tmp_path / "changed")
+    changed = torch.load(tmp_path / "changed" / "weights.pt", weights_only=True)
+    changed["bias"] += 1
+    torch.save(changed, tmp_path / "changed" / "weights.pt")
+    with pytest.raises(ModtrainError, match="does not match the card"):
+        read_package(tmp_path / "changed")
+    (tmp_path / "good" / "weights.pt").write_bytes(b"truncated")
+    with pytest.raises(ModtrainError, match="cannot be read"):
+        read_package(tmp_path / "good")
+    (tmp_path / "good" / "weights.pt").unlink()
+    with pytest.raises(ModtrainError, match="incomplete"):
+        read_package(tmp_path / "good")
