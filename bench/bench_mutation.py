@@ -11,7 +11,7 @@ reader can judge which are equivalent. Each file is tested by the fast tests tha
 files with the same tests are staged and run together.
 
     python bench/bench_mutation.py --out bench/results/mutation.json
-    python bench/bench_mutation.py --files modules/snmn.py      # one file
+    python bench/bench_mutation.py --files modules/snmn.py      # one file (the others kept from --out)
 
 It takes tens of minutes on two cores; don't run anything heavy beside it.
 """
@@ -37,7 +37,8 @@ FILES = {"modules/snmn.py": ("tests/modules",), "modules/lnmn.py": ("tests/modul
          "surrogates/factorized.py": ("tests/surrogates", "tests/test_execute.py", "tests/test_method.py",
                                       "tests/test_types.py", "tests/test_pipeline.py"),
          "modtrain/execute.py": ("tests/surrogates", "tests/test_execute.py", "tests/test_method.py",
-                                 "tests/test_types.py", "tests/test_pipeline.py")}
+                                 "tests/test_types.py", "tests/test_pipeline.py"),
+         "modtrain/reuse.py": ("tests/test_reuse_remap.py", "tests/test_reuse_import.py")}
 # the source folders and where each sits in the installed package (pyproject.toml's package-dir)
 PACKAGE_DIRS = {"modtrain": "modtrain", "modules": "modtrain/modules", "surrogates": "modtrain/surrogates",
                 "datasets": "modtrain/datasets", "recipes": "modtrain/recipes"}
@@ -261,8 +262,11 @@ def main() -> None:
         for file in files:
             per_file[file] = {"tests": f"pytest -m 'not slow' {' '.join(tests)}", **found[file]}
         seconds[" ".join(files)] = round(time.perf_counter() - start)
+    # a run of some files keeps what an earlier run measured of the others
+    earlier = json.loads(Path(args.out).read_text()) if Path(args.out).exists() else {}
     write_result(args.out, {"tool": "mutmut " + _version(), "score": "(killed + timeout + segfault) / mutants",
-                            "target": 0.8, "seconds": seconds, "files": per_file})
+                            "target": 0.8, "seconds": {**earlier.get("seconds", {}), **seconds},
+                            "files": {**earlier.get("files", {}), **per_file}})
 
 
 def _version() -> str:

@@ -254,7 +254,7 @@ class Job(TrainingLoop):
         dims, instances = self.data.dims(), self.data.vocab["instances"]
         built = {}
         for m in self.spec.trainable:
-            start = training_start(self.workdir, m)
+            start = training_start(self.workdir, m) if self.spec.training == "modular" else None
             if start is None:
                 built[m] = build_module(m, self.interface, dims, instances.get(m, []), **self.recipe.module_hparams(m))
                 continue

@@ -324,7 +324,7 @@ def check_package(package: dict[str, Any], directory: Path, recipe, data: Prepar
     words = vocabularies(data)
     needed = words["instances"].get(name, []) if cls.has_instances else []
     missing = [w for w in needed if w not in package["vocabulary"]["instances"]]
-    if missing and options.new_instances != "train":
+    if missing and options.new_instances != "train" and not options.finetune:  # fine-tuned: they train with the rest
         raise _refuse(directory, name, f"this data has instance(s) the package lacks: {', '.join(missing)}; "
                                        f"train them alone with --new-instances train (the rest stays frozen), or "
                                        f"import into data without them")
@@ -442,9 +442,9 @@ def restore_frozen(module: NMNModule, start: dict[str, torch.Tensor], masks: dic
 def ensure_imports(recipe, workdir: Workdir, data: PreparedData, say: Callable[[str], None] = log.info,
                    grow_from: str | Path | None = None, only: list[str] | None = None) -> list[str]:
     """The imports a run asks for: ``[modules.NAME] from = "DIR"`` in the recipe and, with
-    ``grow_from`` (``run --from W``), every module of the recipe that W trained (or those of
-    ``only``). An import already recorded from the same package and weights is kept as it is.
-    Returns the modules imported now."""
+    ``grow_from`` (``run --from W``), the modules of the recipe that W trained (``_growing``). An
+    import already recorded from the same package and weights is kept as it is. Returns the
+    modules imported now."""
     wanted: dict[str, tuple[Path, ImportOptions, str | None]] = {}
     for name in recipe.modules:
         section = recipe.raw.get("modules", {}).get(name, {})
@@ -454,19 +454,7 @@ def ensure_imports(recipe, workdir: Workdir, data: PreparedData, say: Callable[[
                 new_instances=section.get("new_instances", "refuse"), finetune=bool(section.get("finetune", False))),
                 None)
     if grow_from is not None:
-        source = Workdir(Path(grow_from), Path(grow_from) / "data")
-        if not source.modules.is_dir():
-            raise ModtrainError(f"--from {grow_from}: not a workdir ({source.modules} not found)")
-        trained = {p.stem for p in source.modules.glob("*.json")}
-        unknown = sorted(set(only or []) - trained)
-        if unknown:
-            raise ModtrainError(f"--from-modules: {', '.join(unknown)} not trained in {grow_from}; it has "
-                                f"{', '.join(sorted(trained)) or 'none'}")
-        for name in recipe.modules:
-            if name in trained and (only is None or name in only) and name not in wanted:
-                package = imports_dir(workdir) / "packages" / name
-                export_module(_workdir_data(source), name, package)
-                wanted[name] = (package, ImportOptions(replace=True), str(Path(grow_from).resolve()))
+        wanted.update(_growing(recipe, workdir, Path(grow_from), only, set(wanted), say))
     done = []
     for name, (directory, options, grown) in wanted.items():
         record = import_record(workdir, name)
@@ -479,14 +467,67 @@ def ensure_imports(recipe, workdir: Workdir, data: PreparedData, say: Callable[[
     return done
 
 
-def _workdir_data(source: Workdir) -> Workdir:
-    """A workdir with its data folder as its resolved recipe names it."""
+def _growing(recipe, workdir: Workdir, root: Path, only: list[str] | None, taken: set[str],
+             say: Callable[[str], None]) -> dict[str, tuple[Path, ImportOptions, str]]:
+    """What ``run --from W`` imports: the modules of the recipe W trained (``only``: those), each
+    exported from W. Without ``only``, a module whose job here reads a producer its job in W did
+    not (describe and measure in nmn-clevr read relate, which nmn-typed lacks) trains here instead,
+    as it would from scratch; imports from W that are no longer chosen are dropped."""
+    from modtrain.plan import make_plan
+
+    source = _workdir_data(Workdir(root, root / "data"))
+    if not source.modules.is_dir():
+        raise ModtrainError(f"--from {root}: not a workdir ({source.modules} not found)")
+    trained = {p.stem for p in source.modules.glob("*.json")}
+    unknown = sorted(set(only or []) - trained)
+    if unknown:
+        raise ModtrainError(f"--from-modules: {', '.join(unknown)} not trained in {root}; it has "
+                            f"{', '.join(sorted(trained)) or 'none'}")
+    resolved = str(root.resolve())
+    home_plan = make_plan(_recipe_of(source)) if _recipe_of(source) is not None else None
+    plan = make_plan(recipe)
+    chosen = {}
+    for name in recipe.modules:
+        if name not in trained or name in taken or (only is not None and name not in only):
+            continue
+        if only is None and home_plan is not None and name in [m.name for m in home_plan.modules]:
+            new = sorted(set(plan.module(name).consumes) - set(home_plan.module(name).consumes))
+            if new:
+                say(f"{name}: trained here, not imported from {root}: here its job also reads {', '.join(new)}, "
+                    f"which its job there did not (--from-modules imports it anyway)")
+                continue
+        package = imports_dir(workdir) / "packages" / name
+        export_module(source, name, package)
+        chosen[name] = (package, ImportOptions(replace=True), resolved)
+    for name in recipe.modules:  # imports an earlier 'run --from' made that this one does not choose
+        record = import_record(workdir, name)
+        if record is not None and record.get("grown_from") == resolved and name not in chosen:
+            drop_import(workdir, name)
+            say(f"{name}: no longer imported from {root}; it trains here")
+    return chosen
+
+
+def drop_import(workdir: Workdir, name: str) -> None:
+    """Forget an import: its record, its weights and, if still the import's, its card."""
+    record = import_record(workdir, name)
+    if record is not None and frozen_import(workdir, name) is not None:
+        for path in (workdir.modules / f"{name}.json", weights_path(workdir.modules, name)):
+            path.unlink(missing_ok=True)
+    for suffix in (".json", ".pt", ".new.pt"):
+        (imports_dir(workdir) / f"{name}{suffix}").unlink(missing_ok=True)
+
+
+def _recipe_of(source: Workdir):
     from modtrain.recipe import RESOLVED, Recipe
 
     resolved = source.root / RESOLVED
-    if resolved.exists():
-        return Workdir.for_recipe(Recipe.load(resolved), source.root)
-    return source
+    return Recipe.load(resolved) if resolved.exists() else None
+
+
+def _workdir_data(source: Workdir) -> Workdir:
+    """A workdir with its data folder as its resolved recipe names it."""
+    recipe = _recipe_of(source)
+    return source if recipe is None else Workdir.for_recipe(recipe, source.root)
 
 
 def _same_package(directory: Path, record: dict[str, Any]) -> bool:

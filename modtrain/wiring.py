@@ -68,7 +68,9 @@ def job_key(spec: JobSpec, recipe: Recipe, data: PreparedData, sources: dict[str
     inputs = {p: weights_sha256(sources.get(p, workdir).modules, p) for p in spec.frozen}
     versions = {m: v for m in spec.trainable if (v := module_class(m).version) > 1}
     # a module imported to train here starts from the import's weights, with its hyperparameters
-    starts = {m: r for m in spec.trainable if (r := import_record(workdir, m)) is not None and r["mode"] != "frozen"}
+    # (modular jobs only: a joint training trains every module from scratch, imports or not)
+    starts = {m: r for m in spec.trainable if spec.training == "modular"
+              and (r := import_record(workdir, m)) is not None and r["mode"] != "frozen"}
     hparams = {m: starts[m]["hyperparameters"] if m in starts else recipe.module_hparams(m) for m in spec.trainable}
     return {"kind": spec.training, "interface": recipe.interface, "seed": recipe.seed,
             "hyperparameters": hparams, "train": config,

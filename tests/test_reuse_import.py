@@ -200,3 +200,24 @@ def test_a_run_imports_what_the_recipe_and_from_ask_for_once(home, packages, tmp
         ensure_imports(recipe, here, data, said.append, grow_from=home.root, only=["relate"])
     with pytest.raises(ModtrainError, match="not a workdir"):
         ensure_imports(recipe, here, data, said.append, grow_from=tmp_path)
+
+
+def test_growing_imports_what_would_train_the_same_and_drops_what_is_no_longer_chosen(home, tmp_path):
+    """nmn-typed grown into nmn-clevr: encoder and find read the same producers in both, so they are
+    imported; describe and measure read relate in nmn-clevr, so they train there, saying why."""
+    data = PreparedData(home.data)
+    (home.root / "recipe.toml").write_text(recipe_for(home.data).to_toml())
+    clevr = recipe_for(home.data, name="nmn-clevr")
+    grown = Workdir(tmp_path / "grown", home.data)
+    said = []
+    assert ensure_imports(clevr, grown, data, said.append, grow_from=home.root) == ["encoder", "find"]
+    for name in ("describe", "measure"):
+        assert any(m.startswith(f"{name}: trained here, not imported from") and "reads relate" in m for m in said)
+    assert frozen_import(grown, "find") is not None and frozen_import(grown, "describe") is None
+    # chosen by hand: describe imported anyway, and the imports of the earlier run no longer chosen are dropped
+    said.clear()
+    assert ensure_imports(clevr, grown, data, said.append, grow_from=home.root, only=["describe"]) == ["describe"]
+    assert frozen_import(grown, "describe") is not None
+    assert frozen_import(grown, "find") is None and not card_path(grown.modules, "find").exists()
+    assert not (grown.root / "imports" / "find.json").exists()
+    assert f"find: no longer imported from {home.root}; it trains here" in said
