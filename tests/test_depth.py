@@ -28,7 +28,8 @@ from modtrain.reports.depth import (
 from modtrain.workdir import Workdir
 
 CPU = torch.device("cpu")
-FAST = ["train.max_epochs=4", "train.patience=2", "train.device='cpu'"]
+# two epochs: these tests check what the reports hold and how they are made, not what training reaches
+FAST = ["train.max_epochs=2", "train.patience=2", "train.device='cpu'"]
 DIMS = {"features": 6, "height": 4, "width": 5, "answers": 7, "tokens": 11}
 
 

@@ -57,14 +57,14 @@ def test_search_space_errors():
 # one module per way of training: the prior's producer, through a surrogate, on a virtual dataset
 # (measure trains as describe does)
 @pytest.mark.parametrize("module", ["encoder", "find", "describe"])
-def test_four_trial_search_per_module(ray_local, tiny_run, tmp_path, module):
+def test_two_trial_search_per_module(ray_local, tiny_run, tmp_path, module):
     recipe, _, _, _ = tiny_run
     shared = _shared(tiny_run, tmp_path)
     recipe = Recipe.load(str(shared.root / "recipe.toml"), FAST + [f"search.{module}.batch_size='lograndint(32, 256)'",
                                                                f"search.{module}.lr='loguniform(1e-3, 3e-2)'"])
     # a search judged whatever its trials' trust (three epochs may not teach find enough to be trusted)
-    summary = tune_module(recipe, shared, module, 4, say=lambda m: None, allow_untrusted=True)
-    assert len(summary["trials"]) == 4 and all(t["status"] == "done" for t in summary["trials"])
+    summary = tune_module(recipe, shared, module, 2, say=lambda m: None, allow_untrusted=True)
+    assert len(summary["trials"]) == 2 and all(t["status"] == "done" for t in summary["trials"])
     out = shared.root / "tune" / module
     assert (out / "best.toml").exists() and (out / "trials.json").exists()
     best = load_card(out / "best", module)

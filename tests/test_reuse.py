@@ -132,6 +132,9 @@ def test_every_refusal_is_one_line(tiny_run, packages, tmp_path):
     assert result.exit_code == 1, result.output
     line = result.output.strip()
     assert "typed interface" in line and "gradient" in line
+    # a signature that is not the module's here (another output type)
+    other_type = tampered(packages, tmp_path, "describe", lambda p, s: p["card"]["signature"].update(output="Prior"))
+    assert "signature" in refused(other_type) and "Prior" in refused(other_type)
     # weights that are not the card's
     changed = tampered(packages, tmp_path, "describe", lambda p, s: s["bias"].add_(1.0))
     assert "does not match the card" in refused(changed)
