@@ -54,7 +54,6 @@ FORMAT_VERSION = 1
 PACKAGE = "package.json"
 WEIGHTS = "weights.pt"
 IMPORTS = "imports"
-NEW_INSTANCES = ("refuse", "train")
 # What trains here after an import, by its mode
 RETRAINS = {"frozen": "nothing", "finetune": "the whole module", "new-instances": "its new instances alone"}
 
@@ -534,10 +533,3 @@ def _same_package(directory: Path, record: dict[str, Any]) -> bool:
     path = Path(directory) / PACKAGE
     return path.exists() and read_json(path, "module package")["card"].get("weights_sha256") == \
         record["home_weights_sha256"]
-
-
-def describe_import(record: dict[str, Any]) -> str:
-    """One line on an import (``modtrain modules``, ``status``)."""
-    return f"imported from {record['from']}: {record['retrains']} trains here; features {record['features']}"
-
-
