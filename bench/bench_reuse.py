@@ -164,12 +164,13 @@ def swapping(root: Path, seed: int, images: int) -> dict:
     import_module(root / f"packages-{seed}" / "cell-find", w_swap, recipe, PreparedData(data),
                   ImportOptions(replace=True), say)
     started = time.perf_counter()
-    from modtrain.cache import write_caches
+    from modtrain.pipeline import run_job
     from modtrain.plan import make_plan
 
     plan = make_plan(recipe)
-    for producer in sorted({p for m in plan.modules for p in m.reads}):  # the caches the assembly reads
-        write_caches(w_swap, plan, producer, PreparedData(data), CPU, allow_untrusted=True, trust=recipe.trust)
+    for job in plan.jobs:  # the caches the assembly reads, as run writes them
+        if job.kind == "cache":
+            run_job(job, recipe, plan, w_swap, PreparedData(data), CPU, say, allow_untrusted=True)
     swapped = assemble(w_swap, recipe, CPU)
     return {"seed": seed, "linear_find": result(linear, w_linear), "cell_find_own_pipeline": result(cell, w_cell),
             "swapped": {**result(swapped, w_swap), "train_seconds": 0.0,

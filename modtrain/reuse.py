@@ -27,6 +27,7 @@ from the imported weights instead; ``new_instances = "train"`` trains the instan
 """
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import logging
 import shutil
@@ -459,9 +460,8 @@ def ensure_imports(recipe, workdir: Workdir, data: PreparedData, say: Callable[[
         record = import_record(workdir, name)
         if record is not None and record["from"] == str(directory.resolve()) and _same_package(directory, record):
             continue
-        import_module(directory, workdir, recipe, data, options if record is None else
-                      ImportOptions(options.features_compatible, options.new_instances, options.finetune, True),
-                      say, grown)
+        import_module(directory, workdir, recipe, data,
+                      options if record is None else dataclasses.replace(options, replace=True), say, grown)
         done.append(name)
     return done
 
