@@ -3,10 +3,16 @@
 Question arrays are small and loaded whole; features and caches are read in sorted
 batches through ``H5Rows``, which opens its file lazily so that each DataLoader worker
 gets its own handle (h5py handles cannot be pickled).
+
+A training epoch's order: uniform when the data is held in memory; when the training split's
+features are over the budget (``data.in_memory_bytes``) and so stream, batches are drawn from
+windows of HDF5 chunks (``window_batches``), each window's rows read whole once, the next one
+read ahead in a thread (``ReadAhead``). docs/design.md says how far from uniform that is.
 """
 from __future__ import annotations
 
 import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,6 +48,7 @@ class H5Rows:
         self._file = None
         self._pid = None
         self._array = None
+        self._held = []  # [(sorted rows, their values)]: the windows ``hold`` set, served without a read
         if not self.path.exists():
             raise ModtrainError(f"file not found: {self.path}")
         try:
@@ -49,6 +56,7 @@ class H5Rows:
                 if name not in f:
                     raise ModtrainError(f"{self.path}: no dataset {name!r} (found: {', '.join(f) or 'nothing'})")
                 self.shape, self.dtype = f[name].shape, f[name].dtype
+                self._chunk_rows = f[name].chunks[0] if f[name].chunks else max(1, self.shape[0])
         except OSError as e:
             raise ModtrainError(f"{self.path} cannot be read ({str(e).splitlines()[0]}): corrupt or truncated"
                                 f"{'; ' + self.fix if self.fix else ''}") from None
@@ -56,8 +64,23 @@ class H5Rows:
     def __len__(self) -> int:
         return self.shape[0]
 
+    @property
+    def nbytes(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64)) * self.dtype.itemsize
+
+    @property
+    def chunk_rows(self) -> int:
+        """Rows per HDF5 chunk: what one read from disk brings in at least."""
+        return self._chunk_rows
+
+    def streams(self) -> bool:
+        """Whether it is over the budget: read by batches of rows, never whole."""
+        if self._array is not None:
+            return False
+        return self.nbytes > (self.in_memory_bytes if self.in_memory_bytes is not None else _budget["bytes"])
+
     def __getstate__(self):
-        return {**self.__dict__, "_file": None, "_pid": None, "_array": None}
+        return {**self.__dict__, "_file": None, "_pid": None, "_array": None, "_held": []}
 
     def _dataset(self):
         if self._file is None or self._pid != os.getpid():
@@ -69,14 +92,43 @@ class H5Rows:
         rows = np.asarray(rows, dtype=np.int64)
         if self._array is not None:  # held whole: no HDF5 call at all on the hot path
             return self._array[rows]
+        if self._held and len(rows):
+            out, found = None, np.zeros(len(rows), bool)
+            for held_rows, values in self._held:
+                if not len(held_rows):
+                    continue
+                at = np.minimum(np.searchsorted(held_rows, rows), len(held_rows) - 1)
+                hit = held_rows[at] == rows
+                if out is None and hit.all():  # the whole batch in one window: one gather
+                    return values[at]
+                if out is None:
+                    out = np.empty((len(rows), *values.shape[1:]), values.dtype)
+                hit &= ~found
+                out[hit] = values[at[hit]]
+                found |= hit
+            if found.all():
+                return out
+        if not self.streams():
+            self._array = self._read(None)
+            return self._array[rows]
+        unique, inverse = np.unique(rows, return_inverse=True)
+        return self._read(unique)[inverse]
+
+    def read(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The given rows read from disk (each touched chunk once), sorted and unique, with their
+        values: what ``hold`` takes. Safe in another thread (h5py serializes its calls)."""
+        unique = np.unique(np.asarray(rows, dtype=np.int64))
+        return unique, self._read(unique)
+
+    def hold(self, windows: list[tuple[np.ndarray, np.ndarray]]) -> None:
+        """Serve ``take``s of these rows from memory (each window: the rows and values ``read``
+        returned); a batch with a row outside them is read from disk as before. []: hold nothing."""
+        self._held = list(windows)
+
+    def _read(self, rows: np.ndarray | None) -> np.ndarray:
         try:
             dataset = self._dataset()
-            budget = self.in_memory_bytes if self.in_memory_bytes is not None else _budget["bytes"]
-            if int(np.prod(self.shape)) * self.dtype.itemsize <= budget:
-                self._array = dataset[()]
-                return self._array[rows]
-            unique, inverse = np.unique(rows, return_inverse=True)
-            return read_rows(dataset, unique)[inverse]
+            return dataset[()] if rows is None else read_rows(dataset, rows)
         except OSError as e:  # a chunk whose checksum fails, a truncated file
             raise ModtrainError(f"{self.path} cannot be read ({str(e).splitlines()[0]}): corrupt or truncated"
                                 f"{'; ' + self.fix if self.fix else ''}") from None
@@ -240,3 +292,101 @@ def shuffled_batches(rows: np.ndarray, batch_size: int, seed: int | None, epoch:
     if seed is not None:
         rows = np.random.default_rng([seed, epoch]).permutation(rows)
     return [rows[i:i + batch_size] for i in range(0, len(rows), batch_size)]
+
+
+def sample_order(settings, data: "PreparedData") -> dict | None:
+    """The training order a recipe's ``[data]`` settings give on this data: None for uniform, else
+    the window order's number of chunks (``window_batches``): ``shuffle_window``, or as many
+    chunks of the training features as fill a quarter of ``in_memory_bytes`` (two windows are held
+    at a time: the one training, the one read ahead). Part of every job key."""
+    if settings.shuffle == "uniform":
+        return None
+    path = data.split(settings.train_split).features_path
+    features = H5Rows(path, "features") if path.exists() else None
+    if settings.shuffle == "auto" and (features is None or features.nbytes <= settings.in_memory_bytes):
+        return None
+    window = settings.shuffle_window
+    if window is None:
+        chunk_bytes = features.nbytes // max(1, len(features)) * features.chunk_rows if features else 1 << 20
+        window = max(1, settings.in_memory_bytes // 4 // max(1, chunk_bytes))
+    return {"window_chunks": int(window)}
+
+
+Unit = tuple[list[np.ndarray], np.ndarray]  # batches, and the rows of the window they are drawn from
+
+
+def window_batches(rows: np.ndarray, blocks: np.ndarray, batch_size: int, seed: int, epoch: int,
+                   window: int) -> list[Unit]:
+    """An epoch's batches for streamed data, grouped by the window they are drawn from.
+
+    ``blocks[i]``: the storage chunk row ``rows[i]`` reads. The chunks are shuffled (from seed
+    and epoch); every ``window`` consecutive chunks of that order form a window, whose rows are
+    shuffled among themselves and cut into batches, windows one after the other (a batch that
+    straddles two windows belongs to the first). Returns (batches, the window's rows) per window:
+    reading a window is one pass over its chunks."""
+    rows, blocks = np.asarray(rows), np.asarray(blocks)
+    if len(rows) == 0:
+        return []
+    rng = np.random.default_rng([seed, epoch])
+    ids, position = np.unique(blocks, return_inverse=True)
+    rank = np.empty(len(ids), np.int64)
+    rank[rng.permutation(len(ids))] = np.arange(len(ids))
+    of_window = rank[position] // max(1, window)
+    order = np.lexsort((rng.random(len(rows)), of_window))
+    stream, windows = rows[order], of_window[order]
+    bounds = np.searchsorted(windows, np.arange(windows[-1] + 2))
+    units: list[Unit] = []
+    for start in range(0, len(stream), batch_size):
+        if not units or windows[start] != windows[start - batch_size]:
+            w = windows[start]
+            units.append(([], stream[bounds[w]:bounds[w + 1]]))
+        units[-1][0].append(stream[start:start + batch_size])
+    return units
+
+
+class ReadAhead:
+    """Batches of units read ahead: while the batches of one window are used, a thread reads the
+    next window's rows of every streamed source (``reads(rows)`` → [(source, rows)]) and each
+    source holds them in memory; a batch that straddles two windows is served from both. With
+    ``reads`` None (nothing streams) it just yields the batches."""
+
+    def __init__(self, units: list[Unit], reads):
+        self.units, self.reads = units, reads
+
+    def __len__(self) -> int:
+        return sum(len(batches) for batches, _ in self.units)
+
+    def _fetch(self, unit: Unit):
+        return [(source, source.read(rows)) for source, rows in self.reads(unit[1])]
+
+    @staticmethod
+    def _hold(*fetched) -> None:
+        windows: dict[int, tuple] = {}
+        for windows_of_unit in fetched:
+            for source, window in windows_of_unit:
+                windows.setdefault(id(source), (source, []))[1].append(window)
+        for source, held in windows.values():
+            source.hold(held)
+
+    def __iter__(self):
+        if self.reads is None:
+            for batches, _ in self.units:
+                yield from batches
+            return
+        current = []
+        with ThreadPoolExecutor(1, thread_name_prefix="read-ahead") as pool:
+            coming = pool.submit(self._fetch, self.units[0]) if self.units else None
+            try:
+                for i, (batches, _) in enumerate(self.units):
+                    current = coming.result()
+                    coming = pool.submit(self._fetch, self.units[i + 1]) if i + 1 < len(self.units) else None
+                    self._hold(current)
+                    yield from batches[:-1]
+                    if coming is not None:  # the last batch may reach into the next window
+                        self._hold(current, coming.result())
+                    yield batches[-1]
+            finally:
+                if coming is not None:
+                    coming.cancel()
+                for source, _ in current:
+                    source.hold([])

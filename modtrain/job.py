@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from collections import defaultdict
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -22,7 +22,7 @@ from torch import nn
 
 from modtrain.cache import EdgeCache, attention_mode, open_cache
 from modtrain.card import load_module, save_module
-from modtrain.data import PreparedData, set_in_memory_bytes, shuffled_batches
+from modtrain.data import H5Rows, PreparedData, set_in_memory_bytes, shuffled_batches
 from modtrain.device import to_device
 from modtrain.errors import ModtrainError
 from modtrain.execute import Executor, Given, given_name
@@ -102,6 +102,10 @@ class Job(TrainingLoop):
                        "val": self.data.split(self.recipe.data.val_split)}
         wirings = [None if self.layout_free else self.wirer.wire(layout) for layout in self.data.layouts]
         self.wirings = wirings
+        # each layout id's wired layout, gathered per batch in one call (a list comprehension over a
+        # batch's rows was a fifth of a small module's data path)
+        self.wired_layouts = np.empty(len(wirings), object)
+        self.wired_layouts[:] = [w.layout if w is not None else None for w in wirings]
         self.rows: dict[str, np.ndarray] = {}
         for s, split in self.splits.items():
             keep = split.trainable(self.recipe.data.max_train_depth)
@@ -226,6 +230,37 @@ class Job(TrainingLoop):
                 out[given_name(self.given_types[t])] = to_device(torch.from_numpy(values), self.device)
         return out
 
+    def _sources(self, split: str) -> list[tuple[H5Rows, Callable[[np.ndarray], np.ndarray]]]:
+        """Every file ``_load`` reads for ``split``, with what maps question rows to its rows:
+        (n, k) row indices, −1 for none."""
+        s = self.splits[split]
+        sources = []
+        if self.needs_features:
+            sources.append((self.features[split], lambda rows: s.image_index[rows][:, None]))
+        if self.prior_source == "cache":
+            sources.append((self.priors[split], lambda rows: np.asarray(rows)[:, None]))
+        for i, (owner, column) in enumerate(getattr(self, "given_sources", [])):
+            def edges(rows, i=i):
+                origin, edges = self.given_from[split], self.given_edges[split]
+                return np.concatenate([np.where(origin[t][rows] == i, edges[t][rows], -1) for t in self.given_slots],
+                                      axis=1)
+            sources.append((self.caches[split][owner].column(column), edges))
+        return sources
+
+    def _storage(self):
+        sources = self._sources("train")
+        if not sources:
+            return None
+        largest, where = max(sources, key=lambda source: source[0].nbytes)
+        read = where(self.train_rows)
+        first = read[np.arange(len(read)), np.argmax(read >= 0, axis=1)]  # a row's first read of it, or −1
+        blocks = np.where(first >= 0, first // largest.chunk_rows, -1)
+        streamed = [(source, where) for source, where in sources if source.streams()]
+
+        def reads(rows):
+            return [(source, index[index >= 0]) for source, where in streamed for index in [where(rows)]]
+        return blocks, reads if streamed else None
+
     def _load(self, split: str, rows: np.ndarray) -> dict[str, Any]:
         s = self.splits[split]
         batch: dict[str, Any] = {"answer": to_device(torch.from_numpy(s.answer[rows]).long(), self.device)}
@@ -242,7 +277,7 @@ class Job(TrainingLoop):
         if self.layout_free:
             return batch
         layout_ids = s.layout[rows]
-        batch["layouts"] = [self.wirings[i].layout for i in layout_ids]
+        batch["layouts"] = self.wired_layouts[layout_ids].tolist()
         batch["given"] = self._given(split, rows)
         if self.spec.surrogate is not None:
             batch["root"] = to_device(torch.from_numpy(self.root_ids[layout_ids]), self.device)

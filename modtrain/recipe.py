@@ -61,6 +61,12 @@ class DataSection:
     # features or caches larger than this (bytes) are streamed by batches of rows, never loaded whole;
     # smaller ones are read whole once (default 1 GiB)
     in_memory_bytes: int = setting(1 << 30, low=0)
+    # a training epoch's order: "uniform" (every row anywhere), "window" (batches drawn from windows of
+    # shuffle_window HDF5 chunks of features, read whole and ahead: far less I/O when streaming) or
+    # "auto": window exactly when the training split's features are over in_memory_bytes.
+    # shuffle_window None: as many chunks as fill a quarter of in_memory_bytes
+    shuffle: str = setting("auto", choices=("auto", "uniform", "window"))
+    shuffle_window: int | None = setting(None, low=1)
     # clevr-cnn pretraining; None: the backbone's own defaults
     pretrain_images: int | None = setting(None, low=1)
     pretrain_epochs: int | None = setting(None, low=1)

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from modtrain.card import load_card, load_weights
-from modtrain.data import PreparedData, shuffled_batches
+from modtrain.data import PreparedData, ReadAhead, shuffled_batches, window_batches
 from modtrain.epoch_log import EpochLog
 from modtrain.errors import ModtrainError
 from modtrain.io import atomic_path, sha256_json
@@ -191,6 +191,24 @@ class TrainingLoop:
         average of the weights); 0 or absent: neither."""
         return {}
 
+    def _storage(self) -> tuple[np.ndarray, Callable[[np.ndarray], list] | None] | None:
+        """For the window order: each training row's storage chunk (of the largest file it reads),
+        and ``reads``: for question rows, [(a streamed source, the rows of it they read)] (None
+        when nothing streams). None: no file to order by."""
+        return None
+
+    def _epoch_batches(self, epoch: int) -> ReadAhead:
+        """The epoch's training batches: shuffled uniformly, or, when the job key's ``order`` says so
+        (streamed data), drawn from windows of storage chunks, each window read whole and ahead."""
+        order = self.key.get("order")
+        storage = self._storage() if order else None
+        if storage is None:
+            return ReadAhead([(shuffled_batches(self.train_rows, self.config.batch_size, self.seed, epoch),
+                               self.train_rows)], None)
+        blocks, reads = storage
+        return ReadAhead(window_batches(self.train_rows, blocks, self.config.batch_size, self.seed, epoch,
+                                        order["window_chunks"]), reads)
+
     def _extra_state(self) -> dict[str, Any]:
         """What else a checkpoint must hold for the job to resume exactly (another optimizer's state)."""
         return {}
@@ -266,7 +284,7 @@ class TrainingLoop:
 
     def _epochs(self, key_hash: str, state: dict, ckpt_path: Path, epoch_log: EpochLog, clip: float,
                 average: WeightAverage | None) -> dict[str, Any]:
-        batch_size, patience = self.config.batch_size, self.config.patience
+        patience = self.config.patience
         result = None
 
         def finished() -> bool:
@@ -277,7 +295,7 @@ class TrainingLoop:
             self.epoch = epoch
             self.model.train()
             start = time.perf_counter()
-            batches = shuffled_batches(self.train_rows, batch_size, self.seed, epoch)
+            batches = self._epoch_batches(epoch)
             train_loss = 0.0
             with progress(enumerate(batches, 1), f"{self.name} epoch {epoch}", len(batches)) as bar:
                 for b, rows in bar:

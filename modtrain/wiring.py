@@ -24,7 +24,7 @@ import numpy as np
 
 from modtrain.cache import parametric_modules
 from modtrain.card import weights_sha256
-from modtrain.data import PreparedData
+from modtrain.data import PreparedData, sample_order
 from modtrain.execute import given_name
 from modtrain.layout import Layout
 from modtrain.plan import Plan
@@ -78,7 +78,8 @@ def job_key(spec: JobSpec, recipe: Recipe, data: PreparedData, sources: dict[str
             "data_fingerprint": data.fingerprint(recipe.data.train_split, recipe.data.val_split), "inputs": inputs,
             **({"max_train_depth": recipe.data.max_train_depth} if recipe.data.max_train_depth is not None else {}),
             **({"module_versions": versions} if versions else {}),
-            **({"imported": {m: [r["mode"], r["weights_sha256"]] for m, r in starts.items()}} if starts else {})}
+            **({"imported": {m: [r["mode"], r["weights_sha256"]] for m, r in starts.items()}} if starts else {}),
+            **({"order": order} if (order := sample_order(recipe.data, data)) else {})}
 
 
 @dataclass

@@ -13,36 +13,60 @@ import torch
 
 from modtrain import data as data_module
 from modtrain.card import load_card
-from modtrain.job import train_module
+from modtrain.job import Job, train_module
 from modtrain.workdir import Workdir
 
 
 @pytest.mark.slow
-def test_a_tiny_memory_budget_streams_every_dataset_and_trains_the_same_module(tiny_run, tmp_path, monkeypatch):
-    """Features and caches over ``data.in_memory_bytes`` are read by batches of rows, never whole,
-    and the module trained that way is the one trained with everything in memory."""
+def test_a_tiny_memory_budget_streams_every_dataset_by_windows_of_chunks(tiny_run, tmp_path, monkeypatch):
+    """Features and caches over ``data.in_memory_bytes`` are never read whole. In the uniform
+    order they are read by batches of rows, and the module trained that way is the one trained
+    with everything in memory; in the window order (what "auto" picks for streamed features, in
+    the job key) a training epoch reads each window's rows once, ahead, and batches read nothing."""
     recipe, workdir, _, _ = tiny_run
     copy = Workdir(tmp_path / "run", tmp_path / "run" / "data")
     shutil.copytree(workdir.root, copy.root)
-    held_whole, reads = [], []
-    take = data_module.H5Rows.take
+    held_whole, reads, windows = [], [], []
+    take, read = data_module.H5Rows.take, data_module.H5Rows.read
 
     def spy(self, rows):
         out = take(self, rows)
-        reads.append((self.path.name, self.name, len(rows)))
+        reads.append((self.name, len(rows), any(len(w[0]) for w in self._held), self.path.stem))
         held_whole.append(self._array is not None)
         return out
 
+    def spy_read(self, rows):
+        windows.append((self.name, len(np.unique(rows))))
+        return read(self, rows)
+
     monkeypatch.setattr(data_module.H5Rows, "take", spy)
-    budget = recipe.with_overrides(["data.in_memory_bytes=4096"])  # far below one split's features
+    monkeypatch.setattr(data_module.H5Rows, "read", spy_read)
+    uniform = recipe.with_overrides(["data.in_memory_bytes=4096", "data.shuffle='uniform'"])  # far below a split
     for module in ("find", "describe"):  # find reads the features, describe the caches
         (copy.modules / f"{module}.json").unlink()
-        card = train_module(copy, budget, module, torch.device("cpu"))
+        card = train_module(copy, uniform, module, torch.device("cpu"))
         assert card["weights_sha256"] == load_card(workdir.modules, module)["weights_sha256"]
-    assert reads and not any(held_whole)
-    assert {name for _, name, _ in reads} >= {"features"}
+    assert reads and not any(held_whole) and not windows
+    assert {name for name, *_ in reads} >= {"features"}
     # a training batch at a time, or a validation batch (four training batches)
-    assert max(n for *_, n in reads) <= 4 * max(recipe.train_config(m).batch_size for m in ("find", "describe"))
+    assert max(n for _, n, *_ in reads) <= 4 * max(recipe.train_config(m).batch_size for m in ("find", "describe"))
+
+    streamed = recipe.with_overrides(["data.in_memory_bytes=4096"])  # a quarter of it: less than a chunk
+    find = Job.for_module(copy, streamed, "find", torch.device("cpu"))
+    assert find.key["order"] == {"window_chunks": 1} and "order" not in Job.for_module(
+        copy, recipe, "find", torch.device("cpu")).key  # held in memory: the uniform order, as before
+    for module in ("describe", "find"):  # describe first: it reads the caches of the find trained before
+        reads.clear(), windows.clear()
+        (copy.modules / f"{module}.json").unlink()
+        card = train_module(copy, streamed, module, torch.device("cpu"))
+        assert card["job_key"] != load_card(workdir.modules, module)["job_key"]
+        training = [held for _, _, held, split in reads if split == "train"]
+        assert training and all(training)  # every training batch from a held window
+        images = len(data_module.H5Rows(copy.data / "features" / "train.h5", "features"))
+        epochs = card["metrics"]["epochs"]
+        assert windows  # each image's features read once an epoch at most
+        assert sum(n for name, n in windows if name == "features") <= epochs * images
+    assert not any(held_whole)
     # the default budget holds the same files whole
     held_whole.clear()
     data_module.set_in_memory_bytes(recipe.data.in_memory_bytes)

@@ -402,6 +402,9 @@ def test_weights_of_an_older_stack_nmn_are_out_of_date_and_refused_in_one_line(t
         def fingerprint(self, *splits):
             return "same data"
 
+        def split(self, name):  # no features file: the uniform order
+            return type("Split", (), {"features_path": tmp_path / "no-features.h5"})()
+
     def key(name, recipe):
         spec = JobSpec("e2e", (name,), (), (), None, "end-to-end")
         return job_key(spec, Recipe.load(recipe), Data(), {}, Workdir(tmp_path / "w", tmp_path / "data"))
