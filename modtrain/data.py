@@ -49,6 +49,7 @@ class H5Rows:
         self._pid = None
         self._array = None
         self._held = []  # [(sorted rows, their values)]: the windows ``hold`` set, served without a read
+        self._position = None  # file row → its place in the first held window, −1 where not held
         if not self.path.exists():
             raise ModtrainError(f"file not found: {self.path}")
         try:
@@ -80,7 +81,7 @@ class H5Rows:
         return self.nbytes > (self.in_memory_bytes if self.in_memory_bytes is not None else _budget["bytes"])
 
     def __getstate__(self):
-        return {**self.__dict__, "_file": None, "_pid": None, "_array": None, "_held": []}
+        return {**self.__dict__, "_file": None, "_pid": None, "_array": None, "_held": [], "_position": None}
 
     def _dataset(self):
         if self._file is None or self._pid != os.getpid():
@@ -93,17 +94,17 @@ class H5Rows:
         if self._array is not None:  # held whole: no HDF5 call at all on the hot path
             return self._array[rows]
         if self._held and len(rows):
+            at = self._position[rows]
+            if (at >= 0).all():  # the whole batch in the first window: one gather
+                return self._held[0][1][at]
             out, found = None, np.zeros(len(rows), bool)
-            for held_rows, values in self._held:
+            for held_rows, values in self._held:  # a batch that straddles two windows
                 if not len(held_rows):
                     continue
                 at = np.minimum(np.searchsorted(held_rows, rows), len(held_rows) - 1)
-                hit = held_rows[at] == rows
-                if out is None and hit.all():  # the whole batch in one window: one gather
-                    return values[at]
+                hit = (held_rows[at] == rows) & ~found
                 if out is None:
                     out = np.empty((len(rows), *values.shape[1:]), values.dtype)
-                hit &= ~found
                 out[hit] = values[at[hit]]
                 found |= hit
             if found.all():
@@ -123,7 +124,13 @@ class H5Rows:
     def hold(self, windows: list[tuple[np.ndarray, np.ndarray]]) -> None:
         """Serve ``take``s of these rows from memory (each window: the rows and values ``read``
         returned); a batch with a row outside them is read from disk as before. []: hold nothing."""
+        if self._held:
+            self._position[self._held[0][0]] = -1
         self._held = list(windows)
+        if self._held:  # each row's place in the first window (−1: not in it)
+            if self._position is None:
+                self._position = np.full(self.shape[0], -1, np.int64)
+            self._position[self._held[0][0]] = np.arange(len(self._held[0][0]))
 
     def _read(self, rows: np.ndarray | None) -> np.ndarray:
         try:
@@ -332,7 +339,8 @@ def window_batches(rows: np.ndarray, blocks: np.ndarray, batch_size: int, seed: 
     rank = np.empty(len(ids), np.int64)
     rank[rng.permutation(len(ids))] = np.arange(len(ids))
     of_window = rank[position] // max(1, window)
-    order = np.lexsort((rng.random(len(rows)), of_window))
+    shuffled = rng.permutation(len(rows))  # then grouped by window, keeping the shuffle inside each
+    order = shuffled[np.argsort(of_window[shuffled], kind="stable")]
     stream, windows = rows[order], of_window[order]
     bounds = np.searchsorted(windows, np.arange(windows[-1] + 2))
     units: list[Unit] = []

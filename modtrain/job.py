@@ -248,6 +248,11 @@ class Job(TrainingLoop):
         return sources
 
     def _storage(self):
+        if getattr(self, "_storage_of", None) is None:  # the same every epoch
+            self._storage_of = self._find_storage()
+        return self._storage_of
+
+    def _find_storage(self):
         sources = self._sources("train")
         if not sources:
             return None
