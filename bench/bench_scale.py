@@ -321,8 +321,8 @@ def resnet_shape_features(data: Path) -> dict:
         with h5py.File(path, "r") as f:
             source, attrs = f["features"], dict(f.attrs)
             n, channels = source.shape[0], source.shape[1]
-            mix = torch.from_numpy(np.random.default_rng(0).standard_normal((RESNET_SHAPE[0], channels))
-                                   .astype(np.float32) / np.sqrt(channels))
+            mix = torch.from_numpy((np.random.default_rng(0).standard_normal((RESNET_SHAPE[0], channels))
+                                    / np.sqrt(channels)).astype(np.float32))
             digest = hashlib.sha256()
             row_bytes = int(np.prod(RESNET_SHAPE)) * 2
             with atomic_path(path.with_suffix(".resnet.h5")) as tmp, h5py.File(tmp, "w") as out:

@@ -135,7 +135,7 @@ def assemble(workdir: Workdir, recipe: Recipe, device: torch.device, splits: lis
         with torch.no_grad(), progress(range(0, n, batch_size), f"assemble {split_name}") as bar:
             for start in bar:
                 rows = order[start:start + batch_size]
-                image = (torch.from_numpy(features.take(split.image_index[rows])).float().to(device)
+                image = (torch.from_numpy(features.take(split.image_index[rows])).to(device).float()
                          if reads_features(encoder) else None)
                 prior = run_prior(encoder, torch.from_numpy(split.tokens[rows]).long().to(device),
                                   torch.from_numpy(split.lengths[rows]).long(), image)
@@ -144,7 +144,7 @@ def assemble(workdir: Workdir, recipe: Recipe, device: torch.device, splits: lis
                 mask = with_layout[rows]
                 if mask.any():
                     run_rows = rows[mask]
-                    feats = torch.from_numpy(features.take(split.image_index[run_rows])).float().to(device)
+                    feats = torch.from_numpy(features.take(split.image_index[run_rows])).to(device).float()
                     root = executor.run([data.layouts[i] for i in split.layout[run_rows]], feats)
                     predicted[run_rows] = interface.combine(
                         root, prior[torch.from_numpy(mask).to(device)]).argmax(1).cpu().numpy()

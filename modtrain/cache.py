@@ -268,7 +268,7 @@ def _write_question_cache(path: Path, attrs: dict, module, split, batch_size: in
         with progress(range(0, len(split), batch_size), label=f"cache {module.name} {split.name}") as bar:
             for start in bar:
                 rows = slice(start, start + batch_size)
-                image = (torch.from_numpy(features.take(split.image_index[rows])).float().to(device)
+                image = (torch.from_numpy(features.take(split.image_index[rows])).to(device).float()
                          if features is not None else None)
                 with torch.no_grad():
                     value = run_prior(module, torch.from_numpy(split.tokens[rows]).long().to(device),
@@ -309,7 +309,7 @@ def _write_edge_cache(path: Path, attrs: dict, plan: Plan, producer: str, execut
         with progress(range(0, len(rows), batch_size), label=f"cache {producer} {split.name}") as bar:
             for start in bar:
                 stop = min(len(rows), start + batch_size)
-                feats = torch.from_numpy(features.take(split.image_index[rows[start:stop]])).float().to(device)
+                feats = torch.from_numpy(features.take(split.image_index[rows[start:stop]])).to(device).float()
                 with torch.no_grad():
                     value = executor.run(subtrees[start:stop], feats)
                 block = {"row": rows[start:stop], "node": nodes[start:stop], "value": value.float().cpu().numpy()}

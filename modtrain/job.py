@@ -277,8 +277,10 @@ class Job(TrainingLoop):
         for name, values in self.targets[split].items():
             batch[name] = to_device(torch.from_numpy(values[rows]), self.device)
         if self.needs_features:
-            batch["features"] = to_device(torch.from_numpy(self.features[split].take(s.image_index[rows])).float(),
-                                          self.device)
+            # made float on the device: on CUDA half the bytes cross, and the CPU does not convert (on
+            # this machine's CPU, float16 → float32 was what bounded find's data path on ResNet-shaped features)
+            batch["features"] = to_device(torch.from_numpy(self.features[split].take(s.image_index[rows])),
+                                          self.device).float()
         if self.layout_free:
             return batch
         layout_ids = s.layout[rows]
