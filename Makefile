@@ -53,6 +53,9 @@ bench-long: $(STAMP)
 	$(BIN)/python bench/bench_depth.py --images 2000 --reference --reuse --out bench/results/depth-reference.json
 	$(BIN)/python bench/bench_compare.py --recipe nmn-vqa --workdir runs/bench-compare-vqa --out bench/results/compare-vqa.json
 	$(BIN)/python bench/bench_scale.py --out bench/results/scale.json
+	$(BIN)/python bench/bench_scale.py --find-memory --out bench/results/scale.json
+	$(BIN)/python bench/bench_scale.py --features resnet-shape --images 7000 --out bench/results/scale.json
+	$(BIN)/python bench/bench_shuffle.py --seeds 0 1 2 3 4 5 6 7 --out bench/results/shuffle.json
 	$(BIN)/python bench/bench_snmn.py --lnmn-epochs 10 --out bench/results/snmn.json
 	$(BIN)/python bench/bench_cell_find.py --out bench/results/cell-find.json
 	$(BIN)/python bench/bench_speed.py --out bench/results/speed.json

@@ -24,6 +24,7 @@ timed alone, in samples/s, next to the job's measured training rate (samples/s, 
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import subprocess
 import sys
@@ -62,11 +63,12 @@ def _size(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file() and not p.is_symlink()) if path.exists() else 0
 
 
-def stage(command: list[str], folder: Path) -> dict:
+def stage(command: list[str], folder: Path, env: dict | None = None) -> dict:
     """Run one command; its wall time, the peak summed RSS of its process tree and the bytes it added."""
     before = _size(folder)
     start = time.perf_counter()
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                               env=None if env is None else {**os.environ, **env})
     peak = [0]
 
     def sample() -> None:
@@ -226,12 +228,22 @@ def main() -> None:
                         help="resnet-shape: the CLEVR-size data path run alone (--images, over a 1 GiB budget), "
                              "written into --out's 'resnet_shape' (the rest of it kept)")
     parser.add_argument("--images", type=int, default=7000, help="with --features resnet-shape")
+    parser.add_argument("--find-memory", action="store_true",
+                        help="train find's peak memory at 16x, by training order, written into --out")
     parser.add_argument("--data-path-only", action="store_true",
                         help="measure only the data paths again, on the folders of the run that wrote --out, and "
                              "rewrite its data-path numbers and targets (the stage numbers are kept)")
     args = parser.parse_args()
     if args.data_path_only:
         return remeasure_data_paths(Path(args.out), Path(args.workdir).resolve())
+    if args.find_memory:
+        import json
+
+        out = Path(args.out)
+        result = json.loads(out.read_text())
+        result.pop("machine", None)
+        result["find_memory_16x"] = find_memory(Path(args.workdir).resolve(), result["in_memory_bytes"])
+        return write_result(out, result)
     if args.features == "resnet-shape":
         import json
 
@@ -411,6 +423,32 @@ def resnet_shape_run(root: Path, images: int, budget: int, backbone: Path | None
                            "features_bytes_full_clevr": int(files["train"] / images * 70_000),
                            "note": "per epoch, what the streamed data path alone needs at CLEVR's 700k questions "
                                    "(70k images): the floor a GPU that computed for free would meet"}}
+
+
+def find_memory(root: Path, budget: int) -> dict:
+    """Where train find's peak memory at 16× comes from: one epoch of it, on a copy of the 16× run,
+    in the uniform order, in the window order, in the window order with one malloc arena
+    (``MALLOC_ARENA_MAX=1``: the read-ahead thread then allocates in the main one's) and with a
+    window of 2 chunks instead of 16."""
+    folder = root / "x16"
+    copy = root / "find-memory"
+    shutil.rmtree(copy, ignore_errors=True)
+    shutil.copytree(folder / "work", copy)
+    sets = ["--set", "modules.find.max_epochs=1", "--set", "modules.find.patience=2", "--set",
+            f"data.in_memory_bytes={budget}", "--set", "train.device='cpu'"]
+    variants = {"uniform order": (["--set", "data.shuffle='uniform'"], None),
+                "window order (16 chunks)": ([], None),
+                "window order, MALLOC_ARENA_MAX=1": ([], {"MALLOC_ARENA_MAX": "1"}),
+                "window order (2 chunks)": (["--set", "data.shuffle_window=2"], None)}
+    out = {}
+    for name, (extra, env) in variants.items():
+        (copy / "modules" / "find.json").unlink(missing_ok=True)
+        shutil.copy(folder / "work" / "recipe.toml", copy / "recipe.toml")  # a run records its --set there
+        out[name] = stage([MODTRAIN, "train", "find", "--recipe", str(copy / "recipe.toml"), "--data",
+                           str(folder / "data"), "--workdir", str(copy), "--device", "cpu", *sets, *extra], copy, env)
+        print(f"find memory: {name} {out[name]}", file=sys.stderr)
+    shutil.rmtree(copy, ignore_errors=True)
+    return {"epochs": 1, "in_memory_bytes": budget, "train_find": out}
 
 
 STREAMED = "streamed data path >= 50% of in memory, every job, largest size"
