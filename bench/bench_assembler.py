@@ -4,7 +4,8 @@ For each workdir, on its whole val split (questions with a layout), one process,
 best of 3 warm runs:
 - the per-sample reference (``Executor.run_reference``) and the batched executor in val order
   and in shape order (what ``assemble`` feeds it: questions sorted by layout shape), at batch
-  sizes 512 (``assemble``'s), 2048 and the whole split;
+  sizes 512 (``assemble``'s), 2048 and the whole split; and in shape order at 512 with find's
+  rows gathered as before ``Find.rows_forward`` (the A/B of that change);
 - bf16 autocast on the CPU (shape order, 512): its rate, how many answers differ from float32's
   and the val accuracy of both (root answer combined with the encoder's prior, as ``assemble`` does);
 - a cProfile of the batched run (shape order, 512): the share of its time in feature gathers
@@ -17,6 +18,7 @@ best of 3 warm runs:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import cProfile
 import pstats
 import sys
@@ -50,6 +52,19 @@ def best_of(fn, repeats: int = 3) -> float:
 def batched(executor, layouts, features, batch_size: int) -> torch.Tensor:
     return torch.cat([executor.run(layouts[b:b + batch_size], features[b:b + batch_size])
                       for b in range(0, len(layouts), batch_size)])
+
+
+@contextlib.contextmanager
+def gathered_find():
+    """find without ``rows_forward``: the executor gathers its rows' features and calls it."""
+    from modtrain.modules.find import Find
+
+    saved = Find.rows_forward
+    Find.rows_forward = lambda self, features, rows, instance: None
+    try:
+        yield
+    finally:
+        Find.rows_forward = saved
 
 
 def profile_shares(executor, layouts, features) -> dict:
@@ -88,7 +103,7 @@ def measure(root: Path) -> dict:
         layouts, features = inputs(rows)
         sorted_layouts, sorted_features = inputs(by_shape)
         batched(executor, layouts, features, len(layouts))  # every shape compiled
-        reference = len(rows) / best_of(lambda: executor.run_reference(layouts, features), 1)
+        reference = len(rows) / best_of(lambda: executor.run_reference(layouts, features))
         out["per_sample_questions_per_second"] = round(reference, 1)
         rates = {}
         for batch_size in (512, 2048, len(rows)):
@@ -97,6 +112,10 @@ def measure(root: Path) -> dict:
                 rate = len(rows) / best_of(lambda: batched(executor, lay, feats, batch_size))
                 rates[f"{order}, batch {batch_size}"] = {"questions_per_second": round(rate, 1),
                                                          "speedup": round(rate / reference, 1)}
+        with gathered_find():  # the executor before find read its rows in place: the A/B, same process
+            rate = len(rows) / best_of(lambda: batched(executor, sorted_layouts, sorted_features, 512))
+        rates["shape order, batch 512, find's rows gathered"] = {"questions_per_second": round(rate, 1),
+                                                                  "speedup": round(rate / reference, 1)}
         out["batched"] = rates
         out["shape_order_over_val_order (512)"] = round(rates["shape order, batch 512"]["questions_per_second"]
                                                         / rates["val order, batch 512"]["questions_per_second"], 2)

@@ -174,20 +174,24 @@ class Executor:
         inputs, _ = module.signature()
         rows = torch.cat([index for _, index, _ in calls])
         batch_features = functools.cache(lambda: _rows(batch, Features, rows))
-        args, k = [], 0
-        for t in inputs:
-            if t.from_dataset:
-                args.append(batch_features() if t is Features else _rows(batch, t, rows))
-                continue
-            first = calls[0][0]
-            value = torch.cat([outputs[id(node.children[k])] for node, _, _ in calls])
-            args.append(self.interface.convert(value, first.children[k].output, first.inputs[k], batch_features,
-                                               self.attention_mode))
-            k += 1
-        if calls[0][0].slot is not None:
-            result = module(*args, instance=torch.cat([ids[:, node.slot] for node, _, ids in calls]))
-        else:
-            result = module(*args)
+        instance = (torch.cat([ids[:, node.slot] for node, _, ids in calls]) if calls[0][0].slot is not None
+                    else None)
+        result = None
+        if inputs == (Features,) and instance is not None and hasattr(module, "rows_forward"):
+            # the rows' features are not copied (find in evaluation: bench/results/assembler.json)
+            result = module.rows_forward(batch[Features.name], rows, instance)
+        if result is None:
+            args, k = [], 0
+            for t in inputs:
+                if t.from_dataset:
+                    args.append(batch_features() if t is Features else _rows(batch, t, rows))
+                    continue
+                first = calls[0][0]
+                value = torch.cat([outputs[id(node.children[k])] for node, _, _ in calls])
+                args.append(self.interface.convert(value, first.children[k].output, first.inputs[k], batch_features,
+                                                   self.attention_mode))
+                k += 1
+            result = module(*args, instance=instance) if instance is not None else module(*args)
         for (node, _, _), part in zip(calls, result.split([len(index) for _, index, _ in calls])):
             outputs[id(node)] = part
 

@@ -52,6 +52,27 @@ class Find(NMNModule):
         # Channel dropout (Dropout2d, above), as the paper's code drops feature maps: one draw per
         # channel, not per value, which is also ~50× cheaper on a CPU than element dropout here.
 
+    def rows_forward(self, features: torch.Tensor, rows: torch.Tensor, instance: torch.Tensor) -> torch.Tensor | None:
+        """``forward(features[rows], instance)`` without copying ``features[rows]``, in evaluation
+        (the executor asks first; None: not here, gather and call ``forward``). A layout such as
+        ``and(find[a], find[b])`` runs find twice on each of its rows, and gathering their
+        features was the assembler's largest copy (bench/results/assembler.json): instead each row's
+        finds (k at most) are one (k, C) @ (C, HW) product on the row's features as they lie."""
+        if self.cell is not None or self.training:
+            return None
+        n, count = features.shape[0], len(rows)
+        order = torch.argsort(rows, stable=True)
+        starts = torch.cumsum(torch.bincount(rows, minlength=n), 0) - torch.bincount(rows, minlength=n)
+        slot = torch.empty_like(rows)
+        slot[order] = torch.arange(count, device=rows.device) - starts[rows[order]]
+        weights = features.new_zeros(n, int(slot.max()) + 1, features.shape[1])
+        weights[rows, slot] = self.weight[instance]
+        b, _, h, w = features.shape
+        raw = torch.bmm(weights, features.flatten(2))[rows, slot].view(count, h, w)
+        if self.bias is not None:
+            raw = raw + self.bias[instance][:, None, None]
+        return self.constrain(raw)
+
     def forward(self, features: torch.Tensor, instance: torch.Tensor) -> torch.Tensor:
         features = self.dropout(features)
         if self.cell is not None:

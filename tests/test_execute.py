@@ -109,3 +109,40 @@ def test_given_leaves_stand_for_the_subtrees_they_replace():
         wired = parse_layout("describe[shape](given:Attended[0])")
         assert torch.allclose(with_given.run([wired] * 4, None, {given_name(Attended): attended.unsqueeze(1)}),
                               full.run([parse_layout("describe[shape](find[red])")] * 4, features), atol=1e-6)
+
+
+@pytest.mark.parametrize("interface", ["typed", "gradient"])
+def test_find_in_evaluation_runs_on_the_rows_features_without_copying_them(interface, monkeypatch):
+    """In evaluation the executor hands find the whole batch's features and the rows of its calls
+    (``rows_forward``): each row's finds as one product. Same outputs as gathering the rows and
+    calling find, whatever the order and repetition of the rows; in training, the gather."""
+    executor, values = _executor(interface)
+    find = executor.modules["find"]
+    features = torch.randn(7, 5, 3, 4)
+    rows = torch.tensor([3, 0, 3, 6, 3, 0, 2])  # unsorted, a row three times, rows 1, 4, 5 never
+    instance = torch.tensor([0, 4, 2, 1, 0, 3, 2])
+    find.eval()
+    with torch.no_grad():
+        expected = find(features[rows], instance)
+        assert torch.allclose(find.rows_forward(features, rows, instance), expected, atol=1e-6)
+    find.train()
+    assert find.rows_forward(features, rows, instance) is None
+    for module in executor.modules.values():
+        module.eval()
+    calls = []
+    rows_forward = type(find).rows_forward
+
+    def spy(self, all_features, call_rows, call_instance):
+        calls.append(len(call_rows))
+        return rows_forward(self, all_features, call_rows, call_instance)
+
+    monkeypatch.setattr(type(find), "rows_forward", spy)
+    layouts = [parse_layout(s.format(a="color", m="count", v=values[i % 5], w=values[(i + 1) % 5],
+                                     u=values[(i + 2) % 5])) for i, s in enumerate(SHAPES * 3)]
+    features = torch.randn(len(layouts), 5, 3, 4)
+    with torch.no_grad():
+        batched = executor.run(layouts, features)
+        reference = executor.run_reference(layouts, features)
+    assert torch.allclose(batched, reference, atol=1e-5)
+    finds = sum(layout.text.count("find[") for layout in layouts)
+    assert calls == [finds]  # one call, for every find of the batch, features never gathered
