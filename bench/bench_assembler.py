@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
+from bench_modular import best_of  # noqa: E402
 from common import write_result  # noqa: E402
 
 from modtrain.assemble import load_assembly  # noqa: E402
@@ -38,15 +39,6 @@ from modtrain.registry import reads_features, run_prior  # noqa: E402
 from modtrain.workdir import Workdir  # noqa: E402
 
 CPU = torch.device("cpu")
-
-
-def best_of(fn, repeats: int = 3) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
 
 
 def batched(executor, layouts, features, batch_size: int) -> torch.Tensor:
@@ -103,17 +95,17 @@ def measure(root: Path) -> dict:
         layouts, features = inputs(rows)
         sorted_layouts, sorted_features = inputs(by_shape)
         batched(executor, layouts, features, len(layouts))  # every shape compiled
-        reference = len(rows) / best_of(lambda: executor.run_reference(layouts, features))
+        reference = len(rows) / best_of(3, lambda: executor.run_reference(layouts, features))
         out["per_sample_questions_per_second"] = round(reference, 1)
         rates = {}
         for batch_size in (512, 2048, len(rows)):
             for order, (lay, feats) in (("val order", (layouts, features)),
                                         ("shape order", (sorted_layouts, sorted_features))):
-                rate = len(rows) / best_of(lambda: batched(executor, lay, feats, batch_size))
+                rate = len(rows) / best_of(3, lambda: batched(executor, lay, feats, batch_size))
                 rates[f"{order}, batch {batch_size}"] = {"questions_per_second": round(rate, 1),
                                                          "speedup": round(rate / reference, 1)}
         with gathered_find():  # the executor before find read its rows in place: the A/B, same process
-            rate = len(rows) / best_of(lambda: batched(executor, sorted_layouts, sorted_features, 512))
+            rate = len(rows) / best_of(3, lambda: batched(executor, sorted_layouts, sorted_features, 512))
         rates["shape order, batch 512, find's rows gathered"] = {"questions_per_second": round(rate, 1),
                                                                   "speedup": round(rate / reference, 1)}
         out["batched"] = rates
@@ -126,7 +118,7 @@ def measure(root: Path) -> dict:
         answers = split.answer[by_shape]
         full = executor.interface.combine(batched(executor, sorted_layouts, sorted_features, 512), prior).argmax(1)
         with torch.autocast("cpu", dtype=torch.bfloat16):
-            rate = len(rows) / best_of(lambda: batched(executor, sorted_layouts, sorted_features, 512))
+            rate = len(rows) / best_of(3, lambda: batched(executor, sorted_layouts, sorted_features, 512))
             low = executor.interface.combine(batched(executor, sorted_layouts, sorted_features, 512).float(),
                                              prior).argmax(1)
         out["bf16_autocast"] = {
