@@ -56,19 +56,29 @@ class Find(NMNModule):
         """``forward(features[rows], instance)`` without copying ``features[rows]``, in evaluation
         (the executor asks first; None: not here, gather and call ``forward``). A layout such as
         ``and(find[a], find[b])`` runs find twice on each of its rows, and gathering their
-        features was the assembler's largest copy (bench/results/assembler.json): instead each row's
-        finds (k at most) are one (k, C) @ (C, HW) product on the row's features as they lie."""
+        features was the assembler's largest copy (bench/results/assembler.json): instead the k-th
+        finds of every row are one batched product on the features as they lie."""
         if self.cell is not None or self.training:
             return None
         n, count = features.shape[0], len(rows)
         order = torch.argsort(rows, stable=True)
-        starts = torch.cumsum(torch.bincount(rows, minlength=n), 0) - torch.bincount(rows, minlength=n)
+        counts = torch.bincount(rows, minlength=n)
         slot = torch.empty_like(rows)
-        slot[order] = torch.arange(count, device=rows.device) - starts[rows[order]]
-        weights = features.new_zeros(n, int(slot.max()) + 1, features.shape[1])
-        weights[rows, slot] = self.weight[instance]
+        slot[order] = torch.arange(count, device=rows.device) - (torch.cumsum(counts, 0) - counts)[rows[order]]
         b, _, h, w = features.shape
-        raw = torch.bmm(weights, features.flatten(2))[rows, slot].view(count, h, w)
+        flat = features.flatten(2)
+        raw = None
+        # one (1, C) @ (C, HW) product per row and slot, as ``forward`` computes each call: the same
+        # numbers bit for bit, whatever else is in the batch (a cache of find and find recomputed agree)
+        for k in range(int(counts.max())):
+            mine = slot == k
+            weights = features.new_zeros(n, 1, features.shape[1])
+            weights[rows[mine], 0] = self.weight[instance[mine]]
+            part = torch.bmm(weights, flat)[rows[mine], 0]
+            if raw is None:  # in the product's dtype (bf16 under autocast)
+                raw = part.new_empty(count, h * w)
+            raw[mine] = part
+        raw = raw.view(count, h, w)
         if self.bias is not None:
             raw = raw + self.bias[instance][:, None, None]
         return self.constrain(raw)
