@@ -7,7 +7,7 @@ gets its own handle (h5py handles cannot be pickled).
 A training epoch's order: uniform when the data is held in memory; when the training split's
 features are over the budget (``data.in_memory_bytes``) and so stream, batches are drawn from
 windows of HDF5 chunks (``window_batches``), each window's rows read whole once, the next one
-read ahead in a thread (``ReadAhead``). docs/design.md says how far from uniform that is.
+read ahead in a thread (``ReadAhead``). docs/formats.md says how far from uniform that is.
 """
 from __future__ import annotations
 
@@ -57,7 +57,8 @@ class H5Rows:
                 if name not in f:
                     raise ModtrainError(f"{self.path}: no dataset {name!r} (found: {', '.join(f) or 'nothing'})")
                 self.shape, self.dtype = f[name].shape, f[name].dtype
-                self._chunk_rows = f[name].chunks[0] if f[name].chunks else max(1, self.shape[0])
+                # rows per HDF5 chunk: what one read from disk brings in at least
+                self.chunk_rows = f[name].chunks[0] if f[name].chunks else max(1, self.shape[0])
         except OSError as e:
             raise ModtrainError(f"{self.path} cannot be read ({str(e).splitlines()[0]}): corrupt or truncated"
                                 f"{'; ' + self.fix if self.fix else ''}") from None
@@ -68,11 +69,6 @@ class H5Rows:
     @property
     def nbytes(self) -> int:
         return int(np.prod(self.shape, dtype=np.int64)) * self.dtype.itemsize
-
-    @property
-    def chunk_rows(self) -> int:
-        """Rows per HDF5 chunk: what one read from disk brings in at least."""
-        return self._chunk_rows
 
     def streams(self) -> bool:
         """Whether it is over the budget: read by batches of rows, never whole."""
@@ -367,31 +363,24 @@ class ReadAhead:
     def _fetch(self, unit: Unit):
         return [(source, source.read(rows)) for source, rows in self.reads(unit[1])]
 
-    @staticmethod
-    def _hold(*fetched) -> None:
-        windows: dict[int, tuple] = {}
-        for windows_of_unit in fetched:
-            for source, window in windows_of_unit:
-                windows.setdefault(id(source), (source, []))[1].append(window)
-        for source, held in windows.values():
-            source.hold(held)
-
     def __iter__(self):
         if self.reads is None:
             for batches, _ in self.units:
                 yield from batches
             return
-        current = []
+        current = []  # [(source, its window)] of the unit being used
         with ThreadPoolExecutor(1, thread_name_prefix="read-ahead") as pool:
             coming = pool.submit(self._fetch, self.units[0]) if self.units else None
             try:
                 for i, (batches, _) in enumerate(self.units):
                     current = coming.result()
                     coming = pool.submit(self._fetch, self.units[i + 1]) if i + 1 < len(self.units) else None
-                    self._hold(current)
+                    for source, window in current:
+                        source.hold([window])
                     yield from batches[:-1]
-                    if coming is not None:  # the last batch may reach into the next window
-                        self._hold(current, coming.result())
+                    if coming is not None:  # the last batch may reach into the next window (same sources)
+                        for (source, window), (_, following) in zip(current, coming.result()):
+                            source.hold([window, following])
                     yield batches[-1]
             finally:
                 if coming is not None:

@@ -248,11 +248,6 @@ class Job(TrainingLoop):
         return sources
 
     def _storage(self):
-        if getattr(self, "_storage_of", None) is None:  # the same every epoch
-            self._storage_of = self._find_storage()
-        return self._storage_of
-
-    def _find_storage(self):
         sources = self._sources("train")
         if not sources:
             return None
@@ -263,7 +258,11 @@ class Job(TrainingLoop):
         streamed = [(source, where) for source, where in sources if source.streams()]
 
         def reads(rows):
-            return [(source, index[index >= 0]) for source, where in streamed for index in [where(rows)]]
+            out = []
+            for source, where in streamed:
+                index = where(rows)
+                out.append((source, index[index >= 0]))
+            return out
         return blocks, reads if streamed else None
 
     def _load(self, split: str, rows: np.ndarray) -> dict[str, Any]:

@@ -201,7 +201,9 @@ class TrainingLoop:
         """The epoch's training batches: shuffled uniformly, or, when the job key's ``order`` says so
         (streamed data), drawn from windows of storage chunks, each window read whole and ahead."""
         order = self.key.get("order")
-        storage = self._storage() if order else None
+        if order and not hasattr(self, "_storage_of"):  # the same every epoch
+            self._storage_of = self._storage()
+        storage = self._storage_of if order else None
         if storage is None:
             return ReadAhead([(shuffled_batches(self.train_rows, self.config.batch_size, self.seed, epoch),
                                self.train_rows)], None)

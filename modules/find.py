@@ -65,23 +65,20 @@ class Find(NMNModule):
         counts = torch.bincount(rows, minlength=n)
         slot = torch.empty_like(rows)
         slot[order] = torch.arange(count, device=rows.device) - (torch.cumsum(counts, 0) - counts)[rows[order]]
-        b, _, h, w = features.shape
+        _, channels, h, w = features.shape
         flat = features.flatten(2)
         raw = None
         # one (1, C) @ (C, HW) product per row and slot, as ``forward`` computes each call: the same
         # numbers bit for bit, whatever else is in the batch (a cache of find and find recomputed agree)
         for k in range(int(counts.max())):
             mine = slot == k
-            weights = features.new_zeros(n, 1, features.shape[1])
+            weights = features.new_zeros(n, 1, channels)
             weights[rows[mine], 0] = self.weight[instance[mine]]
             part = torch.bmm(weights, flat)[rows[mine], 0]
             if raw is None:  # in the product's dtype (bf16 under autocast)
                 raw = part.new_empty(count, h * w)
             raw[mine] = part
-        raw = raw.view(count, h, w)
-        if self.bias is not None:
-            raw = raw + self.bias[instance][:, None, None]
-        return self.constrain(raw)
+        return self._output(raw.view(count, h, w), instance)
 
     def forward(self, features: torch.Tensor, instance: torch.Tensor) -> torch.Tensor:
         features = self.dropout(features)
@@ -92,6 +89,9 @@ class Find(NMNModule):
         # ~7× faster on a CPU than the equivalent einsum, which copies them to (B, HW, C).
         b, _, h, w = features.shape
         raw = torch.bmm(self.weight[instance].unsqueeze(1), features.flatten(2)).view(b, h, w)
+        return self._output(raw, instance)
+
+    def _output(self, raw: torch.Tensor, instance: torch.Tensor) -> torch.Tensor:
         if self.bias is not None:
             raw = raw + self.bias[instance][:, None, None]
         return self.constrain(raw)
