@@ -24,6 +24,7 @@ timed alone, in samples/s, next to the job's measured training rate (samples/s, 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import subprocess
@@ -87,11 +88,13 @@ def stage(command: list[str], folder: Path, env: dict | None = None) -> dict:
             "bytes_written": _size(folder) - before}
 
 
-def data_path_rate(workdir: Workdir, recipe: Recipe, module: str, min_seconds: float = 1.0) -> float:
+def data_path_rate(workdir: Workdir, recipe: Recipe, module: str,
+                   min_seconds: float = 1.0) -> tuple[float, dict | None]:
     """Samples/s of a module job's data path alone: its training batches, in the order its training
     draws them (uniform, or by windows of chunks read ahead when its features stream: the job key's
     ``order``), loaded onto the device, no model; after one warm-up batch (what is read once per
-    job, as training reads it once), whole epochs for at least ``min_seconds``."""
+    job, as training reads it once), whole epochs for at least ``min_seconds``; and that order
+    (the job key's, None: uniform)."""
     set_in_memory_bytes(recipe.data.in_memory_bytes)
     job = Job.for_module(workdir, recipe, module, torch.device("cpu"), PreparedData(workdir.data))
     job._setup_data()  # the job's rows, features, caches and wirings, as its training reads them
@@ -102,7 +105,44 @@ def data_path_rate(workdir: Workdir, recipe: Recipe, module: str, min_seconds: f
             job._load("train", rows)
             samples += len(rows)
         epoch += 1
-    return samples / (time.perf_counter() - start)
+    return samples / (time.perf_counter() - start), job.key.get("order")
+
+
+def make_data(data: Path, root: Path, images: int, val_images: int, test_images: int,
+              backbone: Path | None) -> dict:
+    """``data generate`` (no-relate families, depths as they fall) and ``data features``, one stage
+    each; a ``backbone`` pretrained before is copied in, so that the features stage is extraction."""
+    stages = {"data generate": stage([MODTRAIN, "data", "generate", str(data), "--images", str(images),
+                                      "--val-images", str(val_images), "--test-images", str(test_images),
+                                      "--families", "no-relate", "--balance-depth", "none"], root)}
+    if backbone is not None:
+        (data / "features").mkdir(parents=True, exist_ok=True)
+        for suffix in (".pt", ".json"):
+            shutil.copy(backbone.with_suffix(suffix), data / "features" / f"clevr-cnn{suffix}")
+    stages["data features"] = stage([MODTRAIN, "data", "features", str(data), "--device", "cpu"], root)
+    return stages
+
+
+def train_jobs(data: Path, work: Path, root: Path, epochs: int, budget: int, label: str,
+               assemble: bool = True) -> tuple[Recipe, dict]:
+    """nmn-typed's jobs, one ``modtrain`` process each, every module exactly ``epochs`` epochs (so that
+    a cost measures the data, not early stopping) under ``data.in_memory_bytes`` = ``budget``."""
+    sets = ["--set", f"train.max_epochs={epochs}", "--set", f"train.patience={epochs + 1}",
+            "--set", f"data.in_memory_bytes={budget}", "--set", "train.device='cpu'"]
+    for module in ("encoder", "find", "describe", "measure"):
+        sets += ["--set", f"modules.{module}.max_epochs={epochs}", "--set", f"modules.{module}.patience={epochs + 1}"]
+    common = ["--recipe", "nmn-typed", "--data", str(data), "--workdir", str(work), "--device", "cpu", *sets]
+    recipe = Recipe.load("nmn-typed", [s for s in sets if s != "--set"] + [f"data.source='{data}'"])
+    stages = {}
+    for job in make_plan(recipe).jobs:
+        if job.kind == "assemble" and not assemble:
+            continue
+        command = [MODTRAIN, job.kind, *([job.module] if job.module else []), *common]
+        if job.kind == "cache":
+            command.append("--allow-untrusted")  # a growth benchmark: the trust check is not what is measured
+        stages[job.name] = stage(command, root)
+        print(f"{label}: {job.name} {stages[job.name]}", file=sys.stderr)
+    return recipe, stages
 
 
 def run_size(factor: int, root: Path, epochs: int, budget: int, backbone: Path | None) -> dict:
@@ -110,31 +150,11 @@ def run_size(factor: int, root: Path, epochs: int, budget: int, backbone: Path |
     shutil.rmtree(root, ignore_errors=True)
     root.mkdir(parents=True)
     counts = {k: v * factor if k != "questions_per_image" else v for k, v in BASE.items()}
-    stages = {"data generate": stage([MODTRAIN, "data", "generate", str(data), "--images", str(counts["images"]),
-                                      "--val-images", str(counts["val_images"]), "--test-images",
-                                      str(counts["test_images"]), "--families", "no-relate", "--balance-depth", "none"],
-                                     root)}
-    pretrain = None
-    if backbone is not None:  # pretrained once: the features stage is extraction alone
-        (data / "features").mkdir(parents=True, exist_ok=True)
-        for suffix in (".pt", ".json"):
-            shutil.copy(backbone.with_suffix(suffix), data / "features" / f"clevr-cnn{suffix}")
-    stages["data features"] = stage([MODTRAIN, "data", "features", str(data), "--device", "cpu"], root)
-    if backbone is None:
-        pretrain = stages["data features"]
+    stages = make_data(data, root, counts["images"], counts["val_images"], counts["test_images"], backbone)
+    pretrain = stages["data features"] if backbone is None else None
     stages["data prepare"] = stage([MODTRAIN, "data", "prepare", str(data)], root)
-    sets = ["--set", f"train.max_epochs={epochs}", "--set", f"train.patience={epochs + 1}",
-            "--set", f"data.in_memory_bytes={budget}", "--set", "train.device='cpu'"]
-    for module in ("encoder", "find", "describe", "measure"):
-        sets += ["--set", f"modules.{module}.max_epochs={epochs}", "--set", f"modules.{module}.patience={epochs + 1}"]
-    common = ["--recipe", "nmn-typed", "--data", str(data), "--workdir", str(work), "--device", "cpu", *sets]
-    recipe = Recipe.load("nmn-typed", [s for s in sets if s != "--set"] + [f"data.source='{data}'"])
-    for job in make_plan(recipe).jobs:
-        command = [MODTRAIN, job.kind, *([job.module] if job.module else []), *common]
-        if job.kind == "cache":
-            command.append("--allow-untrusted")  # a growth benchmark: the trust check is not what is measured
-        stages[job.name] = stage(command, root)
-        print(f"{factor}×: {job.name} {stages[job.name]}", file=sys.stderr)
+    recipe, jobs = train_jobs(data, work, root, epochs, budget, f"{factor}×")
+    stages.update(jobs)
     workdir = Workdir(work, data)
     questions = len(PreparedData(data).split("train"))
     return {"factor": factor, "questions": questions, "images": counts, "stages": stages,
@@ -153,12 +173,11 @@ def data_path_rates(workdir: Workdir, recipe: Recipe, budget: int, in_memory: in
         train_rate = load_card(workdir.modules, module)["timings"]["samples_per_second"]
         row = {"training_samples_per_second": train_rate}
         for label, bytes_ in (("budget", budget), ("default_budget", default)):
-            rate = data_path_rate(workdir, recipe.with_overrides([f"data.in_memory_bytes={bytes_}"]), module)
+            rate, order = data_path_rate(workdir, recipe.with_overrides([f"data.in_memory_bytes={bytes_}"]), module)
             row[f"data_path_samples_per_second ({label})"] = round(rate, 1)
             row[f"ratio ({label})"] = round(rate / train_rate, 2)
-        budgeted = recipe.with_overrides([f"data.in_memory_bytes={budget}"])
-        order = Job.for_module(workdir, budgeted, module, torch.device("cpu")).key.get("order")
-        row["order (budget)"] = order or "uniform"
+            if label == "budget":
+                row["order (budget)"] = order or "uniform"
         row["streamed / in memory"] = round(row["data_path_samples_per_second (budget)"]
                                             / row["data_path_samples_per_second (default_budget)"], 3)
         rates[module] = row
@@ -223,7 +242,8 @@ def main() -> None:
     parser.add_argument("--workdir", default="runs/bench-scale")
     parser.add_argument("--factors", default="1,4,16")
     parser.add_argument("--epochs", type=int, default=3)
-    parser.add_argument("--budget", type=int, default=64 << 20, help="data.in_memory_bytes for every job")
+    parser.add_argument("--budget", type=int, default=None,
+                        help="data.in_memory_bytes for every job (default 64 MiB; 1 GiB with --features resnet-shape)")
     parser.add_argument("--features", choices=("clevr-cnn", "resnet-shape"), default="clevr-cnn",
                         help="resnet-shape: the CLEVR-size data path run alone (--images, over a 1 GiB budget), "
                              "written into --out's 'resnet_shape' (the rest of it kept)")
@@ -237,19 +257,15 @@ def main() -> None:
     if args.data_path_only:
         return remeasure_data_paths(Path(args.out), Path(args.workdir).resolve())
     if args.find_memory:
-        import json
-
         out = Path(args.out)
         result = json.loads(out.read_text())
         result.pop("machine", None)
         result["find_memory_16x"] = find_memory(Path(args.workdir).resolve(), result["in_memory_bytes"])
         return write_result(out, result)
     if args.features == "resnet-shape":
-        import json
-
         root = Path(args.workdir).resolve()
         kept = root / "clevr-cnn.pt"
-        budget = 1 << 30 if args.budget == 64 << 20 else args.budget
+        budget = args.budget or 1 << 30
         run = resnet_shape_run(root / "resnet-shape", args.images, budget, kept if kept.exists() else None)
         out = Path(args.out)
         result = json.loads(out.read_text()) if out.exists() else {"benchmark": "scale"}
@@ -263,6 +279,7 @@ def main() -> None:
         result["targets"]["resnet-shape: streamed data path >= 10x the training rate"] = {
             "value": ratios, "met": all(v >= 10 for v in ratios.values())}
         return write_result(out, result)
+    args.budget = args.budget or 64 << 20
     factors = [int(f) for f in args.factors.split(",")]
     root = Path(args.workdir).resolve()
     start = time.perf_counter()
@@ -377,42 +394,21 @@ def resnet_shape_run(root: Path, images: int, budget: int, backbone: Path | None
     data, work = root / "data", root / "work"
     shutil.rmtree(root, ignore_errors=True)
     root.mkdir(parents=True)
-    stages = {"data generate": stage([MODTRAIN, "data", "generate", str(data), "--images", str(images),
-                                      "--val-images", "200", "--test-images", "200", "--families", "no-relate",
-                                      "--balance-depth", "none"], root)}
-    if backbone is not None:
-        (data / "features").mkdir(parents=True, exist_ok=True)
-        for suffix in (".pt", ".json"):
-            shutil.copy(backbone.with_suffix(suffix), data / "features" / f"clevr-cnn{suffix}")
-    stages["data features"] = stage([MODTRAIN, "data", "features", str(data), "--device", "cpu"], root)
+    stages = make_data(data, root, images, 200, 200, backbone)
     start = time.perf_counter()
     files = resnet_shape_features(data)
     stages["resnet-shape projection"] = {"seconds": round(time.perf_counter() - start, 2)}
     stages["data prepare"] = stage([MODTRAIN, "data", "prepare", str(data)], root)
-    sets = ["--set", "train.max_epochs=1", "--set", "train.patience=2", "--set", f"data.in_memory_bytes={budget}",
-            "--set", "train.device='cpu'"]
-    for module in ("encoder", "find", "describe", "measure"):
-        sets += ["--set", f"modules.{module}.max_epochs=1", "--set", f"modules.{module}.patience=2"]
-    common = ["--recipe", "nmn-typed", "--data", str(data), "--workdir", str(work), "--device", "cpu", *sets]
-    recipe = Recipe.load("nmn-typed", [s for s in sets if s != "--set"] + [f"data.source='{data}'"])
-    for job in make_plan(recipe).jobs:
-        if job.kind == "assemble":
-            continue
-        command = [MODTRAIN, job.kind, *([job.module] if job.module else []), *common]
-        if job.kind == "cache":
-            command.append("--allow-untrusted")
-        stages[job.name] = stage(command, root)
-        print(f"resnet-shape: {job.name} {stages[job.name]}", file=sys.stderr)
+    recipe, jobs = train_jobs(data, work, root, 1, budget, "resnet-shape", assemble=False)
+    stages.update(jobs)
     workdir = Workdir(work, data)
     prepared = PreparedData(data)
     in_memory = 64 << 30
     paths = data_path_rates(workdir, recipe, budget, in_memory)
-    caches = {}
-    for split in ("train",):
-        streamed, held = sweep_rate(prepared.split(split), budget), sweep_rate(prepared.split(split), in_memory)
-        caches[split] = {"data_path_samples_per_second (budget)": round(streamed, 1),
-                         "data_path_samples_per_second (in memory)": round(held, 1),
-                         "streamed / in memory": round(streamed / held, 3)}
+    streamed, held = sweep_rate(prepared.split("train"), budget), sweep_rate(prepared.split("train"), in_memory)
+    caches = {"train": {"data_path_samples_per_second (budget)": round(streamed, 1),
+                        "data_path_samples_per_second (in memory)": round(held, 1),
+                        "streamed / in memory": round(streamed / held, 3)}}
     questions = len(prepared.split("train"))
     floor = {m: round(CLEVR_TRAIN_QUESTIONS / r["data_path_samples_per_second (budget)"], 1) for m, r in paths.items()}
     return {"images": images, "questions": questions, "feature_shape": list(RESNET_SHAPE), "dtype": "float16",
@@ -461,8 +457,6 @@ def streamed_target(sizes: list[dict]) -> dict:
 
 
 def remeasure_data_paths(out: Path, root: Path) -> None:
-    import json
-
     result = json.loads(out.read_text())
     result.pop("machine", None)
     for size in result["sizes"]:

@@ -27,7 +27,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from common import paired_verdict, write_result  # noqa: E402
 
-from modtrain.data import H5Rows, PreparedData  # noqa: E402
+from modtrain.data import PreparedData  # noqa: E402
 from modtrain.job import Job  # noqa: E402
 from modtrain.pipeline import ensure_data, run_pipeline  # noqa: E402
 from modtrain.recipe import Recipe  # noqa: E402
@@ -63,7 +63,7 @@ def main() -> None:
     root = Path(args.workdir).resolve()
     recipe = Recipe.load("nmn-typed", [f"data.images={args.images}", "train.device='cpu'"])
     data = ensure_data(recipe, Workdir.for_recipe(recipe, root / "data"), CPU, say).root
-    features = H5Rows(PreparedData(data).split("train").features_path, "features")
+    features = PreparedData(data).split("train").features()
     chunks = -(-len(features) // features.chunk_rows)
     if features.nbytes <= args.budget:
         raise SystemExit(f"the training features ({features.nbytes} bytes) fit the budget: nothing streams")

@@ -131,8 +131,7 @@ def test_read_ahead_reads_each_window_once_and_serves_its_batches_from_memory(ro
 
 
 def test_read_ahead_lets_go_of_its_window_when_training_stops(rows_file):
-    source = H5Rows(path := rows_file[0], "features", in_memory_bytes=0)
-    assert path.exists()
+    source = H5Rows(rows_file[0], "features", in_memory_bytes=0)
     units = window_batches(np.arange(200), np.arange(200) // CHUNK, 16, 0, 1, window=5)
     batches = iter(ReadAhead(units, lambda r: [(source, r)]))
     next(batches)
