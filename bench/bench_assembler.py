@@ -1,15 +1,20 @@
 """Where the batched assembler's time goes, on trained workdirs (issue: scale, part two, item 3).
 
-For each workdir, on its whole val split (questions with a layout), one process, every rate the
-best of 3 warm runs:
-- the per-sample reference (``Executor.run_reference``) and the batched executor in val order
-  and in shape order (what ``assemble`` feeds it: questions sorted by layout shape), at batch
-  sizes 512 (``assemble``'s), 2048 and the whole split; and in shape order at 512 with find's
-  rows gathered as before ``Find.rows_forward`` (the A/B of that change);
-- bf16 autocast on the CPU (shape order, 512): its rate, how many answers differ from float32's
-  and the val accuracy of both (root answer combined with the encoder's prior, as ``assemble`` does);
+For each workdir, on its whole val split (questions with a layout), one process:
+- the target: the per-sample reference (``Executor.run_reference``) against the batched executor
+  as ``assemble`` runs it (questions sorted by layout shape, batch 512), the two taken in turn,
+  each the best of 10 (``interleaved``: this machine's speed drifts over tens of seconds, and
+  back-to-back repeats would set one phase against another); five rounds of that
+  (``--rounds``): the speedup is their mean, with a 95% interval, and a target is met only when
+  the interval's low end clears it;
+- every configuration in turn, one round: val order (the order the other benchmarks feed it)
+  and shape order, at batch sizes 512, 2048 and the whole split, and bf16 autocast on the CPU
+  (shape order, 512): its rate, how many answers differ from float32's and the val accuracy of
+  both (root answer combined with the encoder's prior, as ``assemble`` does);
 - a cProfile of the batched run (shape order, 512): the share of its time in feature gathers
   (``index_select``), in module code and in the executor's own Python.
+
+``--quick``: the target's measurement only (an A/B of two versions of the code, run in turn).
 
     python bench/bench_assembler.py runs/bench-clevr runs/bench-modular    # after make bench
     modtrain run --recipe nmn-clevr --workdir runs/asm-clevr               # or any trained workdir
@@ -18,8 +23,8 @@ best of 3 warm runs:
 from __future__ import annotations
 
 import argparse
-import contextlib
 import cProfile
+import functools
 import pstats
 import sys
 import time
@@ -29,34 +34,40 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_modular import best_of  # noqa: E402
-from common import write_result  # noqa: E402
+from common import verdict, write_result  # noqa: E402
 
 from modtrain.assemble import load_assembly  # noqa: E402
 from modtrain.data import PreparedData  # noqa: E402
 from modtrain.recipe import Recipe  # noqa: E402
 from modtrain.registry import reads_features, run_prior  # noqa: E402
+from modtrain.reports.depth import interval  # noqa: E402
 from modtrain.workdir import Workdir  # noqa: E402
 
 CPU = torch.device("cpu")
+REPEATS = 10  # every rate the best of this many warm runs (this machine's timings vary run to run)
 
 
 def batched(executor, layouts, features, batch_size: int) -> torch.Tensor:
+    """As ``assemble`` runs the executor: batch after batch."""
     return torch.cat([executor.run(layouts[b:b + batch_size], features[b:b + batch_size])
                       for b in range(0, len(layouts), batch_size)])
 
 
-@contextlib.contextmanager
-def gathered_find():
-    """find without ``rows_forward``: the executor gathers its rows' features and calls it."""
-    from modtrain.modules.find import Find
+def bf16(executor, layouts, features) -> torch.Tensor:
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        return batched(executor, layouts, features, 512)
 
-    saved = Find.rows_forward
-    Find.rows_forward = lambda self, features, rows, instance: None
-    try:
-        yield
-    finally:
-        Find.rows_forward = saved
+
+def interleaved(runs: dict, repeats: int) -> dict[str, float]:
+    """Each run's best time in seconds, the runs taken in turn ``repeats`` times: this machine's
+    speed drifts over tens of seconds, and back-to-back repeats would set one phase against another."""
+    best = dict.fromkeys(runs, float("inf"))
+    for _ in range(repeats):
+        for name, run in runs.items():
+            start = time.perf_counter()
+            run()
+            best[name] = min(best[name], time.perf_counter() - start)
+    return best
 
 
 def profile_shares(executor, layouts, features) -> dict:
@@ -76,7 +87,7 @@ def profile_shares(executor, layouts, features) -> dict:
             "other_torch_ops": round(torch_ops / total, 3)}
 
 
-def measure(root: Path) -> dict:
+def measure(root: Path, rounds: int, quick: bool = False) -> dict:
     recipe = Recipe.load(root / "recipe.toml")
     workdir = Workdir.for_recipe(recipe, root)
     data = PreparedData(workdir.data)
@@ -95,35 +106,42 @@ def measure(root: Path) -> dict:
         layouts, features = inputs(rows)
         sorted_layouts, sorted_features = inputs(by_shape)
         batched(executor, layouts, features, len(layouts))  # every shape compiled
-        reference = len(rows) / best_of(3, lambda: executor.run_reference(layouts, features))
-        out["per_sample_questions_per_second"] = round(reference, 1)
-        rates = {}
+        reference = functools.partial(executor.run_reference, layouts, features)
+        as_assembled = functools.partial(batched, executor, sorted_layouts, sorted_features, 512)
+        # the target: the reference and the assembler's configuration alone, in turn, per round
+        pair = [interleaved({"per-sample": reference, "batched": as_assembled}, REPEATS) for _ in range(rounds)]
+        speedups = interval([r["per-sample"] / r["batched"] for r in pair])
+        out["target_pair"] = {
+            "per_sample_questions_per_second": [round(len(rows) / r["per-sample"], 1) for r in pair],
+            "batched_questions_per_second": [round(len(rows) / r["batched"], 1) for r in pair],
+            "speedup": round(speedups["mean"], 1), "speedup_by_round": [round(v, 1) for v in speedups["values"]],
+            "interval": None if speedups["interval"] is None else [round(v, 1) for v in speedups["interval"]]}
+        if quick:
+            return out
+        # every configuration, one round in turn: what order, batch size and bf16 change
+        runs = {"per-sample": reference}
         for batch_size in (512, 2048, len(rows)):
             for order, (lay, feats) in (("val order", (layouts, features)),
                                         ("shape order", (sorted_layouts, sorted_features))):
-                rate = len(rows) / best_of(3, lambda: batched(executor, lay, feats, batch_size))
-                rates[f"{order}, batch {batch_size}"] = {"questions_per_second": round(rate, 1),
-                                                         "speedup": round(rate / reference, 1)}
-        with gathered_find():  # the executor before find read its rows in place: the A/B, same process
-            rate = len(rows) / best_of(3, lambda: batched(executor, sorted_layouts, sorted_features, 512))
-        rates["shape order, batch 512, find's rows gathered"] = {"questions_per_second": round(rate, 1),
-                                                                  "speedup": round(rate / reference, 1)}
-        out["batched"] = rates
-        out["shape_order_over_val_order (512)"] = round(rates["shape order, batch 512"]["questions_per_second"]
-                                                        / rates["val order, batch 512"]["questions_per_second"], 2)
+                runs[f"{order}, batch {batch_size}"] = functools.partial(batched, executor, lay, feats, batch_size)
+        runs["bf16"] = functools.partial(bf16, executor, sorted_layouts, sorted_features)
+        rates = {name: len(rows) / s for name, s in interleaved(runs, REPEATS).items()}
+        out["per_sample_questions_per_second"] = round(rates["per-sample"], 1)
+        out["batched"] = {name: {"questions_per_second": round(rate, 1),
+                                 "speedup": round(rate / rates["per-sample"], 1)}
+                          for name, rate in rates.items() if name not in ("per-sample", "bf16")}
+        out["shape_order_over_val_order (512)"] = round(
+            rates["shape order, batch 512"] / rates["val order, batch 512"], 2)
         # bf16 autocast, at equal accuracy?
         tokens = torch.from_numpy(split.tokens[by_shape]).long()
         lengths = torch.from_numpy(split.lengths[by_shape]).long()
         prior = run_prior(encoder, tokens, lengths, sorted_features if reads_features(encoder) else None)
         answers = split.answer[by_shape]
         full = executor.interface.combine(batched(executor, sorted_layouts, sorted_features, 512), prior).argmax(1)
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            rate = len(rows) / best_of(3, lambda: batched(executor, sorted_layouts, sorted_features, 512))
-            low = executor.interface.combine(batched(executor, sorted_layouts, sorted_features, 512).float(),
-                                             prior).argmax(1)
+        low = executor.interface.combine(bf16(executor, sorted_layouts, sorted_features).float(), prior).argmax(1)
         out["bf16_autocast"] = {
-            "questions_per_second": round(rate, 1),
-            "vs_float32": round(rate / rates["shape order, batch 512"]["questions_per_second"], 3),
+            "questions_per_second": round(rates["bf16"], 1),
+            "vs_float32": round(rates["bf16"] / rates["shape order, batch 512"], 3),
             "answers_differing": int((full != low).sum()),
             "val_accuracy_float32": round(float((full.numpy() == answers).mean()), 4),
             "val_accuracy_bf16": round(float((low.numpy() == answers).mean()), 4)}
@@ -135,15 +153,21 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("workdirs", nargs="+", help="trained workdirs (their recipe.toml and modules)")
     parser.add_argument("--out", default="bench/results/assembler.json")
+    parser.add_argument("--rounds", type=int, default=5,
+                        help="rounds of the target's measurement: its interval is over them")
+    parser.add_argument("--quick", action="store_true", help="the targets' measurement only")
     args = parser.parse_args()
     start = time.perf_counter()
-    runs = {str(w): measure(Path(w)) for w in args.workdirs}
+    runs = {str(w): measure(Path(w), args.rounds, args.quick) for w in args.workdirs}
     goals = {"nmn-clevr": 20, "nmn-typed": 50}  # every program; the four-module NMN
-    targets = {f"{run['recipe']} batched >= {goals[run['recipe']]}x per-sample (as assemble runs it: shape "
-               f"order, batch 512)": {"value": run["batched"]["shape order, batch 512"]["speedup"],
-                                      "met": run["batched"]["shape order, batch 512"]["speedup"]
-                                      >= goals[run["recipe"]]}
-               for run in runs.values() if run["recipe"] in goals}
+    targets = {}
+    for run in runs.values():
+        if run["recipe"] not in goals:
+            continue
+        pair = run["target_pair"]
+        targets[f"{run['recipe']} batched >= {goals[run['recipe']]}x per-sample (as assemble runs it: shape "
+                f"order, batch 512)"] = {"value": pair["speedup"], "interval": pair["interval"],
+                                         "verdict": verdict(pair, goals[run["recipe"]])}
     write_result(Path(args.out), {"benchmark": "assembler", "targets": targets, "runs": runs,
                                   "wall_seconds": round(time.perf_counter() - start, 1)})
 

@@ -10,10 +10,11 @@ computed (a frozen subtree's output read from its virtual dataset); see ``Given`
 """
 from __future__ import annotations
 
-import functools
 from collections import defaultdict
 from dataclasses import dataclass
+from typing import NamedTuple
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -73,6 +74,7 @@ class Executor:
         self.interface = interface
         self.attention_mode = attention_mode
         self._compiled: dict[str, tuple[_Node, int]] = {}
+        self._nodes: dict[int, list[_Node]] = {}  # a compiled tree's nodes
         self._ids: dict[str, list[int]] = {}
 
     # -- type checking -------------------------------------------------------------------------
@@ -115,7 +117,13 @@ class Executor:
         key = layout.shape()
         if key not in self._compiled:
             slots = [0]
-            self._compiled[key] = (self._compile(layout, layout, slots), slots[0])
+            tree = self._compile(layout, layout, slots)
+            self._compiled[key] = (tree, slots[0])
+            nodes, stack = [], [tree]  # every node, parents before children
+            while stack:
+                nodes.append(stack.pop())
+                stack.extend(nodes[-1].children)
+            self._nodes[id(tree)] = nodes
         return self._compiled[key]
 
     def _instance_ids(self, layout: Layout) -> list[int]:
@@ -133,7 +141,9 @@ class Executor:
         Questions are grouped by shape; then the calls of all groups run level by level
         (leaves first), one call per module and level, each on the concatenated rows of
         every group that needs it. A batch of many shapes thus costs a handful of module
-        calls rather than one per node of every shape.
+        calls rather than one per node of every shape. Where each node's rows lie in its call's
+        output is planned first, on integers, so that a call gathers its inputs in one index
+        per input however many nodes it serves (bench/results/assembler.json).
         """
         by_shape: dict[str, list[int]] = defaultdict(list)
         for i, layout in enumerate(layouts):
@@ -142,58 +152,55 @@ class Executor:
             raise ModtrainError("no layouts to run")
         batch = {Features.name: features, **{self.modules[name].source.name: v for name, v in (given or {}).items()}}
         device = next(v.device for v in batch.values() if v is not None)
-        levels: dict[int, dict[str, list]] = defaultdict(lambda: defaultdict(list))
+        levels: dict[int, dict[str, list[_Member]]] = defaultdict(lambda: defaultdict(list))
         roots = []
         for rows in by_shape.values():
             tree, n_slots = self._compiled_shape(layouts[rows[0]])
-            ids = torch.tensor([self._instance_ids(layouts[r]) for r in rows], dtype=torch.long,
-                               device=device).view(len(rows), n_slots)
-            index = torch.tensor(rows, device=device)
+            ids = np.array([self._instance_ids(layouts[r]) for r in rows], dtype=np.int64).reshape(len(rows), n_slots)
+            index = np.array(rows, dtype=np.int64)
             roots.append((tree, index))
-            stack = [tree]
-            while stack:
-                node = stack.pop()
-                levels[node.height][node.module].append((node, index, ids))
-                stack.extend(node.children)
-        outputs: dict[int, torch.Tensor] = {}
+            for node in self._nodes[id(tree)]:
+                levels[node.height][node.module].append(_Member(node, index, ids))
+        calls: list[tuple[str, list[_Member]]] = []
+        where: dict[int, tuple[int, int]] = {}  # node → (its call, where its rows start in the call's output)
         for height in sorted(levels):
-            for name, calls in levels[height].items():
-                self._call(name, calls, batch, outputs)
-        out = None
-        for tree, index in roots:
-            result = outputs[id(tree)]
-            if out is None:
-                out = result.new_empty((len(layouts), *result.shape[1:]))
-            out[index] = result
-        return out
+            for name, members in levels[height].items():
+                offset = 0
+                for member in members:
+                    where[id(member.node)] = (len(calls), offset)
+                    offset += len(member.rows)
+                calls.append((name, members))
+        outputs: list[torch.Tensor] = []
+        for name, members in calls:
+            outputs.append(self._call(name, members, batch, outputs, where, device))
+        # every root's value, in the order of the questions
+        return _gather(outputs, [(where[id(tree)], index) for tree, index in roots], len(layouts), device)
 
-    def _call(self, name: str, calls: list[tuple[_Node, torch.Tensor, torch.Tensor]],
-              batch: dict[str, torch.Tensor | None], outputs: dict[int, torch.Tensor]) -> None:
-        """One module call for every node in ``calls``, on their concatenated rows."""
+    def _call(self, name: str, members: list["_Member"], batch: dict[str, torch.Tensor | None],
+              outputs: list[torch.Tensor], where: dict[int, tuple[int, int]], device: torch.device) -> torch.Tensor:
+        """One module call for every node in ``members``, on their concatenated rows."""
         module = self.modules[name]
         inputs, _ = module.signature()
-        rows = torch.cat([index for _, index, _ in calls])
-        batch_features = functools.cache(lambda: _rows(batch, Features, rows))
-        instance = (torch.cat([ids[:, node.slot] for node, _, ids in calls]) if calls[0][0].slot is not None
-                    else None)
-        result = None
+        rows = torch.from_numpy(np.concatenate([m.rows for m in members])).to(device)
+        first = members[0].node
+        instance = (torch.from_numpy(np.concatenate([m.ids[:, m.node.slot] for m in members])).to(device)
+                    if first.slot is not None else None)
         if inputs == (Features,) and instance is not None and hasattr(module, "rows_forward"):
             # the rows' features are not copied (find in evaluation: bench/results/assembler.json)
             result = module.rows_forward(batch[Features.name], rows, instance)
-        if result is None:
-            args, k = [], 0
-            for t in inputs:
-                if t.from_dataset:
-                    args.append(batch_features() if t is Features else _rows(batch, t, rows))
-                    continue
-                first = calls[0][0]
-                value = torch.cat([outputs[id(node.children[k])] for node, _, _ in calls])
-                args.append(self.interface.convert(value, first.children[k].output, first.inputs[k], batch_features,
-                                                   self.attention_mode))
-                k += 1
-            result = module(*args, instance=instance) if instance is not None else module(*args)
-        for (node, _, _), part in zip(calls, result.split([len(index) for _, index, _ in calls])):
-            outputs[id(node)] = part
+            if result is not None:
+                return result
+        args, k = [], 0
+        for t in inputs:
+            if t.from_dataset:
+                args.append(_rows(batch, t, rows))
+                continue
+            value = _gather(outputs, [(where[id(m.node.children[k])], m.rows) for m in members], None, device)
+            # attention → attended reads the batch's features in place (bench/results/assembler.json)
+            args.append(self.interface.convert(value, first.children[k].output, first.inputs[k],
+                                               lambda: _whole(batch, Features), self.attention_mode, rows))
+            k += 1
+        return module(*args, instance=instance) if instance is not None else module(*args)
 
     def trace(self, layout: Layout, features: torch.Tensor) -> list[tuple[Layout, DataType, torch.Tensor]]:
         """Every call's output for one question (``features`` of one image), children first."""
@@ -227,8 +234,50 @@ class Executor:
         return torch.cat([self.trace(layout, features[i:i + 1])[-1][2] for i, layout in enumerate(layouts)])
 
 
-def _rows(batch: dict[str, torch.Tensor | None], data_type: DataType, rows: torch.Tensor) -> torch.Tensor:
+class _Member(NamedTuple):
+    """A node of one shape group, in a module call: the group's questions and instance ids."""
+    node: _Node
+    rows: np.ndarray   # the group's rows of the batch
+    ids: np.ndarray    # (rows, slots): each row's instance ids
+
+
+def _gather(outputs: list[torch.Tensor], parts: list[tuple[tuple[int, int], np.ndarray]],
+            size: int | None, device: torch.device) -> torch.Tensor:
+    """Values spread over calls' outputs, as one tensor: ``parts`` are ((call, start), rows) —
+    ``len(rows)`` values from ``outputs[call][start:]``. In the order of the parts (``size`` None),
+    or placed at ``rows`` of a tensor of ``size`` rows. One slice or one index, never one op per part."""
+    sources: dict[int, int] = {}  # call → where its output starts in the concatenation
+    base = 0
+    starts = np.empty(len(parts), dtype=np.int64)
+    lengths = np.empty(len(parts), dtype=np.int64)
+    for j, ((call, start), rows) in enumerate(parts):
+        if call not in sources:
+            sources[call] = base
+            base += len(outputs[call])
+        starts[j] = sources[call] + start
+        lengths[j] = len(rows)
+    source = outputs[call] if len(sources) == 1 else torch.cat([outputs[c] for c in sources])
+    ends = starts + lengths
+    if size is None and (starts[1:] == ends[:-1]).all():  # one contiguous run
+        return source[starts[0]:ends[-1]]
+    # part j's values are starts[j], starts[j] + 1, ...: one arange, shifted per part
+    before = np.cumsum(lengths) - lengths  # where part j's values go
+    index = np.arange(before[-1] + lengths[-1], dtype=np.int64) + np.repeat(starts - before, lengths)
+    if size is not None:
+        placed = np.empty(size, dtype=np.int64)
+        placed[np.concatenate([rows for _, rows in parts])] = index
+        if len(source) == size and (placed == np.arange(size)).all():
+            return source
+        index = placed
+    return source.index_select(0, torch.from_numpy(index).to(device))
+
+
+def _whole(batch: dict[str, torch.Tensor | None], data_type: DataType) -> torch.Tensor:
     values = batch.get(data_type.name)
     if values is None:
         raise ModtrainError(f"a layout reads {data_type}, but none was given with the batch")
-    return values.index_select(0, rows)
+    return values
+
+
+def _rows(batch: dict[str, torch.Tensor | None], data_type: DataType, rows: torch.Tensor) -> torch.Tensor:
+    return _whole(batch, data_type).index_select(0, rows)

@@ -78,13 +78,15 @@ ATTENTION = "Attention"
 ANSWER = "Answer"
 
 
-def attend(features: torch.Tensor, attention: torch.Tensor, mode: str = "weighted") -> torch.Tensor:
+def attend(features: torch.Tensor, attention: torch.Tensor, mode: str = "weighted",
+           rows: torch.Tensor | None = None) -> torch.Tensor:
     """Attended vector (B, C): features averaged with the attention as weights.
 
     ``weighted``: Σ a·f / Σ a (the original NMN's weighted average); ``softmax``: weights
-    softmax(a) over locations (paper §5.5 searches over both).
+    softmax(a) over locations (paper §5.5 searches over both). With ``rows``, attention ``i`` is
+    over ``features[rows[i]]``, read in place rather than gathered (``bmm_rows``), bit for bit
+    the same vectors.
     """
-    flat_features = features.flatten(2)           # B, C, HW
     flat_attention = attention.flatten(1)         # B, HW
     if mode == "softmax":
         weights = torch.softmax(flat_attention, dim=1)
@@ -92,7 +94,51 @@ def attend(features: torch.Tensor, attention: torch.Tensor, mode: str = "weighte
         weights = flat_attention / (flat_attention.sum(1, keepdim=True) + 1e-6)
     else:
         raise ModtrainError(f"unknown attention mode {mode!r}; valid: weighted, softmax")
-    return torch.bmm(flat_features, weights.unsqueeze(2)).squeeze(2)
+    if rows is None:
+        return torch.bmm(features.flatten(2), weights.unsqueeze(2)).squeeze(2)
+    return bmm_rows(features.flatten(2), rows, right=weights.unsqueeze(2)).squeeze(2)
+
+
+def bmm_rows(flat: torch.Tensor, rows: torch.Tensor, left: torch.Tensor | None = None,
+             right: torch.Tensor | None = None) -> torch.Tensor:
+    """``bmm(left, flat[rows])`` or ``bmm(flat[rows], right)`` (give one), without copying
+    ``flat[rows]`` where reading the rows in place is cheaper.
+
+    A module call's rows repeat (``and(find[a], find[b])`` runs find twice on its row) and need
+    not cover the batch. The k-th occurrences of the rows are one product each: in place, one
+    bmm over the whole batch with zero operands for the rows without a k-th occurrence, when
+    they are at least half of the batch; else a bmm on their gathered rows. Either way each
+    row's product is computed alone by the same kernel, so the result is bit for bit ``bmm`` on
+    the gathered rows (tests/test_types.py).
+    """
+    operand = left if left is not None else right
+    n, count = flat.shape[0], len(rows)
+    counts = torch.bincount(rows, minlength=n)
+    if count == 0 or int(counts.max()) == 1:
+        occurrences = [(None, rows)]
+    else:  # slot[i]: how many times rows[i] occurred before position i
+        order = torch.argsort(rows, stable=True)
+        slot = torch.empty_like(rows)
+        slot[order] = torch.arange(count, device=rows.device) - (torch.cumsum(counts, 0) - counts)[rows[order]]
+        by_slot = torch.argsort(slot, stable=True)
+        occurrences = [(mine, rows[mine]) for mine in by_slot.split(torch.bincount(slot).tolist())]
+    out = None
+    for mine, at in occurrences:
+        mine_operand = operand if mine is None else operand[mine]
+        if n <= 2 * len(at):
+            padded = operand.new_zeros(n, *operand.shape[1:])
+            padded[at] = mine_operand
+            product = torch.bmm(padded, flat) if left is not None else torch.bmm(flat, padded)
+            part = product.index_select(0, at)
+        else:
+            gathered = flat.index_select(0, at)
+            part = torch.bmm(mine_operand, gathered) if left is not None else torch.bmm(gathered, mine_operand)
+        if mine is None:
+            return part
+        if out is None:  # in the product's dtype (bf16 under autocast)
+            out = part.new_empty(count, *part.shape[1:])
+        out[mine] = part
+    return out
 
 
 @dataclass(frozen=True)
@@ -119,13 +165,14 @@ class Interface:
             target is Probabilities and source is AnswerLogits)
 
     def convert(self, value: torch.Tensor, source: DataType, target: DataType, features: Callable[[], torch.Tensor],
-                mode: str = "weighted") -> torch.Tensor:
+                mode: str = "weighted", rows: torch.Tensor | None = None) -> torch.Tensor:
         """``value`` of type ``source`` as an input of type ``target`` reads it; ``features`` gives
-        the rows' features, asked for only when the conversion needs them (attention → attended)."""
+        the rows' features, asked for only when the conversion needs them (attention → attended);
+        with ``rows``, it gives the whole batch's and value ``i`` is about row ``rows[i]``."""
         if source is target:
             return value
         if target is Attended:
-            return attend(features(), value, mode)
+            return attend(features(), value, mode, rows)
         if target is Probabilities:
             return Probabilities.constrain(value)
         raise TypeCheckError(f"no conversion from {source} to {target}")

@@ -54,40 +54,37 @@ class Find(NMNModule):
 
     def rows_forward(self, features: torch.Tensor, rows: torch.Tensor, instance: torch.Tensor) -> torch.Tensor | None:
         """``forward(features[rows], instance)`` without copying ``features[rows]``, in evaluation
-        (the executor asks first; None: not here, gather and call ``forward``). A layout such as
-        ``and(find[a], find[b])`` runs find twice on each of its rows, and gathering their
-        features was the assembler's largest copy (bench/results/assembler.json): instead the k-th
-        finds of every row are one batched product on the features as they lie."""
+        (the executor asks first; None: not here, gather and call ``forward``). A layout runs
+        find on its row once per filter, several times a question on CLEVR's programs. So in
+        evaluation find computes every instance's map of each row once, and each call picks its
+        own (bench/results/assembler.json): bit for bit what ``forward`` gives on the gathered
+        rows, whatever else is in the batch (a cache of find and find recomputed agree)."""
         if self.cell is not None or self.training:
             return None
-        n, count = features.shape[0], len(rows)
-        order = torch.argsort(rows, stable=True)
-        counts = torch.bincount(rows, minlength=n)
-        slot = torch.empty_like(rows)
-        slot[order] = torch.arange(count, device=rows.device) - (torch.cumsum(counts, 0) - counts)[rows[order]]
-        _, channels, h, w = features.shape
-        flat = features.flatten(2)
-        raw = None
-        # one (1, C) @ (C, HW) product per row and slot, as ``forward`` computes each call: the same
-        # numbers bit for bit, whatever else is in the batch (a cache of find and find recomputed agree)
-        for k in range(int(counts.max())):
-            mine = slot == k
-            weights = features.new_zeros(n, 1, channels)
-            weights[rows[mine], 0] = self.weight[instance[mine]]
-            part = torch.bmm(weights, flat)[rows[mine], 0]
-            if raw is None:  # in the product's dtype (bf16 under autocast)
-                raw = part.new_empty(count, h * w)
-            raw[mine] = part
-        return self._output(raw.view(count, h, w), instance)
+        used, where = torch.unique(rows, return_inverse=True)
+        if 2 * len(used) < len(features):  # few of the batch's rows: compute only theirs
+            features, rows = features.index_select(0, used), where
+        return self._output(self._every_instance(features)[rows, instance], instance)
+
+    def _every_instance(self, features: torch.Tensor) -> torch.Tensor:
+        """(B, instances, H, W): every instance's raw map of every row. One (instances, C) @ (C, HW)
+        product per row, the same for every row and batch size (so a row's bits never depend on
+        the rest of the batch)."""
+        b, channels, h, w = features.shape
+        weight = self.weight.expand(b, *self.weight.shape)
+        return torch.bmm(weight, features.flatten(2)).view(b, -1, h, w)
 
     def forward(self, features: torch.Tensor, instance: torch.Tensor) -> torch.Tensor:
         features = self.dropout(features)
         if self.cell is not None:
             scene = features.new_ones(features.shape[0], *features.shape[2:])
             return self.constrain(self.cell(features, self.embedding(instance), [scene]))
+        b, _, h, w = features.shape
+        if not self.training:  # as rows_forward computes it
+            return self._output(self._every_instance(features)[torch.arange(b, device=instance.device), instance],
+                                instance)
         # (B, 1, C) @ (B, C, HW): one batched matmul on the features as they lie in memory,
         # ~7× faster on a CPU than the equivalent einsum, which copies them to (B, HW, C).
-        b, _, h, w = features.shape
         raw = torch.bmm(self.weight[instance].unsqueeze(1), features.flatten(2)).view(b, h, w)
         return self._output(raw, instance)
 

@@ -48,22 +48,27 @@ class Relate(NMNModule):
                              persistent=False)
 
     def forward(self, attention: torch.Tensor, features: torch.Tensor, instance: torch.Tensor) -> torch.Tensor:
-        b, _, h, w = features.shape
+        b, c, h, w = features.shape
         flat = features.flatten(2)                                           # B, C, HW
         weights = attention.flatten(1)
         weights = weights / (weights.sum(1, keepdim=True) + 1e-6)            # B, HW
         obj = torch.bmm(flat, weights.unsqueeze(2))                          # B, C, 1: the object's features
         position = weights @ self.coords.T                                   # B, 2: its position
-        offset = self.coords.unsqueeze(0) - position.unsqueeze(2)            # B, 2, HW
-        # W1·[f; f⊙obj; offset] computed as (W1_f + W1_obj·diag(obj))·f + W1_offset·offset: the same
-        # hidden layer at half the multiply-adds (measured 2× faster on a CPU).
-        c = flat.shape[1]
-        w1 = self.w1[instance]                                               # B, hidden, 2C+2
-        mixed = w1[:, :, :c] + w1[:, :, c:2 * c] * obj.transpose(1, 2)       # B, hidden, C
-        hidden = torch.relu(torch.bmm(mixed, flat) + torch.bmm(w1[:, :, 2 * c:], offset)
-                            + self.b1[instance].unsqueeze(2))
-        raw = (torch.bmm(self.w2[instance].unsqueeze(1), self.dropout(hidden)).squeeze(1)
-               + self.b2[instance].unsqueeze(1))
+        # hidden = relu(W1·[f; f⊙obj; coords − position] + b1) at every location, computed as
+        # (W1_f + W1_obj·diag(obj))·f + (W1_offset·coords + b1 − W1_offset·position): half the
+        # multiply-adds, and the offset term a per-instance table instead of a product with K = 2
+        # (relate's forward ~30% faster on a CPU than with that product, in an ad-hoc timing).
+        w1_f, w1_obj, w1_offset = (self.w1[:, :, :c].contiguous(), self.w1[:, :, c:2 * c].contiguous(),
+                                   self.w1[:, :, 2 * c:])
+        mixed = torch.addcmul(w1_f.index_select(0, instance), w1_obj.index_select(0, instance),
+                              obj.transpose(1, 2))                           # B, hidden, C
+        shift = (self.b1.index_select(0, instance)
+                 - torch.bmm(w1_offset.index_select(0, instance), position.unsqueeze(2)).squeeze(2))
+        bias = torch.matmul(w1_offset, self.coords).index_select(0, instance)  # B, hidden, HW
+        bias += shift.unsqueeze(2)
+        hidden = torch.baddbmm(bias, mixed, flat).relu_()
+        raw = (torch.bmm(self.w2.index_select(0, instance).unsqueeze(1), self.dropout(hidden)).squeeze(1)
+               + self.b2.index_select(0, instance).unsqueeze(1))
         out = self.constrain(raw.view(b, h, w))
         peak = attention / attention.flatten(1).amax(1).clamp_min(1e-6).view(b, 1, 1)
         keep = torch.where(self.excludes_self[instance].view(b, 1, 1), 1 - peak.clamp(0, 1), torch.ones_like(peak))

@@ -5,6 +5,8 @@ import sys
 import zipfile
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -12,6 +14,7 @@ def _run(code: str, cwd: Path, env=None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-c", code], cwd=cwd, capture_output=True, text=True, env=env)
 
 
+@pytest.mark.slow  # seconds each: the fast loop stays under 30 s on a slower CPU
 def test_import_from_outside_the_checkout(tmp_path):
     result = _run("import importlib.util, modtrain.datasets, modtrain.modules, modtrain.surrogates, modtrain.recipes;"
                   "print(modtrain.datasets.__file__);"
@@ -22,6 +25,7 @@ def test_import_from_outside_the_checkout(tmp_path):
     assert specs == "None None"
 
 
+@pytest.mark.slow  # seconds each: the fast loop stays under 30 s on a slower CPU
 def test_wheel_maps_folders_under_modtrain(tmp_path):
     source = tmp_path / "src"
     shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(".venv", ".git", "runs", "build", "*.egg-info",

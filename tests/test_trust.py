@@ -108,6 +108,7 @@ def test_a_search_scores_an_untrusted_trial_zero():
     assert trial_score(good, variance) == 0.0 and trial_score({**flat, "val_variance": 0.001}, variance) == 0.8
 
 
+@pytest.mark.slow  # seconds each: the fast loop stays under 30 s on a slower CPU
 def test_trust_settings_are_checked_and_the_surrogates_dropout_is_never_searched():
     recipe = Recipe.load("nmn-typed", ["trust.min_gain=0.1", "trust.criterion='variance'"])
     assert recipe.trust.min_gain == 0.1 and recipe.trust.criterion == "variance"

@@ -9,6 +9,7 @@ from modtrain.types import (
     Mask,
     TypeCheckError,
     attend,
+    bmm_rows,
     get_interface,
 )
 
@@ -53,6 +54,40 @@ def test_attend_is_a_weighted_average():
     assert torch.allclose(attend(features, torch.zeros(2, 2, 2), "softmax"), features.flatten(2).mean(2))
     with pytest.raises(ModtrainError, match="valid: weighted, softmax"):
         attend(features, attention, "max")
+
+
+# (rows, whether they are read in place): every row twice in a shuffled order; rows once, some
+# missing; rows that are few of the batch's (gathered: reading the whole batch costs more); every
+# row once, one row twice (its second occurrence gathered)
+ROW_CASES = [([4, 1, 0, 3, 2, 5, 1, 0, 5, 2, 3, 4], True), ([5, 0, 3, 2], True), ([3, 1, 3, 3, 3], False),
+             ([0, 1, 2, 3, 4, 5, 0], False)]
+
+
+@pytest.mark.parametrize("rows, in_place", ROW_CASES)
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_bmm_rows_is_the_product_on_the_gathered_rows_bit_for_bit(rows, in_place, side, monkeypatch):
+    torch.manual_seed(0)
+    flat = torch.randn(6, 5, 7)
+    rows = torch.tensor(rows)
+    operand = torch.randn(len(rows), 1, 5) if side == "left" else torch.randn(len(rows), 7, 1)
+    gathered = flat[rows]
+    expected = torch.bmm(operand, gathered) if side == "left" else torch.bmm(gathered, operand)
+    copies = []
+    index_select = torch.Tensor.index_select
+    monkeypatch.setattr(torch.Tensor, "index_select",
+                        lambda self, *a: copies.append(self.shape == flat.shape) or index_select(self, *a))
+    result = bmm_rows(flat, rows, **{side: operand})
+    assert torch.equal(result, expected)
+    assert any(copies) is not in_place  # the rows' features were copied only when that is cheaper
+
+
+@pytest.mark.parametrize("mode", ["weighted", "softmax"])
+def test_attend_over_rows_equals_attending_the_gathered_features(mode):
+    torch.manual_seed(1)
+    features = torch.randn(4, 3, 2, 2)
+    rows = torch.tensor([2, 0, 2, 1, 3, 0, 1, 3])
+    attention = torch.rand(len(rows), 2, 2)
+    assert torch.equal(attend(features, attention, mode, rows), attend(features[rows], attention, mode))
 
 
 def test_unknown_interface():

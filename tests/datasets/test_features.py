@@ -75,6 +75,7 @@ def test_extract_features_rows_shapes_attrs_and_chunks(tiny_clevr, tmp_path):
     assert not list(tmp_path.glob(".*.tmp"))  # no temp files left behind
 
 
+@pytest.mark.slow  # seconds each: the fast loop stays under 30 s on a slower CPU
 def test_pretraining_learns_attributes_per_location():
     net, metrics = pretrain_clevr_cnn(image_size=64, num_images=300, epochs=4, seed=0)
     acc = metrics["held_out_cell_accuracy"]

@@ -93,6 +93,7 @@ def test_depth_balancer_rule():
     assert 9 not in b.counts  # outside the range: not counted, never the floor
 
 
+@pytest.mark.slow  # seconds each: the fast loop stays under 30 s on a slower CPU
 def test_depth_balanced_split_has_every_depth_about_equally(tmp_path):
     """The nmn-clevr data settings (300 val images, 3-12): ≥ 200 questions at every depth 3..12 of
     val, the depth experiment's evaluation set; unbalanced, depths 11 and 12 have a fraction of that."""

@@ -40,6 +40,39 @@ def test_same_excludes_the_object_itself(interface):
     assert torch.equal(out[~same], unmasked[~same])  # spatial relations are left alone
 
 
+@pytest.mark.parametrize("interface", ["typed", "gradient"])
+def test_relate_is_its_hidden_layer_at_every_location(interface):
+    """relate's factored forward equals the layer it stands for: at location l,
+    w2·relu(W1·[f_l; f_l⊙obj; coords_l − position] + b1) + b2 (then the constraint and same_*'s
+    exclusion), with obj and position the attention-weighted feature and coordinates. Gradients
+    reach every parameter."""
+    from modtrain.modules.relate import coordinates
+
+    torch.manual_seed(0)
+    relate = build_module("relate", interface, DIMS, RELATIONS)
+    with torch.no_grad():
+        for p in relate.parameters():
+            p.normal_()
+    features = torch.randn(5, 6, 4, 5)
+    attention = torch.rand(5, 4, 5)
+    instance = torch.tensor([0, 3, 4, 3, 7])
+    flat = features.flatten(2)
+    weights = attention.flatten(1) / (attention.flatten(1).sum(1, keepdim=True) + 1e-6)
+    obj = torch.einsum("bcl,bl->bc", flat, weights)
+    coords = coordinates(4, 5)
+    offset = coords.unsqueeze(0) - (weights @ coords.T).unsqueeze(2)
+    inputs = torch.cat([flat, flat * obj.unsqueeze(2), offset], 1)                       # B, 2C+2, HW
+    hidden = torch.relu(torch.einsum("bki,bil->bkl", relate.w1[instance], inputs) + relate.b1[instance, :, None])
+    raw = torch.einsum("bk,bkl->bl", relate.w2[instance], hidden) + relate.b2[instance, None]
+    peak = attention / attention.flatten(1).amax(1).view(5, 1, 1)
+    keep = torch.where(relate.excludes_self[instance].view(5, 1, 1), 1 - peak, torch.ones_like(peak))
+    expected = relate.constrain(raw.view(5, 4, 5)) * keep
+    out = relate(attention, features, instance)
+    assert torch.allclose(out, expected, atol=1e-4)
+    out.sum().backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in relate.parameters())
+
+
 def test_relate_reads_positions():
     """Shifting the attended object changes where relate points, with the features unchanged."""
     torch.manual_seed(0)
