@@ -11,8 +11,9 @@ For each workdir, on its whole val split (questions with a layout), one process:
   and shape order, at batch sizes 512, 2048 and the whole split, and bf16 autocast on the CPU
   (shape order, 512): its rate, how many answers differ from float32's and the val accuracy of
   both (root answer combined with the encoder's prior, as ``assemble`` does);
-- a cProfile of the batched run (shape order, 512): the share of its time in feature gathers
-  (``index_select``), in module code and in the executor's own Python.
+- a cProfile of the batched run (shape order, 512): the share of its time in ``index_select``
+  (``feature_gathers``: features, but also relate's weights and the calls' outputs), in module
+  code and in the executor's own Python.
 
 ``--quick``: the target's measurement only (an A/B of two versions of the code, run in turn).
 

@@ -20,7 +20,7 @@ from torch import nn
 
 from modtrain.errors import ModtrainError
 from modtrain.layout import Layout
-from modtrain.registry import NMNModule, build_module, parameter_free_names
+from modtrain.registry import NMNModule, build_module, parameter_free_names, pick_instance
 from modtrain.types import DataType, Features, Interface, TypeCheckError
 
 
@@ -53,7 +53,7 @@ class Given(nn.Module):
         return [int(n) for n in names]
 
     def forward(self, values: torch.Tensor, instance: torch.Tensor) -> torch.Tensor:
-        return values[torch.arange(len(instance), device=values.device), instance]
+        return pick_instance(values, instance)
 
 
 def given_name(data_type: DataType) -> str:
@@ -73,8 +73,7 @@ class Executor:
         self.modules = {**parameter_free_modules(interface), **modules}
         self.interface = interface
         self.attention_mode = attention_mode
-        self._compiled: dict[str, tuple[_Node, int]] = {}
-        self._nodes: dict[int, list[_Node]] = {}  # a compiled tree's nodes
+        self._compiled: dict[str, tuple[_Node, int, list[_Node]]] = {}  # shape → tree, slots, its nodes
         self._ids: dict[str, list[int]] = {}
 
     # -- type checking -------------------------------------------------------------------------
@@ -113,17 +112,17 @@ class Executor:
         return _Node(node.module, slot, output, children, wanted, height)
 
     # -- execution -----------------------------------------------------------------------------
-    def _compiled_shape(self, layout: Layout) -> tuple[_Node, int]:
+    def _compiled_shape(self, layout: Layout) -> tuple[_Node, int, list[_Node]]:
+        """The shape's tree, its number of instance slots, and its nodes (parents before children)."""
         key = layout.shape()
         if key not in self._compiled:
             slots = [0]
             tree = self._compile(layout, layout, slots)
-            self._compiled[key] = (tree, slots[0])
-            nodes, stack = [], [tree]  # every node, parents before children
+            nodes, stack = [], [tree]
             while stack:
                 nodes.append(stack.pop())
                 stack.extend(nodes[-1].children)
-            self._nodes[id(tree)] = nodes
+            self._compiled[key] = (tree, slots[0], nodes)
         return self._compiled[key]
 
     def _instance_ids(self, layout: Layout) -> list[int]:
@@ -155,11 +154,11 @@ class Executor:
         levels: dict[int, dict[str, list[_Member]]] = defaultdict(lambda: defaultdict(list))
         roots = []
         for rows in by_shape.values():
-            tree, n_slots = self._compiled_shape(layouts[rows[0]])
+            tree, n_slots, nodes = self._compiled_shape(layouts[rows[0]])
             ids = np.array([self._instance_ids(layouts[r]) for r in rows], dtype=np.int64).reshape(len(rows), n_slots)
             index = np.array(rows, dtype=np.int64)
             roots.append((tree, index))
-            for node in self._nodes[id(tree)]:
+            for node in nodes:
                 levels[node.height][node.module].append(_Member(node, index, ids))
         calls: list[tuple[str, list[_Member]]] = []
         where: dict[int, tuple[int, int]] = {}  # node → (its call, where its rows start in the call's output)
@@ -204,7 +203,7 @@ class Executor:
 
     def trace(self, layout: Layout, features: torch.Tensor) -> list[tuple[Layout, DataType, torch.Tensor]]:
         """Every call's output for one question (``features`` of one image), children first."""
-        tree, _ = self._compiled_shape(layout)
+        tree, _, _ = self._compiled_shape(layout)
         ids = torch.tensor([self._instance_ids(layout)], dtype=torch.long, device=features.device)
         out = []
 

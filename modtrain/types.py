@@ -96,22 +96,20 @@ def attend(features: torch.Tensor, attention: torch.Tensor, mode: str = "weighte
         raise ModtrainError(f"unknown attention mode {mode!r}; valid: weighted, softmax")
     if rows is None:
         return torch.bmm(features.flatten(2), weights.unsqueeze(2)).squeeze(2)
-    return bmm_rows(features.flatten(2), rows, right=weights.unsqueeze(2)).squeeze(2)
+    return bmm_rows(features.flatten(2), rows, weights.unsqueeze(2)).squeeze(2)
 
 
-def bmm_rows(flat: torch.Tensor, rows: torch.Tensor, left: torch.Tensor | None = None,
-             right: torch.Tensor | None = None) -> torch.Tensor:
-    """``bmm(left, flat[rows])`` or ``bmm(flat[rows], right)`` (give one), without copying
-    ``flat[rows]`` where reading the rows in place is cheaper.
+def bmm_rows(flat: torch.Tensor, rows: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
+    """``bmm(flat[rows], right)`` without copying ``flat[rows]`` where reading the rows in place
+    is cheaper.
 
-    A module call's rows repeat (``and(find[a], find[b])`` runs find twice on its row) and need
-    not cover the batch. The k-th occurrences of the rows are one product each: in place, one
-    bmm over the whole batch with zero operands for the rows without a k-th occurrence, when
-    they are at least half of the batch; else a bmm on their gathered rows. Either way each
-    row's product is computed alone by the same kernel, so the result is bit for bit ``bmm`` on
-    the gathered rows (tests/test_types.py).
+    A module call's rows repeat (``describe(and(find[a], find[b]))`` beside ``describe(find[c])``
+    on the same row) and need not cover the batch. The k-th occurrences of the rows are one
+    product each: in place, one bmm over the whole batch with zero operands for the rows without
+    a k-th occurrence, when they are at least half of the batch; else a bmm on their gathered
+    rows. Either way each row's product is computed alone by the same kernel, so the result is
+    bit for bit ``bmm`` on the gathered rows (tests/test_types.py).
     """
-    operand = left if left is not None else right
     n, count = flat.shape[0], len(rows)
     counts = torch.bincount(rows, minlength=n)
     if count == 0 or int(counts.max()) == 1:
@@ -124,15 +122,13 @@ def bmm_rows(flat: torch.Tensor, rows: torch.Tensor, left: torch.Tensor | None =
         occurrences = [(mine, rows[mine]) for mine in by_slot.split(torch.bincount(slot).tolist())]
     out = None
     for mine, at in occurrences:
-        mine_operand = operand if mine is None else operand[mine]
+        operand = right if mine is None else right[mine]
         if n <= 2 * len(at):
-            padded = operand.new_zeros(n, *operand.shape[1:])
-            padded[at] = mine_operand
-            product = torch.bmm(padded, flat) if left is not None else torch.bmm(flat, padded)
-            part = product.index_select(0, at)
+            padded = right.new_zeros(n, *right.shape[1:])
+            padded[at] = operand
+            part = torch.bmm(flat, padded).index_select(0, at)
         else:
-            gathered = flat.index_select(0, at)
-            part = torch.bmm(mine_operand, gathered) if left is not None else torch.bmm(gathered, mine_operand)
+            part = torch.bmm(flat.index_select(0, at), operand)
         if mine is None:
             return part
         if out is None:  # in the product's dtype (bf16 under autocast)

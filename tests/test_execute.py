@@ -114,8 +114,9 @@ def test_given_leaves_stand_for_the_subtrees_they_replace():
 @pytest.mark.parametrize("interface", ["typed", "gradient"])
 def test_find_in_evaluation_runs_on_the_rows_features_without_copying_them(interface, monkeypatch):
     """In evaluation the executor hands find the whole batch's features and the rows of its calls
-    (``rows_forward``): each row's finds as one product. Same outputs as gathering the rows and
-    calling find, whatever the order and repetition of the rows; in training, the gather."""
+    (``rows_forward``): every instance's map of each row once, each call picking its own. Same
+    outputs as gathering the rows and calling find, whatever the order and repetition of the
+    rows; in training, the gather."""
     executor, values = _executor(interface)
     find = executor.modules["find"]
     features = torch.randn(7, 5, 3, 4)
