@@ -18,8 +18,9 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# two pytest-xdist workers: most of the suite trains tiny models in Python, a core each (tests/conftest.py)
 test: $(STAMP)
-	$(BIN)/pytest -q --durations=10
+	$(BIN)/pytest -q -n 2 --dist loadgroup --durations=10
 
 # ruff, as configured in pyproject.toml
 lint: $(STAMP)

@@ -130,12 +130,13 @@ def _job(kind: str, module: str | None, recipe_raw: dict, recipe_where: str, roo
     import torch
 
     from modtrain.data import PreparedData
+    from modtrain.device import use_threads
     from modtrain.pipeline import run_job
     from modtrain.plan import make_plan
     from modtrain.recipe import Recipe
     from modtrain.workdir import Workdir
 
-    torch.set_num_threads(threads)
+    use_threads(threads)
     recipe = Recipe(recipe_raw, recipe_where)
     plan = make_plan(recipe)
     job = next(j for j in plan.jobs if (j.kind, j.module) == (kind, module))

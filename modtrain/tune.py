@@ -132,10 +132,11 @@ def _trial(config: dict, *, recipe_raw: dict, recipe_where: str, module: str, ro
     import torch
     from ray import tune
 
+    from modtrain.device import use_threads
     from modtrain.job import Job, joint_spec, module_spec
     from modtrain.plan import make_plan
 
-    torch.set_num_threads(threads)
+    use_threads(threads)
     base = Recipe(recipe_raw, recipe_where)
     recipe = base.with_overrides(config_overrides(base, module, config))
     shared = Workdir(Path(root), Path(data))

@@ -1,10 +1,21 @@
-"""Shared fixtures: a hand-built scene, a tiny generated CLEVR folder, the tiny pipeline runs, Ray."""
+"""Shared fixtures: a hand-built scene, a tiny generated CLEVR folder, the tiny pipeline runs, Ray.
+
+``make test`` runs the suite on two pytest-xdist workers (``-n 2``): most of its time is tiny
+models trained in Python, one core each. Then each worker, and what it starts, computes on one
+thread, the tiny runs are trained once for the session (the first worker that needs one trains it,
+the other reads it), and every test that starts Ray runs on one worker (the ``ray`` group).
+"""
 from __future__ import annotations
 
+import os
+import pickle
 import types
 
-import pytest
-from modtrain.datasets.clevr import Scene
+if os.environ.get("PYTEST_XDIST_WORKER"):  # before torch is imported; inherited by the subprocesses
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import pytest  # noqa: E402
+from modtrain.datasets.clevr import Scene  # noqa: E402
 
 
 @pytest.fixture
@@ -28,6 +39,25 @@ def scene() -> Scene:
         "behind": [[1], [], [0, 1], [0, 1, 2]],
     }
     return Scene("train", 0, "CLEVR_train_000000.png", objects, relationships)
+
+
+def once_per_session(tmp_path_factory, name: str, make):
+    """``make(folder)``, computed once per test session: without workers, into a fresh folder; with
+    pytest-xdist's, by the first worker that asks, under a lock, in a folder every worker sees (the
+    others wait and read its pickled result)."""
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        return make(tmp_path_factory.mktemp(name))
+    from filelock import FileLock
+
+    shared = tmp_path_factory.getbasetemp().parent  # the session's folder, above each worker's own
+    folder, done = shared / name, shared / f"{name}.pickle"
+    with FileLock(str(shared / f"{name}.lock")):
+        if done.exists():
+            return pickle.loads(done.read_bytes())
+        folder.mkdir()
+        result = make(folder)
+        done.write_bytes(pickle.dumps(result))
+    return result
 
 
 @pytest.fixture(scope="session")
@@ -63,11 +93,14 @@ def tiny_run(tmp_path_factory):
     from modtrain.recipe import Recipe
     from modtrain.workdir import Workdir
 
-    recipe = Recipe.load("nmn-typed", TINY_RUN)
-    workdir = Workdir.for_recipe(recipe, tmp_path_factory.mktemp("run"))
-    messages = []
-    report = run_pipeline(recipe, workdir, torch.device("cpu"), say=messages.append)
-    return recipe, workdir, report, messages
+    def make(folder):
+        recipe = Recipe.load("nmn-typed", TINY_RUN)
+        workdir = Workdir.for_recipe(recipe, folder)
+        messages = []
+        report = run_pipeline(recipe, workdir, torch.device("cpu"), say=messages.append)
+        return recipe, workdir, report, messages
+
+    return once_per_session(tmp_path_factory, "run", make)
 
 
 # Every CLEVR program (nmn-clevr) on tiny all-family data: small batches and patience, since find
@@ -90,13 +123,16 @@ def clevr_run(tmp_path_factory):
     from modtrain.recipe import Recipe
     from modtrain.workdir import Workdir
 
-    recipe = Recipe.load("nmn-clevr", CLEVR_RUN)
-    workdir = Workdir.for_recipe(recipe, tmp_path_factory.mktemp("clevr-run"))
-    messages = []
-    # The tests of this run are about every program's layouts, not about trust: it goes on whatever
-    # the surrogates say, as a user would after reading the message.
-    report = run_pipeline(recipe, workdir, torch.device("cpu"), say=messages.append, allow_untrusted=True)
-    return recipe, workdir, report, messages
+    def make(folder):
+        recipe = Recipe.load("nmn-clevr", CLEVR_RUN)
+        workdir = Workdir.for_recipe(recipe, folder)
+        messages = []
+        # The tests of this run are about every program's layouts, not about trust: it goes on whatever
+        # the surrogates say, as a user would after reading the message.
+        report = run_pipeline(recipe, workdir, torch.device("cpu"), say=messages.append, allow_untrusted=True)
+        return recipe, workdir, report, messages
+
+    return once_per_session(tmp_path_factory, "clevr-run", make)
 
 
 @pytest.fixture(scope="session")
@@ -117,10 +153,19 @@ def ray_local():
 SLOW_FIXTURES = {"tiny_run", "clevr_run", "ray_local"}
 
 
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups
 def pytest_collection_modifyitems(config, items):
     for item in items:
-        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+        names = set(getattr(item, "fixturenames", ()))
+        if SLOW_FIXTURES & names:
             item.add_marker(pytest.mark.slow)
+        # under `-n 2 --dist loadgroup`: one local Ray at a time, on one worker; a module's tests that
+        # share a module-scoped fixture on the worker that made it
+        if "ray_local" in names or item.get_closest_marker("starts_ray"):
+            item.add_marker(pytest.mark.xdist_group("ray"))
+        elif any(d.scope == "module" for defs in getattr(item, "_fixtureinfo", types.SimpleNamespace(
+                name2fixturedefs={})).name2fixturedefs.values() for d in defs):
+            item.add_marker(pytest.mark.xdist_group(item.module.__name__))
 
 
 @pytest.fixture

@@ -95,11 +95,15 @@ def test_compare_refuses_runs_on_other_data(compared, tiny_run):
     root, _ = compared
     _, typed, _, _ = tiny_run
     card_path = root / "modular" / "seed0" / "modules" / "measure.json"
-    card = json.loads(card_path.read_text())
+    text = card_path.read_text()
+    card = json.loads(text)
     card["data_fingerprint"] = "f" * 64
     card_path.write_text(json.dumps(card))
-    with pytest.raises(ModtrainError, match=r"cannot compare: .*measure.json was trained on another dataset"):
-        run_compare(root, 2, CPU, FAST, data_dir=typed.data, say=lambda m: None)
+    try:
+        with pytest.raises(ModtrainError, match=r"cannot compare: .*measure.json was trained on another dataset"):
+            run_compare(root, 2, CPU, FAST, data_dir=typed.data, say=lambda m: None)
+    finally:  # the module's other tests use these runs, in whatever order they run
+        card_path.write_text(text)
 
 
 def test_compare_fresh_retrains_instead_of_reusing(compared, tiny_run):

@@ -83,6 +83,7 @@ ENV = {**os.environ, "RAY_AUTH_MODE": "disabled", "OMP_NUM_THREADS": "1", "MKL_N
 
 
 @pytest.mark.slow
+@pytest.mark.starts_ray
 def test_jobs_on_a_gpu_cluster_hold_a_gpu_each_survive_a_lost_node_and_train_the_in_process_cards(tiny_run,
                                                                                                   tmp_path):
     """A simulated cluster (a head without GPUs, a node with 2): 3 GPUs a job is refused up front;

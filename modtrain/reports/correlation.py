@@ -45,6 +45,7 @@ import torch
 from modtrain.cache import caches_up_to_date, write_caches
 from modtrain.card import load_card
 from modtrain.data import PreparedData
+from modtrain.device import use_threads
 from modtrain.errors import ModtrainError
 from modtrain.io import write_json, write_text
 from modtrain.job import Job, is_up_to_date, job_key, joint_spec, train_module
@@ -127,7 +128,7 @@ def train_candidate(recipe_raw: dict, where: str, module: str, root: str, data_d
     """Train one candidate (unless already trained); its surrogate's metrics and trust statistics,
     or why it failed."""
     if threads:
-        torch.set_num_threads(threads)
+        use_threads(threads)
     recipe = Recipe(recipe_raw, where)
     workdir = Workdir(Path(root), Path(data_dir))
     data = PreparedData(data_dir)
@@ -148,7 +149,7 @@ def train_final(recipe_raw: dict, where: str, module: str, root: str, data_dir: 
     """The NMN trained end to end around the frozen candidate (unless already trained), reading the
     candidate's outputs from its virtual dataset: its final validation loss and accuracy."""
     if threads:
-        torch.set_num_threads(threads)
+        use_threads(threads)
     recipe = Recipe(recipe_raw, where)
     plan = make_plan(recipe)
     data = PreparedData(data_dir)

@@ -42,6 +42,7 @@ def _alive(pid: int) -> bool:
     return True
 
 
+@pytest.mark.starts_ray
 def test_a_killed_driver_leaves_no_ray_processes(tmp_path):
     driver = subprocess.Popen([sys.executable, "-c", (
         "import os, time\n"
