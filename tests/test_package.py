@@ -1,4 +1,5 @@
 """The package installs as modtrain.* and never puts `datasets` or `modules` at the top."""
+import os
 import shutil
 import subprocess
 import sys
@@ -47,3 +48,30 @@ def test_wheel_maps_folders_under_modtrain(tmp_path):
     result = _run("import modtrain.datasets.clevr as c; print(c.__file__)", tmp_path, env)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().startswith(str(site))
+
+
+THP = Path("/sys/kernel/mm/transparent_hugepage/enabled")
+LARGE_TENSOR = ("import modtrain, os, torch; x = torch.empty(64 << 18).fill_(1.0); "  # 64 MiB of float32
+                "print(os.environ['THP_MEM_ALLOC_ENABLE']); "
+                "print(sum(int(line.split()[1]) for line in open('/proc/self/smaps') "
+                "if line.startswith('AnonHugePages')))")
+
+
+@pytest.mark.slow  # a second: a fresh interpreter importing torch
+@pytest.mark.parametrize("user", [None, "0"])
+def test_large_tensors_use_huge_pages_unless_the_user_says_no(tmp_path, user):
+    """modtrain turns on PyTorch's THP_MEM_ALLOC_ENABLE before torch allocates (a fresh batch of
+    features then costs a few faults, not one per 4 KiB page) and keeps a value the user set."""
+    if not THP.exists() or "[never]" in THP.read_text():
+        pytest.skip("this kernel has no transparent huge pages")
+    env = {k: v for k, v in os.environ.items() if k != "THP_MEM_ALLOC_ENABLE"}
+    if user is not None:
+        env["THP_MEM_ALLOC_ENABLE"] = user
+    result = _run(LARGE_TENSOR, tmp_path, env)
+    assert result.returncode == 0, result.stderr
+    value, huge_kib = result.stdout.split()
+    assert value == (user or "1")
+    if user is None:
+        assert int(huge_kib) >= 32 << 10  # at least half the tensor in 2 MiB pages
+    elif "[always]" not in THP.read_text():
+        assert int(huge_kib) < 32 << 10
