@@ -113,6 +113,7 @@ class Backbone:
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     weights_sha256: str
+    pretrained_on: str = ""  # what it learnt from, in words: kept in its features' attributes
 
     def prepare(self, image: Image.Image) -> np.ndarray:
         """(3, S, S) float32 normalized input for one PIL image."""
@@ -125,7 +126,8 @@ class Backbone:
     def attrs(self) -> dict[str, str | int]:
         return {"backbone": self.name, "input_size": self.input_size,
                 "normalization": json.dumps({"mean": self.mean, "std": self.std}),
-                "backbone_sha256": self.weights_sha256, "schema_version": SCHEMA_VERSION}
+                "backbone_sha256": self.weights_sha256, "schema_version": SCHEMA_VERSION,
+                "backbone_pretrained_on": self.pretrained_on}
 
 
 def cell_targets(objects: list[dict], image_size: int, grid: int, min_cover: float = 0.15) -> np.ndarray:
@@ -151,9 +153,11 @@ def cell_targets(objects: list[dict], image_size: int, grid: int, min_cover: flo
 
 def pretrain_clevr_cnn(image_size: int = 64, num_images: int = PRETRAIN_IMAGES, epochs: int = PRETRAIN_EPOCHS,
                        seed: int = 0, channels: int = 64, batch_size: int = 64,
-                       device: torch.device | str = "cpu") -> tuple[ClevrCNN, dict]:
+                       device: torch.device | str = "cpu", combos: str | None = None) -> tuple[ClevrCNN, dict]:
     """Train ClevrCNN on freshly generated scenes (the ``pretrain`` split) to predict every
-    cell's attributes; return the network in eval mode and held-out per-attribute accuracy."""
+    cell's attributes; return the network in eval mode and held-out per-attribute accuracy.
+    With a CoGenT condition (``combos``) its scenes keep that condition's colour-shape pairs: a
+    CoGenT backbone must never see the pairs of the condition it is tested on."""
     from modtrain.datasets.generate import split_rng
 
     if image_size % 8:
@@ -161,7 +165,7 @@ def pretrain_clevr_cnn(image_size: int = 64, num_images: int = PRETRAIN_IMAGES, 
     torch.manual_seed(seed)
     rng = split_rng(seed, "pretrain")
     grid = image_size // 8
-    scenes = [make_scene(rng, "pretrain", i, image_size) for i in range(num_images)]
+    scenes = [make_scene(rng, "pretrain", i, image_size, combos) for i in range(num_images)]
     net = ClevrCNN(channels)
     prep = Backbone("clevr-cnn", net, image_size, CLEVR_CNN_MEAN, CLEVR_CNN_STD, "")
     images = torch.from_numpy(np.stack([prep.prepare(render_scene(s.objects, image_size)) for s in scenes]))
@@ -199,22 +203,53 @@ def pretrain_clevr_cnn(image_size: int = 64, num_images: int = PRETRAIN_IMAGES, 
             accuracy[attr] = float((pred == val_y[:, k])[object_cells].float().mean())
         accuracy["floor"] = float((net.heads["color"](feats).argmax(1).cpu() == 0)[~object_cells].float().mean())
     net.requires_grad_(False)
-    return net.cpu(), {"images": num_images, "epochs": epochs, "seed": seed,
+    return net.cpu(), {"images": num_images, "epochs": epochs, "seed": seed, "scenes": scenes_seen(combos),
                        "held_out_cell_accuracy": accuracy}
 
 
+def scenes_seen(combos: str | None) -> str:
+    """What a clevr-cnn's pretraining scenes were, in words (its card, its features' attributes)."""
+    return f"CoGenT condition {combos}" if combos else "every colour-shape pair"
+
+
+def pretrain_condition(splits: list[str], choice: str = "auto", where: str = "the data folder") -> str | None:
+    """The CoGenT condition clevr-cnn pretrains on: ``choice`` A or B, none for every pair, or auto:
+    the condition of the folder's training split(s) (trainA → A; CoGenT trains on A and tests on
+    both), none where no split is named for a condition."""
+    from modtrain.datasets.scenes import COGENT, cogent_condition
+
+    if choice != "auto":
+        if choice != "none" and choice not in COGENT:
+            raise ModtrainError(f"--pretrain-combos {choice!r}; valid: auto, A, B, none")
+        return None if choice == "none" else choice
+    training = sorted(s for s in splits if s.startswith("train") and cogent_condition(s))
+    conditions = sorted({cogent_condition(s) for s in training})
+    if len(conditions) > 1:
+        raise ModtrainError(f"{where} has training splits of both CoGenT conditions ({', '.join(training)}), so "
+                            f"clevr-cnn cannot tell which one it may see: give --pretrain-combos A (CoGenT trains "
+                            f"on A and tests on A and B) or B")
+    return conditions[0] if conditions else None
+
+
 def clevr_cnn_config(image_size: int, seed: int, pretrain_images: int = PRETRAIN_IMAGES,
-                     pretrain_epochs: int = PRETRAIN_EPOCHS) -> dict[str, int]:
-    """What a pretrained clevr-cnn depends on (recorded in ``features/clevr-cnn.json``)."""
-    return {"image_size": image_size, "seed": seed, "images": pretrain_images, "epochs": pretrain_epochs}
+                     pretrain_epochs: int = PRETRAIN_EPOCHS, combos: str | None = None) -> dict[str, int | str]:
+    """What a pretrained clevr-cnn depends on (recorded in ``features/clevr-cnn.json``); a CoGenT
+    condition only when there is one, so that the backbones of other folders stay valid."""
+    config: dict[str, int | str] = {"image_size": image_size, "seed": seed, "images": pretrain_images,
+                                    "epochs": pretrain_epochs}
+    if combos:
+        config["combos"] = combos
+    return config
 
 
 def load_clevr_cnn_backbone(data_dir: Path, image_size: int, seed: int, device, retrain: bool = False,
-                            pretrain_images: int = PRETRAIN_IMAGES, pretrain_epochs: int = PRETRAIN_EPOCHS) -> Backbone:
-    """The pretrained clevr-cnn of a data folder, trained now if missing or asked to."""
+                            pretrain_images: int = PRETRAIN_IMAGES, pretrain_epochs: int = PRETRAIN_EPOCHS,
+                            combos: str | None = None) -> Backbone:
+    """The pretrained clevr-cnn of a data folder, trained now if missing, asked to, or pretrained
+    with other settings (a CoGenT condition among them)."""
     weights = data_dir / "features" / "clevr-cnn.pt"
     card = weights.with_suffix(".json")
-    config = clevr_cnn_config(image_size, seed, pretrain_images, pretrain_epochs)
+    config = clevr_cnn_config(image_size, seed, pretrain_images, pretrain_epochs, combos)
     net = ClevrCNN()
     reuse = weights.exists() and card.exists() and not retrain
     if reuse:
@@ -224,14 +259,16 @@ def load_clevr_cnn_backbone(data_dir: Path, image_size: int, seed: int, device, 
         net.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
         log.info("reusing pretrained clevr-cnn %s", weights)
     else:
-        net, metrics = pretrain_clevr_cnn(image_size, pretrain_images, pretrain_epochs, seed, device=device)
+        net, metrics = pretrain_clevr_cnn(image_size, pretrain_images, pretrain_epochs, seed, device=device,
+                                          combos=combos)
         with atomic_path(weights) as tmp:
             torch.save(net.state_dict(), tmp)
         write_json(card, {"config": config, "metrics": metrics})
         log.info("pretrained clevr-cnn: held-out cell accuracy %s", metrics["held_out_cell_accuracy"])
     net.eval().requires_grad_(False)
     # the hash of the tensors, not of the file: torch.save writes other bytes for the same weights
-    return Backbone("clevr-cnn", net, image_size, CLEVR_CNN_MEAN, CLEVR_CNN_STD, state_sha256(net.state_dict()))
+    return Backbone("clevr-cnn", net, image_size, CLEVR_CNN_MEAN, CLEVR_CNN_STD, state_sha256(net.state_dict()),
+                    scenes_seen(combos))
 
 
 def load_resnet101_backbone(weights: str | Path | None) -> Backbone:
@@ -256,7 +293,7 @@ def load_resnet101_backbone(weights: str | Path | None) -> Backbone:
     net = nn.Sequential(model.conv1, model.bn1, model.relu, model.maxpool,
                         model.layer1, model.layer2, model.layer3)
     net.eval().requires_grad_(False)  # BatchNorm must use its running statistics here
-    return Backbone("resnet101", net, 224, IMAGENET_MEAN, IMAGENET_STD, sha256_file(weights))
+    return Backbone("resnet101", net, 224, IMAGENET_MEAN, IMAGENET_STD, sha256_file(weights), "ImageNet")
 
 
 def _chunk_rows(n_images: int, bytes_per_image: int) -> int:
@@ -356,9 +393,12 @@ def features_command(data_dir: str | Path, backbone: str = "clevr-cnn", weights:
                      from_h5: str | None = None, dtype: str = "float32", batch_size: int = 64,
                      device: torch.device | str = "cpu", seed: int = 0, retrain: bool = False,
                      pretrain_images: int = PRETRAIN_IMAGES, pretrain_epochs: int = PRETRAIN_EPOCHS,
-                     splits: list[str] | None = None, workers: int | None = None) -> dict[str, tuple[int, ...]]:
+                     splits: list[str] | None = None, workers: int | None = None,
+                     pretrain_combos: str = "auto") -> dict[str, tuple[int, ...]]:
     """Features for every split of a CLEVR or VQA folder; returns each split's array shape.
-    ``workers`` processes decode the images (default: see ``extract_features``)."""
+    ``workers`` processes decode the images (default: see ``extract_features``). clevr-cnn pretrains
+    on the CoGenT condition ``pretrain_combos`` gives (``pretrain_condition``; auto: the training
+    split's, for a CLEVR-CoGenT folder)."""
     from modtrain.datasets.folders import open_folder
 
     folder = open_folder(data_dir)
@@ -396,8 +436,9 @@ def features_command(data_dir: str | Path, backbone: str = "clevr-cnn", weights:
                       f"shape only 67% of the time (colour 96%), so expect a weak stand-in. Use --backbone resnet101 "
                       f"--weights PATH, or --from-h5 with features extracted elsewhere", stacklevel=2)
     if backbone == "clevr-cnn":
+        combos = pretrain_condition(folder.splits(), pretrain_combos, f"data folder {data_dir}")
         net = load_clevr_cnn_backbone(Path(data_dir), image_size, seed, device, retrain,
-                                      pretrain_images, pretrain_epochs)
+                                      pretrain_images, pretrain_epochs, combos)
     else:
         net = load_resnet101_backbone(weights)
     for split in splits:

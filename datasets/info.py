@@ -59,11 +59,30 @@ def data_info(data_dir: str | Path, top_answers: int = 10) -> dict:
     return _with_run_splits(out)
 
 
+def features_info(root: Path, splits: list[str]) -> dict[str, dict]:
+    """Per split with a features file: its backbone and what that backbone was pretrained on (a
+    clevr-cnn of a CoGenT folder: one condition's colour-shape pairs), as the file records them."""
+    import h5py
+    from modtrain.datasets.features import features_path
+
+    out = {}
+    for split in splits:
+        path = features_path(root, split)
+        if path.is_file():
+            with h5py.File(path, "r") as f:
+                out[split] = {"backbone": str(f.attrs.get("backbone", "not recorded")),
+                              "pretrained_on": str(f.attrs.get("backbone_pretrained_on", "") or "not recorded")}
+    return out
+
+
 def _with_run_splits(info: dict) -> dict:
     """``info`` with the splits ``modtrain run`` trains and stops early on when the recipe's
-    data.train_split / data.val_split are auto (``run_splits``), or why it cannot choose them."""
+    data.train_split / data.val_split are auto (``run_splits``), or why it cannot choose them, and
+    each split's features' backbone (``features``)."""
     from modtrain.errors import ModtrainError
     from modtrain.recipe import AUTO, resolve_splits
+
+    info["features"] = features_info(Path(info["root"]), list(info["splits"]))
 
     try:
         train, val = resolve_splits(AUTO, AUTO, list(info["splits"]), f"data folder {info['root']}")
@@ -113,6 +132,11 @@ def format_info(info: dict, bar_width: int = 40) -> str:
                      f"(data.train_split, data.val_split = auto)")
     elif "problem" in run:
         lines.append(f"modtrain run: {run['problem']}")
+    seen: dict[tuple[str, str], list[str]] = {}
+    for split, f in info.get("features", {}).items():
+        seen.setdefault((f["backbone"], f["pretrained_on"]), []).append(split)
+    for (backbone, pretrained_on), splits in seen.items():
+        lines.append(f"features of {', '.join(splits)}: {backbone}, pretrained on {pretrained_on}")
     for split, s in info["splits"].items():
         lines.append("")
         lines.append(f"[{split}] {s['images']} images, {s['questions']} questions "

@@ -40,6 +40,15 @@ COGENT = {
 WORLD = 6.0  # scene width in CLEVR world units, for 3d_coords
 
 
+def cogent_condition(split: str) -> str | None:
+    """The CoGenT condition a split's name gives, as CLEVR-CoGenT names them (trainA → A, valB → B),
+    or None."""
+    for base in ("train", "val", "test"):
+        if split.startswith(base) and split[len(base):] in COGENT:
+            return split[len(base):]
+    return None
+
+
 def allowed_colors(shape: str, combos: str | None) -> tuple[str, ...]:
     """Colours a shape may take under a CoGenT condition (all colours without one)."""
     if combos is None:

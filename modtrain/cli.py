@@ -148,11 +148,14 @@ def generate(directory, images, val_images, test_images, questions_per_image, fa
 @click.option("--pretrain-images", type=click.IntRange(min=1), default=None,
               help="Generated scenes the clevr-cnn pretrains on [default: 2500].")
 @click.option("--pretrain-epochs", type=click.IntRange(min=1), default=None, help="[default: 12]")
+@click.option("--pretrain-combos", type=click.Choice(["auto", "A", "B", "none"]), default="auto", show_default=True,
+              help="The CoGenT condition whose colour-shape pairs clevr-cnn pretrains on; auto: the training "
+                   "split's (trainA: A), none where no split is named for one.")
 @click.option("--workers", type=click.IntRange(min=0), default=None,
               help="Processes that decode images while the backbone computes [default: on CUDA one per other core; "
                    "on the CPU none: the backbone's threads use every core].")
 def features(directory, backbone, weights, from_h5, dtype, batch_size, device, seed, retrain,
-             pretrain_images, pretrain_epochs, workers):
+             pretrain_images, pretrain_epochs, pretrain_combos, workers):
     """Extract image features into DIRECTORY/features/{split}.h5."""
     from modtrain.datasets.features import features_command
     from modtrain.device import resolve_device
@@ -161,7 +164,8 @@ def features(directory, backbone, weights, from_h5, dtype, batch_size, device, s
     pretrain = {k: v for k, v in [("pretrain_images", pretrain_images), ("pretrain_epochs", pretrain_epochs)]
                 if v is not None}
     shapes = features_command(directory, backbone, weights, from_h5, dtype, batch_size,
-                              resolve_device(device), seed, retrain, **pretrain, workers=workers)
+                              resolve_device(device), seed, retrain, **pretrain, workers=workers,
+                              pretrain_combos=pretrain_combos)
     for split, shape in shapes.items():
         click.echo(f"{split}: features {tuple(shape)}")
     click.echo(f"done in {time.perf_counter() - start:.1f}s")

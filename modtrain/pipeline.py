@@ -140,6 +140,7 @@ def ensure_data(recipe: Recipe, workdir: Workdir, device: torch.device, say: Cal
     from modtrain.datasets.folders import open_folder
     from modtrain.datasets.generate import generate
     from modtrain.datasets.prepare import prepare
+    from modtrain.datasets.scenes import cogent_condition
 
     recipe = recipe.resolved()
     d = recipe.data
@@ -157,8 +158,9 @@ def ensure_data(recipe: Recipe, workdir: Workdir, device: torch.device, say: Cal
     missing = _missing_features(recipe, root, folder)
     if missing:
         say(f"data: features for {', '.join(missing)}")
+        # a CLEVR-CoGenT folder: clevr-cnn sees only the training split's condition
         features_command(root, d.backbone, device=device, seed=d.seed, splits=missing,
-                         **recipe.pretrain_options())
+                         pretrain_combos=cogent_condition(d.train_split) or "none", **recipe.pretrain_options())
     options = prepare_options(recipe, folder)
     if not _prepared_matches(root, folder, options):
         say("data: preparing questions")

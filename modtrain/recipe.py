@@ -154,6 +154,14 @@ def resolve_splits(train_split: str, val_split: str, splits: list[str] | tuple[s
     if val == train:
         raise ModtrainError(f"data.train_split and data.val_split are both {train!r}: a module stops early on "
                             f"questions it does not train on; {where}'s splits: {listed}; choose with {SPLIT_KEYS}")
+    from modtrain.datasets.scenes import cogent_condition
+
+    trained, stopped = cogent_condition(train), cogent_condition(val)
+    if trained and stopped and trained != stopped:
+        raise ModtrainError(f"data.train_split = {train!r}, data.val_split = {val!r}: a module trained on CoGenT "
+                            f"condition {trained} would stop early (select) on condition {stopped}, which CoGenT "
+                            f"tests generalization to; stop on a split of condition {trained}; {where}'s splits: "
+                            f"{listed}; choose with {SPLIT_KEYS}")
     return train, val
 
 

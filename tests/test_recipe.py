@@ -167,7 +167,9 @@ def test_named_splits_choose_among_several():
 
     splits = ["trainA", "trainB", "valA", "valB"]
     assert resolve_splits("trainB", "auto", splits) == ("trainB", "valB")  # the val named like it
-    assert resolve_splits("trainA", "valB", splits) == ("trainA", "valB")
+    assert resolve_splits("train", "val2", ["train", "val", "val2"]) == ("train", "val2")  # not the twin
+    with pytest.raises(ModtrainError, match="would stop early .select. on condition B"):  # CoGenT: never on B
+        resolve_splits("trainA", "valB", splits)
 
 
 def test_a_recipe_resolves_its_splits_against_its_data(tmp_path):
@@ -202,3 +204,10 @@ def test_a_data_folders_splits_come_from_its_file_names(tmp_path):
     assert str(error.value) == (
         f"data folder {cogent} has 2 training splits (trainA, trainB), so data.train_split = 'auto' cannot choose "
         f"one; its splits: trainA, trainB, valA, valB, testA, testB; choose with {KEYS}")
+    # nothing selects on the other condition: stopping early on valB would choose by CoGenT's test condition
+    with pytest.raises(ModtrainError, match="data.train_split = 'trainA', data.val_split = 'valB': a module trained "
+                                            "on CoGenT condition A would stop early .select. on condition B"):
+        Recipe.load("nmn-typed", [f"data.source='{cogent}'", "data.train_split='trainA'",
+                                  "data.val_split='valB'"]).resolved()
+    assert Recipe.load("nmn-typed", [f"data.source='{cogent}'", "data.train_split='trainB'",
+                                     "data.val_split='valB'"]).resolved().data.val_split == "valB"

@@ -57,18 +57,19 @@ def _slug(label: str) -> str:
     return label.replace(" + ", "-").replace(" ", "-")
 
 
-def _check_same_data(workdir: Workdir, data: PreparedData) -> None:
-    """Refuse a run folder whose modules were trained on other data or another vocabulary."""
+def _check_same_data(workdir: Workdir, data: PreparedData, fingerprint: str) -> None:
+    """Refuse a run folder whose modules were trained on other data (``fingerprint``: of the splits
+    they train and stop on) or another vocabulary."""
     for card in trained_cards(workdir.modules) if workdir.modules.exists() else []:
         if card.get("vocab_sha256") != data.vocab_sha256:
             raise ModtrainError(
                 f"cannot compare: {workdir.modules / card['name']}.json was trained with another vocabulary "
                 f"({str(card.get('vocab_sha256'))[:12]} vs {data.vocab_sha256[:12]} of {data.root}); "
                 f"use another --workdir or remove {workdir.root}")
-        if card.get("data_fingerprint") != data.fingerprint():
+        if card.get("data_fingerprint") != fingerprint:
             raise ModtrainError(
                 f"cannot compare: {workdir.modules / card['name']}.json was trained on another dataset "
-                f"({str(card.get('data_fingerprint'))[:12]} vs {data.fingerprint()[:12]} of {data.root}); "
+                f"({str(card.get('data_fingerprint'))[:12]} vs {fingerprint[:12]} of {data.root}); "
                 f"use another --workdir or remove {workdir.root}")
 
 
@@ -127,7 +128,8 @@ def tuned(recipe: Recipe, workdir: Workdir, how: str, trials: int, device: torch
 
 def run_compare(root: str | Path, seeds: int, device: torch.device, overrides: list[str] = (),
                 data_dir: str | Path | None = None, say: Callable[[str], None] = print, fresh: bool = False,
-                recipe_name: str = "nmn-typed", tune: int = 0, systems: list[str] = ()) -> dict:
+                recipe_name: str = "nmn-typed", tune: int = 0, systems: list[str] = (),
+                split: str | None = None) -> dict:
     """Train (or reuse, unless ``fresh``) every version × seed of the recipe and write
     ``reports/compare.{json,md}`` and the plot. The data folder is reused either way.
 
@@ -135,7 +137,7 @@ def run_compare(root: str | Path, seeds: int, device: torch.device, overrides: l
     recipe's ``[train]``, every module's own training settings dropped); with ``tune`` = N, N
     random trials per module (and N for the whole network end to end) on the recipe's search
     spaces, then the seeds trained with the best configuration. ``systems``: labels of ``SYSTEMS``
-    to add, under the same protocol."""
+    to add, under the same protocol. ``split``: the split the summary reports (default: test, else val)."""
     unknown = sorted(set(systems) - {label for label, _ in SYSTEMS})
     if unknown:
         raise ModtrainError(f"unknown system(s) {', '.join(map(repr, unknown))}; valid: "
@@ -157,6 +159,9 @@ def run_compare(root: str | Path, seeds: int, device: torch.device, overrides: l
     else:
         data = PreparedData(data_dir)
     source = str(Path(data.root).resolve())
+    # the splits every version trains and stops on (a CLEVR-CoGenT folder: trainA, valA)
+    used = Recipe.load(recipe_name, [*overrides, f"data.source='{source}'"]).resolved().data
+    fingerprint = data.fingerprint(used.train_split, used.val_split)
     runs, searches = [], {}
     entries = [(label, recipe_name, [f"interface='{interface}'"], how) for label, interface, how in VERSIONS]
     # the added systems train with the compared recipe's [train] table, whatever their own says
@@ -177,7 +182,7 @@ def run_compare(root: str | Path, seeds: int, device: torch.device, overrides: l
             if fresh:
                 shutil.rmtree(folder, ignore_errors=True)
             workdir = Workdir.for_recipe(recipe, folder)
-            _check_same_data(workdir, data)
+            _check_same_data(workdir, data, fingerprint)
             say(f"== {label}, seed {seed} ({workdir.root})")
             report = train_version(how, recipe, workdir, device, say)
             times = job_times(workdir)
@@ -189,7 +194,7 @@ def run_compare(root: str | Path, seeds: int, device: torch.device, overrides: l
                          "times": times, "epochs": epochs, "untrusted": untrusted,
                          "train": {m: dataclasses.asdict(recipe.train_config("e2e" if how == "end-to-end" else m))
                                    for m in recipe.modules}})
-    summary = summarize(runs, data, make_plan(base))
+    summary = summarize(runs, data, make_plan(base), split, fingerprint)
     summary["protocol"] = ({"name": "tuned", "trials_per_module": tune, "search_trial_seconds": searches}
                            if tune else {"name": "shared defaults", "trials_per_module": 0})
     reports = root / "reports"
@@ -199,9 +204,15 @@ def run_compare(root: str | Path, seeds: int, device: torch.device, overrides: l
     return summary
 
 
-def summarize(runs: list[dict], data: PreparedData, plan: Plan) -> dict:
-    """Accuracy mean ± std per version and question type, times, retraining fractions."""
-    split = "test" if "test" in runs[0]["report"]["splits"] else "val"
+def summarize(runs: list[dict], data: PreparedData, plan: Plan, split: str | None = None,
+              fingerprint: str | None = None) -> dict:
+    """Accuracy mean ± std per version and question type on ``split`` (default: test, else val),
+    times, retraining fractions."""
+    reported = runs[0]["report"]["splits"]
+    split = split or ("test" if "test" in reported else "val")
+    if split not in reported:
+        raise ModtrainError(f"the compared runs report splits {', '.join(reported)}; "
+                            f"there is no {split!r} to summarize")
     versions: dict[str, dict] = {}
     for label in dict.fromkeys(r["version"] for r in runs):
         mine = [r for r in runs if r["version"] == label]
@@ -247,7 +258,7 @@ def summarize(runs: list[dict], data: PreparedData, plan: Plan) -> dict:
                 fractions[f"{m.name}, then its cache and what reads it ({', '.join(after)})"] = seconds / e2e
         fractions["all modules, caches included"] = v["total_seconds"]["with_caches"] / e2e
         retraining[label] = fractions
-    return {"split": split, "dataset": {"root": str(data.root), "data_fingerprint": data.fingerprint(),
+    return {"split": split, "dataset": {"root": str(data.root), "data_fingerprint": fingerprint or data.fingerprint(),
                                         "vocab_sha256": data.vocab_sha256},
             "jobs": [j.name for j in plan.jobs if j.kind != "assemble"],
             "versions": versions, "retraining_vs_end_to_end": retraining}

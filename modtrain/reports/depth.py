@@ -192,7 +192,7 @@ def run_depth(root: str | Path, max_depth: int, device: torch.device, recipe_nam
                 if fresh:
                     shutil.rmtree(folder, ignore_errors=True)
                 workdir = Workdir.for_recipe(recipe, folder)
-                _check_same_data(workdir, data)
+                _check_same_data(workdir, data, data.fingerprint(train, val))
                 say(f"== {label}, seed {seed}, trained on "
                     f"{f'depths ≤ {limit}' if limit is not None else 'every depth'} ({folder})")
                 report = train_version(how, recipe, workdir, device, say)  # assembles every split but train
@@ -204,7 +204,8 @@ def run_depth(root: str | Path, max_depth: int, device: torch.device, recipe_nam
         depth = data.split(split).depth
         share[split] = {str(d): float(masks[split][depth == d].mean()) for d in sorted(set(depth[depth >= 0].tolist()))}
     summary = summarize(results, max_depth, min_questions, share, _depth_range(data, base))
-    summary.update(recipe=recipe_name, dataset={"root": str(data.root), "data_fingerprint": data.fingerprint()},
+    summary.update(recipe=recipe_name,
+                   dataset={"root": str(data.root), "data_fingerprint": data.fingerprint(train, val)},
                    splits={"reported": reported, "early_stopping": val, "train": train}, seeds=list(range(seeds)))
     reports = root / "reports"
     write_json(reports / "depth.json", summary)

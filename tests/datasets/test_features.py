@@ -18,6 +18,7 @@ from modtrain.datasets.features import (
     features_path,
     load_resnet101_backbone,
     pretrain_clevr_cnn,
+    pretrain_condition,
     validate_features,
 )
 from torch import nn
@@ -184,3 +185,57 @@ def test_from_h5_links_all_splits_or_none_and_leaves_the_folders_own_files_alone
         features_command(data, from_h5=str(iep / "{split}_features.h5"))
     assert {p.name: p.read_bytes() for p in own.iterdir()} == before
     assert not any(p.is_symlink() for p in own.iterdir())
+
+
+def test_a_cogent_backbone_pretrains_on_its_training_condition_only():
+    """CoGenT's protocol: clevr-cnn never sees the colour-shape pairs of the condition it is tested
+    on. auto takes the training split's condition; a folder training on both must say which."""
+    from modtrain.datasets.scenes import COGENT
+
+    assert pretrain_condition(["trainA", "valA", "valB", "testB"]) == "A"
+    assert pretrain_condition(["valB", "testB", "trainB"]) == "B"
+    assert pretrain_condition(["train", "val", "test"]) is None
+    assert pretrain_condition(["trainA", "valB"], "none") is None and pretrain_condition(["train"], "B") == "B"
+    with pytest.raises(ModtrainError, match=r"F has training splits of both CoGenT conditions \(trainA, trainB\)"):
+        pretrain_condition(["trainA", "trainB", "valA"], where="F")
+    seen = []
+    import modtrain.datasets.features as features
+
+    real = features.make_scene
+
+    def recording(*args):
+        scene = real(*args)
+        seen.extend(scene.objects)
+        return scene
+
+    features.make_scene, restore = recording, features.make_scene
+    try:
+        _, metrics = pretrain_clevr_cnn(image_size=32, num_images=40, epochs=1, seed=0, combos="A")
+    finally:
+        features.make_scene = restore
+    pairs = {(o["shape"], o["color"]) for o in seen}
+    assert {s for s, _ in pairs} >= {"cube", "cylinder"}  # both restricted shapes were drawn
+    assert all(color in COGENT["A"][shape] for shape, color in pairs if shape in COGENT["A"])
+    assert metrics["scenes"] == "CoGenT condition A"
+
+
+def test_features_of_a_cogent_folder_say_which_condition_their_backbone_saw(tmp_path):
+    from modtrain.datasets.generate import generate
+    from modtrain.datasets.info import data_info, format_info
+
+    generate(tmp_path, {"train": 3, "val": 2}, 2, "exist", combos="A", workers=0)
+    generate(tmp_path, {"val": 2}, 2, "exist", combos="B", workers=0)
+    features_command(tmp_path, pretrain_images=8, pretrain_epochs=1)
+    card = json.loads((tmp_path / "features" / "clevr-cnn.json").read_text())
+    assert card["config"]["combos"] == "A" and card["metrics"]["scenes"] == "CoGenT condition A"
+    for split in ("trainA", "valA", "valB"):
+        with h5py.File(features_path(tmp_path, split), "r") as f:
+            assert f.attrs["backbone_pretrained_on"] == "CoGenT condition A"
+    info = data_info(tmp_path)
+    assert info["features"]["valB"] == {"backbone": "clevr-cnn", "pretrained_on": "CoGenT condition A"}
+    assert "features of trainA, valA, valB: clevr-cnn, pretrained on CoGenT condition A" in format_info(info)
+    # asked for every pair, it pretrains again (its config differs) and says so
+    features_command(tmp_path, pretrain_images=8, pretrain_epochs=1, pretrain_combos="none")
+    card = json.loads((tmp_path / "features" / "clevr-cnn.json").read_text())
+    assert "combos" not in card["config"] and card["metrics"]["scenes"] == "every colour-shape pair"
+    assert data_info(tmp_path)["features"]["valB"]["pretrained_on"] == "every colour-shape pair"
