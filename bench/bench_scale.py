@@ -250,6 +250,10 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=7000, help="with --features resnet-shape")
     parser.add_argument("--find-memory", action="store_true",
                         help="train find's peak memory at 16x, by training order, written into --out")
+    parser.add_argument("--huge-pages", action="store_true",
+                        help="with --features resnet-shape: find's streamed data path on the run's folders with "
+                             "PyTorch's huge pages off and on (THP_MEM_ALLOC_ENABLE), in turn, each in its own "
+                             "process, written into --out's 'resnet_shape'")
     parser.add_argument("--data-path-only", action="store_true",
                         help="measure only the data paths again, on the folders of the run that wrote --out, and "
                              "rewrite its data-path numbers and targets (the stage numbers are kept)")
@@ -261,6 +265,13 @@ def main() -> None:
         result = json.loads(out.read_text())
         result.pop("machine", None)
         result["find_memory_16x"] = find_memory(Path(args.workdir).resolve(), result["in_memory_bytes"])
+        return write_result(out, result)
+    if args.features == "resnet-shape" and args.huge_pages:
+        out = Path(args.out)
+        result = json.loads(out.read_text())
+        result.pop("machine", None)
+        result["resnet_shape"]["huge_pages"] = huge_pages_ab(Path(args.workdir).resolve() / "resnet-shape",
+                                                             args.budget or 1 << 30)
         return write_result(out, result)
     if args.features == "resnet-shape":
         root = Path(args.workdir).resolve()
@@ -419,6 +430,34 @@ def resnet_shape_run(root: Path, images: int, budget: int, backbone: Path | None
                            "features_bytes_full_clevr": int(files["train"] / images * 70_000),
                            "note": "per epoch, what the streamed data path alone needs at CLEVR's 700k questions "
                                    "(70k images): the floor a GPU that computed for free would meet"}}
+
+
+HUGE_PAGES_RUN = """
+import json, sys
+sys.path.insert(0, {bench!r})
+from pathlib import Path
+from bench_scale import data_path_rate
+from modtrain.recipe import Recipe
+from modtrain.workdir import Workdir
+root = Path({root!r})
+recipe = Recipe.load(root / "work" / "recipe.toml").with_overrides(["data.in_memory_bytes={budget}"])
+print(json.dumps(data_path_rate(Workdir(root / "work", root / "data"), recipe, "find", min_seconds=10)[0]))
+"""
+
+
+def huge_pages_ab(root: Path, budget: int, rounds: int = 3) -> dict:
+    """find's streamed data path (samples/s) on the ResNet-shape run's folders with PyTorch's huge
+    pages for large tensors off and on (``THP_MEM_ALLOC_ENABLE``, which modtrain turns on), each
+    measurement in a fresh process, off and on in turn, ``rounds`` times."""
+    code = HUGE_PAGES_RUN.format(bench=str(Path(__file__).parent), root=str(root), budget=budget)
+    rates: dict[str, list[float]] = {"off": [], "on": []}
+    for _ in range(rounds):
+        for label, value in (("off", "0"), ("on", "1")):
+            done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                                  env={**os.environ, "THP_MEM_ALLOC_ENABLE": value})
+            rates[label].append(round(float(done.stdout.strip().splitlines()[-1]), 1))
+    return {"find_data_path_samples_per_second": rates, "rounds": rounds, "in_memory_bytes": budget,
+            "on / off (means)": round(sum(rates["on"]) / sum(rates["off"]), 2)}
 
 
 def find_memory(root: Path, budget: int) -> dict:

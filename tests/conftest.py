@@ -185,3 +185,16 @@ def validations(monkeypatch):
 
     monkeypatch.setattr(Job, "_validate", counted)
     return state
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    """With MODTRAIN_TEST_TIMELINE=FILE: one line per test (worker, start, end, test) appended to
+    FILE, to see how the suite spreads over pytest-xdist's workers."""
+    path = os.environ.get("MODTRAIN_TEST_TIMELINE")
+    start = __import__("time").time()
+    yield
+    if path:
+        with open(path, "a") as f:
+            f.write(f"{os.environ.get('PYTEST_XDIST_WORKER', '-')} {start:.1f} {__import__('time').time():.1f} "
+                    f"{item.nodeid}\n")

@@ -98,14 +98,15 @@ def test_film_answers_alone_learns_and_reads_the_image(tiny_run, tmp_path):
     the question-only prior on this tiny data is not asserted: in 15 epochs it lands within a
     tenth of a point of it, above on one CPU, below on another. bench_depth measures it.)"""
     _, typed, _, _ = tiny_run
-    # the settings this tiny data trains FiLM with in 15 epochs (the recipe's are its paper's)
-    recipe = Recipe.load("film", [f"data.source='{typed.data}'", "train.max_epochs=15", "train.patience=4",
+    # six epochs, the settings this tiny data trains FiLM with (the recipe's are its paper's): the loss falls
+    # most in the first two; the depth report trains it to the end
+    recipe = Recipe.load("film", [f"data.source='{typed.data}'", "train.max_epochs=6", "train.patience=6",
                                   "train.lr=0.002", "train.weight_decay=0", "train.device='cpu'"])
     workdir = Workdir.for_recipe(recipe, tmp_path / "film")
     result = run_end_to_end(recipe, workdir, CPU, say=lambda m: None)
     assert result["splits"]["val"]["skipped"] == {}  # FiLM answers every question on its own
     losses = [json.loads(line)["train_loss"] for line in (workdir.root / "logs" / "e2e.jsonl").read_text().splitlines()]
-    assert losses[-1] < 0.75 * losses[0]  # it learns (about 0.53× in 9 epochs here)
+    assert losses[-1] < 0.75 * losses[0]  # it learns (about 0.56× in 6 epochs here)
     film, _, _ = load_assembly(workdir, recipe, CPU)
     split = PreparedData(typed.data).split("val")
     tokens, lengths = torch.from_numpy(split.tokens).long(), torch.from_numpy(split.lengths).long()
