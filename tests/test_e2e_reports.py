@@ -200,8 +200,11 @@ def test_tuned_protocol_searches_every_version_with_the_same_budget(ray_local, t
     _, typed, _, _ = tiny_run
     root = tmp_path / "tuned"
     # one two-epoch trial a module: the protocol is what is tested (every version searched with the
-    # same budget, its seeds trained with what the search chose), not what the trials reach
-    summary = run_compare(root, 1, CPU, ["train.max_epochs=2", "train.patience=2", "train.device='cpu'"],
+    # same budget, its seeds trained with what the search chose), not what the trials reach; batches
+    # of 128 to 512 (the recipe searches from 16, ten times the steps an epoch on this data)
+    batches = [f"search.{m}.batch_size='lograndint(128, 512)'" for m in ("encoder", "find", "describe", "measure",
+                                                                        "e2e")]
+    summary = run_compare(root, 1, CPU, ["train.max_epochs=2", "train.patience=2", "train.device='cpu'", *batches],
                           data_dir=typed.data, say=lambda m: None, tune=1)
     protocol = summary["protocol"]
     assert protocol["name"] == "tuned" and protocol["trials_per_module"] == 1
