@@ -244,13 +244,16 @@ def main() -> None:
                         help="systems besides the three NMN versions (labels of the compare report)")
     parser.add_argument("--pretrain-images", type=int, default=None, help="clevr-cnn's (default: its own)")
     parser.add_argument("--pretrain-epochs", type=int, default=None)
+    parser.add_argument("--recolor", action="store_true",
+                        help="clevr-cnn's shape, size and material heads pretrained on recoloured views (issue 29's "
+                             "remedy for features that tell shape by colour)")
     parser.add_argument("--set", dest="overrides", action="append", default=[],
                         help="a recipe override for every system (a smoke run: train.max_epochs=2)")
     args = parser.parse_args()
     start = time.perf_counter()
     root = Path(args.workdir).resolve()
-    pretrain = {k: v for k, v in (("pretrain_images", args.pretrain_images), ("pretrain_epochs", args.pretrain_epochs))
-                if v is not None}
+    pretrain = {k: v for k, v in (("pretrain_images", args.pretrain_images), ("pretrain_epochs", args.pretrain_epochs),
+                                  ("pretrain_recolor", args.recolor or None)) if v is not None}
     data = make_data(root / "data", args.images, args.val_images, args.test_images, args.questions_per_image,
                      args.families, pretrain)
     summary = run_compare(root / "compare", args.seeds, CPU, args.overrides, data_dir=root / "data", say=print,

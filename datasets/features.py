@@ -153,11 +153,15 @@ def cell_targets(objects: list[dict], image_size: int, grid: int, min_cover: flo
 
 def pretrain_clevr_cnn(image_size: int = 64, num_images: int = PRETRAIN_IMAGES, epochs: int = PRETRAIN_EPOCHS,
                        seed: int = 0, channels: int = 64, batch_size: int = 64,
-                       device: torch.device | str = "cpu", combos: str | None = None) -> tuple[ClevrCNN, dict]:
+                       device: torch.device | str = "cpu", combos: str | None = None,
+                       recolor: bool = False) -> tuple[ClevrCNN, dict]:
     """Train ClevrCNN on freshly generated scenes (the ``pretrain`` split) to predict every
     cell's attributes; return the network in eval mode and held-out per-attribute accuracy.
     With a CoGenT condition (``combos``) its scenes keep that condition's colour-shape pairs: a
-    CoGenT backbone must never see the pairs of the condition it is tested on."""
+    CoGenT backbone must never see the pairs of the condition it is tested on. With ``recolor``
+    the shape, size and material heads learn on ``recolored`` views of the same images (colour on
+    the images as drawn): in CoGenT's condition A an object's colour tells a cube from a cylinder,
+    and a backbone pretrained on A alone learns shape partly through colour (bench_cogent.py)."""
     from modtrain.datasets.generate import split_rng
 
     if image_size % 8:
@@ -187,7 +191,9 @@ def pretrain_clevr_cnn(image_size: int = 64, num_images: int = PRETRAIN_IMAGES, 
                 idx = order[start:start + batch_size]
                 x, y = train_x[idx].to(device), train_y[idx].to(device)
                 feats = net(x)
-                loss = sum(loss_fn(net.heads[a](feats), y[:, k]) for k, a in enumerate(ATTRIBUTE_ORDER))
+                seen = net(recolored(x, generator)) if recolor else feats
+                loss = sum(loss_fn(net.heads[a](feats if a == "color" else seen), y[:, k])
+                           for k, a in enumerate(ATTRIBUTE_ORDER))
                 optimizer.zero_grad()
                 loss.backward()
                 optimizer.step()
@@ -203,13 +209,27 @@ def pretrain_clevr_cnn(image_size: int = 64, num_images: int = PRETRAIN_IMAGES, 
             accuracy[attr] = float((pred == val_y[:, k])[object_cells].float().mean())
         accuracy["floor"] = float((net.heads["color"](feats).argmax(1).cpu() == 0)[~object_cells].float().mean())
     net.requires_grad_(False)
-    return net.cpu(), {"images": num_images, "epochs": epochs, "seed": seed, "scenes": scenes_seen(combos),
-                       "held_out_cell_accuracy": accuracy}
+    return net.cpu(), {"images": num_images, "epochs": epochs, "seed": seed,
+                       "scenes": scenes_seen(combos, recolor), "held_out_cell_accuracy": accuracy}
 
 
-def scenes_seen(combos: str | None) -> str:
+def recolored(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Prepared clevr-cnn inputs with each image's colours changed at random, the same way for every
+    pixel of the image: its RGB channels permuted and each scaled by a gain in [0.6, 1.4]. Objects
+    keep their shape, size, material and place; their colours (and the floor's) become others."""
+    mean = torch.tensor(CLEVR_CNN_MEAN, device=x.device).view(1, 3, 1, 1)
+    std = torch.tensor(CLEVR_CNN_STD, device=x.device).view(1, 3, 1, 1)
+    n = len(x)
+    order = torch.argsort(torch.rand(n, 3, generator=generator), dim=1).to(x.device)
+    gains = (0.6 + 0.8 * torch.rand(n, 3, 1, 1, generator=generator)).to(x.device)
+    raw = torch.gather(x * std + mean, 1, order[:, :, None, None].expand_as(x))
+    return ((raw * gains).clamp(0, 1) - mean) / std
+
+
+def scenes_seen(combos: str | None, recolor: bool = False) -> str:
     """What a clevr-cnn's pretraining scenes were, in words (its card, its features' attributes)."""
-    return f"CoGenT condition {combos}" if combos else "every colour-shape pair"
+    seen = f"CoGenT condition {combos}" if combos else "every colour-shape pair"
+    return seen + (", shape, size and material learnt on recoloured views" if recolor else "")
 
 
 def pretrain_condition(splits: list[str], choice: str = "auto", where: str = "the data folder") -> str | None:
@@ -232,24 +252,27 @@ def pretrain_condition(splits: list[str], choice: str = "auto", where: str = "th
 
 
 def clevr_cnn_config(image_size: int, seed: int, pretrain_images: int = PRETRAIN_IMAGES,
-                     pretrain_epochs: int = PRETRAIN_EPOCHS, combos: str | None = None) -> dict[str, int | str]:
+                     pretrain_epochs: int = PRETRAIN_EPOCHS, combos: str | None = None,
+                     pretrain_recolor: bool = False) -> dict[str, int | str]:
     """What a pretrained clevr-cnn depends on (recorded in ``features/clevr-cnn.json``); a CoGenT
-    condition only when there is one, so that the backbones of other folders stay valid."""
+    condition and recolouring only when there are, so that the backbones of other folders stay valid."""
     config: dict[str, int | str] = {"image_size": image_size, "seed": seed, "images": pretrain_images,
                                     "epochs": pretrain_epochs}
     if combos:
         config["combos"] = combos
+    if pretrain_recolor:
+        config["recolor"] = True
     return config
 
 
 def load_clevr_cnn_backbone(data_dir: Path, image_size: int, seed: int, device, retrain: bool = False,
                             pretrain_images: int = PRETRAIN_IMAGES, pretrain_epochs: int = PRETRAIN_EPOCHS,
-                            combos: str | None = None) -> Backbone:
+                            combos: str | None = None, pretrain_recolor: bool = False) -> Backbone:
     """The pretrained clevr-cnn of a data folder, trained now if missing, asked to, or pretrained
     with other settings (a CoGenT condition among them)."""
     weights = data_dir / "features" / "clevr-cnn.pt"
     card = weights.with_suffix(".json")
-    config = clevr_cnn_config(image_size, seed, pretrain_images, pretrain_epochs, combos)
+    config = clevr_cnn_config(image_size, seed, pretrain_images, pretrain_epochs, combos, pretrain_recolor)
     net = ClevrCNN()
     reuse = weights.exists() and card.exists() and not retrain
     if reuse:
@@ -260,7 +283,7 @@ def load_clevr_cnn_backbone(data_dir: Path, image_size: int, seed: int, device, 
         log.info("reusing pretrained clevr-cnn %s", weights)
     else:
         net, metrics = pretrain_clevr_cnn(image_size, pretrain_images, pretrain_epochs, seed, device=device,
-                                          combos=combos)
+                                          combos=combos, recolor=pretrain_recolor)
         with atomic_path(weights) as tmp:
             torch.save(net.state_dict(), tmp)
         write_json(card, {"config": config, "metrics": metrics})
@@ -268,7 +291,7 @@ def load_clevr_cnn_backbone(data_dir: Path, image_size: int, seed: int, device, 
     net.eval().requires_grad_(False)
     # the hash of the tensors, not of the file: torch.save writes other bytes for the same weights
     return Backbone("clevr-cnn", net, image_size, CLEVR_CNN_MEAN, CLEVR_CNN_STD, state_sha256(net.state_dict()),
-                    scenes_seen(combos))
+                    scenes_seen(combos, pretrain_recolor))
 
 
 def load_resnet101_backbone(weights: str | Path | None) -> Backbone:
@@ -394,7 +417,7 @@ def features_command(data_dir: str | Path, backbone: str = "clevr-cnn", weights:
                      device: torch.device | str = "cpu", seed: int = 0, retrain: bool = False,
                      pretrain_images: int = PRETRAIN_IMAGES, pretrain_epochs: int = PRETRAIN_EPOCHS,
                      splits: list[str] | None = None, workers: int | None = None,
-                     pretrain_combos: str = "auto") -> dict[str, tuple[int, ...]]:
+                     pretrain_combos: str = "auto", pretrain_recolor: bool = False) -> dict[str, tuple[int, ...]]:
     """Features for every split of a CLEVR or VQA folder; returns each split's array shape.
     ``workers`` processes decode the images (default: see ``extract_features``). clevr-cnn pretrains
     on the CoGenT condition ``pretrain_combos`` gives (``pretrain_condition``; auto: the training
@@ -438,7 +461,7 @@ def features_command(data_dir: str | Path, backbone: str = "clevr-cnn", weights:
     if backbone == "clevr-cnn":
         combos = pretrain_condition(folder.splits(), pretrain_combos, f"data folder {data_dir}")
         net = load_clevr_cnn_backbone(Path(data_dir), image_size, seed, device, retrain,
-                                      pretrain_images, pretrain_epochs, combos)
+                                      pretrain_images, pretrain_epochs, combos, pretrain_recolor)
     else:
         net = load_resnet101_backbone(weights)
     for split in splits:

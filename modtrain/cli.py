@@ -151,11 +151,15 @@ def generate(directory, images, val_images, test_images, questions_per_image, fa
 @click.option("--pretrain-combos", type=click.Choice(["auto", "A", "B", "none"]), default="auto", show_default=True,
               help="The CoGenT condition whose colour-shape pairs clevr-cnn pretrains on; auto: the training "
                    "split's (trainA: A), none where no split is named for one.")
+@click.option("--pretrain-recolor", is_flag=True,
+              help="clevr-cnn's shape, size and material heads learn on recoloured views of its scenes, so that "
+                   "its features cannot tell shape by colour (CoGenT: in condition A colour tells a cube from a "
+                   "cylinder).")
 @click.option("--workers", type=click.IntRange(min=0), default=None,
               help="Processes that decode images while the backbone computes [default: on CUDA one per other core; "
                    "on the CPU none: the backbone's threads use every core].")
 def features(directory, backbone, weights, from_h5, dtype, batch_size, device, seed, retrain,
-             pretrain_images, pretrain_epochs, pretrain_combos, workers):
+             pretrain_images, pretrain_epochs, pretrain_combos, pretrain_recolor, workers):
     """Extract image features into DIRECTORY/features/{split}.h5."""
     from modtrain.datasets.features import features_command
     from modtrain.device import resolve_device
@@ -165,7 +169,7 @@ def features(directory, backbone, weights, from_h5, dtype, batch_size, device, s
                 if v is not None}
     shapes = features_command(directory, backbone, weights, from_h5, dtype, batch_size,
                               resolve_device(device), seed, retrain, **pretrain, workers=workers,
-                              pretrain_combos=pretrain_combos)
+                              pretrain_combos=pretrain_combos, pretrain_recolor=pretrain_recolor)
     for split, shape in shapes.items():
         click.echo(f"{split}: features {tuple(shape)}")
     click.echo(f"done in {time.perf_counter() - start:.1f}s")

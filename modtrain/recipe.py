@@ -70,6 +70,9 @@ class DataSection:
     # clevr-cnn pretraining; None: the backbone's own defaults
     pretrain_images: int | None = setting(None, low=1)
     pretrain_epochs: int | None = setting(None, low=1)
+    # shape, size and material heads learnt on recoloured views (datasets/features.py, ``recolored``):
+    # a CoGenT backbone that cannot tell shape by colour; None: off
+    pretrain_recolor: bool | None = None
 
 
 @dataclass(frozen=True)

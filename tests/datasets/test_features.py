@@ -19,6 +19,7 @@ from modtrain.datasets.features import (
     load_resnet101_backbone,
     pretrain_clevr_cnn,
     pretrain_condition,
+    recolored,
     validate_features,
 )
 from torch import nn
@@ -239,3 +240,32 @@ def test_features_of_a_cogent_folder_say_which_condition_their_backbone_saw(tmp_
     card = json.loads((tmp_path / "features" / "clevr-cnn.json").read_text())
     assert "combos" not in card["config"] and card["metrics"]["scenes"] == "every colour-shape pair"
     assert data_info(tmp_path)["features"]["valB"]["pretrained_on"] == "every colour-shape pair"
+    # recoloured views for shape, size and material: another backbone, and the files say so
+    features_command(tmp_path, pretrain_images=8, pretrain_epochs=1, pretrain_recolor=True)
+    card = json.loads((tmp_path / "features" / "clevr-cnn.json").read_text())
+    assert card["config"]["combos"] == "A" and card["config"]["recolor"] is True
+    assert data_info(tmp_path)["features"]["trainA"]["pretrained_on"] == (
+        "CoGenT condition A, shape, size and material learnt on recoloured views")
+
+
+def test_a_recoloured_view_changes_colours_and_keeps_everything_else():
+    """``recolored``: per image, one permutation and gain of the RGB channels for every pixel, so
+    pixels of one colour stay of one colour (shapes, sizes, places kept) and colours change."""
+    from modtrain.datasets.generate import split_rng
+    from modtrain.datasets.scenes import make_scene, render_scene
+
+    rng = split_rng(0, "pretrain")
+    prep = Backbone("clevr-cnn", ClevrCNN(), 64, CLEVR_CNN_MEAN, CLEVR_CNN_STD, "")
+    x = torch.from_numpy(np.stack([prep.prepare(render_scene(make_scene(rng, "p", i, 64).objects, 64))
+                                   for i in range(8)]))
+    y = recolored(x, torch.Generator().manual_seed(0))
+    assert y.shape == x.shape and not torch.equal(x, y)
+    for before, after in zip(x, y):  # same colour before → same colour after, pixel by pixel
+        _, groups = torch.unique(before.flatten(1).T, dim=0, return_inverse=True)
+        for g in groups.unique()[:20]:
+            same = after.flatten(1).T[groups == g]
+            assert (same - same[0]).abs().max() < 1e-5
+    raw = x * 0.25 + 0.5
+    changed = [not torch.allclose(a.mean((1, 2)), b.mean((1, 2)), atol=1e-3) for a, b in zip(raw, y * 0.25 + 0.5)]
+    assert sum(changed) >= 6  # colours do change (a gain near 1 and the identity order can leave one)
+    assert float(y.min()) >= -2.0 - 1e-5 and float(y.max()) <= 2.0 + 1e-5  # still inside [0, 1] when drawn
