@@ -22,6 +22,7 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
+import h5py
 import numpy as np
 import torch
 
@@ -29,10 +30,16 @@ sys.path.insert(0, str(Path(__file__).parent))
 from common import points, verdict, write_result  # noqa: E402
 from modtrain.datasets.clevr import ATTRIBUTES, ClevrFolder
 from modtrain.datasets.executor import execute_all
-from modtrain.datasets.features import ATTRIBUTE_ORDER, cell_targets, features_command, features_path
+from modtrain.datasets.features import (
+    ATTRIBUTE_ORDER,
+    cell_owners,
+    cell_targets,
+    features_command,
+    features_path,
+)
 from modtrain.datasets.generate import generate
 from modtrain.datasets.prepare import prepare
-from modtrain.datasets.scenes import COGENT, object_id_map
+from modtrain.datasets.scenes import COGENT
 
 from modtrain.data import PreparedData
 from modtrain.io import read_json
@@ -110,8 +117,6 @@ def probe(root: Path, epochs: int = 30) -> dict:
     folder = ClevrFolder(root)
 
     def cells(split: str):
-        import h5py
-
         with h5py.File(features_path(root, split), "r") as f:
             features = torch.from_numpy(f["features"][()]).float()
         n, c, h, w = features.shape
@@ -157,18 +162,6 @@ def probe(root: Path, epochs: int = 30) -> dict:
     return result
 
 
-def cell_owners(objects: list[dict], image_size: int, grid: int, min_cover: float = 0.15) -> np.ndarray:
-    """(grid, grid): per feature cell, 1 + the index of the object covering most of it (at least
-    ``min_cover`` of the cell), 0 for the floor: the cells ``cell_targets`` labels with an object."""
-    ids = object_id_map(objects, image_size).astype(np.int64)
-    cell = image_size // grid
-    blocks = ids[:grid * cell, :grid * cell].reshape(grid, cell, grid, cell).transpose(0, 2, 1, 3)
-    blocks = blocks.reshape(grid, grid, cell * cell)
-    counts = np.stack([(blocks == k).sum(-1) for k in range(len(objects) + 1)], -1)
-    counts[..., 0] = 0
-    return np.where(counts.max(-1) >= min_cover * cell * cell, counts.argmax(-1), 0)
-
-
 def modules_diagnosis(workdir: Path, root: Path) -> dict:
     """For one trained typed modular NMN, per test split and kind of object (condition A's, B's
     spheres: seen pairs, B's cubes and cylinders: unseen pairs):
@@ -192,8 +185,6 @@ def modules_diagnosis(workdir: Path, root: Path) -> dict:
     describe_index = {v: i for i, v in enumerate(describe_card["instances"])}
     out = {}
     for split in TEST:
-        import h5py
-
         with h5py.File(features_path(root, split), "r") as f:
             features = torch.from_numpy(f["features"][()]).float()
         grid = features.shape[-1]

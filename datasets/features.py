@@ -130,24 +130,26 @@ class Backbone:
                 "backbone_pretrained_on": self.pretrained_on}
 
 
-def cell_targets(objects: list[dict], image_size: int, grid: int, min_cover: float = 0.15) -> np.ndarray:
-    """(4, grid, grid) int64 targets: per cell, each attribute's value index + 1, 0 for floor.
-
-    A cell takes the attributes of the object covering most of it, when that object covers
-    at least ``min_cover`` of the cell.
-    """
+def cell_owners(objects: list[dict], image_size: int, grid: int, min_cover: float = 0.15) -> np.ndarray:
+    """(grid, grid) int64: per cell, 1 + the index of the object covering most of it, when that
+    object covers at least ``min_cover`` of the cell; 0 for the floor."""
     ids = object_id_map(objects, image_size).astype(np.int64)
     cell = image_size // grid
     blocks = ids[:grid * cell, :grid * cell].reshape(grid, cell, grid, cell).transpose(0, 2, 1, 3)
     blocks = blocks.reshape(grid, grid, cell * cell)
     counts = np.stack([(blocks == k).sum(-1) for k in range(len(objects) + 1)], -1)
     counts[..., 0] = 0
-    owner = counts.argmax(-1)
-    covered = counts.max(-1) >= min_cover * cell * cell
+    return np.where(counts.max(-1) >= min_cover * cell * cell, counts.argmax(-1), 0)
+
+
+def cell_targets(objects: list[dict], image_size: int, grid: int, min_cover: float = 0.15) -> np.ndarray:
+    """(4, grid, grid) int64 targets: per cell, each attribute's value index + 1, 0 for floor:
+    the attributes of the cell's owner (``cell_owners``)."""
+    owner = cell_owners(objects, image_size, grid, min_cover)
     targets = np.zeros((len(ATTRIBUTE_ORDER), grid, grid), np.int64)
     for a, attr in enumerate(ATTRIBUTE_ORDER):
         values = np.array([0] + [ATTRIBUTES[attr].index(o[attr]) + 1 for o in objects])
-        targets[a] = np.where(covered, values[owner], 0)
+        targets[a] = values[owner]
     return targets
 
 

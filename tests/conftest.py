@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import time
 import types
 
 if os.environ.get("PYTEST_XDIST_WORKER"):  # before torch is imported; inherited by the subprocesses
@@ -192,9 +193,9 @@ def pytest_runtest_protocol(item, nextitem):
     """With MODTRAIN_TEST_TIMELINE=FILE: one line per test (worker, start, end, test) appended to
     FILE, to see how the suite spreads over pytest-xdist's workers."""
     path = os.environ.get("MODTRAIN_TEST_TIMELINE")
-    start = __import__("time").time()
+    start = time.time()
     yield
     if path:
         with open(path, "a") as f:
-            f.write(f"{os.environ.get('PYTEST_XDIST_WORKER', '-')} {start:.1f} {__import__('time').time():.1f} "
+            f.write(f"{os.environ.get('PYTEST_XDIST_WORKER', '-')} {start:.1f} {time.time():.1f} "
                     f"{item.nodeid}\n")
