@@ -17,6 +17,7 @@ object cells, its accuracy on testA's cells and on testB's cells of seen (sphere
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from collections import defaultdict
@@ -47,6 +48,7 @@ from modtrain.reports.compare import run_compare
 from modtrain.reports.depth import interval
 
 CPU = torch.device("cpu")
+BLIND = ["modules.encoder.attribute_values='blind'"]  # --blind-prior: the NMN versions' encoder
 TEST = ("testA", "testB")
 PROTOCOL = ("every system on the same folder: trainA to train, valA to stop early, clevr-cnn pretrained on "
             "condition A's scenes only; nothing trains or selects on a B split. The compare report's shared-defaults "
@@ -116,9 +118,13 @@ def probe(root: Path, epochs: int = 30) -> dict:
     object cells and on testB's, split into seen pairs (spheres) and unseen ones (cubes, cylinders)."""
     folder = ClevrFolder(root)
 
+    groups = None
+
     def cells(split: str):
+        nonlocal groups
         with h5py.File(features_path(root, split), "r") as f:
             features = torch.from_numpy(f["features"][()]).float()
+            groups = json.loads(f.attrs["attribute_channels"]) if "attribute_channels" in f.attrs else None
         n, c, h, w = features.shape
         size = read_json(root / "generate.json")["image_size"]
         scenes = folder.load_scenes(split)
@@ -135,11 +141,16 @@ def probe(root: Path, epochs: int = 30) -> dict:
     result = {}
     tests = {split: cells(split) for split in TEST}
     shape_index, color_index = order.index("shape"), order.index("color")
-    for k, attribute in enumerate(order):
+    # on features split by attribute (clevr-cnn --pretrain-split): every channel, and the
+    # attribute's own (what find and describe read)
+    plans = [(k, a, "", slice(None)) for k, a in enumerate(order)]
+    if groups:
+        plans += [(k, a, " / own channels", slice(*groups[a])) for k, a in enumerate(order)]
+    for k, attribute, suffix, channels in plans:
         torch.manual_seed(0)
-        head = torch.nn.Linear(train_x.shape[1], len(ATTRIBUTES[attribute]))
+        x = ((train_x - mean) / std)[:, channels]
+        head = torch.nn.Linear(x.shape[1], len(ATTRIBUTES[attribute]))
         optimizer = torch.optim.Adam(head.parameters(), lr=0.01)
-        x = (train_x - mean) / std
         for _ in range(epochs):
             for batch in torch.randperm(len(x)).split(4096):
                 loss = torch.nn.functional.cross_entropy(head(x[batch]), train_y[batch, k])
@@ -149,7 +160,7 @@ def probe(root: Path, epochs: int = 30) -> dict:
         row = {}
         with torch.no_grad():
             for split, (tx, ty) in tests.items():
-                right = head((tx - mean) / std).argmax(1) == ty[:, k]
+                right = head(((tx - mean) / std)[:, channels]).argmax(1) == ty[:, k]
                 shapes = [ATTRIBUTES["shape"][i] for i in ty[:, shape_index].tolist()]
                 colors = [ATTRIBUTES["color"][i] for i in ty[:, color_index].tolist()]
                 unseen = torch.tensor([unseen_pair({"shape": s, "color": c}) for s, c in zip(shapes, colors)])
@@ -158,7 +169,7 @@ def probe(root: Path, epochs: int = 30) -> dict:
                     if mask.any():
                         row[f"{split} {label}"] = {"cells": int(mask.sum()),
                                                    "accuracy": float(right[mask].float().mean())}
-        result[attribute] = row
+        result[attribute + suffix] = row
     return result
 
 
@@ -238,17 +249,25 @@ def main() -> None:
     parser.add_argument("--recolor", action="store_true",
                         help="clevr-cnn's shape, size and material heads pretrained on recoloured views (issue 29's "
                              "remedy for features that tell shape by colour)")
+    parser.add_argument("--split", action="store_true",
+                        help="clevr-cnn in two bodies, colour apart from shape, size and material (form learnt on "
+                             "objects recoloured at random); find and describe read their attribute's channels")
+    parser.add_argument("--blind-prior", action="store_true",
+                        help="the NMN versions' encoder reads every word naming an attribute value as its "
+                             "attribute's (modules.encoder.attribute_values='blind'); FiLM as it is")
     parser.add_argument("--set", dest="overrides", action="append", default=[],
                         help="a recipe override for every system (a smoke run: train.max_epochs=2)")
     args = parser.parse_args()
     start = time.perf_counter()
     root = Path(args.workdir).resolve()
     pretrain = {k: v for k, v in (("pretrain_images", args.pretrain_images), ("pretrain_epochs", args.pretrain_epochs),
-                                  ("pretrain_recolor", args.recolor or None)) if v is not None}
+                                  ("pretrain_recolor", args.recolor or None),
+                                  ("pretrain_split", args.split or None)) if v is not None}
     data = make_data(root / "data", args.images, args.val_images, args.test_images, args.questions_per_image,
                      args.families, pretrain)
     summary = run_compare(root / "compare", args.seeds, CPU, args.overrides, data_dir=root / "data", say=print,
-                          systems=args.systems, split="testA")
+                          systems=args.systems, split="testA",
+                          version_overrides=BLIND if args.blind_prior else [])
     folder = ClevrFolder(root / "data")
     prepared = PreparedData(root / "data")
     groups = {split: question_groups(folder, split) for split in TEST}
@@ -290,7 +309,8 @@ def main() -> None:
                                                               "test_images": args.test_images,
                                                               "questions_per_image": args.questions_per_image,
                                                               "families": args.families},
-        "seeds": args.seeds, "overrides": args.overrides, "wall_seconds": round(time.perf_counter() - start, 1),
+        "seeds": args.seeds, "overrides": args.overrides,
+        "nmn_overrides": BLIND if args.blind_prior else [], "wall_seconds": round(time.perf_counter() - start, 1),
         "targets": targets, "systems": systems, "probe": probe(root / "data"),
         "modules_typed": {str(seed): modules_diagnosis(Path(w), root / "data") for seed, w in zip(
             summary["versions"]["modular + data types"]["seeds"],

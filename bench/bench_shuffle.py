@@ -84,10 +84,13 @@ def main() -> None:
     gap = paired_verdict(uniform, window, -0.01)
     of_uniform = {r["seed"]: r["accuracy"] for r in uniform}
     gaps = {r["seed"]: round(100 * (r["accuracy"] - of_uniform[r["seed"]]), 2) for r in window}
-    # the verdict as it stood over the first three seeds, next to the one over all (seeds added later)
-    first = sorted(gaps)[:3]
-    gap["first_three_seeds"] = paired_verdict([r for r in uniform if r["seed"] in first],
-                                              [r for r in window if r["seed"] in first], -0.01)
+    # the verdict as it stood at each earlier stage (3 seeds, then 8), next to the one over all: seeds
+    # were added in stages, and a reader should see every verdict on the way, not only the last
+    for count, key in ((3, "first_three_seeds"), (8, "first_eight_seeds")):
+        if len(gaps) > count:
+            first = sorted(gaps)[:count]
+            gap[key] = paired_verdict([r for r in uniform if r["seed"] in first],
+                                      [r for r in window if r["seed"] in first], -0.01)
     write_result(out, {
         "benchmark": "shuffle", "recipe": "nmn-typed", "images": args.images,
         "seeds": sorted(r["seed"] for r in uniform),

@@ -25,6 +25,18 @@ SAME_WORDS = {"color": "the same color as", "shape": "the same shape as",
 Description = dict[str, str]
 
 
+def value_words() -> dict[str, str]:
+    """Every word the questions name an attribute value with (its synonyms and plural too: ``balls``
+    names a sphere) → the attribute."""
+    synonyms = {"shape": SHAPE_WORDS, "material": MATERIAL_WORDS}
+    words = {}
+    for attribute, values in ATTRIBUTES.items():
+        for value in values:
+            for word in synonyms.get(attribute, {}).get(value, (value,)):
+                words[word] = words[word + "s"] = attribute
+    return words
+
+
 class _Program:
     def __init__(self) -> None:
         self.nodes: list[ProgramNode] = []

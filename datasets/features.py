@@ -12,6 +12,7 @@ Backbones:
 """
 from __future__ import annotations
 
+import colorsys
 import hashlib
 import json
 import logging
@@ -70,6 +71,37 @@ class ClevrCNN(nn.Module):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.body(images)
 
+    # which channels each attribute's head reads: all of them (ColorFormCNN: its own body's)
+    attribute_channels: dict[str, list[int]] | None = None
+
+    def head(self, attribute: str, features: torch.Tensor) -> torch.Tensor:
+        """Pretraining's read-out of ``attribute`` from features of every channel."""
+        if self.attribute_channels is not None:
+            start, stop = self.attribute_channels[attribute]
+            features = features[:, start:stop]
+        return self.heads[attribute](features)
+
+
+class ColorFormCNN(ClevrCNN):
+    """clevr-cnn in two bodies that share nothing: a colour body (the first quarter of the channels)
+    pretrained on the scenes as drawn to tell colour, and a form body (the rest) pretrained on the
+    same scenes with every object recoloured at random (``recolored_objects``) to tell shape, size
+    and material. In CoGenT's condition A a cube's colour tells it from a cylinder; the form body
+    never sees a colour that goes with a shape, and the colour body is asked nothing but colour.
+    The features say which channels serve which attribute (``attribute_channels``, kept in every
+    features file), and find and describe read only their attribute's channels (issue 29)."""
+
+    def __init__(self, channels: int = 64):
+        nn.Module.__init__(self)
+        color = channels // 4
+        self.color, self.form = ClevrCNN(color).body, ClevrCNN(channels - color).body
+        self.heads = nn.ModuleDict({a: nn.Conv2d(color if a == "color" else channels - color,
+                                                 len(ATTRIBUTES[a]) + 1, 1) for a in ATTRIBUTE_ORDER})
+        self.attribute_channels = {a: [0, color] if a == "color" else [color, channels] for a in ATTRIBUTE_ORDER}
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return torch.cat([self.color(images), self.form(images)], 1)
+
 
 def prepare_image(image: Image.Image, size: int, mean, std) -> np.ndarray:
     """(3, size, size) float32 input: RGB, resized (bicubic) where needed, normalized."""
@@ -124,10 +156,14 @@ class Backbone:
         return self.net(batch)
 
     def attrs(self) -> dict[str, str | int]:
-        return {"backbone": self.name, "input_size": self.input_size,
-                "normalization": json.dumps({"mean": self.mean, "std": self.std}),
-                "backbone_sha256": self.weights_sha256, "schema_version": SCHEMA_VERSION,
-                "backbone_pretrained_on": self.pretrained_on}
+        attrs = {"backbone": self.name, "input_size": self.input_size,
+                 "normalization": json.dumps({"mean": self.mean, "std": self.std}),
+                 "backbone_sha256": self.weights_sha256, "schema_version": SCHEMA_VERSION,
+                 "backbone_pretrained_on": self.pretrained_on}
+        groups = getattr(self.net, "attribute_channels", None)
+        if groups is not None:  # which channels serve which attribute: what find and describe read
+            attrs["attribute_channels"] = json.dumps(groups)
+        return attrs
 
 
 def cell_owners(objects: list[dict], image_size: int, grid: int, min_cover: float = 0.15) -> np.ndarray:
@@ -156,25 +192,36 @@ def cell_targets(objects: list[dict], image_size: int, grid: int, min_cover: flo
 def pretrain_clevr_cnn(image_size: int = 64, num_images: int = PRETRAIN_IMAGES, epochs: int = PRETRAIN_EPOCHS,
                        seed: int = 0, channels: int = 64, batch_size: int = 64,
                        device: torch.device | str = "cpu", combos: str | None = None,
-                       recolor: bool = False) -> tuple[ClevrCNN, dict]:
+                       recolor: bool = False, split: bool = False) -> tuple[ClevrCNN, dict]:
     """Train ClevrCNN on freshly generated scenes (the ``pretrain`` split) to predict every
     cell's attributes; return the network in eval mode and held-out per-attribute accuracy.
     With a CoGenT condition (``combos``) its scenes keep that condition's colour-shape pairs: a
     CoGenT backbone must never see the pairs of the condition it is tested on. With ``recolor``
     the shape, size and material heads learn on ``recolored`` views of the same images (colour on
     the images as drawn): in CoGenT's condition A an object's colour tells a cube from a cylinder,
-    and a backbone pretrained on A alone learns shape partly through colour (bench_cogent.py)."""
+    and a backbone pretrained on A alone learns shape partly through colour (bench_cogent.py). With
+    ``split`` the network is a ``ColorFormCNN``: colour learnt by its colour body on the scenes as
+    drawn, the rest by its form body on a fresh ``recolored_objects`` rendering every epoch."""
     from modtrain.datasets.generate import split_rng
 
     if image_size % 8:
         raise ModtrainError(f"the clevr-cnn backbone needs an image size divisible by 8, got {image_size}")
+    if recolor and split:
+        raise ModtrainError("pretrain recolouring and the split clevr-cnn are two remedies for the same thing; "
+                            "choose one (--pretrain-recolor or --pretrain-split)")
     torch.manual_seed(seed)
     rng = split_rng(seed, "pretrain")
     grid = image_size // 8
     scenes = [make_scene(rng, "pretrain", i, image_size, combos) for i in range(num_images)]
-    net = ClevrCNN(channels)
+    net = ColorFormCNN(channels) if split else ClevrCNN(channels)
     prep = Backbone("clevr-cnn", net, image_size, CLEVR_CNN_MEAN, CLEVR_CNN_STD, "")
-    images = torch.from_numpy(np.stack([prep.prepare(render_scene(s.objects, image_size)) for s in scenes]))
+
+    def rendered(recolor_rng: np.random.Generator | None = None) -> torch.Tensor:
+        return torch.from_numpy(np.stack([prep.prepare(render_scene(
+            recolored_objects(s.objects, recolor_rng) if recolor_rng else s.objects, image_size)) for s in scenes]))
+
+    images = rendered()
+    recolor_rng = np.random.default_rng([seed, 29])
     targets = torch.from_numpy(np.stack([cell_targets(s.objects, image_size, grid) for s in scenes]))
     n_val = max(1, num_images // 10)
     train_x, train_y, val_x, val_y = images[n_val:], targets[n_val:], images[:n_val], targets[:n_val]
@@ -189,13 +236,20 @@ def pretrain_clevr_cnn(image_size: int = 64, num_images: int = PRETRAIN_IMAGES, 
         for _ in range(epochs):
             net.train()
             order = torch.randperm(len(train_x), generator=generator)
+            views = rendered(recolor_rng)[n_val:] if split else None
             for start in range(0, len(order), batch_size):
                 idx = order[start:start + batch_size]
                 x, y = train_x[idx].to(device), train_y[idx].to(device)
-                feats = net(x)
-                seen = net(recolored(x, generator)) if recolor else feats
-                loss = sum(loss_fn(net.heads[a](feats if a == "color" else seen), y[:, k])
-                           for k, a in enumerate(ATTRIBUTE_ORDER))
+                if split:
+                    loss = loss_fn(net.heads["color"](net.color(x)), y[:, 0])
+                    form = net.form(views[idx].to(device))
+                    loss = loss + sum(loss_fn(net.heads[a](form), y[:, k])
+                                      for k, a in enumerate(ATTRIBUTE_ORDER) if a != "color")
+                else:
+                    feats = net(x)
+                    seen = net(recolored(x, generator)) if recolor else feats
+                    loss = sum(loss_fn(net.heads[a](feats if a == "color" else seen), y[:, k])
+                               for k, a in enumerate(ATTRIBUTE_ORDER))
                 optimizer.zero_grad()
                 loss.backward()
                 optimizer.step()
@@ -207,12 +261,22 @@ def pretrain_clevr_cnn(image_size: int = 64, num_images: int = PRETRAIN_IMAGES, 
         object_cells = val_y[:, 0] > 0
         accuracy = {}
         for k, attr in enumerate(ATTRIBUTE_ORDER):
-            pred = net.heads[attr](feats).argmax(1).cpu()
+            pred = net.head(attr, feats).argmax(1).cpu()
             accuracy[attr] = float((pred == val_y[:, k])[object_cells].float().mean())
-        accuracy["floor"] = float((net.heads["color"](feats).argmax(1).cpu() == 0)[~object_cells].float().mean())
+        accuracy["floor"] = float((net.head("color", feats).argmax(1).cpu() == 0)[~object_cells].float().mean())
     net.requires_grad_(False)
     return net.cpu(), {"images": num_images, "epochs": epochs, "seed": seed,
-                       "scenes": scenes_seen(combos, recolor), "held_out_cell_accuracy": accuracy}
+                       "scenes": scenes_seen(combos, recolor, split), "held_out_cell_accuracy": accuracy}
+
+
+def recolored_objects(objects: list[dict], rng: np.random.Generator) -> list[dict]:
+    """The objects, each drawn in a colour of its own drawn at random (any hue, saturation 0.2–1,
+    value 0.25–1; not one of CLEVR's eight names): a view in which colour says nothing of shape."""
+    out = []
+    for obj in objects:
+        hue, saturation, value = rng.random(), 0.2 + 0.8 * rng.random(), 0.25 + 0.75 * rng.random()
+        out.append({**obj, "rgb": tuple(round(255 * c) for c in colorsys.hsv_to_rgb(hue, saturation, value))})
+    return out
 
 
 def recolored(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -228,9 +292,11 @@ def recolored(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     return ((raw * gains).clamp(0, 1) - mean) / std
 
 
-def scenes_seen(combos: str | None, recolor: bool = False) -> str:
+def scenes_seen(combos: str | None, recolor: bool = False, split: bool = False) -> str:
     """What a clevr-cnn's pretraining scenes were, in words (its card, its features' attributes)."""
     seen = f"CoGenT condition {combos}" if combos else "every colour-shape pair"
+    if split:
+        return seen + ", colour and form in separate channels, form learnt on objects recoloured at random"
     return seen + (", shape, size and material learnt on recoloured views" if recolor else "")
 
 
@@ -255,27 +321,32 @@ def pretrain_condition(splits: list[str], choice: str = "auto", where: str = "th
 
 def clevr_cnn_config(image_size: int, seed: int, pretrain_images: int = PRETRAIN_IMAGES,
                      pretrain_epochs: int = PRETRAIN_EPOCHS, combos: str | None = None,
-                     pretrain_recolor: bool = False) -> dict[str, int | str]:
+                     pretrain_recolor: bool = False, pretrain_split: bool = False) -> dict[str, int | str]:
     """What a pretrained clevr-cnn depends on (recorded in ``features/clevr-cnn.json``); a CoGenT
-    condition and recolouring only when there are, so that the backbones of other folders stay valid."""
+    condition, recolouring and the split network only when there are, so that the backbones of other
+    folders stay valid."""
     config: dict[str, int | str] = {"image_size": image_size, "seed": seed, "images": pretrain_images,
                                     "epochs": pretrain_epochs}
     if combos:
         config["combos"] = combos
     if pretrain_recolor:
         config["recolor"] = True
+    if pretrain_split:
+        config["split"] = True
     return config
 
 
 def load_clevr_cnn_backbone(data_dir: Path, image_size: int, seed: int, device, retrain: bool = False,
                             pretrain_images: int = PRETRAIN_IMAGES, pretrain_epochs: int = PRETRAIN_EPOCHS,
-                            combos: str | None = None, pretrain_recolor: bool = False) -> Backbone:
+                            combos: str | None = None, pretrain_recolor: bool = False,
+                            pretrain_split: bool = False) -> Backbone:
     """The pretrained clevr-cnn of a data folder, trained now if missing, asked to, or pretrained
     with other settings (a CoGenT condition among them)."""
     weights = data_dir / "features" / "clevr-cnn.pt"
     card = weights.with_suffix(".json")
-    config = clevr_cnn_config(image_size, seed, pretrain_images, pretrain_epochs, combos, pretrain_recolor)
-    net = ClevrCNN()
+    config = clevr_cnn_config(image_size, seed, pretrain_images, pretrain_epochs, combos, pretrain_recolor,
+                              pretrain_split)
+    net = ColorFormCNN() if pretrain_split else ClevrCNN()
     reuse = weights.exists() and card.exists() and not retrain
     if reuse:
         saved = json.loads(card.read_text())
@@ -285,7 +356,7 @@ def load_clevr_cnn_backbone(data_dir: Path, image_size: int, seed: int, device, 
         log.info("reusing pretrained clevr-cnn %s", weights)
     else:
         net, metrics = pretrain_clevr_cnn(image_size, pretrain_images, pretrain_epochs, seed, device=device,
-                                          combos=combos, recolor=pretrain_recolor)
+                                          combos=combos, recolor=pretrain_recolor, split=pretrain_split)
         with atomic_path(weights) as tmp:
             torch.save(net.state_dict(), tmp)
         write_json(card, {"config": config, "metrics": metrics})
@@ -293,7 +364,7 @@ def load_clevr_cnn_backbone(data_dir: Path, image_size: int, seed: int, device, 
     net.eval().requires_grad_(False)
     # the hash of the tensors, not of the file: torch.save writes other bytes for the same weights
     return Backbone("clevr-cnn", net, image_size, CLEVR_CNN_MEAN, CLEVR_CNN_STD, state_sha256(net.state_dict()),
-                    scenes_seen(combos, pretrain_recolor))
+                    scenes_seen(combos, pretrain_recolor, pretrain_split))
 
 
 def load_resnet101_backbone(weights: str | Path | None) -> Backbone:
@@ -419,7 +490,8 @@ def features_command(data_dir: str | Path, backbone: str = "clevr-cnn", weights:
                      device: torch.device | str = "cpu", seed: int = 0, retrain: bool = False,
                      pretrain_images: int = PRETRAIN_IMAGES, pretrain_epochs: int = PRETRAIN_EPOCHS,
                      splits: list[str] | None = None, workers: int | None = None,
-                     pretrain_combos: str = "auto", pretrain_recolor: bool = False) -> dict[str, tuple[int, ...]]:
+                     pretrain_combos: str = "auto", pretrain_recolor: bool = False,
+                     pretrain_split: bool = False) -> dict[str, tuple[int, ...]]:
     """Features for every split of a CLEVR or VQA folder; returns each split's array shape.
     ``workers`` processes decode the images (default: see ``extract_features``). clevr-cnn pretrains
     on the CoGenT condition ``pretrain_combos`` gives (``pretrain_condition``; auto: the training
@@ -463,7 +535,7 @@ def features_command(data_dir: str | Path, backbone: str = "clevr-cnn", weights:
     if backbone == "clevr-cnn":
         combos = pretrain_condition(folder.splits(), pretrain_combos, f"data folder {data_dir}")
         net = load_clevr_cnn_backbone(Path(data_dir), image_size, seed, device, retrain,
-                                      pretrain_images, pretrain_epochs, combos, pretrain_recolor)
+                                      pretrain_images, pretrain_epochs, combos, pretrain_recolor, pretrain_split)
     else:
         net = load_resnet101_backbone(weights)
     for split in splits:

@@ -144,7 +144,7 @@ def _draw_object(draw: ImageDraw.ImageDraw, obj: dict[str, Any], scale: float, i
     """Draw one object; with ``fill`` given, draw its silhouette in that single value."""
     x, y = obj["pixel_coords"][0] * scale, obj["pixel_coords"][1] * scale
     half = HALF_SIZE[obj["size"]] * image_size * scale
-    base = RGB[obj["color"]]
+    base = tuple(obj["rgb"]) if "rgb" in obj else RGB[obj["color"]]  # rgb: a recoloured view (pretraining)
     metal = obj["material"] == "metal"
     body = fill if fill is not None else (_shade(base, 0.62) if metal else base)
     shape = obj["shape"]

@@ -155,11 +155,15 @@ def generate(directory, images, val_images, test_images, questions_per_image, fa
               help="clevr-cnn's shape, size and material heads learn on recoloured views of its scenes, so that "
                    "its features cannot tell shape by colour (CoGenT: in condition A colour tells a cube from a "
                    "cylinder).")
+@click.option("--pretrain-split", is_flag=True,
+              help="clevr-cnn in two bodies: colour in the first quarter of the channels, learnt on the scenes as "
+                   "drawn, shape, size and material in the rest, learnt on scenes whose objects are recoloured at "
+                   "random; find and describe then read only their attribute's channels (CoGenT).")
 @click.option("--workers", type=click.IntRange(min=0), default=None,
               help="Processes that decode images while the backbone computes [default: on CUDA one per other core; "
                    "on the CPU none: the backbone's threads use every core].")
 def features(directory, backbone, weights, from_h5, dtype, batch_size, device, seed, retrain,
-             pretrain_images, pretrain_epochs, pretrain_combos, pretrain_recolor, workers):
+             pretrain_images, pretrain_epochs, pretrain_combos, pretrain_recolor, pretrain_split, workers):
     """Extract image features into DIRECTORY/features/{split}.h5."""
     from modtrain.datasets.features import features_command
     from modtrain.device import resolve_device
@@ -169,7 +173,8 @@ def features(directory, backbone, weights, from_h5, dtype, batch_size, device, s
                 if v is not None}
     shapes = features_command(directory, backbone, weights, from_h5, dtype, batch_size,
                               resolve_device(device), seed, retrain, **pretrain, workers=workers,
-                              pretrain_combos=pretrain_combos, pretrain_recolor=pretrain_recolor)
+                              pretrain_combos=pretrain_combos, pretrain_recolor=pretrain_recolor,
+                              pretrain_split=pretrain_split)
     for split, shape in shapes.items():
         click.echo(f"{split}: features {tuple(shape)}")
     click.echo(f"done in {time.perf_counter() - start:.1f}s")

@@ -11,10 +11,12 @@ read ahead in a thread (``ReadAhead``). docs/formats.md says how far from unifor
 """
 from __future__ import annotations
 
+import json
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import h5py
 import numpy as np
@@ -282,11 +284,30 @@ class PreparedData:
         """One hash for the data a module trains and validates on."""
         return sha256_json([self.split(s).fingerprint for s in (train, val)])
 
-    def dims(self) -> dict[str, int]:
-        """Dimensions modules are built with: features C, height, width, answers, tokens."""
-        shape = self.split(self.splits()[0]).features().shape
+    def dims(self) -> dict[str, Any]:
+        """Dimensions modules are built with: features C, height, width, answers, tokens;
+        ``attribute_channels``, which channels serve which attribute where the features say so
+        (clevr-cnn --pretrain-split; else None); ``attribute_tokens`` (``attribute_tokens``)."""
+        split = self.split(self.splits()[0])
+        shape = split.features().shape
+        with h5py.File(split.features_path, "r") as f:
+            groups = f.attrs.get("attribute_channels")
         return {"features": shape[1], "height": shape[2], "width": shape[3],
-                "answers": len(self.vocab["answers"]), "tokens": len(self.vocab["question_tokens"])}
+                "answers": len(self.vocab["answers"]), "tokens": len(self.vocab["question_tokens"]),
+                "attribute_channels": json.loads(groups) if groups is not None else None,
+                "attribute_tokens": self.attribute_tokens()}
+
+    def attribute_tokens(self) -> dict[str, list[int]]:
+        """Per attribute, the ids of the question tokens that name one of its values (``cubes`` and
+        ``blocks`` name a shape): what an encoder blind to attribute values reads as one word."""
+        from modtrain.datasets.families import value_words
+
+        words = value_words()
+        groups: dict[str, list[int]] = {}
+        for word, i in sorted(self.vocab["question_tokens"].items(), key=lambda item: item[1]):
+            if word in words:
+                groups.setdefault(words[word], []).append(int(i))
+        return groups
 
 
 def shuffled_batches(rows: np.ndarray, batch_size: int, seed: int | None, epoch: int = 0) -> list[np.ndarray]:

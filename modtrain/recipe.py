@@ -73,6 +73,9 @@ class DataSection:
     # shape, size and material heads learnt on recoloured views (datasets/features.py, ``recolored``):
     # a CoGenT backbone that cannot tell shape by colour; None: off
     pretrain_recolor: bool | None = None
+    # clevr-cnn as two bodies, colour apart from shape, size and material (datasets/features.py,
+    # ``ColorFormCNN``): find and describe read their attribute's channels; None: off
+    pretrain_split: bool | None = None
 
 
 @dataclass(frozen=True)

@@ -155,6 +155,36 @@ def pick_instance(per_instance: torch.Tensor, instance: torch.Tensor) -> torch.T
     return per_instance[torch.arange(len(instance), device=instance.device), instance]
 
 
+# Which feature channels a module's instances read (find, describe): "auto" reads an attribute's
+# own channels where the features say which serve it (``attribute_channels``), every channel
+# otherwise; "all" always every channel; "attribute" requires the features to say.
+CHANNELS = Range(choices=("auto", "all", "attribute"))
+
+
+def attribute_channel_mask(module: NMNModule, dims: dict, attribute_of) -> torch.Tensor | None:
+    """(instances, C) 0/1 mask of the feature channels each instance of ``module`` reads, or None
+    for every channel. ``dims["attribute_channels"]`` (from the features file: attribute → [start,
+    stop)) says which channels serve which attribute; ``attribute_of(instance)`` names an
+    instance's attribute (None: it reads every channel). The module keeps the map in its
+    dimensions, so its card rebuilds the same mask."""
+    choice, groups = module.hparams["channels"], dims.get("attribute_channels")
+    if choice == "all" or (choice == "auto" and not groups):
+        return None
+    if not groups:
+        raise ModtrainError(f"module {module.name}: channels='attribute' needs features that say which channels "
+                            f"serve which attribute (clevr-cnn pretrained with --pretrain-split, recipe key "
+                            f"data.pretrain_split); these do not. Use channels='auto' or 'all'")
+    module.dims["attribute_channels"] = groups
+    mask = torch.ones(len(module.instances), module.dims["features"])
+    for i, instance in enumerate(module.instances):
+        attribute = attribute_of(instance)
+        if attribute in groups:
+            start, stop = groups[attribute]
+            mask[i] = 0
+            mask[i, start:stop] = 1
+    return mask
+
+
 def register_module(name: str):
     """Class decorator: make a module buildable by name."""
     def wrap(cls):

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from modtrain.registry import NMNModule, pick_instance, register_module
+from modtrain.registry import CHANNELS, NMNModule, attribute_channel_mask, pick_instance, register_module
 
 
 @register_module("describe")
@@ -14,17 +14,24 @@ class Describe(NMNModule):
     inputs = ("Attended",)
     output = "AnswerLogits"
     has_instances = True
-    defaults = {"dropout": 0.0}
+    # channels: describe[shape] reads only the shape channels of features split by attribute
+    # (modtrain.registry.CHANNELS, clevr-cnn --pretrain-split)
+    defaults = {"dropout": 0.0, "channels": "auto"}
+    limits = {"channels": CHANNELS}
     needs = ("features", "answers")
 
     def __init__(self, interface, dims, instances, hparams):
         super().__init__(interface, dims, instances, hparams)
         n, c, a = len(instances), self.dims["features"], self.dims["answers"]
-        self.weight = nn.Parameter(torch.randn(n, a, c) / c ** 0.5)
+        mask = attribute_channel_mask(self, dims, lambda instance: instance)  # describe[shape]: shape
+        weight = torch.randn(n, a, c) / c ** 0.5
+        self.register_buffer("mask", None if mask is None else mask[:, None, :], persistent=False)
+        self.weight = nn.Parameter(weight if mask is None else weight * self.mask)
         self.bias = nn.Parameter(torch.zeros(n, a))
         self.dropout = nn.Dropout(hparams["dropout"])
 
     def forward(self, attended: torch.Tensor, instance: torch.Tensor) -> torch.Tensor:
         # Few instances (one per attribute): all run in one einsum, each sample keeps its own.
-        raw = torch.einsum("bc,nac->bna", self.dropout(attended), self.weight) + self.bias
+        weight = self.weight if self.mask is None else self.weight * self.mask
+        raw = torch.einsum("bc,nac->bna", self.dropout(attended), weight) + self.bias
         return self.constrain(pick_instance(raw, instance))

@@ -13,10 +13,15 @@ always, so the cell is a Mask (typed) or a Heatmap (gradient) like the linear fi
 from __future__ import annotations
 
 import torch
+from modtrain.datasets.clevr import ATTRIBUTES
 from torch import nn
 
-from modtrain.registry import NMNModule, pick_instance, register_module
+from modtrain.errors import ModtrainError
+from modtrain.registry import CHANNELS, NMNModule, attribute_channel_mask, pick_instance, register_module
 from modtrain.values import Range
+
+# a find instance's attribute (find[cube]: shape), for features whose channels are split by attribute
+VALUE_ATTRIBUTE = {value: attribute for attribute, values in ATTRIBUTES.items() for value in values}
 
 
 @register_module("find")
@@ -28,8 +33,12 @@ class Find(NMNModule):
     has_instances = True
     # attention: how downstream modules turn this module's output into an attended vector
     # (weighted average or softmax, paper §5.5).
-    defaults = {"bias": True, "dropout": 0.0, "attention": "weighted", "impl": "linear"}
-    limits = {"attention": Range(choices=("weighted", "softmax")), "impl": Range(choices=("linear", "cell"))}
+    # channels: which feature channels an instance reads (modtrain.registry.CHANNELS): on features
+    # that keep colour apart from shape (clevr-cnn --pretrain-split), find[cube] reads only the
+    # shape channels and cannot find cubes by the colours they had in training (CoGenT, issue 29)
+    defaults = {"bias": True, "dropout": 0.0, "attention": "weighted", "impl": "linear", "channels": "auto"}
+    limits = {"attention": Range(choices=("weighted", "softmax")), "impl": Range(choices=("linear", "cell")),
+              "channels": CHANNELS}
     needs = ("features",)
     # Not recomputed by the jobs that read the features anyway (relate): with find recomputed,
     # relate's job ran at 3459 samples/s against 4712 reading find's cache (the fastest of
@@ -39,7 +48,11 @@ class Find(NMNModule):
     def __init__(self, interface, dims, instances, hparams):
         super().__init__(interface, dims, instances, hparams)
         self.dropout = nn.Dropout2d(hparams["dropout"])
+        mask = attribute_channel_mask(self, dims, VALUE_ATTRIBUTE.get)
         if hparams["impl"] == "cell":
+            if mask is not None:
+                raise ModtrainError("find as a cell reads every feature channel; give it channels='all' on "
+                                    "features split by attribute, or use impl='linear'")
             from modtrain.modules.lnmn import Cell
 
             channels = self.dims["features"]
@@ -47,7 +60,11 @@ class Find(NMNModule):
             self.embedding = nn.Embedding(len(instances), channels)  # the cell's text input c, per instance
             return
         self.cell = None
-        self.weight = nn.Parameter(torch.randn(len(instances), self.dims["features"]) / self.dims["features"] ** 0.5)
+        weight = torch.randn(len(instances), self.dims["features"]) / self.dims["features"] ** 0.5
+        # the channels an instance does not read are 0 and stay 0 (masked in every forward): the
+        # weights alone are the function, whatever reads them
+        self.register_buffer("mask", mask, persistent=False)
+        self.weight = nn.Parameter(weight if mask is None else weight * mask)
         self.bias = nn.Parameter(torch.zeros(len(instances))) if hparams["bias"] else None
         # Channel dropout (Dropout2d, above), as the paper's code drops feature maps: one draw per
         # channel, not per value, which is also ~50× cheaper on a CPU than element dropout here.
@@ -71,7 +88,8 @@ class Find(NMNModule):
         product per row, the same for every row and batch size (so a row's bits never depend on
         the rest of the batch)."""
         b, _, h, w = features.shape
-        weight = self.weight.expand(b, *self.weight.shape)
+        weight = self.masked_weight()
+        weight = weight.expand(b, *weight.shape)
         return torch.bmm(weight, features.flatten(2)).view(b, -1, h, w)
 
     def forward(self, features: torch.Tensor, instance: torch.Tensor) -> torch.Tensor:
@@ -84,8 +102,12 @@ class Find(NMNModule):
             return self._output(pick_instance(self._every_instance(features), instance), instance)
         # (B, 1, C) @ (B, C, HW): one batched matmul on the features as they lie in memory,
         # ~7× faster on a CPU than the equivalent einsum, which copies them to (B, HW, C).
-        raw = torch.bmm(self.weight[instance].unsqueeze(1), features.flatten(2)).view(b, h, w)
+        raw = torch.bmm(self.masked_weight()[instance].unsqueeze(1), features.flatten(2)).view(b, h, w)
         return self._output(raw, instance)
+
+    def masked_weight(self) -> torch.Tensor:
+        """Every instance's weights over the channels it reads."""
+        return self.weight if self.mask is None else self.weight * self.mask
 
     def _output(self, raw: torch.Tensor, instance: torch.Tensor) -> torch.Tensor:
         if self.bias is not None:

@@ -61,6 +61,16 @@ def once_per_session(tmp_path_factory, name: str, make):
     return result
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _shared_runs_train_side_by_side(request):
+    """On pytest-xdist's second worker, train ``clevr_run`` before the first test where the session
+    has tests that read it: the first worker to ask trains ``tiny_run`` meanwhile, so the two shared
+    runs train side by side instead of one worker waiting for the other's."""
+    if os.environ.get("PYTEST_XDIST_WORKER") == "gw1" and any(
+            "clevr_run" in getattr(item, "fixturenames", ()) for item in request.session.items):
+        request.getfixturevalue("clevr_run")
+
+
 @pytest.fixture(scope="session")
 def tiny_clevr(tmp_path_factory):
     """A generated CLEVR folder: 30/8/8 images, 6 questions each, every family."""

@@ -129,7 +129,7 @@ def tuned(recipe: Recipe, workdir: Workdir, how: str, trials: int, device: torch
 def run_compare(root: str | Path, seeds: int, device: torch.device, overrides: list[str] = (),
                 data_dir: str | Path | None = None, say: Callable[[str], None] = print, fresh: bool = False,
                 recipe_name: str = "nmn-typed", tune: int = 0, systems: list[str] = (),
-                split: str | None = None) -> dict:
+                split: str | None = None, version_overrides: list[str] = ()) -> dict:
     """Train (or reuse, unless ``fresh``) every version × seed of the recipe and write
     ``reports/compare.{json,md}`` and the plot. The data folder is reused either way.
 
@@ -137,7 +137,9 @@ def run_compare(root: str | Path, seeds: int, device: torch.device, overrides: l
     recipe's ``[train]``, every module's own training settings dropped); with ``tune`` = N, N
     random trials per module (and N for the whole network end to end) on the recipe's search
     spaces, then the seeds trained with the best configuration. ``systems``: labels of ``SYSTEMS``
-    to add, under the same protocol. ``split``: the split the summary reports (default: test, else val)."""
+    to add, under the same protocol. ``split``: the split the summary reports (default: test, else val).
+    ``version_overrides``: settings of the NMN versions alone (an encoder's, which the added systems
+    do not have), the same for all three."""
     unknown = sorted(set(systems) - {label for label, _ in SYSTEMS})
     if unknown:
         raise ModtrainError(f"unknown system(s) {', '.join(map(repr, unknown))}; valid: "
@@ -163,7 +165,8 @@ def run_compare(root: str | Path, seeds: int, device: torch.device, overrides: l
     used = Recipe.load(recipe_name, [*overrides, f"data.source='{source}'"]).resolved().data
     fingerprint = data.fingerprint(used.train_split, used.val_split)
     runs, searches = [], {}
-    entries = [(label, recipe_name, [f"interface='{interface}'"], how) for label, interface, how in VERSIONS]
+    entries = [(label, recipe_name, [*version_overrides, f"interface='{interface}'"], how)
+               for label, interface, how in VERSIONS]
     # the added systems train with the compared recipe's [train] table, whatever their own says
     shared = [f"train.{k}={v!r}" for k, v in dataclasses.asdict(base.train_config("e2e")).items()
               if k in TrainSection.searched()]

@@ -269,3 +269,68 @@ def test_a_recoloured_view_changes_colours_and_keeps_everything_else():
     changed = [not torch.allclose(a.mean((1, 2)), b.mean((1, 2)), atol=1e-3) for a, b in zip(raw, y * 0.25 + 0.5)]
     assert sum(changed) >= 6  # colours do change (a gain near 1 and the identity order can leave one)
     assert float(y.min()) >= -2.0 - 1e-5 and float(y.max()) <= 2.0 + 1e-5  # still inside [0, 1] when drawn
+
+
+def test_a_split_backbone_keeps_colour_apart_and_says_which_channels_serve_what(tmp_path):
+    """``--pretrain-split``: clevr-cnn as two bodies; the card says so, every features file names
+    the channels of each attribute, and the colour channels do not move when only the form body
+    changes (the two bodies share nothing)."""
+    from modtrain.datasets.families import value_words
+    from modtrain.datasets.features import ColorFormCNN
+    from modtrain.datasets.generate import generate
+
+    from modtrain.data import PreparedData
+
+    generate(tmp_path, {"train": 3, "val": 2}, 2, "exist", combos="A", workers=0)
+    generate(tmp_path, {"val": 2}, 2, "exist", combos="B", workers=0)
+    with pytest.raises(ModtrainError, match="choose one"):
+        features_command(tmp_path, pretrain_images=8, pretrain_epochs=1, pretrain_recolor=True, pretrain_split=True)
+    features_command(tmp_path, pretrain_images=8, pretrain_epochs=1, pretrain_split=True)
+    card = json.loads((tmp_path / "features" / "clevr-cnn.json").read_text())
+    assert card["config"]["split"] is True and "colour and form in separate channels" in card["metrics"]["scenes"]
+    groups = {"color": [0, 16], "shape": [16, 64], "size": [16, 64], "material": [16, 64]}
+    for split in ("trainA", "valA", "valB"):
+        with h5py.File(features_path(tmp_path, split), "r") as f:
+            assert json.loads(f.attrs["attribute_channels"]) == groups and f["features"].shape[1] == 64
+    from modtrain.datasets.prepare import prepare
+
+    prepare(tmp_path)
+    dims, tokens = PreparedData(tmp_path).dims(), PreparedData(tmp_path).vocab["question_tokens"]
+    assert dims["attribute_channels"] == groups
+    # the question words that name a value, by attribute (what a blind encoder reads as one word)
+    named = {word: attribute for attribute, ids in dims["attribute_tokens"].items() for word, i in tokens.items()
+             if i in ids}
+    assert named and all(value_words()[word] == attribute for word, attribute in named.items())
+    assert set(value_words()) & set(tokens) == set(named)
+    net = ColorFormCNN()
+    x = torch.randn(2, 3, 64, 64)
+    before = net.eval()(x)
+    with torch.no_grad():
+        for p in net.form.parameters():
+            p.add_(1.0)
+    after = net(x)
+    assert torch.equal(before[:, :16], after[:, :16]) and not torch.allclose(before[:, 16:], after[:, 16:])
+    # the heads read their own body's channels
+    assert net.head("color", before).shape[1] == len(ATTRIBUTES["color"]) + 1
+    assert net.heads["shape"].in_channels == 48 and net.heads["color"].in_channels == 16
+
+
+def test_recoloured_objects_keep_their_place_and_form_and_lose_their_named_colour():
+    """``recolored_objects``: each object drawn in a random colour of its own, nothing else changed."""
+    from modtrain.datasets.features import recolored_objects
+    from modtrain.datasets.generate import split_rng
+    from modtrain.datasets.scenes import RGB, make_scene, object_id_map, render_scene
+
+    rng = split_rng(0, "pretrain")
+    objects = [o for i in range(6) for o in make_scene(rng, "p", i, 64).objects]
+    recolored = recolored_objects(objects, np.random.default_rng(0))
+    assert [{k: v for k, v in o.items() if k != "rgb"} for o in recolored] == objects
+    colours = {o["rgb"] for o in recolored}
+    assert len(colours) == len(objects) and not colours & set(RGB.values())
+    assert all(0 <= c <= 255 for rgb in colours for c in rgb)
+    scene = make_scene(split_rng(1, "pretrain"), "p", 0, 64).objects
+    drawn, again = np.asarray(render_scene(scene, 64)), np.asarray(render_scene(recolored_objects(
+        scene, np.random.default_rng(1)), 64))
+    ids = object_id_map(scene, 64)
+    assert (drawn[ids == 0] == again[ids == 0]).all(-1).mean() > 0.95  # the floor as it was (edges blend)
+    assert (np.abs(drawn.astype(int) - again.astype(int)).sum(-1)[ids > 0] > 30).mean() > 0.5
