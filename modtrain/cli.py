@@ -562,7 +562,8 @@ def report() -> None:
                    "to end) before training the seeds; 0: every version on one shared set of defaults.")
 @click.option("--system", "systems", multiple=True, metavar="NAME",
               help="Add an end-to-end system on the same data, seeds and protocol (repeatable): FiLM, "
-                   "'Stack-NMN (ground truth)', 'Stack-NMN (scratch)', LNMN.")
+                   "'Stack-NMN (ground truth)', 'Stack-NMN (scratch)', LNMN, or the compared NMN typed and "
+                   "trained end to end: 'end-to-end + data types'.")
 def compare(recipe_name, seeds, workdir, data_dir, overrides, device, fresh, trials, systems):
     """Modular vs end-to-end: accuracy (Table 2), training time (Fig. 10), retraining cost."""
     from pathlib import Path

@@ -127,8 +127,13 @@ def test_compare_adds_other_end_to_end_systems_under_the_same_protocol(compared,
     _, typed, _, _ = tiny_run
     with pytest.raises(ModtrainError, match="unknown system\\(s\\) 'MAC'; valid: FiLM, Stack-NMN \\(ground truth\\)"):
         run_compare(root, 1, CPU, FAST, data_dir=typed.data, say=lambda m: None, systems=["MAC"])
-    summary = run_compare(root, 1, CPU, FAST, data_dir=typed.data, say=lambda m: None, systems=["FiLM"])
-    assert list(summary["versions"]) == ["end-to-end", "modular", "modular + data types", "FiLM"]
+    summary = run_compare(root, 1, CPU, FAST, data_dir=typed.data, say=lambda m: None,
+                          systems=["FiLM", "end-to-end + data types"])
+    assert list(summary["versions"]) == ["end-to-end", "modular", "modular + data types", "end-to-end + data types",
+                                         "FiLM"]
+    typed_e2e = summary["versions"]["end-to-end + data types"]
+    assert typed_e2e["how"] == "end-to-end" and list(typed_e2e["seconds"]) == ["train e2e"]
+    assert json.loads((Path(typed_e2e["workdirs"][0]) / "modules" / "find.json").read_text())["interface"] == "typed"
     film = summary["versions"]["FiLM"]
     assert film["how"] == "end-to-end" and film["seeds"] == [0] and list(film["seconds"]) == ["train e2e"]
     assert film["train"]["film"] == summary["versions"]["end-to-end"]["train"]["encoder"]  # one [train] table

@@ -53,6 +53,11 @@ SYSTEMS = (
 )
 
 
+# (label, interface, how) — a version of the compared NMN a comparison can add like a system
+# (--system): the typed NMN trained end to end
+EXTRA_VERSIONS = (("end-to-end + data types", "typed", "end-to-end"),)
+
+
 def _slug(label: str) -> str:
     return label.replace(" + ", "-").replace(" ", "-")
 
@@ -137,13 +142,13 @@ def run_compare(root: str | Path, seeds: int, device: torch.device, overrides: l
     recipe's ``[train]``, every module's own training settings dropped); with ``tune`` = N, N
     random trials per module (and N for the whole network end to end) on the recipe's search
     spaces, then the seeds trained with the best configuration. ``systems``: labels of ``SYSTEMS``
-    to add, under the same protocol. ``split``: the split the summary reports (default: test, else val).
-    ``version_overrides``: settings of the NMN versions alone (an encoder's, which the added systems
-    do not have), the same for all three."""
-    unknown = sorted(set(systems) - {label for label, _ in SYSTEMS})
+    or ``EXTRA_VERSIONS`` to add, under the same protocol. ``split``: the split the summary reports
+    (default: test, else val). ``version_overrides``: settings of the NMN versions alone (an
+    encoder's, which the added systems do not have), the same for every version."""
+    valid = [label for label, _ in SYSTEMS] + [label for label, _, _ in EXTRA_VERSIONS]
+    unknown = sorted(set(systems) - set(valid))
     if unknown:
-        raise ModtrainError(f"unknown system(s) {', '.join(map(repr, unknown))}; valid: "
-                            f"{', '.join(label for label, _ in SYSTEMS)}")
+        raise ModtrainError(f"unknown system(s) {', '.join(map(repr, unknown))}; valid: {', '.join(valid)}")
     if seeds < 1:
         raise ModtrainError(f"--seeds {seeds}: need at least one seed")
     if tune < 0:
@@ -166,7 +171,7 @@ def run_compare(root: str | Path, seeds: int, device: torch.device, overrides: l
     fingerprint = data.fingerprint(used.train_split, used.val_split)
     runs, searches = [], {}
     entries = [(label, recipe_name, [*version_overrides, f"interface='{interface}'"], how)
-               for label, interface, how in VERSIONS]
+               for label, interface, how in (*VERSIONS, *(v for v in EXTRA_VERSIONS if v[0] in systems))]
     # the added systems train with the compared recipe's [train] table, whatever their own says
     shared = [f"train.{k}={v!r}" for k, v in dataclasses.asdict(base.train_config("e2e")).items()
               if k in TrainSection.searched()]
