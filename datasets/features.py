@@ -241,7 +241,7 @@ def pretrain_clevr_cnn(image_size: int = 64, num_images: int = PRETRAIN_IMAGES, 
                 idx = order[start:start + batch_size]
                 x, y = train_x[idx].to(device), train_y[idx].to(device)
                 if split:
-                    loss = loss_fn(net.heads["color"](net.color(x)), y[:, 0])
+                    loss = loss_fn(net.heads["color"](net.color(x)), y[:, ATTRIBUTE_ORDER.index("color")])
                     form = net.form(views[idx].to(device))
                     loss = loss + sum(loss_fn(net.heads[a](form), y[:, k])
                                       for k, a in enumerate(ATTRIBUTE_ORDER) if a != "color")
