@@ -287,7 +287,8 @@ class PreparedData:
     def dims(self) -> dict[str, Any]:
         """Dimensions modules are built with: features C, height, width, answers, tokens;
         ``attribute_channels``, which channels serve which attribute where the features say so
-        (clevr-cnn --pretrain-split; else None); ``attribute_tokens`` (``attribute_tokens``)."""
+        (clevr-cnn --pretrain-split; else None); ``attribute_tokens``, the question tokens that
+        name each attribute's values."""
         split = self.split(self.splits()[0])
         shape = split.features().shape
         with h5py.File(split.features_path, "r") as f:
