@@ -17,7 +17,6 @@ object cells, its accuracy on testA's cells and on testB's cells of seen (sphere
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from collections import defaultdict
@@ -117,14 +116,11 @@ def probe(root: Path, epochs: int = 30) -> dict:
     """A linear probe per attribute on the features of trainA's object cells; accuracy on testA's
     object cells and on testB's, split into seen pairs (spheres) and unseen ones (cubes, cylinders)."""
     folder = ClevrFolder(root)
-
-    groups = None
+    groups = PreparedData(root).dims()["attribute_channels"]  # None: the features name no channels
 
     def cells(split: str):
-        nonlocal groups
         with h5py.File(features_path(root, split), "r") as f:
             features = torch.from_numpy(f["features"][()]).float()
-            groups = json.loads(f.attrs["attribute_channels"]) if "attribute_channels" in f.attrs else None
         n, c, h, w = features.shape
         size = read_json(root / "generate.json")["image_size"]
         scenes = folder.load_scenes(split)
@@ -138,8 +134,10 @@ def probe(root: Path, epochs: int = 30) -> dict:
     order = list(ATTRIBUTE_ORDER)  # cell_targets' order
     train_x, train_y = cells("trainA")
     mean, std = train_x.mean(0), train_x.std(0) + 1e-6
+    train_x = (train_x - mean) / std  # every probe reads the cells normalized by trainA's statistics
     result = {}
     tests = {split: cells(split) for split in TEST}
+    tests = {split: ((x - mean) / std, y) for split, (x, y) in tests.items()}
     shape_index, color_index = order.index("shape"), order.index("color")
     # on features split by attribute (clevr-cnn --pretrain-split): every channel, and the
     # attribute's own (what find and describe read)
@@ -148,7 +146,7 @@ def probe(root: Path, epochs: int = 30) -> dict:
         plans += [(k, a, " / own channels", slice(*groups[a])) for k, a in enumerate(order)]
     for k, attribute, suffix, channels in plans:
         torch.manual_seed(0)
-        x = ((train_x - mean) / std)[:, channels]
+        x = train_x[:, channels]
         head = torch.nn.Linear(x.shape[1], len(ATTRIBUTES[attribute]))
         optimizer = torch.optim.Adam(head.parameters(), lr=0.01)
         for _ in range(epochs):
@@ -160,7 +158,7 @@ def probe(root: Path, epochs: int = 30) -> dict:
         row = {}
         with torch.no_grad():
             for split, (tx, ty) in tests.items():
-                right = head(((tx - mean) / std)[:, channels]).argmax(1) == ty[:, k]
+                right = head(tx[:, channels]).argmax(1) == ty[:, k]
                 shapes = [ATTRIBUTES["shape"][i] for i in ty[:, shape_index].tolist()]
                 colors = [ATTRIBUTES["color"][i] for i in ty[:, color_index].tolist()]
                 unseen = torch.tensor([unseen_pair({"shape": s, "color": c}) for s, c in zip(shapes, colors)])

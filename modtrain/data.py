@@ -230,6 +230,7 @@ class PreparedData:
         self.layouts: list[Layout] = [parse_layout(text) for text in self.vocab["layouts"]]
         self.answers: list[str] = sorted(self.vocab["answers"], key=self.vocab["answers"].get)
         self._splits: dict[str, SplitData] = {}
+        self._dims: dict[str, Any] | None = None  # dims(), read once
         self.features = {p.stem: features_identity(p) for p in sorted((self.root / "features").glob("*.h5"))}
         backbones = {name: f["backbone_sha256"] for name, f in self.features.items() if f and f["backbone_sha256"]}
         first = next(iter(backbones), None)
@@ -288,15 +289,17 @@ class PreparedData:
         """Dimensions modules are built with: features C, height, width, answers, tokens;
         ``attribute_channels``, which channels serve which attribute where the features say so
         (clevr-cnn --pretrain-split; else None); ``attribute_tokens``, the question tokens that
-        name each attribute's values."""
-        split = self.split(self.splits()[0])
-        shape = split.features().shape
-        with h5py.File(split.features_path, "r") as f:
-            groups = f.attrs.get("attribute_channels")
-        return {"features": shape[1], "height": shape[2], "width": shape[3],
-                "answers": len(self.vocab["answers"]), "tokens": len(self.vocab["question_tokens"]),
-                "attribute_channels": json.loads(groups) if groups is not None else None,
-                "attribute_tokens": self.attribute_tokens()}
+        name each attribute's values. Read once (every job asks several times)."""
+        if self._dims is None:
+            split = self.split(self.splits()[0])
+            shape = split.features().shape
+            with h5py.File(split.features_path, "r") as f:
+                groups = f.attrs.get("attribute_channels")
+            self._dims = {"features": shape[1], "height": shape[2], "width": shape[3],
+                          "answers": len(self.vocab["answers"]), "tokens": len(self.vocab["question_tokens"]),
+                          "attribute_channels": json.loads(groups) if groups is not None else None,
+                          "attribute_tokens": self.attribute_tokens()}
+        return dict(self._dims)
 
     def attribute_tokens(self) -> dict[str, list[int]]:
         """Per attribute, the ids of the question tokens that name one of its values (``cubes`` and

@@ -185,6 +185,25 @@ def attribute_channel_mask(module: NMNModule, dims: dict, attribute_of) -> torch
     return mask
 
 
+class ChannelWeights:
+    """For a module whose instances weigh the feature channels (find, describe): ``self.weight``
+    (instances first, channels last) and the ``mask`` of the channels each instance reads."""
+
+    def init_channel_weights(self, weight: torch.Tensor, dims: dict, attribute_of) -> None:
+        """Make ``weight`` the module's parameter, masked by ``attribute_channel_mask``: the channels an
+        instance does not read start at 0 and stay 0 (masked in every forward, ``masked_weight``), so
+        the weights alone are the function, whatever reads them."""
+        mask = attribute_channel_mask(self, dims, attribute_of)
+        if mask is not None:  # (instances, 1, ..., channels), as the weight
+            mask = mask.view(mask.shape[0], *[1] * (weight.dim() - 2), mask.shape[1])
+        self.register_buffer("mask", mask, persistent=False)
+        self.weight = nn.Parameter(weight if mask is None else weight * mask)
+
+    def masked_weight(self) -> torch.Tensor:
+        """Every instance's weights over the channels it reads."""
+        return self.weight if self.mask is None else self.weight * self.mask
+
+
 def register_module(name: str):
     """Class decorator: make a module buildable by name."""
     def wrap(cls):

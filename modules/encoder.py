@@ -28,13 +28,14 @@ class Encoder(NMNModule):
 
     def __init__(self, interface, dims, instances, hparams):
         super().__init__(interface, dims, instances, hparams)
-        remap = torch.arange(self.dims["tokens"])
+        remap = None  # reading every word: the tokens as they are
         if hparams["attribute_values"] == "blind":
             groups = dims.get("attribute_tokens")
             if not groups:
                 raise ModtrainError("encoder attribute_values='blind' needs the question tokens that name attribute "
                                     "values (a CLEVR folder's vocabulary has them); this data names none")
             self.dims["attribute_tokens"] = groups
+            remap = torch.arange(self.dims["tokens"])
             for ids in groups.values():
                 remap[ids] = ids[0]
         self.register_buffer("remap", remap, persistent=False)
@@ -47,7 +48,9 @@ class Encoder(NMNModule):
         # Packed by length: padding never reaches the LSTM state. The LSTM runs in float32
         # even under autocast, whose low-precision RNN support varies by backend.
         with torch.autocast(tokens.device.type, enabled=False):
-            packed = pack_padded_sequence(self.embed(self.remap[tokens]).float(), lengths.cpu().clamp(min=1),
+            if self.remap is not None:
+                tokens = self.remap[tokens]
+            packed = pack_padded_sequence(self.embed(tokens).float(), lengths.cpu().clamp(min=1),
                                           batch_first=True, enforce_sorted=False)
             _, (hidden, _) = self.lstm(packed)
         return self.constrain(self.classify(self.dropout(hidden[-1])))

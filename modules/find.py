@@ -13,19 +13,23 @@ always, so the cell is a Mask (typed) or a Heatmap (gradient) like the linear fi
 from __future__ import annotations
 
 import torch
-from modtrain.datasets.clevr import ATTRIBUTES
+from modtrain.datasets.families import value_words
 from torch import nn
 
 from modtrain.errors import ModtrainError
-from modtrain.registry import CHANNELS, NMNModule, attribute_channel_mask, pick_instance, register_module
+from modtrain.registry import (
+    CHANNELS,
+    ChannelWeights,
+    NMNModule,
+    attribute_channel_mask,
+    pick_instance,
+    register_module,
+)
 from modtrain.values import Range
-
-# a find instance's attribute (find[cube]: shape), for features whose channels are split by attribute
-VALUE_ATTRIBUTE = {value: attribute for attribute, values in ATTRIBUTES.items() for value in values}
 
 
 @register_module("find")
-class Find(NMNModule):
+class Find(ChannelWeights, NMNModule):
     """Decoupled input (image features), indirect supervision: trains through a surrogate."""
 
     inputs = ("Features",)
@@ -48,9 +52,9 @@ class Find(NMNModule):
     def __init__(self, interface, dims, instances, hparams):
         super().__init__(interface, dims, instances, hparams)
         self.dropout = nn.Dropout2d(hparams["dropout"])
-        mask = attribute_channel_mask(self, dims, VALUE_ATTRIBUTE.get)
+        attribute_of = value_words().get  # find[cube]: shape
         if hparams["impl"] == "cell":
-            if mask is not None:
+            if attribute_channel_mask(self, dims, attribute_of) is not None:
                 raise ModtrainError("find as a cell reads every feature channel; give it channels='all' on "
                                     "features split by attribute, or use impl='linear'")
             from modtrain.modules.lnmn import Cell
@@ -60,11 +64,8 @@ class Find(NMNModule):
             self.embedding = nn.Embedding(len(instances), channels)  # the cell's text input c, per instance
             return
         self.cell = None
-        weight = torch.randn(len(instances), self.dims["features"]) / self.dims["features"] ** 0.5
-        # the channels an instance does not read are 0 and stay 0 (masked in every forward): the
-        # weights alone are the function, whatever reads them
-        self.register_buffer("mask", mask, persistent=False)
-        self.weight = nn.Parameter(weight if mask is None else weight * mask)
+        self.init_channel_weights(torch.randn(len(instances), self.dims["features"]) / self.dims["features"] ** 0.5,
+                                  dims, attribute_of)
         self.bias = nn.Parameter(torch.zeros(len(instances))) if hparams["bias"] else None
         # Channel dropout (Dropout2d, above), as the paper's code drops feature maps: one draw per
         # channel, not per value, which is also ~50× cheaper on a CPU than element dropout here.
@@ -104,10 +105,6 @@ class Find(NMNModule):
         # ~7× faster on a CPU than the equivalent einsum, which copies them to (B, HW, C).
         raw = torch.bmm(self.masked_weight()[instance].unsqueeze(1), features.flatten(2)).view(b, h, w)
         return self._output(raw, instance)
-
-    def masked_weight(self) -> torch.Tensor:
-        """Every instance's weights over the channels it reads."""
-        return self.weight if self.mask is None else self.weight * self.mask
 
     def _output(self, raw: torch.Tensor, instance: torch.Tensor) -> torch.Tensor:
         if self.bias is not None:
