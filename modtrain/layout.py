@@ -7,6 +7,7 @@ instance parameters (docs/design.md, "Execution and the assembler").
 from __future__ import annotations
 
 import re
+import weakref
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Iterator
@@ -32,6 +33,20 @@ class Layout:
         if self.children:
             text += "(" + ",".join(c.text for c in self.children) + ")"
         return text
+
+    @classmethod
+    def of(cls, module: str, instance: str | None = None, children: tuple["Layout", ...] = ()) -> "Layout":
+        """The one ``Layout`` of this call while any is alive: equal subtrees are one object.
+
+        A data folder's layouts share most of their subtrees (``find[cube]``, ``and(find[red],…)``);
+        built through here, each distinct subtree is held once, with its text and shape computed
+        once, so the memory of a job's layouts grows with the distinct subtrees, not with the
+        layouts' summed size (at 160k CLEVR-like questions: 47k layouts, ~230 MB of nodes before)."""
+        key = (module, instance, children)
+        node = _interned.get(key)
+        if node is None:
+            node = _interned[key] = cls(module, instance, children)
+        return node
 
     def __str__(self) -> str:
         return self.text
@@ -128,4 +143,8 @@ class _Parser:
                 self.pos += 1
                 children.append(self.layout())
             self.expect(")")
-        return Layout(module, instance, tuple(children))
+        return Layout.of(module, instance, tuple(children))
+
+
+# Layout.of's table: a call → its node; an entry lives as long as its node does
+_interned: "weakref.WeakValueDictionary[tuple, Layout]" = weakref.WeakValueDictionary()

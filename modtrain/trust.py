@@ -65,7 +65,7 @@ def gain_interval(nll_module: np.ndarray, nll_baseline: np.ndarray, resamples: i
     n = len(nll_module)
     rng = np.random.default_rng([seed, 24])
     gains = np.empty(resamples)
-    chunk = max(1, (1 << 22) // max(n, 1))  # at most ~4M indices at a time, whatever the split's size
+    chunk = max(1, (1 << 20) // max(n, 1))  # at most ~1M indices (8 MiB) at a time, whatever the split's size
     for start in range(0, resamples, chunk):
         rows = rng.integers(0, n, size=(min(chunk, resamples - start), n))
         gains[start:start + len(rows)] = 1.0 - nll_module[rows].sum(1) / np.maximum(nll_baseline[rows].sum(1), 1e-12)

@@ -144,13 +144,13 @@ class Wirer:
                     self.interface.attention else ("value", output)
                 cuts.append(Cut(index, self.plan.owner(inside), column, data_type, slots[data_type.name]))
                 slots[data_type.name] += 1
-                return Layout(given_name(data_type), str(cuts[-1].slot))
+                return Layout.of(given_name(data_type), str(cuts[-1].slot))
             wanted = [t for t in self.signature(node.module)[0] if not t.from_dataset]
             children, position = [], index + 1
             for child, child_reads in zip(node.children, wanted):
                 children.append(visit(child, position, child_reads))
                 position += child.size
-            return Layout(node.module, node.instance, tuple(children))
+            return Layout.of(node.module, node.instance, tuple(children))
 
         return Wiring(visit(body, start, root_reads), cuts, root, root_reads)
 
