@@ -339,6 +339,11 @@ def main() -> None:
               "peak_training_rss_mib": peak_training, "targets": targets, "slopes": slopes, "sizes": sizes,
               "clevr_cnn_pretraining_note": "in the first size's 'data features' stage only"}
     result["projection"] = projection(result)
+    if out.exists():  # the ResNet-shape run (--features resnet-shape) is its own measurement: kept
+        before = json.loads(out.read_text())
+        if "resnet_shape" in before:
+            result["resnet_shape"] = before["resnet_shape"]
+            result["targets"].update({k: v for k, v in before["targets"].items() if k.startswith("resnet-shape")})
     write_result(out, result)
 
 

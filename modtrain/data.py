@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import json
 import os
+import sys
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import h5py
 import numpy as np
@@ -40,6 +42,14 @@ def in_memory_bytes() -> int:
     return _budget["bytes"]
 
 
+def _references(items: list, i: int) -> int:
+    return sys.getrefcount(items[i])
+
+
+_ALONE = _references([np.empty(1)], 0)  # what _references says of an array only its list holds
+_window_lock = threading.Lock()
+
+
 class H5Rows:
     """Rows of one HDF5 dataset; ``take`` returns rows in the order asked for."""
 
@@ -52,6 +62,7 @@ class H5Rows:
         self._array = None
         self._held = []  # [(sorted rows, their values)]: the windows ``hold`` set, served without a read
         self._position = None  # file row → its place in the first held window, −1 where not held
+        self._windows: list[np.ndarray] = []  # arrays ``read`` fills, kept for the next windows
         if not self.path.exists():
             raise ModtrainError(f"file not found: {self.path}")
         try:
@@ -79,7 +90,8 @@ class H5Rows:
         return self.nbytes > (self.in_memory_bytes if self.in_memory_bytes is not None else _budget["bytes"])
 
     def __getstate__(self):
-        return {**self.__dict__, "_file": None, "_pid": None, "_array": None, "_held": [], "_position": None}
+        return {**self.__dict__, "_file": None, "_pid": None, "_array": None, "_held": [], "_position": None,
+                "_windows": []}
 
     def _dataset(self):
         if self._file is None or self._pid != os.getpid():
@@ -87,14 +99,28 @@ class H5Rows:
             self._pid = os.getpid()
         return self._file[self.name]
 
-    def take(self, rows: np.ndarray) -> np.ndarray:
+    def resident(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+        """(array, positions) with ``array[positions]`` the rows asked for, where all of them are in
+        memory: the dataset held whole (read whole here if under the budget) or the first window
+        ``hold`` set; None where a read from disk is needed (``take`` does it)."""
         rows = np.asarray(rows, dtype=np.int64)
         if self._array is not None:  # held whole: no HDF5 call at all on the hot path
-            return self._array[rows]
+            return self._array, rows
         if self._held and len(rows):
             at = self._position[rows]
             if (at >= 0).all():  # the whole batch in the first window: one gather
-                return self._held[0][1][at]
+                return self._held[0][1], at
+        if not self._held and not self.streams():
+            self._array = self._read(None)
+            return self._array, rows
+        return None
+
+    def take(self, rows: np.ndarray) -> np.ndarray:
+        rows = np.asarray(rows, dtype=np.int64)
+        found = self.resident(rows)
+        if found is not None:
+            return found[0][found[1]]
+        if self._held and len(rows):
             out, found = None, np.zeros(len(rows), bool)
             for held_rows, values in self._held:  # a batch that straddles two windows
                 if not len(held_rows):
@@ -107,17 +133,43 @@ class H5Rows:
                 found |= hit
             if found.all():
                 return out
-        if not self.streams():
-            self._array = self._read(None)
-            return self._array[rows]
         unique, inverse = np.unique(rows, return_inverse=True)
         return self._read(unique)[inverse]
 
     def read(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The given rows read from disk (each touched chunk once), sorted and unique, with their
-        values: what ``hold`` takes. Safe in another thread (h5py serializes its calls)."""
+        values: what ``hold`` takes. Safe in another thread (h5py serializes its calls).
+
+        The values are written into a buffer kept from an earlier ``read`` once nothing refers to
+        it any more (no window held, no view of it alive): a window is hundreds of MB for ResNet
+        features, and a new one each time made the kernel fault in its pages (~5× the read of a
+        window of 1024 × 14 × 14 float16 rows on this machine)."""
         unique = np.unique(np.asarray(rows, dtype=np.int64))
-        return unique, self._read(unique)
+        return unique, self._read(unique, self._window_buffer(len(unique)))
+
+    WINDOW_BUFFERS = 3  # the window in use, the next one, and the one being read
+
+    def release_windows(self) -> None:
+        """Let go of the arrays kept for windows (at the end of an epoch: validation and what
+        follows do not need them)."""
+        with _window_lock:
+            self._windows = []
+
+    def _window_buffer(self, rows: int) -> np.ndarray | None:
+        """A kept array's first ``rows`` rows (a view: while it lives, the array counts as used), or
+        None: a new array, not kept, where every kept one is in use."""
+        with _window_lock:  # one thread at a time picks, and its view marks the pick used
+            buffers = self._windows
+            free = [i for i in range(len(buffers)) if _references(buffers, i) == _ALONE]
+            for i in free:
+                if len(buffers[i]) >= rows:
+                    return buffers[i][:rows]
+            if len(buffers) >= self.WINDOW_BUFFERS:
+                if not free:
+                    return None
+                buffers.pop(free[0])  # too small: a larger one takes its place
+            buffers.append(np.empty((rows, *self.shape[1:]), self.dtype))
+            return buffers[-1][:rows]
 
     def hold(self, windows: list[tuple[np.ndarray, np.ndarray]]) -> None:
         """Serve ``take``s of these rows from memory (each window: the rows and values ``read``
@@ -130,10 +182,10 @@ class H5Rows:
                 self._position = np.full(self.shape[0], -1, np.int64)
             self._position[self._held[0][0]] = np.arange(len(self._held[0][0]))
 
-    def _read(self, rows: np.ndarray | None) -> np.ndarray:
+    def _read(self, rows: np.ndarray | None, out: np.ndarray | None = None) -> np.ndarray:
         try:
             dataset = self._dataset()
-            return dataset[()] if rows is None else read_rows(dataset, rows)
+            return dataset[()] if rows is None else read_rows(dataset, rows, out)
         except OSError as e:  # a chunk whose checksum fails, a truncated file
             raise ModtrainError(f"{self.path} cannot be read ({str(e).splitlines()[0]}): corrupt or truncated"
                                 f"{'; ' + self.fix if self.fix else ''}") from None
@@ -379,16 +431,30 @@ class ReadAhead:
     source holds them in memory; a batch that straddles two windows is served from both. With
     ``reads`` None (nothing streams) it just yields the batches."""
 
-    def __init__(self, units: list[Unit], reads):
-        self.units, self.reads = units, reads
+    def __init__(self, units: list[Unit], reads, on_end: Callable[[], None] | None = None):
+        """``on_end``: called when the batches end (all used, or the loop left): what the epoch kept
+        for its batches can go."""
+        self.units, self.reads, self.on_end = units, reads, on_end
+        self._read_from: set = set()  # the sources read: their window arrays go at the end
 
     def __len__(self) -> int:
         return sum(len(batches) for batches, _ in self.units)
 
     def _fetch(self, unit: Unit):
-        return [(source, source.read(rows)) for source, rows in self.reads(unit[1])]
+        reads = self.reads(unit[1])
+        self._read_from.update(source for source, _ in reads)
+        return [(source, source.read(rows)) for source, rows in reads]
 
     def __iter__(self):
+        try:
+            yield from self._batches()
+        finally:
+            for source in self._read_from:
+                source.release_windows()
+            if self.on_end is not None:
+                self.on_end()
+
+    def _batches(self):
         if self.reads is None:
             for batches, _ in self.units:
                 yield from batches

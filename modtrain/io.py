@@ -120,8 +120,8 @@ def sha256_json(obj: Any) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
-def read_rows(dataset, rows) -> np.ndarray:
-    """Rows of an HDF5 dataset (sorted indices) read chunk by chunk.
+def read_rows(dataset, rows, out: np.ndarray | None = None) -> np.ndarray:
+    """Rows of an HDF5 dataset (sorted indices) read chunk by chunk, into ``out`` if given.
 
     h5py's fancy indexing selects row by row; reading each touched chunk as one slice and
     picking rows in memory is ~8× faster for wide rows such as features and caches
@@ -131,13 +131,17 @@ def read_rows(dataset, rows) -> np.ndarray:
     if rows.size == 0:
         return np.empty((0, *dataset.shape[1:]), dataset.dtype)
     block = dataset.chunks[0] if dataset.chunks else len(rows)
-    out = np.empty((len(rows), *dataset.shape[1:]), dataset.dtype)
+    if out is None:
+        out = np.empty((len(rows), *dataset.shape[1:]), dataset.dtype)
     chunk_of = rows // block
     starts = np.flatnonzero(np.r_[True, chunk_of[1:] != chunk_of[:-1]])
     ends = np.r_[starts[1:], len(rows)]
     for s, e in zip(starts, ends):
         lo, hi = rows[s], rows[e - 1] + 1
-        out[s:e] = dataset[lo:hi][rows[s:e] - lo]
+        if hi - lo == e - s:  # consecutive rows (a window reads whole chunks): straight into out
+            dataset.read_direct(out, np.s_[lo:hi], np.s_[s:e])
+        else:
+            out[s:e] = dataset[lo:hi][rows[s:e] - lo]
     return out
 
 

@@ -197,6 +197,9 @@ class TrainingLoop:
         when nothing streams). None: no file to order by."""
         return None
 
+    def _batches_ended(self) -> None:
+        """Called when an epoch's training batches end: let go of what was kept for them."""
+
     def _epoch_batches(self, epoch: int) -> ReadAhead:
         """The epoch's training batches: shuffled uniformly, or, when the job key's ``order`` says so
         (streamed data), drawn from windows of storage chunks, each window read whole and ahead."""
@@ -204,12 +207,13 @@ class TrainingLoop:
         if order and not hasattr(self, "_storage_of"):  # the same every epoch
             self._storage_of = self._storage()
         storage = self._storage_of if order else None
+        end = self._batches_ended
         if storage is None:
             return ReadAhead([(shuffled_batches(self.train_rows, self.config.batch_size, self.seed, epoch),
-                               self.train_rows)], None)
+                               self.train_rows)], None, end)
         blocks, reads = storage
         return ReadAhead(window_batches(self.train_rows, blocks, self.config.batch_size, self.seed, epoch,
-                                        order["window_chunks"]), reads)
+                                        order["window_chunks"]), reads, end)
 
     def _extra_state(self) -> dict[str, Any]:
         """What else a checkpoint must hold for the job to resume exactly (another optimizer's state)."""

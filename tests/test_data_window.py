@@ -1,5 +1,6 @@
 """The window order for streamed data: batches drawn from windows of HDF5 chunks, read ahead."""
 import threading
+import weakref
 
 import h5py
 import numpy as np
@@ -25,9 +26,9 @@ def chunk_reads(monkeypatch):
     seen = []
     read_rows = data_module.read_rows
 
-    def spy(dataset, rows):
+    def spy(dataset, rows, out=None):
         seen.append(sorted(set((np.asarray(rows) // CHUNK).tolist())))
-        return read_rows(dataset, rows)
+        return read_rows(dataset, rows, out)
 
     monkeypatch.setattr(data_module, "read_rows", spy)
     return seen
@@ -138,3 +139,44 @@ def test_read_ahead_lets_go_of_its_window_when_training_stops(rows_file):
     assert source._held != []
     batches.close()
     assert source._held == []
+
+
+def test_a_window_array_is_filled_again_only_once_nothing_refers_to_it(rows_file):
+    path, values = rows_file
+    source = H5Rows(path, "features", in_memory_bytes=0)
+    first, second, third = (source.read(np.arange(8 * k, 8 * k + 8)) for k in range(3))
+    bases = [id(w[1].base) for w in (first, second, third)]  # ids: a reference would keep them in use
+    assert len(set(bases)) == 3 and len(source._windows) == 3
+    source.hold([first])
+    kept = third[1][2:4]  # a view of the third window outlives it
+    del second, third
+    fourth = source.read(np.arange(100, 108))  # only the second's array is free
+    assert id(fourth[1].base) == bases[1]
+    np.testing.assert_array_equal(fourth[1], values[100:108])
+    np.testing.assert_array_equal(source.take(np.arange(8)), values[:8])  # the held window is intact
+    np.testing.assert_array_equal(kept, values[18:20])
+    fifth = source.read(np.arange(120, 128))  # every kept array in use: a new one, not kept
+    assert id(fifth[1].base) not in bases and len(source._windows) == 3
+    np.testing.assert_array_equal(fifth[1], values[120:128])
+    source.hold([])
+    del first, kept, fourth
+    larger = source.read(np.arange(0, 40))  # larger than any kept array: one free one makes way
+    np.testing.assert_array_equal(larger[1], values[:40])
+    assert len(source._windows) == 3 and any(larger[1].base is w for w in source._windows)
+
+
+def test_an_epoch_of_windows_fills_at_most_three_arrays_and_lets_them_go_at_its_end(rows_file):
+    path, values = rows_file
+    source = H5Rows(path, "features", in_memory_bytes=0)
+    rows = np.arange(200)
+    units = window_batches(rows, rows // CHUNK, 8, 0, 1, window=2)
+    assert len(units) > 10
+    arrays, ended = [], []  # weak references: a reference would keep an array in use
+    for batch in ReadAhead(units, lambda r: [(source, r)], lambda: ended.append(True)):
+        np.testing.assert_array_equal(source.take(batch), values[batch])
+        for window in source._held:
+            if not any(a() is window[1].base for a in arrays):
+                arrays.append(weakref.ref(window[1].base))
+        assert len(source._windows) <= 3 and ended == []
+    assert len(arrays) <= 3  # every window after the third filled one of the first three's arrays
+    assert source._windows == [] and ended == [True]
