@@ -99,42 +99,46 @@ class H5Rows:
             self._pid = os.getpid()
         return self._file[self.name]
 
-    def resident(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
-        """(array, positions) with ``array[positions]`` the rows asked for, where all of them are in
-        memory: the dataset held whole (read whole here if under the budget) or the first window
-        ``hold`` set; None where a read from disk is needed (``take`` does it)."""
+    def resident(self, rows: np.ndarray) -> tuple[list[np.ndarray], np.ndarray, np.ndarray] | None:
+        """(arrays, which, positions): the batch's row j is ``arrays[which[j]][positions[j]]``, where
+        all of its rows are in memory: the dataset held whole (read whole here if under the
+        budget) or the windows ``hold`` set (a batch may straddle two); None where a read from disk
+        is needed (``take`` does it)."""
         rows = np.asarray(rows, dtype=np.int64)
+        first = np.zeros(len(rows), np.int64)
         if self._array is not None:  # held whole: no HDF5 call at all on the hot path
-            return self._array, rows
+            return [self._array], first, rows
         if self._held and len(rows):
             at = self._position[rows]
             if (at >= 0).all():  # the whole batch in the first window: one gather
-                return self._held[0][1], at
+                return [self._held[0][1]], first, at
+            which = np.full(len(rows), -1, np.int64)
+            for k, (held_rows, _) in enumerate(self._held):  # a batch that straddles two windows
+                if not len(held_rows):
+                    continue
+                place = np.minimum(np.searchsorted(held_rows, rows), len(held_rows) - 1)
+                hit = (held_rows[place] == rows) & (which < 0)
+                which[hit], at[hit] = k, place[hit]
+            return ([values for _, values in self._held], which, at) if (which >= 0).all() else None
         if not self._held and not self.streams():
             self._array = self._read(None)
-            return self._array, rows
+            return [self._array], first, rows
         return None
 
     def take(self, rows: np.ndarray) -> np.ndarray:
         rows = np.asarray(rows, dtype=np.int64)
         found = self.resident(rows)
-        if found is not None:
-            return found[0][found[1]]
-        if self._held and len(rows):
-            out, found = None, np.zeros(len(rows), bool)
-            for held_rows, values in self._held:  # a batch that straddles two windows
-                if not len(held_rows):
-                    continue
-                at = np.minimum(np.searchsorted(held_rows, rows), len(held_rows) - 1)
-                hit = (held_rows[at] == rows) & ~found
-                if out is None:
-                    out = np.empty((len(rows), *values.shape[1:]), values.dtype)
-                out[hit] = values[at[hit]]
-                found |= hit
-            if found.all():
-                return out
-        unique, inverse = np.unique(rows, return_inverse=True)
-        return self._read(unique)[inverse]
+        if found is None:
+            unique, inverse = np.unique(rows, return_inverse=True)
+            return self._read(unique)[inverse]
+        arrays, which, at = found
+        if len(arrays) == 1:
+            return arrays[0][at]
+        out = np.empty((len(rows), *self.shape[1:]), self.dtype)
+        for k, values in enumerate(arrays):
+            mine = which == k
+            out[mine] = values[at[mine]]
+        return out
 
     def read(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The given rows read from disk (each touched chunk once), sorted and unique, with their

@@ -72,14 +72,16 @@ class FloatBatches:
         if found is None:  # some rows come from disk: read them, then convert
             out.copy_(torch.from_numpy(source.take(rows)))
             return out
-        array, at = found
-        values = torch.from_numpy(array)
-        if values.dtype == torch.float32:
-            torch.index_select(values, 0, torch.from_numpy(at), out=out)
+        arrays, which, at = found
+        values = [torch.from_numpy(array) for array in arrays]
+        if len(values) == 1 and values[0].dtype == torch.float32:
+            torch.index_select(values[0], 0, torch.from_numpy(at), out=out)
         elif _foreach_copy is not None:  # gathered and converted in one call
-            _foreach_copy(list(out.unbind(0)), [values[i] for i in at.tolist()])
+            _foreach_copy(list(out.unbind(0)), [values[k][i] for k, i in zip(which.tolist(), at.tolist())])
         else:
-            out.copy_(values[torch.from_numpy(at)])
+            for k, array in enumerate(values):
+                mine = torch.from_numpy(np.flatnonzero(which == k))
+                out[mine] = array[torch.from_numpy(at)[mine]].float()
         return out
 
     def _buffer(self, shape: tuple[int, ...]) -> torch.Tensor:
