@@ -180,3 +180,25 @@ def test_an_epoch_of_windows_fills_at_most_three_arrays_and_lets_them_go_at_its_
         assert len(source._windows) <= 3 and ended == []
     assert len(arrays) <= 3  # every window after the third filled one of the first three's arrays
     assert source._windows == [] and ended == [True]
+
+
+def test_chunks_read_whole_and_next_to_each_other_are_one_read(rows_file, monkeypatch):
+    from modtrain import io
+
+    path, values = rows_file
+    runs = []
+    read_run = io._read_run
+
+    def spy(dataset, lo, hi, out):
+        runs.append((lo, hi))
+        read_run(dataset, lo, hi, out)
+
+    monkeypatch.setattr(io, "_read_run", spy)
+    rows = np.r_[np.arange(0, 24), 40, 42, np.arange(48, 56), np.arange(64, 72), 199]
+    with h5py.File(path, "r") as f:
+        np.testing.assert_array_equal(io.read_rows(f["features"], rows), values[rows])
+        out = np.full((len(rows), 3), -1, np.float32)
+        assert io.read_rows(f["features"], rows, out) is out
+    np.testing.assert_array_equal(out, values[rows])
+    # chunks 0-2 in one read; 40 and 42 picked from their chunk; chunks 6 and 8 do not touch; 199 alone
+    assert runs == [(0, 24), (48, 56), (64, 72), (199, 200)] * 2
