@@ -38,7 +38,8 @@ FILES = {"modules/snmn.py": ("tests/modules",), "modules/lnmn.py": ("tests/modul
                                       "tests/test_types.py", "tests/test_pipeline.py"),
          "modtrain/execute.py": ("tests/surrogates", "tests/test_execute.py", "tests/test_method.py",
                                  "tests/test_types.py", "tests/test_pipeline.py"),
-         "modtrain/reuse.py": ("tests/test_reuse_remap.py", "tests/test_reuse_import.py")}
+         "modtrain/reuse.py": ("tests/test_reuse_remap.py", "tests/test_reuse_import.py"),
+         "modtrain/device.py": ("tests/test_device.py", "tests/test_data_window.py")}
 # the source folders and where each sits in the installed package (pyproject.toml's package-dir)
 PACKAGE_DIRS = {"modtrain": "modtrain", "modules": "modtrain/modules", "surrogates": "modtrain/surrogates",
                 "datasets": "modtrain/datasets", "recipes": "modtrain/recipes"}

@@ -36,8 +36,9 @@ def half_rows(tmp_path):
 
 
 @pytest.mark.parametrize("stored", ["float16", "float32"])
-@pytest.mark.parametrize("where", ["whole", "window", "disk"])
-def test_float_batches_are_the_rows_as_float32(half_rows, stored, where, tmp_path):
+@pytest.mark.parametrize("where", ["whole", "window", "two windows", "disk"])
+@pytest.mark.parametrize("one_call", [True, False])
+def test_float_batches_are_the_rows_as_float32(half_rows, stored, where, one_call, tmp_path, monkeypatch):
     import h5py
     import numpy as np
 
@@ -50,9 +51,15 @@ def test_float_batches_are_the_rows_as_float32(half_rows, stored, where, tmp_pat
         path = tmp_path / "float32.h5"
         with h5py.File(path, "w") as f:
             f.create_dataset("features", data=values, chunks=(8, 3, 4, 4))
+    from modtrain import device
+
+    if not one_call:  # a torch without _foreach_copy_
+        monkeypatch.setattr(device, "_foreach_copy", None)
     source = H5Rows(path, "features", in_memory_bytes=None if where == "whole" else 0)
     if where == "window":
         source.hold([source.read(np.arange(16, 40))])
+    elif where == "two windows":  # a batch that straddles them
+        source.hold([source.read(np.arange(16, 32)), source.read(np.arange(32, 48))])
     rows = np.array([17, 39, 17, 20, 33])
     batch = FloatBatches().take(source, rows)
     assert batch.dtype == torch.float32 and batch.shape == (5, 3, 4, 4)
@@ -89,3 +96,48 @@ def test_a_float_batch_is_not_overwritten_while_anything_holds_it(half_rows):
     del detached, fourth
     smaller = batches.take(source, np.arange(60, 62))  # a last, smaller batch: a view of a kept buffer
     assert smaller.data_ptr() == pointer and torch.equal(smaller, torch.from_numpy(values[60:62]).float())
+
+
+def test_float_batches_refuse_rows_past_the_end(half_rows):
+    import numpy as np
+
+    from modtrain.data import H5Rows
+    from modtrain.device import FloatBatches
+
+    path, values = half_rows
+    source = H5Rows(path, "features")
+    source._array = values.astype(np.float32)  # held whole, float32: numpy's gather, which does not check
+    with pytest.raises(IndexError):
+        FloatBatches().take(source, np.array([3, len(values)]))
+    for rows in ([0, 5], [5], [len(values) - 1]):  # the first row, one row, the last row: all valid
+        assert torch.equal(FloatBatches().take(source, np.array(rows)), torch.from_numpy(source._array[rows]))
+
+
+def test_float_batches_keep_two_buffers_and_let_them_go(half_rows):
+    import numpy as np
+
+    from modtrain.data import H5Rows
+    from modtrain.device import FloatBatches
+
+    path, values = half_rows
+    source = H5Rows(path, "features")
+    batches = FloatBatches()
+    held = [batches.take(source, np.arange(k, k + 4)) for k in range(3)]  # three held at once
+    assert len(batches._buffers) == 2 and all(torch.equal(h, torch.from_numpy(values[k:k + 4]).float())
+                                              for k, h in enumerate(held))
+    kept = {b.data_ptr() for b in batches._buffers}
+    del held
+    larger = batches.take(source, np.arange(10, 16))  # larger than both: one makes way for it
+    assert len(batches._buffers) == 2 and larger.data_ptr() not in kept
+    assert larger.data_ptr() in {b.data_ptr() for b in batches._buffers}
+    assert torch.equal(larger, torch.from_numpy(values[10:16]).float())
+    first = batches.take(source, np.arange(4))  # in use while the other buffer, free, is too small
+    del larger
+    smaller_held = batches.take(source, np.arange(40, 42))
+    del smaller_held
+    largest = batches.take(source, np.arange(20, 28))
+    assert torch.equal(largest, torch.from_numpy(values[20:28]).float()) and len(batches._buffers) == 2
+    assert torch.equal(first, torch.from_numpy(values[:4]).float())
+    batches.clear()
+    assert batches._buffers == []
+    assert torch.equal(batches.take(source, np.arange(4)), torch.from_numpy(values[:4]).float())
