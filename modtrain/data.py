@@ -17,6 +17,7 @@ import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable
 
@@ -42,12 +43,48 @@ def in_memory_bytes() -> int:
     return _budget["bytes"]
 
 
-def _references(items: list, i: int) -> int:
-    return sys.getrefcount(items[i])
+class KeptBuffers:
+    """Up to ``keep`` buffers, handed out again and again. ``get(shape)`` returns a view of a kept
+    buffer that ``free(buffers, i)`` says nothing else refers to and that is large enough; else it
+    keeps a new one (``make(shape)``) while fewer than ``keep`` are kept, or one in place of a free
+    one too small; and returns None where every kept buffer is in use. The view it returns refers
+    to its buffer before another thread can pick: while the caller holds it, the buffer is in use."""
+
+    def __init__(self, keep: int, make: Callable, free: Callable[[list, int], bool]):
+        self.keep, self.make, self.free = keep, make, free
+        self.buffers: list = []
+        self._lock = threading.Lock()
+
+    def get(self, shape: tuple[int, ...]):
+        with self._lock:
+            buffers = self.buffers
+            free = [i for i in range(len(buffers)) if self.free(buffers, i)]
+            for i in free:
+                if tuple(buffers[i].shape[1:]) == tuple(shape[1:]) and buffers[i].shape[0] >= shape[0]:
+                    return buffers[i][:shape[0]]
+            if len(buffers) < self.keep:
+                buffers.append(self.make(shape))
+                return buffers[-1][:shape[0]]
+            if free:  # too small, or of another shape: a new one takes its place
+                buffers[free[0]] = self.make(shape)
+                return buffers[free[0]][:shape[0]]
+            return None
+
+    def clear(self) -> None:
+        with self._lock:
+            self.buffers = []
+
+
+def _references(arrays: list, i: int) -> int:
+    return sys.getrefcount(arrays[i])
+
+
+def _unreferenced(arrays: list, i: int) -> bool:
+    """Whether only the list refers to its i-th array (every numpy view of an array refers to it)."""
+    return _references(arrays, i) == _ALONE
 
 
 _ALONE = _references([np.empty(1)], 0)  # what _references says of an array only its list holds
-_window_lock = threading.Lock()
 
 
 class H5Rows:
@@ -62,7 +99,7 @@ class H5Rows:
         self._array = None
         self._held = []  # [(sorted rows, their values)]: the windows ``hold`` set, served without a read
         self._position = None  # file row → its place in the first held window, −1 where not held
-        self._windows: list[np.ndarray] = []  # arrays ``read`` fills, kept for the next windows
+        self._windows: KeptBuffers | None = None  # the arrays ``read`` fills, kept for the next windows
         if not self.path.exists():
             raise ModtrainError(f"file not found: {self.path}")
         try:
@@ -91,7 +128,7 @@ class H5Rows:
 
     def __getstate__(self):
         return {**self.__dict__, "_file": None, "_pid": None, "_array": None, "_held": [], "_position": None,
-                "_windows": []}
+                "_windows": None}
 
     def _dataset(self):
         if self._file is None or self._pid != os.getpid():
@@ -100,18 +137,18 @@ class H5Rows:
         return self._file[self.name]
 
     def resident(self, rows: np.ndarray) -> tuple[list[np.ndarray], np.ndarray, np.ndarray] | None:
-        """(arrays, which, positions): the batch's row j is ``arrays[which[j]][positions[j]]``, where
+        """(arrays, which, positions): the batch's row j is ``arrays[which[j]][positions[j]]`` (which:
+        None where there is one array), where
         all of its rows are in memory: the dataset held whole (read whole here if under the
         budget) or the windows ``hold`` set (a batch may straddle two); None where a read from disk
         is needed (``take`` does it)."""
         rows = np.asarray(rows, dtype=np.int64)
-        first = np.zeros(len(rows), np.int64)
         if self._array is not None:  # held whole: no HDF5 call at all on the hot path
-            return [self._array], first, rows
+            return [self._array], None, rows
         if self._held and len(rows):
             at = self._position[rows]
             if (at >= 0).all():  # the whole batch in the first window: one gather
-                return [self._held[0][1]], first, at
+                return [self._held[0][1]], None, at
             which = np.full(len(rows), -1, np.int64)
             for k, (held_rows, _) in enumerate(self._held):  # a batch that straddles two windows
                 if not len(held_rows):
@@ -122,7 +159,7 @@ class H5Rows:
             return ([values for _, values in self._held], which, at) if (which >= 0).all() else None
         if not self._held and not self.streams():
             self._array = self._read(None)
-            return [self._array], first, rows
+            return [self._array], None, rows
         return None
 
     def take(self, rows: np.ndarray) -> np.ndarray:
@@ -132,7 +169,7 @@ class H5Rows:
             unique, inverse = np.unique(rows, return_inverse=True)
             return self._read(unique)[inverse]
         arrays, which, at = found
-        if len(arrays) == 1:
+        if which is None:
             return arrays[0][at]
         out = np.empty((len(rows), *self.shape[1:]), self.dtype)
         for k, values in enumerate(arrays):
@@ -149,31 +186,18 @@ class H5Rows:
         features, and a new one each time made the kernel fault in its pages (~5× the read of a
         window of 1024 × 14 × 14 float16 rows on this machine)."""
         unique = np.unique(np.asarray(rows, dtype=np.int64))
-        return unique, self._read(unique, self._window_buffer(len(unique)))
+        if self._windows is None:
+            self._windows = KeptBuffers(self.WINDOW_BUFFERS, partial(np.empty, dtype=self.dtype), _unreferenced)
+        # None where every kept array is in use: read_rows makes a new one, not kept
+        return unique, self._read(unique, self._windows.get((len(unique), *self.shape[1:])))
 
     WINDOW_BUFFERS = 3  # the window in use, the next one, and the one being read
 
     def release_windows(self) -> None:
         """Let go of the arrays kept for windows (at the end of an epoch: validation and what
         follows do not need them)."""
-        with _window_lock:
-            self._windows = []
-
-    def _window_buffer(self, rows: int) -> np.ndarray | None:
-        """A kept array's first ``rows`` rows (a view: while it lives, the array counts as used), or
-        None: a new array, not kept, where every kept one is in use."""
-        with _window_lock:  # one thread at a time picks, and its view marks the pick used
-            buffers = self._windows
-            free = [i for i in range(len(buffers)) if _references(buffers, i) == _ALONE]
-            for i in free:
-                if len(buffers[i]) >= rows:
-                    return buffers[i][:rows]
-            if len(buffers) >= self.WINDOW_BUFFERS:
-                if not free:
-                    return None
-                buffers.pop(free[0])  # too small: a larger one takes its place
-            buffers.append(np.empty((rows, *self.shape[1:]), self.dtype))
-            return buffers[-1][:rows]
+        if self._windows is not None:
+            self._windows.clear()
 
     def hold(self, windows: list[tuple[np.ndarray, np.ndarray]]) -> None:
         """Serve ``take``s of these rows from memory (each window: the rows and values ``read``

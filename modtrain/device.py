@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 import os
+from functools import partial
 
 import numpy as np
 import torch
 
+from modtrain.data import KeptBuffers
 from modtrain.errors import ModtrainError
 
 
@@ -41,6 +43,11 @@ _ALONE = _storage_users(torch.empty(1))  # the count of a tensor nothing else sh
 _foreach_copy = getattr(torch, "_foreach_copy_", None)  # copies a list of tensors in one call
 
 
+def _unshared(tensors: list, i: int) -> bool:
+    """Whether nothing shares the i-th tensor's memory (never, where this torch cannot say)."""
+    return _ALONE is not None and _storage_users(tensors[i]) == _ALONE
+
+
 class FloatBatches:
     """float32 batches of stored rows (``H5Rows``), for the CPU, written into buffers kept from one
     batch to the next: a buffer is reused only once nothing holds the batch it last held (no view,
@@ -59,48 +66,37 @@ class FloatBatches:
     KEEP = 2  # batch buffers kept: the batch in use and the one being read (a third is made and let go)
 
     def __init__(self):
-        self._buffers: list[torch.Tensor] = []
+        self._buffers = KeptBuffers(self.KEEP, partial(torch.empty, dtype=torch.float32), _unshared)
 
     def clear(self) -> None:
         """Let go of the kept buffers (at the end of an epoch's batches)."""
-        self._buffers = []
+        self._buffers.clear()
 
     def take(self, source, rows) -> torch.Tensor:
         """``source.take(rows)`` as float32."""
         rows = np.asarray(rows, dtype=np.int64)
-        out = self._buffer((len(rows), *source.shape[1:]))
+        shape = (len(rows), *source.shape[1:])
+        out = self._buffers.get(shape)
+        if out is None:  # both in use: a new one, not kept
+            out = torch.empty(shape, dtype=torch.float32)
         found = source.resident(rows)
-        if found is None:  # some rows come from disk: read them, then convert
-            out.copy_(torch.from_numpy(source.take(rows)))
-            return out
-        arrays, which, at = found
-        values = [torch.from_numpy(array) for array in arrays]
-        if len(values) == 1 and values[0].dtype == torch.float32:
+        if found is not None and found[1] is None and found[0][0].dtype == np.float32:
+            array, at = found[0][0], found[2]
             # numpy's gather, on one thread: torch's two waited on each other while the read-ahead
             # thread had a core (find's streamed data path on clevr-cnn features 1.5× slower).
             # mode "raise" would write a copy first; "clip" does not check, so the check is here
-            if len(at) and not 0 <= at.min() <= at.max() < len(arrays[0]):
-                raise IndexError(f"rows {at.min()}..{at.max()} asked of {len(arrays[0])}")
-            np.take(arrays[0], at, axis=0, out=out.numpy(), mode="clip")
-        elif _foreach_copy is not None:  # gathered and converted in one call
-            _foreach_copy(list(out.unbind(0)), [values[k][i] for k, i in zip(which.tolist(), at.tolist())])
-        else:
-            for k, array in enumerate(values):
-                mine = torch.from_numpy(np.flatnonzero(which == k))
-                out[mine] = array[torch.from_numpy(at)[mine]].float()
+            if len(at) and not 0 <= at.min() <= at.max() < len(array):
+                raise IndexError(f"rows {at.min()}..{at.max()} asked of {len(array)}")
+            np.take(array, at, axis=0, out=out.numpy(), mode="clip")
+        elif found is not None and _foreach_copy is not None:  # gathered and converted in one call
+            arrays, which, at = found
+            values = [torch.from_numpy(array) for array in arrays]
+            rows_of = [values[0][i] for i in at.tolist()] if which is None else \
+                [values[k][i] for k, i in zip(which.tolist(), at.tolist())]
+            _foreach_copy(list(out.unbind(0)), rows_of)
+        else:  # rows from disk (or a torch without _foreach_copy_): gathered, then converted
+            out.copy_(torch.from_numpy(source.take(rows)))
         return out
-
-    def _buffer(self, shape: tuple[int, ...]) -> torch.Tensor:
-        free = [i for i, b in enumerate(self._buffers) if _ALONE is not None and _storage_users(b) == _ALONE]
-        for i in free:
-            if self._buffers[i].shape[1:] == shape[1:] and self._buffers[i].shape[0] >= shape[0]:
-                return self._buffers[i][:shape[0]]
-        new = torch.empty(shape, dtype=torch.float32)
-        if free:  # a free buffer of another shape makes way
-            self._buffers[free[0]] = new
-        elif len(self._buffers) < self.KEEP:
-            self._buffers.append(new)
-        return new[:shape[0]]  # a view, always: while the caller holds it, the buffer counts as used
 
 
 def use_threads(threads: int) -> int:

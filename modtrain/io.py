@@ -140,19 +140,17 @@ def read_rows(dataset, rows, out: np.ndarray | None = None) -> np.ndarray:
     starts = np.flatnonzero(np.r_[True, chunk_of[1:] != chunk_of[:-1]])
     ends = np.r_[starts[1:], len(rows)]
     whole = rows[ends - 1] - rows[starts] + 1 == ends - starts  # the chunk's rows follow each other
-    # a chunk read whole joins the one before when that was read whole and they touch
+    # a chunk read whole joins the one before when that was read whole and they touch: each run of
+    # joined chunks (first chunk to last) is one read; a chunk not read whole is a run of its own
     joins = np.r_[False, whole[1:] & whole[:-1] & (rows[starts[1:]] == rows[ends[:-1] - 1] + 1)]
-    for i in np.flatnonzero(~joins):
-        s = starts[i]
-        if whole[i]:
-            last = i
-            while last + 1 < len(starts) and joins[last + 1]:
-                last += 1
-            e = ends[last]
-            _read_run(dataset, int(rows[s]), int(rows[e - 1]) + 1, out[s:e])
+    firsts = np.flatnonzero(~joins)
+    lasts = np.r_[firsts[1:], len(starts)] - 1
+    for first, last in zip(firsts, lasts):
+        s, e = starts[first], ends[last]
+        lo, hi = int(rows[s]), int(rows[e - 1]) + 1
+        if whole[first]:
+            _read_run(dataset, lo, hi, out[s:e])
         else:
-            e = ends[i]
-            lo, hi = rows[s], rows[e - 1] + 1
             out[s:e] = dataset[lo:hi][rows[s:e] - lo]
     return out
 

@@ -41,7 +41,8 @@ class Layout:
         A data folder's layouts share most of their subtrees (``find[cube]``, ``and(find[red],…)``);
         built through here, each distinct subtree is held once, with its text and shape computed
         once, so the memory of a job's layouts grows with the distinct subtrees, not with the
-        layouts' summed size (at 160k CLEVR-like questions: 47k layouts, ~230 MB of nodes before)."""
+        layouts' summed size (at 160k CLEVR-like questions, 47k layouts: the folder's layouts and a find
+        job's wirings took 93 + 120 MB one node per call, 48 + 25 MB shared; tracemalloc)."""
         key = (module, instance, children)
         node = _interned.get(key)
         if node is None:

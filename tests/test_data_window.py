@@ -146,7 +146,7 @@ def test_a_window_array_is_filled_again_only_once_nothing_refers_to_it(rows_file
     source = H5Rows(path, "features", in_memory_bytes=0)
     first, second, third = (source.read(np.arange(8 * k, 8 * k + 8)) for k in range(3))
     bases = [id(w[1].base) for w in (first, second, third)]  # ids: a reference would keep them in use
-    assert len(set(bases)) == 3 and len(source._windows) == 3
+    assert len(set(bases)) == 3 and len(source._windows.buffers) == 3
     source.hold([first])
     kept = third[1][2:4]  # a view of the third window outlives it
     del second, third
@@ -156,13 +156,13 @@ def test_a_window_array_is_filled_again_only_once_nothing_refers_to_it(rows_file
     np.testing.assert_array_equal(source.take(np.arange(8)), values[:8])  # the held window is intact
     np.testing.assert_array_equal(kept, values[18:20])
     fifth = source.read(np.arange(120, 128))  # every kept array in use: a new one, not kept
-    assert id(fifth[1].base) not in bases and len(source._windows) == 3
+    assert id(fifth[1].base) not in bases and len(source._windows.buffers) == 3
     np.testing.assert_array_equal(fifth[1], values[120:128])
     source.hold([])
     del first, kept, fourth
     larger = source.read(np.arange(0, 40))  # larger than any kept array: one free one makes way
     np.testing.assert_array_equal(larger[1], values[:40])
-    assert len(source._windows) == 3 and any(larger[1].base is w for w in source._windows)
+    assert len(source._windows.buffers) == 3 and any(larger[1].base is w for w in source._windows.buffers)
 
 
 def test_an_epoch_of_windows_fills_at_most_three_arrays_and_lets_them_go_at_its_end(rows_file):
@@ -177,9 +177,9 @@ def test_an_epoch_of_windows_fills_at_most_three_arrays_and_lets_them_go_at_its_
         for window in source._held:
             if not any(a() is window[1].base for a in arrays):
                 arrays.append(weakref.ref(window[1].base))
-        assert len(source._windows) <= 3 and ended == []
+        assert len(source._windows.buffers) <= 3 and ended == []
     assert len(arrays) <= 3  # every window after the third filled one of the first three's arrays
-    assert source._windows == [] and ended == [True]
+    assert source._windows.buffers == [] and ended == [True]
 
 
 def test_chunks_read_whole_and_next_to_each_other_are_one_read(rows_file, monkeypatch):

@@ -123,21 +123,21 @@ def test_float_batches_keep_two_buffers_and_let_them_go(half_rows):
     source = H5Rows(path, "features")
     batches = FloatBatches()
     held = [batches.take(source, np.arange(k, k + 4)) for k in range(3)]  # three held at once
-    assert len(batches._buffers) == 2 and all(torch.equal(h, torch.from_numpy(values[k:k + 4]).float())
+    assert len(batches._buffers.buffers) == 2 and all(torch.equal(h, torch.from_numpy(values[k:k + 4]).float())
                                               for k, h in enumerate(held))
-    kept = {b.data_ptr() for b in batches._buffers}
+    kept = {b.data_ptr() for b in batches._buffers.buffers}
     del held
     larger = batches.take(source, np.arange(10, 16))  # larger than both: one makes way for it
-    assert len(batches._buffers) == 2 and larger.data_ptr() not in kept
-    assert larger.data_ptr() in {b.data_ptr() for b in batches._buffers}
+    assert len(batches._buffers.buffers) == 2 and larger.data_ptr() not in kept
+    assert larger.data_ptr() in {b.data_ptr() for b in batches._buffers.buffers}
     assert torch.equal(larger, torch.from_numpy(values[10:16]).float())
     first = batches.take(source, np.arange(4))  # in use while the other buffer, free, is too small
     del larger
     smaller_held = batches.take(source, np.arange(40, 42))
     del smaller_held
     largest = batches.take(source, np.arange(20, 28))
-    assert torch.equal(largest, torch.from_numpy(values[20:28]).float()) and len(batches._buffers) == 2
+    assert torch.equal(largest, torch.from_numpy(values[20:28]).float()) and len(batches._buffers.buffers) == 2
     assert torch.equal(first, torch.from_numpy(values[:4]).float())
     batches.clear()
-    assert batches._buffers == []
+    assert batches._buffers.buffers == []
     assert torch.equal(batches.take(source, np.arange(4)), torch.from_numpy(values[:4]).float())
