@@ -57,13 +57,17 @@ def step_fn(module, net, mode: str, device: torch.device):
             logits, module.explained = run(b["tokens"], b["lengths"], b["features"])
         return logits.float()
 
-    def step(b, search):
+    trained = [p for g in optimizer.param_groups for p in g["params"]]
+    reached = None if len(trained) == len(list(module.parameters())) else trained
+
+    def step(b, search):  # each backward reaches what its optimizer steps, as the job's does
         optimizer.zero_grad(set_to_none=True)
-        F.cross_entropy(forward(b), b["answer"]).backward()
+        F.cross_entropy(forward(b), b["answer"]).backward(inputs=reached)
         optimizer.step()
-        if search is not None:  # LNMN: the α step on a search batch
+        if search is not None:  # LNMN: the α step on a search batch (LNMNModule.after_step)
             module.zero_grad(set_to_none=True)
-            (F.cross_entropy(forward(search), search["answer"]) + module.structure_loss()).backward()
+            loss = F.cross_entropy(forward(search), search["answer"]) + module.structure_loss()
+            loss.backward(inputs=module.structure_parameters())
             module.structure_optimizer.step()
     return step
 

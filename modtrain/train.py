@@ -135,6 +135,19 @@ def _deterministic():
         torch.use_deterministic_algorithms(enabled, warn_only=warn_only)
 
 
+def compile_modules(model: torch.nn.Module, backend: str) -> None:
+    """``torch.compile`` (``nn.Module.compile``: the parameters and state dict stay as they are)
+    of what a job calls: each module of a container (a job's ``ModuleDict``), else the model. A
+    frame the backend fails on (no C++ compiler, an operation it lacks) runs eagerly: torch logs
+    a warning and the job goes on (``suppress_errors``)."""
+    import torch._dynamo
+
+    torch._dynamo.config.suppress_errors = True
+    containers = (torch.nn.ModuleDict, torch.nn.ModuleList)
+    for module in (model.children() if isinstance(model, containers) else [model]):
+        module.compile(backend=backend)
+
+
 class TrainingLoop:
     """The loop every job runs. A job sets ``train_rows`` and ``val_rows``, ``model`` (what is
     optimized) and says how a batch is loaded and what it computes; the loop does the rest."""
@@ -251,6 +264,8 @@ class TrainingLoop:
                        if self.recipe.data.max_train_depth is not None else ""))
             self._setup_model()
             self.model.to(self.device)
+            if self.config.compile != "off":
+                compile_modules(self.model, self.config.compile)
             self._setup_optimizer()
             return self._fit()
 
@@ -296,6 +311,11 @@ class TrainingLoop:
         def finished() -> bool:
             return state["epoch"] >= self.config.max_epochs or state["bad_epochs"] >= patience
 
+        trained = [p for g in self.optimizer.param_groups for p in g["params"]]
+        # the backward reaches only what the optimizer steps where a module trains other parameters
+        # itself (LNMN's α, in its after_step): no gradient is computed only to be discarded
+        reached = trained if {id(p) for p in trained} != {id(p) for p in self.model.parameters() if p.requires_grad} \
+            else None
         while not finished():
             epoch = state["epoch"] + 1
             self.epoch = epoch
@@ -317,10 +337,9 @@ class TrainingLoop:
                     # (an auxiliary term such as LNMN's −λ_w·entropy can make the total negative)
                     state.setdefault("first_loss", answer_loss.item())
                     self.optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
+                    loss.backward(inputs=reached)
                     if clip > 0:
-                        torch.nn.utils.clip_grad_norm_([p for g in self.optimizer.param_groups for p in g["params"]],
-                                                       clip)
+                        torch.nn.utils.clip_grad_norm_(trained, clip)
                     self.optimizer.step()
                     if average is not None:
                         average.update(self.model)

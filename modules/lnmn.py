@@ -20,6 +20,10 @@ are generic *cells* whose structure is learned (LNMN §3).
   top of it instead (modtrain's earlier choice): only then can two attention maps be on the stack
   for a 4-input cell, since nothing else pushes. It is a setting, not the default, because the
   paper's cells pop.
+- For speed on a CPU (``bench/bench_speed.py``), a node's six operations are one closed form with
+  a backward of its own (``MixedOperations``), and a step runs the cells that read one map as one
+  and those that read two as one (``LNMN.step_parts``); the tests hold both to ``Cell.forward`` and
+  to the weighted sum of the six operations written out.
 - Sizes are scaled down for this CPU (d = 64, T = 12, L = 8, word embedding 64, against the
   authors' d = 512, T = 9, L = 8, embedding 300); the optimizer is theirs (``recipes/lnmn.toml``:
   Adam 1e-4 for the weights, batch 32; α as below).
@@ -36,7 +40,7 @@ import logging
 import numpy as np
 import torch
 import torch.nn.functional as F
-from modtrain.modules.snmn import StackNMN, module_entropy, move_down, move_up, read, write
+from modtrain.modules.snmn import Part, Pointwise, StackNMN, module_entropy, move_down, move_up, read
 from torch import nn
 
 from modtrain.errors import ModtrainError
@@ -55,6 +59,87 @@ def operation(name: str, x1: torch.Tensor, x2: torch.Tensor) -> torch.Tensor:
     if name == "product":
         return x1 * x2
     return x1 if name == "choose_1" else x2
+
+
+# Σ_o w_o·o(x1, x2) = A·x1 + B·x2 + C·|x1 − x2| + D·x1·x2: min and max are (x1 + x2 ∓ |x1 − x2|) / 2.
+# The rows give (A, B, C, D) from the six weights (min, max, sum, product, choose_1, choose_2).
+_COEFFICIENTS = torch.tensor([[0.5, 0.5, 1.0, 0.0, 1.0, 0.0],    # A
+                              [0.5, 0.5, 1.0, 0.0, 0.0, 1.0],    # B
+                              [-0.5, 0.5, 0.0, 0.0, 0.0, 0.0],   # C
+                              [0.0, 0.0, 0.0, 1.0, 0.0, 0.0]])   # D
+
+
+def _joint(shape: torch.Size, other: torch.Size) -> tuple[int, ...]:
+    """The broadcast of two shapes (torch.broadcast_shapes took 40 µs a call)."""
+    n = max(len(shape), len(other))
+    shape, other = (1,) * (n - len(shape)) + tuple(shape), (1,) * (n - len(other)) + tuple(other)
+    return tuple(max(p, q) for p, q in zip(shape, other))
+
+
+class MixedOperations(torch.autograd.Function):
+    """A·x1 + B·x2 + C·|x1 − x2| + D·x1·x2 and its gradients in a few passes over the full tensor.
+
+    Autograd of the expression written out takes ~9 passes over the (B, d, H, W) tensor forward
+    and ~25 backward (a product, a sum of products for each scalar's gradient, the broadcast
+    input's reductions); this takes 4 and ~10: the terms that do not need the full tensor are
+    combined on the smaller input first (x·(A + D·y) + B·y), and the coefficients' gradients are
+    read off reductions the inputs' gradients need anyway. ``big`` is the larger input, of the
+    output's shape where the step runs (``other`` broadcasts against it; where neither has the
+    output's shape, autograd sums ``big``'s gradient to its shape); ``coefficients`` is (A, B, C, D)
+    for (big, other), stacked on its first dimension: four scalars, or four tensors that broadcast
+    against the inputs (one coefficient per cell when several cells run as one)."""
+
+    @staticmethod
+    def forward(ctx, big, other, coefficients):
+        a, b, c, d = coefficients.unbind()
+        difference = big - other
+        out = torch.addcmul(b * other, big, a + d * other)
+        out.addcmul_(difference.abs(), c)
+        ctx.save_for_backward(big, other, coefficients, difference)
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        big, other, coefficients, difference = ctx.saved_tensors
+        a, b, c, d = coefficients.unbind()
+        signed = grad * difference.sign()                              # g·sign(x1 − x2)
+        grad_big = grad_other = grad_coefficients = None
+        if ctx.needs_input_grad[0]:
+            grad_big = torch.addcmul(grad * (a + d * other), signed, c)
+        needs_other, needs_coefficients = ctx.needs_input_grad[1], ctx.needs_input_grad[2]
+        if needs_other or needs_coefficients:
+            joint = _joint(other.shape, a.shape)                       # what ``other`` and a coefficient span
+            grad_sum = grad.sum_to_size(joint)                         # Σ g over the rest
+            grad_big_sum = (grad * big).sum_to_size(joint)             # Σ g·x1 likewise
+            if needs_other:
+                grad_other = (b * grad_sum + d * grad_big_sum - c * signed.sum_to_size(joint)).sum_to_size(other.shape)
+            if needs_coefficients:
+                def total(t):
+                    return t.sum() if a.dim() == 0 else t.sum_to_size(a.shape)
+                grad_coefficients = torch.stack([total(grad_big_sum), total(grad_sum * other),
+                                                 total(signed * difference), total(grad_big_sum * other)])
+                grad_coefficients = grad_coefficients.to(coefficients.dtype)
+        return grad_big, grad_other, grad_coefficients
+
+
+def mix_terms(coefficients: torch.Tensor, x1: torch.Tensor, x2: torch.Tensor) -> torch.Tensor:
+    """A·x1 + B·x2 + C·|x1 − x2| + D·x1·x2 for ``coefficients`` (A, B, C, D) stacked on the first
+    dimension, through ``MixedOperations`` with the larger input first."""
+    if x2.numel() > x1.numel():
+        x1, x2, coefficients = x2, x1, coefficients[[1, 0, 2, 3]]  # A and B trade places
+    return MixedOperations.apply(x1, x2, coefficients)
+
+
+def mix_operations(weights: torch.Tensor, x1: torch.Tensor, x2: torch.Tensor) -> torch.Tensor:
+    """Σ_o w_o·o(x1, x2) over the six operations, in closed form (``mix_terms``); the value and
+    every gradient are the weighted sum's. ``weights`` (6,), or (6, ...) per cell."""
+    return mix_terms(mix_coefficients(weights), x1, x2)
+
+
+def mix_coefficients(weights: torch.Tensor) -> torch.Tensor:
+    """(A, B, C, D) of ``mix_terms`` from the six operations' weights (6, ...), in their dtype."""
+    return torch.tensordot(_COEFFICIENTS.to(weights), weights, 1)
 
 
 class Node(nn.Module):
@@ -78,12 +163,9 @@ class Node(nn.Module):
     def forward(self, x1: torch.Tensor, x2: torch.Tensor) -> torch.Tensor:
         if self.hard:
             return operation(OPERATIONS[int(self.alpha.argmax())], x1, x2)
-        # Σ w_o·o(x1, x2) in closed form: min and max are (x1 + x2 ∓ |x1 − x2|) / 2, so the six
-        # operations cost one abs, one product and three scalings (min/max's own backward passes
-        # were most of LNMN's time); the value and every gradient are the weighted sum's.
-        w_min, w_max, w_sum, w_product, w_1, w_2 = self.weights()
-        mean = (w_min + w_max) / 2 + w_sum
-        return (mean + w_1) * x1 + (mean + w_2) * x2 + (w_max - w_min) / 2 * (x1 - x2).abs() + w_product * (x1 * x2)
+        # the closed form: the six operations cost one abs and one product (min/max's own backward
+        # passes, then the written-out form's, were most of LNMN's time)
+        return mix_operations(self.weights(), x1, x2)
 
 
 class Cell(nn.Module):
@@ -95,9 +177,9 @@ class Cell(nn.Module):
             raise ModtrainError(f"a cell reads 1 or 2 attention maps, not {maps}")
         self.maps, self.answer = maps, answer
         self.nodes = nn.ModuleList(Node() for _ in range(maps + 1))
-        self.conv1 = nn.Conv2d(dim, dim, 1)
+        self.conv1 = Pointwise(dim, dim)
         self.text = nn.Linear(dim, dim)                                # W_1
-        self.out = nn.Linear(3 * dim, dim) if answer else nn.Conv2d(dim, 1, 1)
+        self.out = nn.Linear(3 * dim, dim) if answer else Pointwise(dim, 1)
 
     def forward(self, x, c, maps: list[torch.Tensor], memory: torch.Tensor | None = None,
                 projected: torch.Tensor | None = None) -> torch.Tensor:
@@ -132,26 +214,84 @@ class LNMN(StackNMN):
         super().__init__(tokens, answers, features, dim, steps, stack, hard_pointer, embedding)
         del self.ops  # Stack-NMN's hand-designed modules: replaced by the cells
         self.cells = nn.ModuleDict({name: Cell(dim, maps, answer) for name, maps, answer in specs})
+        # the cells that run as one in a step: by the maps they read, attention cells first
+        self.groups = {maps: [name for name, m, answer in sorted(specs, key=lambda spec: spec[2]) if m == maps]
+                       for maps in (1, 2)}
 
     def prepare(self, x: torch.Tensor):
-        """The image and every cell's conv_1 of it (computed once per question, not per step)."""
-        return {"x": x, **{name: cell.conv1(x) for name, cell in self.cells.items()}}
+        """The image and every cell's conv_1 of it, computed once per question (not per step), for
+        the cells of each group (``groups``: those reading one map, those reading two) in one
+        product; and what the steps read of each group's parameters: its text projections W_1
+        stacked, its nodes' coefficients (``mix_terms``) and its attention cells' conv_2."""
+        b, _, h, w = x.shape
+        image = {"x": x}
+        for maps, names in self.groups.items():
+            cells = [self.cells[name] for name in names]
+            weight = torch.cat([cell.conv1.weight.flatten(1) for cell in cells])
+            bias = torch.cat([cell.conv1.bias for cell in cells])
+            projected = (torch.matmul(weight, x.flatten(2)) + bias[:, None]).view(b, len(cells), -1, h * w)
+            image[maps] = projected                                      # (B, K, d, H·W)
+            image.update((name, projected[:, k].view(b, -1, h, w)) for k, name in enumerate(names))
+            if self.hard():
+                continue  # the cells run one by one, each with its argmax operations
+            attention = [cell for cell in cells if not cell.answer]
+            image["text", maps] = (torch.cat([cell.text.weight for cell in cells]),
+                                   torch.cat([cell.text.bias for cell in cells]))
+            image["nodes", maps] = [  # (A, B, C, D) per cell, for each node
+                mix_coefficients(torch.stack([cell.nodes[i].weights() for cell in cells], 1)).view(4, 1, -1, 1, 1)
+                for i in range(maps + 1)]
+            image["out", maps] = (torch.cat([cell.out.weight.flatten(1) for cell in attention])[:, None],
+                                  torch.cat([cell.out.bias for cell in attention])[:, None])
+        return image
 
-    def step(self, image, c, stack, pointer, memory):
-        x, out = image["x"], {"NoOp": (stack, pointer, memory)}
+    def hard(self) -> bool:
+        """Whether a node runs its argmax operation alone (``set_hard``)."""
+        return any(node.hard for cell in self.cells.values() for node in cell.nodes)
+
+    def step_parts(self, image, c, stack, pointer, memory):
+        """Every cell's step. The cells of a group run as one: their nodes on (B, K, d, H·W)
+        tensors with a coefficient per cell, their attention maps in one product; each cell
+        computes what ``Cell.forward`` does (tests/modules/test_lnmn.py holds the two equal)."""
+        out = {"NoOp": Part(pointer, memory)}
         top = read(stack, pointer)
         below = move_down(pointer)
         second = read(stack, below)
+        below_two = move_down(below)
         pushed = move_up(below if self.cell3_pops else pointer)  # a 3-input cell's pop (or not), then its push
-        for name, cell in self.cells.items():
+
+        def part(cell, value):
             if cell.answer:
+                return Part(below if cell.maps == 1 else below_two, value)
+            at = pushed if cell.maps == 1 else below
+            return Part(at, memory, at, value)
+
+        if self.hard():
+            for name, cell in self.cells.items():
                 maps = [top] if cell.maps == 1 else [second, top]
-                out[name] = (stack, below if cell.maps == 1 else move_down(below),
-                             cell(x, c, maps, memory, image[name]))
-            elif cell.maps == 1:
-                out[name] = (write(stack, pushed, cell(x, c, [top], projected=image[name])), pushed, memory)
+                out[name] = part(cell, cell(image["x"], c, maps, memory, image[name]))
+            return out
+        b, h, w = top.shape
+        flat_top = top.view(b, 1, 1, h * w)
+        for maps, names in self.groups.items():
+            text = F.linear(c, *image["text", maps]).view(b, len(names), -1, 1)         # (B, K, d, 1)
+            nodes = image["nodes", maps]
+            if maps == 1:
+                x = mix_terms(nodes[1], mix_terms(nodes[0], image[maps], flat_top), text)
             else:
-                out[name] = (write(stack, below, cell(x, c, [second, top], projected=image[name])), below, memory)
+                pair = mix_terms(nodes[0], second.view(b, 1, 1, h * w), flat_top)
+                x = mix_terms(nodes[2], mix_terms(nodes[1], pair, image[maps]), text)
+            weight, bias = image["out", maps]
+            attention = len(weight)                         # the group's attention cells come first
+            maps_out = (torch.matmul(weight, x[:, :attention]).squeeze(2) + bias).view(b, attention, h, w)
+            summed = x[:, attention:].sum(3)
+            for k, name in enumerate(names):
+                cell = self.cells[name]
+                if cell.answer:
+                    j = k - attention
+                    value = cell.out(torch.cat([summed[:, j], text[:, k, :, 0], memory], dim=1))
+                else:
+                    value = maps_out[:, k]
+                out[name] = part(cell, value)
         return out
 
     def structure_parameters(self) -> list[nn.Parameter]:
@@ -260,11 +400,10 @@ class LNMNModule(NMNModule):
 
     def after_step(self, held_out: dict) -> None:
         """The α step on a batch of the search split: its answers' NLL − λ_op × Σ ‖σ(α)‖₂/‖σ(α)‖₁."""
-        self.zero_grad(set_to_none=True)  # the weight step's backward reached α too
-        self.search_loss(held_out).backward()
+        self.zero_grad(set_to_none=True)  # whatever a backward left on α or the weights
+        # α's gradient alone: the weights' would be discarded (the α step leaves none behind)
+        self.search_loss(held_out).backward(inputs=self.structure_parameters())
         self.structure_optimizer.step()
-        for p in self.weight_parameters():  # the α step leaves no gradient of the weights behind
-            p.grad = None
 
     def search_loss(self, held_out: dict) -> torch.Tensor:
         """The α step's loss on a search batch: the answers' mean NLL plus the sparsity term."""

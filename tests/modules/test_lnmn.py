@@ -7,7 +7,19 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from modtrain.modules.lnmn import INVENTORIES, LNMN, OPERATIONS, Cell, LNMNModule, Node, entropy_weight, module_entropy
+from modtrain.modules.lnmn import (
+    INVENTORIES,
+    LNMN,
+    OPERATIONS,
+    Cell,
+    LNMNModule,
+    MixedOperations,
+    Node,
+    entropy_weight,
+    mix_operations,
+    module_entropy,
+    operation,
+)
 
 from modtrain.errors import ModtrainError
 from modtrain.registry import build_module
@@ -42,6 +54,47 @@ def test_a_node_with_one_hot_alpha_is_its_operation(index, expected):
     assert torch.allclose(node(a, b), torch.zeros_like(a))  # its one-hot weight is gone: nothing is left
     node.removed = {OPERATIONS[(index + 1) % 6]}  # another operation removed: this one is untouched
     assert torch.allclose(node(a, b), expected(a, b))
+
+
+@pytest.mark.parametrize("shapes", [
+    ((2, 3, 4, 4), (2, 1, 4, 4)),   # a 3-input cell's first node: features and a map over the channels
+    ((2, 3, 4, 4), (2, 3, 1, 1)),   # its second: the text over the grid
+    ((2, 1, 4, 4), (2, 3, 4, 4)),   # a 4-input cell's second node: the full input second
+    ((2, 1, 4, 4), (2, 1, 4, 4)),   # its first: two maps
+    ((2, 1, 4, 4), (2, 3, 1, 1)),   # neither is the output's shape (autograd sums the gradient)
+    ((2, 3, 4, 4), (3, 1, 1)),      # fewer dimensions
+    ((2, 3, 5, 4), (2, 1, 1, 4), (3, 1, 1)),     # cells run as one: a coefficient per cell (dimension 1)
+    ((2, 3, 5, 4), (2, 3, 5, 1), (3, 1, 1)),
+    ((2, 1, 1, 4), (2, 1, 1, 4), (3, 1, 1)),     # two maps and a coefficient per cell
+    ((2, 3, 5, 4), (5, 1), (1, 1, 1)),           # the smaller input has fewer dimensions than a coefficient
+])
+def test_the_closed_form_is_the_weighted_sum_of_the_six_operations_value_and_gradients(shapes):
+    """mix_operations (A·x1 + B·x2 + C·|x1 − x2| + D·x1·x2 with a hand-written backward) against
+    Σ_o w_o·o(x1, x2) written out with min and max, in float64: the value and the gradients of
+    both inputs and of the weights, with every subset of them asked for."""
+    torch.manual_seed(0)
+    x1, x2 = torch.randn(*shapes[0], dtype=torch.float64), torch.randn(*shapes[1], dtype=torch.float64)
+    per = shapes[2] if len(shapes) > 2 else ()
+    weights = torch.softmax(torch.randn(6, *per, dtype=torch.float64), 0) + torch.rand(6, *per, dtype=torch.float64)
+    grad = torch.randn(torch.broadcast_shapes(x1.shape, x2.shape, per), dtype=torch.float64)
+    for needs in ((True, True, True), (True, False, False), (False, True, False), (False, False, True)):
+        inputs = [t.clone().requires_grad_(n) for t, n in zip((x1, x2, weights), needs)]
+        ours = mix_operations(inputs[2], inputs[0], inputs[1])
+        (ours * grad).sum().backward()
+        ours_grads = [t.grad for t in inputs]
+        reference_inputs = [t.clone().requires_grad_(n) for t, n in zip((x1, x2, weights), needs)]
+        a, b, w = reference_inputs
+        reference = sum(w[k] * operation(name, a, b) for k, name in enumerate(OPERATIONS))
+        (reference * grad).sum().backward()
+        assert torch.allclose(ours, reference)
+        for got, want, n in zip(ours_grads, (t.grad for t in reference_inputs), needs):
+            assert (got is None) == (not n)
+            if n:
+                assert got.shape == want.shape and torch.allclose(got, want), needs
+    big, small = (x1, x2) if x1.numel() >= x2.numel() else (x2, x1)
+    coefficients = torch.randn(4, *per, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(MixedOperations.apply, (big.clone().requires_grad_(),
+                                                            small.clone().requires_grad_(), coefficients))
 
 
 def test_a_fresh_node_mixes_its_operations_about_equally():
@@ -469,15 +522,23 @@ def test_each_cell_is_the_expression_of_its_one_hot_operations():
                           cell.out(torch.cat([a1.sum((1, 2))[:, None].expand(-1, 8), cell.text(c), memory], 1)))
 
 
-@pytest.mark.parametrize("pops", [True, False])
-def test_each_cell_pops_its_maps_and_pushes_its_output(pops):
+@pytest.mark.parametrize("pops,hard,inventory", [(True, False, 9), (False, False, 9), (True, True, 9),
+                                                  (True, False, 14)])
+def test_each_cell_pops_its_maps_and_pushes_its_output(pops, hard, inventory):
     """One step of each cell from a stack holding two maps (slots 1 and 2, pointer at 2): a 3-input
     attention cell pops its map and pushes its output (LNMN §3.1), or with ``cell3_pops`` false
     keeps it and pushes on top; from the empty stack it pushes to slot 1 either way. A 4-input
-    attention cell pops two and pushes one; answer cells pop their maps and write the memory."""
+    attention cell pops two and pushes one; answer cells pop their maps and write the memory.
+    The step runs a group's cells as one (soft operations) or one by one (``hard``): each cell's
+    output must be its own ``Cell.forward``'s, with α far from uniform and different in every node
+    (a coefficient given to the wrong cell or node would show)."""
     torch.manual_seed(0)
-    net = LNMN(tokens=9, answers=5, features=4, dim=8, steps=2, stack=5, inventory=9,
+    net = LNMN(tokens=9, answers=5, features=4, dim=8, steps=2, stack=5, inventory=inventory,
                **({} if pops else {"cell3_pops": False}))  # popping is the default
+    with torch.no_grad():
+        for alpha in net.structure_parameters():
+            alpha.normal_(0, 2)
+    net.set_hard(hard)
     x, c, memory = torch.randn(2, 8, 3, 3), torch.randn(2, 8), torch.randn(2, 8)
     first, second = torch.randn(2, 3, 3), torch.randn(2, 3, 3)
     stack = torch.zeros(2, 5, 3, 3)

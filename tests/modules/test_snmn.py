@@ -9,7 +9,10 @@ from modtrain.datasets.clevr import ClevrFolder, compact_program
 from modtrain.modules.snmn import (
     MODULES,
     DiscreteExecutor,
+    Part,
+    Pointwise,
     StackNMN,
+    mix,
     move_down,
     move_up,
     one_hot_layout,
@@ -423,3 +426,31 @@ def test_weights_of_an_older_stack_nmn_are_out_of_date_and_refused_in_one_line(t
                                             r".*\): trained by an older version of the module; retrain with "
                                             r"'modtrain train snmn'"):
         load_module(modules, "snmn")
+
+
+def test_pointwise_is_a_one_by_one_convolution_with_its_parameters():
+    torch.manual_seed(0)
+    for out in (1, 5):
+        layer, x = Pointwise(6, out), torch.randn(3, 6, 4, 5)
+        assert list(layer.state_dict()) == ["weight", "bias"] and layer.weight.shape == (out, 6, 1, 1)
+        assert torch.allclose(layer(x), F.conv2d(x, layer.weight, layer.bias), atol=1e-6)
+
+
+def test_mix_is_the_weighted_sum_of_every_modules_stack_pointer_and_memory():
+    """``mix`` never builds a module's stack; it must give Σ_m w_m·part_m.apply(stack) for any
+    weights (here not summing to 1), with parts that share pointers and memories and parts that
+    write nothing."""
+    torch.manual_seed(0)
+    b, slots, h, w, d = 3, 5, 4, 2, 7
+    stack, memory, other_memory = torch.randn(b, slots, h, w), torch.randn(b, d), torch.randn(b, d)
+    pointer, up = torch.softmax(torch.randn(b, slots), 1), torch.softmax(torch.randn(b, slots), 1)
+    parts = [Part(pointer, memory), Part(up, memory, up, torch.randn(b, h, w)),
+             Part(pointer, memory, pointer, torch.randn(b, h, w)), Part(up, other_memory),
+             Part(up, memory, up, torch.randn(b, h, w))]
+    weights = torch.rand(b, len(parts))
+    expected = [sum(weights[:, m].view(-1, *[1] * (t.dim() - 1)) * part.apply(stack)[k] for m, part in enumerate(parts))
+                for k, t in enumerate((stack, pointer, memory))]
+    for got, want in zip(mix(parts, weights, stack), expected):
+        assert got.shape == want.shape and torch.allclose(got, want, atol=1e-6)
+    nothing_written = mix([parts[0], parts[3]], weights[:, :2], stack)
+    assert torch.allclose(nothing_written[0], stack * weights[:, :2].sum(1)[:, None, None, None])
