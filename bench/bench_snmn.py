@@ -39,10 +39,10 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import paired_verdict, write_result  # noqa: E402
+from common import clevr_dataset, paired_verdict, write_result  # noqa: E402
 
 from modtrain.card import load_card  # noqa: E402
-from modtrain.pipeline import ensure_data, run_end_to_end  # noqa: E402
+from modtrain.pipeline import run_end_to_end  # noqa: E402
 from modtrain.recipe import Recipe  # noqa: E402
 from modtrain.reports.depth import interval  # noqa: E402
 from modtrain.workdir import Workdir  # noqa: E402
@@ -118,10 +118,7 @@ def main() -> None:
     earlier = json.loads(out.read_text()) if out.exists() else {}
     same = earlier.get("images") == args.images and earlier.get("epochs") == args.epochs
     runs: list[dict] = [r for s in earlier.get("systems", {}).values() for r in s.get("runs", [])] if same else []
-    data_overrides = [f"data.images={args.images}", "train.device='cpu'"]
-    say = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
-    base = Recipe.load("nmn-clevr", data_overrides)
-    data = ensure_data(base, Workdir.for_recipe(base, root), torch.device("cpu"), say)
+    data_overrides, say, data = clevr_dataset(args.images, root)
     start = time.perf_counter()
 
     def write() -> None:

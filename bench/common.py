@@ -79,3 +79,21 @@ def paired_verdict(a: list[dict], b: list[dict], threshold: float) -> dict:
     return {"seeds": len(gaps), "value_points": round(100 * stats["mean"], 2),
             "interval_points": points(stats["interval"]), "threshold_points": round(100 * threshold, 2),
             "verdict": verdict(stats, threshold)}
+
+
+def clevr_dataset(images: int, root: Path):
+    """nmn-clevr's generated dataset (every CLEVR family, depth-balanced) with ``images`` training
+    images, made once under ``root``: (the overrides a recipe trained on it takes, a progress
+    printer, the data)."""
+    import sys
+
+    from modtrain.pipeline import ensure_data
+    from modtrain.recipe import Recipe
+    from modtrain.workdir import Workdir
+
+    overrides = [f"data.images={images}", "train.device='cpu'"]
+
+    def say(message: str) -> None:
+        print(message, file=sys.stderr, flush=True)
+    base = Recipe.load("nmn-clevr", overrides)
+    return overrides, say, ensure_data(base, Workdir.for_recipe(base, root), torch.device("cpu"), say)

@@ -78,6 +78,9 @@ class DataSection:
     pretrain_split: bool | None = None
 
 
+COMPILE_BACKENDS = ("off", "inductor", "aot_eager", "eager")
+
+
 @dataclass(frozen=True)
 class TrainSection:
     """``[train]``, and a module's own training keys in ``[modules.NAME]``."""
@@ -89,6 +92,10 @@ class TrainSection:
     weight_decay: float = setting(0.0, low=0.0)
     device: str = "auto"
     amp: bool = True
+    # torch.compile of the modules a job trains (``nn.Module.compile``) with this backend:
+    # "inductor" (torch's code generator), "aot_eager" or "eager" (traced, run as is: for checking
+    # that a module traces); "off" runs them eagerly. A frame the backend fails on runs eagerly.
+    compile: str = setting("off", choices=COMPILE_BACKENDS)
     num_workers: int = setting(0, low=0)
     # where each epoch's metrics go: logs/JOB.jsonl, and TensorBoard event files in tensorboard/JOB
     loggers: tuple[str, ...] = setting(("jsonl", "tensorboard"), choices=LOGGERS)
@@ -96,7 +103,7 @@ class TrainSection:
     def key(self) -> dict[str, Any]:
         """The settings a trained result depends on (not where or how fast it ran, nor what it logged)."""
         return {k: v for k, v in dataclasses.asdict(self).items()
-                if k not in ("device", "num_workers", "amp", "loggers")}
+                if k not in ("device", "num_workers", "amp", "compile", "loggers")}
 
     @staticmethod
     def searched() -> tuple[str, ...]:

@@ -6,6 +6,7 @@ import h5py
 import numpy as np
 import pytest
 import torch
+import torch._dynamo
 from modtrain.datasets.clevr import ClevrFolder
 from modtrain.datasets.prepare import prepare
 from torch import nn
@@ -111,9 +112,9 @@ def prepared(tiny_clevr, tmp_path_factory):
     return data
 
 
-def _recipe(max_epochs: int) -> Recipe:
+def _recipe(max_epochs: int, *settings: str) -> Recipe:
     raw = Recipe.load("film", [f"train.max_epochs={max_epochs}", f"train.patience={max_epochs}", "train.batch_size=32",
-                               "train.lr=0.01", "train.weight_decay=0", "train.device='cpu'"]).raw
+                               "train.lr=0.01", "train.weight_decay=0", "train.device='cpu'", *settings]).raw
     raw.update(name="guess", modules={"guess": {"width": 8}})
     raw.pop("search")
     return Recipe(raw, "test recipe")
@@ -206,3 +207,20 @@ def test_a_resumed_job_gives_the_module_its_extra_state_and_the_same_held_out_ba
     forgetting._restore_extra_state = lambda saved: None
     other = _last_weights(forgetting)
     assert not torch.equal(whole["guess.shift"], other["guess.shift"])
+
+
+def test_a_job_with_train_compile_runs_its_modules_compiled_to_the_same_weights(guess, prepared, tmp_path):
+    """``train.compile`` compiles each module the job calls (here with torch's "eager" backend,
+    which traces and runs the traced graph as is: fast enough for a test, and bit-identical), and
+    the weights are those of the eager job; "off" compiles nothing."""
+    plain = _job(_recipe(1), tmp_path / "plain", prepared)
+    eager = _last_weights(plain)
+    assert plain.modules["guess"]._compiled_call_impl is None
+    torch._dynamo.reset()
+    traced = _job(_recipe(1, "train.compile='eager'"), tmp_path / "traced", prepared)
+    compiled = _last_weights(traced)
+    assert traced.modules["guess"]._compiled_call_impl is not None
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] >= 1  # traced, not run eagerly
+    assert eager.keys() == compiled.keys() and all(torch.equal(eager[k], compiled[k]) for k in eager)
+    with pytest.raises(Exception, match="compile"):
+        _recipe(1, "train.compile='fast'")
