@@ -61,6 +61,7 @@ bench-long: $(STAMP)
 	$(BIN)/python bench/bench_snmn.py --lnmn-epochs 10 --out bench/results/snmn.json
 	$(BIN)/python bench/bench_cell_find.py --out bench/results/cell-find.json
 	$(BIN)/python bench/bench_speed.py --out bench/results/speed.json
+	$(BIN)/python bench/bench_compile.py --recipe snmn-gt --out bench/results/compile.json
 	$(BIN)/python bench/bench_faults.py --out bench/results/faults.json
 	$(BIN)/python bench/bench_mutation.py --out bench/results/mutation.json
 
