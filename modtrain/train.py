@@ -314,8 +314,9 @@ class TrainingLoop:
         trained = [p for g in self.optimizer.param_groups for p in g["params"]]
         # the backward reaches only what the optimizer steps where a module trains other parameters
         # itself (LNMN's α, in its after_step): no gradient is computed only to be discarded
-        reached = trained if {id(p) for p in trained} != {id(p) for p in self.model.parameters() if p.requires_grad} \
-            else None
+        stepped = [p for p in trained if p.requires_grad]
+        learnable = {id(p) for p in self.model.parameters() if p.requires_grad}
+        reached = stepped if {id(p) for p in stepped} != learnable else None
         while not finished():
             epoch = state["epoch"] + 1
             self.epoch = epoch

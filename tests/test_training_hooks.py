@@ -58,6 +58,7 @@ class Guess(NMNModule):
         def seen(optimizer, args, kwargs):  # the gradient the weight step takes, clipped or not
             norm = torch.cat([p.grad.flatten() for g in optimizer.param_groups for p in g["params"]]).norm()
             self.calls.append(("weight step", (norm.item(), self.shift.detach().clone())))
+            self.calls.append(("shift's gradient", None if self.shift.grad is None else self.shift.grad.clone()))
         weights.register_step_pre_hook(seen)
         return weights
 
@@ -76,6 +77,7 @@ class Guess(NMNModule):
         logits = self(held_out["tokens"], held_out["lengths"])
         torch.nn.functional.cross_entropy(logits, held_out["answer"]).backward()
         self.shift_optimizer.step()
+        self.calls.append(("shift's gradient", self.shift.grad.clone()))
         self.own_steps += 1
         self.calls.append(("after_step", (held_out["row"].numpy().copy(), before, self.shift.detach().clone())))
 
@@ -158,7 +160,10 @@ def test_a_module_registered_only_here_is_trained_through_its_hooks(guess, prepa
     own = [given for name, given in calls if name == "after_step"]
     for rows, _, _ in own:
         assert len(rows) == min(32, len(held_out)) and set(rows) <= set(held_out)
-    # the shift, outside the loop's optimizer: the weight steps leave it, the module's own steps move it
+    # the shift, outside the loop's optimizer: the weight steps' backward never reaches it (no
+    # gradient computed to be thrown away), the weight steps leave it, the module's own steps move it
+    grads = [grad for name, grad in calls if name == "shift's gradient"]  # weight step, own step, weight step, ...
+    assert grads[0] is None and all(torch.equal(grads[k], grads[k + 1]) for k in range(1, len(grads) - 1, 2))
     assert module.own_steps == len(own) == len(steps)
     for (_, at_weight_step), (_, before, after) in zip(steps, own):
         assert torch.equal(at_weight_step, before) and not torch.equal(before, after)
