@@ -33,6 +33,7 @@ from common import write_result  # noqa: E402
 
 from modtrain.recipe import Recipe
 from modtrain.registry import build_module
+from modtrain.train import backward_inputs
 
 SYSTEMS = {"snmn": ("snmn-gt", 10.0), "lnmn": ("lnmn", 45.0)}  # module: (recipe, target s/epoch)
 DIMS = {"tokens": 90, "answers": 28, "features": 64, "height": 8, "width": 8}
@@ -57,8 +58,7 @@ def step_fn(module, net, mode: str, device: torch.device):
             logits, module.explained = run(b["tokens"], b["lengths"], b["features"])
         return logits.float()
 
-    trained = [p for g in optimizer.param_groups for p in g["params"]]
-    reached = None if len(trained) == len(list(module.parameters())) else trained
+    reached = backward_inputs(optimizer, module)
 
     def step(b, search):  # each backward reaches what its optimizer steps, as the job's does
         optimizer.zero_grad(set_to_none=True)

@@ -148,6 +148,15 @@ def compile_modules(model: torch.nn.Module, backend: str) -> None:
         module.compile(backend=backend)
 
 
+def backward_inputs(optimizer: torch.optim.Optimizer, model: torch.nn.Module) -> list | None:
+    """What a backward should reach: only what ``optimizer`` steps where ``model`` trains other
+    parameters itself (LNMN's α, in its after_step), so that no gradient is computed only to be
+    discarded; None (everything) where the optimizer steps them all."""
+    stepped = [p for g in optimizer.param_groups for p in g["params"] if p.requires_grad]
+    learnable = {id(p) for p in model.parameters() if p.requires_grad}
+    return stepped if {id(p) for p in stepped} != learnable else None
+
+
 class TrainingLoop:
     """The loop every job runs. A job sets ``train_rows`` and ``val_rows``, ``model`` (what is
     optimized) and says how a batch is loaded and what it computes; the loop does the rest."""
@@ -312,11 +321,7 @@ class TrainingLoop:
             return state["epoch"] >= self.config.max_epochs or state["bad_epochs"] >= patience
 
         trained = [p for g in self.optimizer.param_groups for p in g["params"]]
-        # the backward reaches only what the optimizer steps where a module trains other parameters
-        # itself (LNMN's α, in its after_step): no gradient is computed only to be discarded
-        stepped = [p for p in trained if p.requires_grad]
-        learnable = {id(p) for p in self.model.parameters() if p.requires_grad}
-        reached = stepped if {id(p) for p in stepped} != learnable else None
+        reached = backward_inputs(self.optimizer, self.model)
         while not finished():
             epoch = state["epoch"] + 1
             self.epoch = epoch

@@ -224,7 +224,7 @@ class LNMN(StackNMN):
         product; and what the steps read of each group's parameters: its text projections W_1
         stacked, its nodes' coefficients (``mix_terms``) and its attention cells' conv_2."""
         b, _, h, w = x.shape
-        image = {"x": x}
+        image = {"x": x, "hard": self.hard()}  # read by every step: asked once
         for maps, names in self.groups.items():
             cells = [self.cells[name] for name in names]
             weight = torch.cat([cell.conv1.weight.flatten(1) for cell in cells])
@@ -232,7 +232,7 @@ class LNMN(StackNMN):
             projected = (torch.matmul(weight, x.flatten(2)) + bias[:, None]).view(b, len(cells), -1, h * w)
             image[maps] = projected                                      # (B, K, d, H·W)
             image.update((name, projected[:, k].view(b, -1, h, w)) for k, name in enumerate(names))
-            if self.hard():
+            if image["hard"]:
                 continue  # the cells run one by one, each with its argmax operations
             attention = [cell for cell in cells if not cell.answer]
             image["text", maps] = (torch.cat([cell.text.weight for cell in cells]),
@@ -265,7 +265,7 @@ class LNMN(StackNMN):
             at = pushed if cell.maps == 1 else below
             return Part(at, memory, at, value)
 
-        if self.hard():
+        if image["hard"]:
             for name, cell in self.cells.items():
                 maps = [top] if cell.maps == 1 else [second, top]
                 out[name] = part(cell, cell(image["x"], c, maps, memory, image[name]))
