@@ -223,6 +223,10 @@ class Job(TrainingLoop):
                 mask = origin == i
                 if not mask.any():
                     continue
+                if mask.all():  # every slot of every row from this one cache: its rows as they come
+                    read = self.caches[split][owner].column(column).take(edges.reshape(-1))
+                    values = read.reshape(*edges.shape, *read.shape[1:]).astype(np.float32, copy=False)
+                    break
                 read = self.caches[split][owner].column(column).take(edges[mask])
                 if values is None:
                     values = np.zeros((len(rows), k, *read.shape[1:]), np.float32)

@@ -141,3 +141,37 @@ def test_float_batches_keep_two_buffers_and_let_them_go(half_rows):
     batches.clear()
     assert batches._buffers.buffers == []
     assert torch.equal(batches.take(source, np.arange(4)), torch.from_numpy(values[:4]).float())
+
+
+@pytest.mark.parametrize("streams", [True, False])
+def test_a_streamed_source_is_gathered_on_one_thread_then_threads_come_back(half_rows, streams, monkeypatch):
+    import numpy as np
+
+    from modtrain import device
+    from modtrain.data import H5Rows
+    from modtrain.device import FloatBatches
+
+    path, values = half_rows
+    source = H5Rows(path, "features", in_memory_bytes=0 if streams else None)
+    if streams:
+        source.hold([source.read(np.arange(0, 32))])
+    seen = []
+
+    def copy(outs, ins):  # records the threads the gather runs on
+        seen.append(torch.get_num_threads())
+        return torch._foreach_copy_(outs, ins)
+
+    monkeypatch.setattr(device, "_foreach_copy", copy)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        batch = FloatBatches().take(source, np.array([3, 30, 3]))
+        assert seen == [1 if streams else 2] and torch.get_num_threads() == 2
+        assert torch.equal(batch, torch.from_numpy(values[[3, 30, 3]]).float())
+        monkeypatch.setattr(device, "_foreach_copy", lambda outs, ins: 1 / 0)
+        with pytest.raises(ZeroDivisionError):  # a failed gather gives the threads back too
+            FloatBatches().take(source, np.array([3]))
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+

@@ -110,6 +110,34 @@ def test_caches_hold_what_the_modules_compute(tiny_run):
         cache.lookup(np.array([0]), np.array([2]))
 
 
+
+def test_a_batch_gives_each_slot_its_producers_cached_row_and_zeros_where_unused(tiny_run):
+    recipe, workdir, _, _ = tiny_run
+    job = Job.for_module(workdir, recipe, "describe", torch.device("cpu"), PreparedData(workdir.data))
+    job._setup_data()
+    (name, slots), = job.given_slots.items()
+    (owner, column), = job.given_sources
+    rows = job.train_rows[np.arange(0, len(job.train_rows), 7)]
+    cache = job.caches["train"][owner].column(column)
+
+    def expected():  # row by row, slot by slot: the cache's row where the slot is used, else zeros
+        out = np.zeros((len(rows), slots, *cache.shape[1:]), np.float32)
+        for j, row in enumerate(rows):
+            for k in range(slots):
+                if job.given_from["train"][name][row, k] >= 0:
+                    out[j, k] = cache.take(np.array([job.given_edges["train"][name][row, k]]))[0]
+        return out
+
+    given = job._given("train", rows)  # every slot of every row from the one cache
+    (key, values), = given.items()
+    assert values.dtype == torch.float32 and values.abs().sum() > 0
+    np.testing.assert_array_equal(values.numpy(), expected())
+    job.given_from["train"][name][rows[::2], 0] = -1  # some rows do not use the slot: zeros there
+    values = job._given("train", rows)[key]
+    assert values[::2].abs().sum() == 0 and values[1::2].abs().sum() > 0
+    np.testing.assert_array_equal(values.numpy(), expected())
+
+
 @pytest.fixture
 def copied_run(tiny_run, tmp_path):
     recipe, workdir, _, _ = tiny_run
