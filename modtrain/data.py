@@ -170,7 +170,7 @@ class H5Rows:
             return self._read(unique)[inverse]
         arrays, which, at = found
         if which is None:
-            return arrays[0][at]
+            return np.take(arrays[0], at, axis=0)  # numpy's take: half the time of an index here
         out = np.empty((len(rows), *self.shape[1:]), self.dtype)
         for k, values in enumerate(arrays):
             mine = which == k
@@ -436,12 +436,18 @@ def window_batches(rows: np.ndarray, blocks: np.ndarray, batch_size: int, seed: 
     if len(rows) == 0:
         return []
     rng = np.random.default_rng([seed, epoch])
-    ids, position = np.unique(blocks, return_inverse=True)
-    rank = np.empty(len(ids), np.int64)
-    rank[rng.permutation(len(ids))] = np.arange(len(ids))
+    # each row's chunk as its rank among the chunks present (np.unique's, without a sort: every
+    # epoch of a small module's job computes this, and the sorts were a sixth of its data path)
+    present = np.zeros(int(blocks.max()) + 2, bool)
+    present[blocks + 1] = True  # −1 (a row that reads nothing) is a chunk of its own, first
+    count = int(present.sum())
+    position = (np.cumsum(present) - 1)[blocks + 1]
+    rank = np.empty(count, np.int64)
+    rank[rng.permutation(count)] = np.arange(count)
     of_window = rank[position] // max(1, window)
     shuffled = rng.permutation(len(rows))  # then grouped by window, keeping the shuffle inside each
-    order = shuffled[np.argsort(of_window[shuffled], kind="stable")]
+    keys = of_window[shuffled]  # a stable sort of 16-bit keys is a radix sort: same order, faster
+    order = shuffled[np.argsort(keys.astype(np.uint16) if keys.max() < 1 << 16 else keys, kind="stable")]
     stream, windows = rows[order], of_window[order]
     bounds = np.searchsorted(windows, np.arange(windows[-1] + 2))
     units: list[Unit] = []

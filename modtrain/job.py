@@ -213,20 +213,33 @@ class Job(TrainingLoop):
                     edges[t][mine, cut.slot] = self.caches[s][cut.owner].lookup(mine, np.full(len(mine), cut.node))
                     origin[t][mine, cut.slot] = sources.index((cut.owner, cut.column))
             self.given_edges[s], self.given_from[s] = edges, origin
+        self.given_whole = {s: self._one_source(s) for s in self.splits}
+
+    def _one_source(self, split: str) -> dict[str, int]:
+        """Per given type, the source every slot of every row the split's role uses comes from, where
+        there is one (describe reading find's cache): its batches are one read, nothing masked."""
+        whole = {}
+        for t, origin in self.given_from[split].items():
+            used = np.unique(origin[self.rows[split]])
+            if len(used) == 1 and used[0] >= 0:
+                whole[t] = int(used[0])
+        return whole
 
     def _given(self, split: str, rows: np.ndarray) -> dict[str, torch.Tensor]:
         out = {}
         for t, k in self.given_slots.items():
-            edges, origin = self.given_edges[split][t][rows], self.given_from[split][t][rows]
-            values = None
+            edges = self.given_edges[split][t][rows]
+            if t in self.given_whole[split]:  # one read of the one cache, its rows as they come
+                owner, column = self.given_sources[self.given_whole[split][t]]
+                read = self.caches[split][owner].column(column).take(edges.reshape(-1))
+                values = read.reshape(*edges.shape, *read.shape[1:]).astype(np.float32, copy=False)
+                out[given_name(self.given_types[t])] = to_device(torch.from_numpy(values), self.device)
+                continue
+            origin, values = self.given_from[split][t][rows], None
             for i, (owner, column) in enumerate(self.given_sources):
                 mask = origin == i
                 if not mask.any():
                     continue
-                if mask.all():  # every slot of every row from this one cache: its rows as they come
-                    read = self.caches[split][owner].column(column).take(edges.reshape(-1))
-                    values = read.reshape(*edges.shape, *read.shape[1:]).astype(np.float32, copy=False)
-                    break
                 read = self.caches[split][owner].column(column).take(edges[mask])
                 if values is None:
                     values = np.zeros((len(rows), k, *read.shape[1:]), np.float32)

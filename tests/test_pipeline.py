@@ -128,11 +128,13 @@ def test_a_batch_gives_each_slot_its_producers_cached_row_and_zeros_where_unused
                     out[j, k] = cache.take(np.array([job.given_edges["train"][name][row, k]]))[0]
         return out
 
-    given = job._given("train", rows)  # every slot of every row from the one cache
-    (key, values), = given.items()
+    assert job.given_whole["train"] == {name: 0}  # every slot of every row from the one cache
+    (key, values), = job._given("train", rows).items()
     assert values.dtype == torch.float32 and values.abs().sum() > 0
     np.testing.assert_array_equal(values.numpy(), expected())
     job.given_from["train"][name][rows[::2], 0] = -1  # some rows do not use the slot: zeros there
+    job.given_whole["train"] = job._one_source("train")
+    assert job.given_whole["train"] == {}
     values = job._given("train", rows)[key]
     assert values[::2].abs().sum() == 0 and values[1::2].abs().sum() > 0
     np.testing.assert_array_equal(values.numpy(), expected())
