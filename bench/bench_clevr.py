@@ -5,7 +5,8 @@
 - the assembled accuracy against the encoder alone, overall, per question type and for
   ``count(scene)`` (targets: +20 points overall, +10 in every type, count(scene) above 40%),
   and the questions skipped for lack of a module (target: none);
-- the batched assembler against the per-sample reference on the whole val split (target ≥ 20×);
+- the batched assembler against the per-sample reference on the whole val split, measured as
+  ``bench_assembler.py`` measures it (target ≥ 20×);
 - relate's job reading find's virtual dataset (the plan's choice) against recomputing find
   from the features it reads anyway, a few epochs each, the fastest of three.
 
@@ -25,7 +26,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_modular import batched_vs_reference  # noqa: E402
-from common import write_result  # noqa: E402
+from common import verdict, write_result  # noqa: E402
 
 from modtrain.card import load_module
 from modtrain.data import PreparedData
@@ -156,7 +157,8 @@ def main() -> None:
                                     "met": (val["count_scene"]["assembled"]["accuracy"] or 0) > 0.40},
         "no question skipped": {"value": {s: a["skipped"] for s, a in accuracy.items()},
                                 "met": all(not a["skipped"] for a in accuracy.values())},
-        "batched assembler >= 20x per-sample": {"value": assembler["speedup"], "met": assembler["speedup"] >= 20},
+        "batched assembler >= 20x per-sample (as assemble runs it)": {
+            "value": assembler["speedup"], "interval": assembler["interval"], "verdict": verdict(assembler, 20)},
     }
     write_result(args.out, {"benchmark": "clevr", "recipe": args.recipe, "run_seconds": round(run_seconds, 1),
                             "stopped_untrusted": stopped,

@@ -254,6 +254,10 @@ def main() -> None:
                         help="with --features resnet-shape: find's streamed data path on the run's folders with "
                              "PyTorch's huge pages off and on (THP_MEM_ALLOC_ENABLE), in turn, each in its own "
                              "process, written into --out's 'resnet_shape'")
+    parser.add_argument("--gather-threads", action="store_true",
+                        help="with --features resnet-shape: find's data path on the run's folders, streamed and in "
+                             "memory, its batches gathered on one torch thread and on two, each in its own process, "
+                             "in turn, written into --out's 'resnet_shape'")
     parser.add_argument("--data-path-only", action="store_true",
                         help="measure only the data paths again, on the folders of the run that wrote --out, and "
                              "rewrite its data-path numbers and targets (the stage numbers are kept)")
@@ -266,12 +270,12 @@ def main() -> None:
         result.pop("machine", None)
         result["find_memory_16x"] = find_memory(Path(args.workdir).resolve(), result["in_memory_bytes"])
         return write_result(out, result)
-    if args.features == "resnet-shape" and args.huge_pages:
+    if args.features == "resnet-shape" and (args.huge_pages or args.gather_threads):
         out = Path(args.out)
         result = json.loads(out.read_text())
         result.pop("machine", None)
-        result["resnet_shape"]["huge_pages"] = huge_pages_ab(Path(args.workdir).resolve() / "resnet-shape",
-                                                             args.budget or 1 << 30)
+        name, ab = ("huge_pages", huge_pages_ab) if args.huge_pages else ("gather_threads", gather_threads_ab)
+        result["resnet_shape"][name] = ab(Path(args.workdir).resolve() / "resnet-shape", args.budget or 1 << 30)
         return write_result(out, result)
     if args.features == "resnet-shape":
         root = Path(args.workdir).resolve()
@@ -437,32 +441,65 @@ def resnet_shape_run(root: Path, images: int, budget: int, backbone: Path | None
                                    "(70k images): the floor a GPU that computed for free would meet"}}
 
 
-HUGE_PAGES_RUN = """
+FRESH_RATE_RUN = """
 import json, sys
 sys.path.insert(0, {bench!r})
 from pathlib import Path
+import torch
+import modtrain.device
 from bench_scale import data_path_rate
 from modtrain.recipe import Recipe
 from modtrain.workdir import Workdir
+{preamble}
 root = Path({root!r})
 recipe = Recipe.load(root / "work" / "recipe.toml").with_overrides(["data.in_memory_bytes={budget}"])
 print(json.dumps(data_path_rate(Workdir(root / "work", root / "data"), recipe, "find", min_seconds=10)[0]))
 """
 
 
+def fresh_rate(root: Path, budget: int, env: dict | None = None, preamble: str = "") -> float:
+    """find's data path (samples/s, at least 10 s of whole epochs) on a run's folders under
+    ``budget``, in a fresh process (``env`` added to its environment, ``preamble`` run first)."""
+    code = FRESH_RATE_RUN.format(bench=str(Path(__file__).parent), root=str(root), budget=budget, preamble=preamble)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                          env={**os.environ, **(env or {})})
+    return round(float(done.stdout.strip().splitlines()[-1]), 1)
+
+
 def huge_pages_ab(root: Path, budget: int, rounds: int = 3) -> dict:
     """find's streamed data path (samples/s) on the ResNet-shape run's folders with PyTorch's huge
     pages for large tensors off and on (``THP_MEM_ALLOC_ENABLE``, which modtrain turns on), each
     measurement in a fresh process, off and on in turn, ``rounds`` times."""
-    code = HUGE_PAGES_RUN.format(bench=str(Path(__file__).parent), root=str(root), budget=budget)
     rates: dict[str, list[float]] = {"off": [], "on": []}
     for _ in range(rounds):
         for label, value in (("off", "0"), ("on", "1")):
-            done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                                  env={**os.environ, "THP_MEM_ALLOC_ENABLE": value})
-            rates[label].append(round(float(done.stdout.strip().splitlines()[-1]), 1))
+            rates[label].append(fresh_rate(root, budget, {"THP_MEM_ALLOC_ENABLE": value}))
     return {"find_data_path_samples_per_second": rates, "rounds": rounds, "in_memory_bytes": budget,
             "on / off (means)": round(sum(rates["on"]) / sum(rates["off"]), 2)}
+
+
+GATHERS = {  # how find's batches are gathered: modtrain's choice for each case, and the other one
+    "streamed, gather on one thread (modtrain)": (False, ""),
+    "streamed, gather on torch's two threads": (False, "import contextlib\n"
+                                                       "modtrain.device.one_thread = contextlib.nullcontext"),
+    "in memory, two threads (modtrain)": (True, ""),
+    "in memory, one thread": (True, "torch.set_num_threads(1)"),
+}
+
+
+def gather_threads_ab(root: Path, budget: int, rounds: int = 2) -> dict:
+    """find's data path (samples/s) on the ResNet-shape run's folders, streamed under ``budget`` and
+    held in memory, with its batches gathered on one torch thread and on two: each case in a fresh
+    process, the four in turn, ``rounds`` times (why a streamed source's gather runs on one thread)."""
+    rates: dict[str, list[float]] = {label: [] for label in GATHERS}
+    for _ in range(rounds):
+        for label, (held, preamble) in GATHERS.items():
+            rates[label].append(fresh_rate(root, 64 << 30 if held else budget, preamble=preamble))
+    means = {label: sum(values) / len(values) for label, values in rates.items()}
+    labels = list(GATHERS)
+    return {"find_data_path_samples_per_second": rates, "rounds": rounds, "in_memory_bytes": budget,
+            "streamed: one thread / two (means)": round(means[labels[0]] / means[labels[1]], 2),
+            "in memory: two threads / one (means)": round(means[labels[2]] / means[labels[3]], 2)}
 
 
 def find_memory(root: Path, budget: int) -> dict:
