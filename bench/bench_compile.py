@@ -16,11 +16,13 @@ is rewritten after every run and a rerun skips the runs it holds, so an interrup
 resumes.
 
     python bench/bench_compile.py --recipe snmn-gt --out bench/results/compile.json
+    python bench/bench_compile.py --seeds 2 --cold-cache --out bench/results/compile-cold.json
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import time
@@ -67,10 +69,17 @@ def main() -> None:
     parser.add_argument("--workdir", default="runs/bench-compile")
     parser.add_argument("--out", default="bench/results/compile.json")
     parser.add_argument("--note", default="", help="what else the JSON should say (e.g. what shared the machine)")
+    parser.add_argument("--cold-cache", action="store_true",
+                        help="compile into an empty inductor cache (a fresh machine's first job), not this "
+                             "machine's: what a compiled run costs in all, compiling included")
     args = parser.parse_args()
     root, out = Path(args.workdir).resolve(), Path(args.out)
     seeds = [int(s) for s in args.seeds.split(",")]
-    settings = {"recipe": args.recipe, "backend": args.backend, "images": args.images, "epochs": args.epochs}
+    settings = {"recipe": args.recipe, "backend": args.backend, "images": args.images, "epochs": args.epochs,
+                **({"inductor_cache": "cold"} if args.cold_cache else {})}
+    if args.cold_cache:  # read by inductor when it first looks for a graph, after this
+        cold = root / f"inductor-cache-{time.strftime('%Y%m%d-%H%M%S')}"
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(cold)
     earlier = json.loads(out.read_text()) if out.exists() else {}
     runs: list[dict] = earlier.get("runs", []) if earlier.get("settings") == settings else []
     data_overrides, say, data = clevr_dataset(args.images, root)
