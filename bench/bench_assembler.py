@@ -88,33 +88,36 @@ def profile_shares(executor, layouts, features) -> dict:
             "other_torch_ops": round(torch_ops / total, 3)}
 
 
-def shape_order(data: PreparedData, rows: np.ndarray) -> tuple[np.ndarray, int]:
-    """The val ``rows`` as ``assemble`` runs them (sorted by layout shape, stable), and how many shapes."""
-    shapes = np.array([data.layouts[i].shape() for i in data.split("val").layout[rows]])
-    return rows[np.argsort(shapes, kind="stable")], len(set(shapes.tolist()))
-
-
-def inputs(data: PreparedData, rows: np.ndarray) -> tuple[list, torch.Tensor]:
-    """The val ``rows``' layouts and float32 features."""
+def orders(data: PreparedData, rows: np.ndarray) -> dict:
+    """The val ``rows``' layouts and float32 features in val order and as ``assemble`` runs them
+    (sorted by layout shape, stable), the sorted rows, and how many shapes."""
     split = data.split("val")
-    return ([data.layouts[i] for i in split.layout[rows]],
-            torch.from_numpy(split.features().take(split.image_index[rows])).float())
+    shapes = np.array([data.layouts[i].shape() for i in split.layout[rows]])
+    by_shape = rows[np.argsort(shapes, kind="stable")]
+
+    def inputs(chosen):
+        return ([data.layouts[i] for i in split.layout[chosen]],
+                torch.from_numpy(split.features().take(split.image_index[chosen])).float())
+
+    return {"val order": inputs(rows), "shape order": inputs(by_shape), "by_shape": by_shape,
+            "distinct_shapes": len(set(shapes.tolist()))}
 
 
-def target_pair(executor, data: PreparedData, rows: np.ndarray, rounds: int) -> dict:
-    """The targets' measurement on the val ``rows``: the per-sample reference against the batched
-    executor as ``assemble`` runs it (shape order, batch 512), the two in turn, each the best of
-    ``REPEATS``, ``rounds`` times; the speedup is their mean with a 95% interval (None for one round)."""
+def target_pair(executor, ordered: dict, rounds: int) -> dict:
+    """The targets' measurement on ``orders``' questions: the per-sample reference against the
+    batched executor as ``assemble`` runs it (shape order, batch 512), the two in turn, each the
+    best of ``REPEATS``, ``rounds`` times; the speedup is their mean with a 95% interval (None for
+    one round)."""
+    (layouts, features), (sorted_layouts, sorted_features) = ordered["val order"], ordered["shape order"]
     with torch.no_grad():
-        layouts, features = inputs(data, rows)
-        sorted_layouts, sorted_features = inputs(data, shape_order(data, rows)[0])
         batched(executor, layouts, features, len(layouts))  # every shape compiled
         reference = functools.partial(executor.run_reference, layouts, features)
         as_assembled = functools.partial(batched, executor, sorted_layouts, sorted_features, 512)
         pair = [interleaved({"per-sample": reference, "batched": as_assembled}, REPEATS) for _ in range(rounds)]
+    n = len(layouts)
     speedups = interval([r["per-sample"] / r["batched"] for r in pair])
-    return {"per_sample_questions_per_second": [round(len(rows) / r["per-sample"], 1) for r in pair],
-            "batched_questions_per_second": [round(len(rows) / r["batched"], 1) for r in pair],
+    return {"per_sample_questions_per_second": [round(n / r["per-sample"], 1) for r in pair],
+            "batched_questions_per_second": [round(n / r["batched"], 1) for r in pair],
             "speedup": round(speedups["mean"], 1), "speedup_by_round": [round(v, 1) for v in speedups["values"]],
             "interval": None if speedups["interval"] is None else [round(v, 1) for v in speedups["interval"]]}
 
@@ -126,15 +129,15 @@ def measure(root: Path, rounds: int, quick: bool = False) -> dict:
     encoder, executor, _ = load_assembly(workdir, recipe, CPU)
     split = data.split("val")
     rows = np.flatnonzero(split.layout >= 0)
-    by_shape, shapes = shape_order(data, rows)
-    out = {"recipe": recipe.name, "questions": len(rows), "distinct_shapes": shapes,
+    ordered = orders(data, rows)
+    by_shape = ordered["by_shape"]
+    out = {"recipe": recipe.name, "questions": len(rows), "distinct_shapes": ordered["distinct_shapes"],
            # the target: the reference and the assembler's configuration alone, in turn, per round
-           "target_pair": target_pair(executor, data, rows, rounds)}
+           "target_pair": target_pair(executor, ordered, rounds)}
     if quick:
         return out
     with torch.no_grad():
-        layouts, features = inputs(data, rows)
-        sorted_layouts, sorted_features = inputs(data, by_shape)
+        (layouts, features), (sorted_layouts, sorted_features) = ordered["val order"], ordered["shape order"]
         # every configuration, one round in turn: what order, batch size and bf16 change
         runs = {"per-sample": functools.partial(executor.run_reference, layouts, features)}
         for batch_size in (512, 2048, len(rows)):

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_assembler import shape_order, target_pair  # noqa: E402
+from bench_assembler import orders, target_pair  # noqa: E402
 from common import verdict, write_result  # noqa: E402
 
 from modtrain.assemble import assemble, load_assembly
@@ -47,8 +47,9 @@ def batched_vs_reference(workdir: Workdir, recipe: Recipe, data: PreparedData, r
     measured as ``bench_assembler.py`` measures its targets: the batched executor as ``assemble``
     runs it (shape order, batch 512), the two in turn, best of 10, ``rounds`` rounds, one process."""
     _, executor, _ = load_assembly(workdir, recipe, torch.device("cpu"))
-    return {"questions": len(rows), "distinct_shapes": shape_order(data, rows)[1],
-            **target_pair(executor, data, rows, rounds)}
+    ordered = orders(data, rows)
+    return {"questions": len(rows), "distinct_shapes": ordered["distinct_shapes"],
+            **target_pair(executor, ordered, rounds)}
 
 
 def main() -> None:

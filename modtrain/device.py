@@ -110,9 +110,9 @@ def one_thread():
     """torch's intra-op threads set to one for the block, then back. A streamed source's windows are
     read by ``ReadAhead``'s thread beside the training loop (h5py lets go of the GIL while it reads):
     a gather on torch's two threads then waits for whichever of them that thread has pushed off its
-    core. find's data path on ResNet-shaped features streamed under 1 GiB (this machine, 2 cores):
-    ~14,300 samples/s an epoch gathered on one thread, ~10,600 on two (the windows read in 2.1 s of
-    the epoch instead of 4.6); held in memory, two threads stay faster (~19,800 against ~15,900)."""
+    core. find's data path on ResNet-shaped features (``bench_scale.py --gather-threads``, 2 cores):
+    streamed under 1 GiB, 1.15× as fast gathered on one thread; held in memory, two threads stay
+    faster (1.36×), so only a streamed source's gather runs on one."""
     threads = torch.get_num_threads()
     if threads == 1:
         yield

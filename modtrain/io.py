@@ -129,8 +129,8 @@ def read_rows(dataset, rows, out: np.ndarray | None = None) -> np.ndarray:
     and next to each other in the file (a window's, a file read in order) are one read, straight
     into ``out``: every h5py call holds the GIL for its Python part, which a training loop beside
     the reading thread wants too (a window of 334 ResNet-shaped chunks: 0.21 s alone, 2.5 s beside
-    a busy thread, when it was a call per chunk). HDF5's read itself lets go of it (h5py 3.16: a
-    thread counting in Python kept ~87% of its pace while another read 240 MB).
+    a busy thread). HDF5's read itself lets go of it (h5py 3.16: a thread counting in Python kept
+    ~87% of its pace while another read 120 MB five times over).
     """
     rows = np.asarray(rows)
     if rows.size == 0:

@@ -229,24 +229,32 @@ class Job(TrainingLoop):
         out = {}
         for t, k in self.given_slots.items():
             edges = self.given_edges[split][t][rows]
-            if t in self.given_whole[split]:  # one read of the one cache, its rows as they come
-                owner, column = self.given_sources[self.given_whole[split][t]]
-                read = self.caches[split][owner].column(column).take(edges.reshape(-1))
-                values = read.reshape(*edges.shape, *read.shape[1:]).astype(np.float32, copy=False)
-                out[given_name(self.given_types[t])] = to_device(torch.from_numpy(values), self.device)
-                continue
-            origin, values = self.given_from[split][t][rows], None
-            for i, (owner, column) in enumerate(self.given_sources):
-                mask = origin == i
-                if not mask.any():
-                    continue
-                read = self.caches[split][owner].column(column).take(edges[mask])
-                if values is None:
-                    values = np.zeros((len(rows), k, *read.shape[1:]), np.float32)
-                values[mask] = read
+            one = self.given_whole[split].get(t)
+            values = (self._read_one(split, one, edges) if one is not None
+                      else self._read_masked(split, t, k, rows, edges))
             if values is not None:
                 out[given_name(self.given_types[t])] = to_device(torch.from_numpy(values), self.device)
         return out
+
+    def _read_one(self, split: str, source: int, edges: np.ndarray) -> np.ndarray:
+        """Every slot of every row from ``source``: one read, its rows as they come."""
+        owner, column = self.given_sources[source]
+        read = self.caches[split][owner].column(column).take(edges.reshape(-1))
+        return read.reshape(*edges.shape, *read.shape[1:]).astype(np.float32, copy=False)
+
+    def _read_masked(self, split: str, t: str, k: int, rows: np.ndarray, edges: np.ndarray) -> np.ndarray | None:
+        """Each slot from the source its row's layout names, zeros where a slot is unused; None
+        where no row uses any."""
+        origin, values = self.given_from[split][t][rows], None
+        for i, (owner, column) in enumerate(self.given_sources):
+            mask = origin == i
+            if not mask.any():
+                continue
+            read = self.caches[split][owner].column(column).take(edges[mask])
+            if values is None:
+                values = np.zeros((len(rows), k, *read.shape[1:]), np.float32)
+            values[mask] = read
+        return values
 
     def _sources(self, split: str) -> list[tuple[H5Rows, Callable[[np.ndarray], np.ndarray]]]:
         """Every file ``_load`` reads for ``split``, with what maps question rows to its rows:

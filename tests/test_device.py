@@ -174,4 +174,3 @@ def test_a_streamed_source_is_gathered_on_one_thread_then_threads_come_back(half
         assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)
-

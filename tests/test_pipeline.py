@@ -110,7 +110,6 @@ def test_caches_hold_what_the_modules_compute(tiny_run):
         cache.lookup(np.array([0]), np.array([2]))
 
 
-
 def test_a_batch_gives_each_slot_its_producers_cached_row_and_zeros_where_unused(tiny_run):
     recipe, workdir, _, _ = tiny_run
     job = Job.for_module(workdir, recipe, "describe", torch.device("cpu"), PreparedData(workdir.data))
