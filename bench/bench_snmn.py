@@ -25,15 +25,25 @@ The JSON is rewritten after every run and a rerun skips the (system, seed) runs 
 for the same images and epochs, so an interrupted benchmark resumes; a run cut off mid-training
 resumes from its job's checkpoint.
 
+``--parallel N`` trains N runs at once, each in a process of its own on cores / N of torch's
+threads (one each on this 2-core machine). Stack-NMN's and LNMN's steps are hundreds of small
+operations over 64-channel 8 × 8 maps: a second thread hardly shortens them, so two one-thread
+runs side by side finish about twice the work in the same time (``bench_speed.py --parallel``
+measures it). Each run's seconds are then its own wall time beside the other: compare epoch
+seconds only between runs made the same way (the JSON records ``threads`` and ``parallel``).
+
     python bench/bench_snmn.py --out bench/results/snmn.json
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from multiprocessing import get_context
 from pathlib import Path
 
 import torch
@@ -42,6 +52,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from common import clevr_dataset, paired_verdict, write_result  # noqa: E402
 
 from modtrain.card import load_card  # noqa: E402
+from modtrain.device import use_threads  # noqa: E402
 from modtrain.pipeline import run_end_to_end  # noqa: E402
 from modtrain.recipe import Recipe  # noqa: E402
 from modtrain.reports.depth import interval  # noqa: E402
@@ -98,6 +109,32 @@ def targets(systems: dict) -> dict:
     return out
 
 
+def train_one(recipe_name: str, seed: int, epochs: int, budget: int, data_overrides: list[str], data_root: str,
+              root: str) -> dict:
+    """One (system, seed) run on the shared data: trained end to end, scored on the test split.
+    ``epochs`` is this run's budget, ``budget`` every other system's (LNMN's λ_w schedule is scaled
+    when they differ). A top-level function, so that ``--parallel`` can run it in a process."""
+    def say(message: str) -> None:
+        print(f"[{recipe_name} {seed}] {message}", file=sys.stderr, flush=True)
+    schedule = ([f"modules.lnmn.entropy_zero_epoch={2 * epochs / 3}", f"modules.lnmn.entropy_end_epoch={float(epochs)}"]
+                if recipe_name == "lnmn" and epochs != budget else [])
+    recipe = Recipe.load(recipe_name, [*data_overrides, f"data.source='{data_root}'", f"seed={seed}",
+                                       f"train.max_epochs={epochs}", "train.patience=4", *schedule])
+    workdir = Workdir(Path(root) / f"{recipe_name}-seed{seed}", Path(data_root))
+    say(f"== {SYSTEMS[recipe_name]}, seed {seed}, {torch.get_num_threads()} thread(s)")
+    began = time.perf_counter()
+    report = run_end_to_end(recipe, workdir, torch.device("cpu"), say)
+    split = report["splits"]["test"]
+    card = load_card(workdir.modules, next(iter(report["modules"])))
+    return {"recipe": recipe_name, "seed": seed, "max_epochs": epochs, "overrides": schedule,
+            "seconds": round(time.perf_counter() - began, 1),
+            "epochs": card["metrics"]["epochs"], "best_epoch": card["metrics"]["best_epoch"],
+            "val_accuracy": card["metrics"]["val_accuracy"], "accuracy": split["accuracy"],
+            "encoder_alone_accuracy": split["encoder_accuracy"],
+            "by_type": {t: v["accuracy"] for t, v in split["by_type"].items()},
+            "by_depth": {d: v["accuracy"] for d, v in split["by_depth"].items()}}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="bench/results/snmn.json")
@@ -108,6 +145,8 @@ def main() -> None:
                         help="LNMN's own epoch budget (default: --epochs), its λ_w schedule scaled to it")
     parser.add_argument("--runs", default=DEFAULT_SEEDS,
                         help=f"space-separated RECIPE=SEED[,SEED] in the order to run; recipes: {', '.join(SYSTEMS)}")
+    parser.add_argument("--parallel", type=int, default=1,
+                        help="runs trained at once, each in its own process on cores / N threads (default 1)")
     args = parser.parse_args()
     root, out = Path(args.workdir).resolve(), Path(args.out)
     plan = [(recipe, int(seed)) for item in args.runs.split() for recipe, seeds in [item.split("=")]
@@ -115,6 +154,8 @@ def main() -> None:
     unknown = sorted({r for r, _ in plan} - set(SYSTEMS))
     if unknown:
         raise SystemExit(f"--runs: unknown recipe(s) {', '.join(unknown)}; valid: {', '.join(SYSTEMS)}")
+    if args.parallel < 1:
+        raise SystemExit(f"--parallel {args.parallel}: valid: 1 or more runs at once")
     earlier = json.loads(out.read_text()) if out.exists() else {}
     same = earlier.get("images") == args.images and earlier.get("epochs") == args.epochs
     runs: list[dict] = [r for s in earlier.get("systems", {}).values() for r in s.get("runs", [])] if same else []
@@ -142,31 +183,35 @@ def main() -> None:
             "wall_seconds_this_invocation": round(time.perf_counter() - start, 1),
             "targets": targets(systems), "systems": systems})
 
+    todo = []
     for recipe_name, seed in plan:
         if any(r["recipe"] == recipe_name and r["seed"] == seed for r in runs):
             say(f"== {recipe_name} seed {seed}: in {out} already")
-            continue
-        epochs = args.lnmn_epochs if recipe_name == "lnmn" and args.lnmn_epochs else args.epochs
-        schedule = ([f"modules.lnmn.entropy_zero_epoch={2 * epochs / 3}",
-                     f"modules.lnmn.entropy_end_epoch={float(epochs)}"]
-                    if recipe_name == "lnmn" and epochs != args.epochs
-                    else [])
-        recipe = Recipe.load(recipe_name, [*data_overrides, f"data.source='{data.root}'", f"seed={seed}",
-                                           f"train.max_epochs={epochs}", "train.patience=4", *schedule])
-        workdir = Workdir(root / f"{recipe_name}-seed{seed}", data.root)
-        say(f"== {SYSTEMS[recipe_name]}, seed {seed}")
-        began = time.perf_counter()
-        report = run_end_to_end(recipe, workdir, torch.device("cpu"), say)
-        split = report["splits"]["test"]
-        card = load_card(workdir.modules, next(iter(report["modules"])))
-        runs.append({"recipe": recipe_name, "seed": seed, "max_epochs": epochs, "overrides": schedule,
-                     "seconds": round(time.perf_counter() - began, 1),
-                     "epochs": card["metrics"]["epochs"], "best_epoch": card["metrics"]["best_epoch"],
-                     "val_accuracy": card["metrics"]["val_accuracy"], "accuracy": split["accuracy"],
-                     "encoder_alone_accuracy": split["encoder_accuracy"],
-                     "by_type": {t: v["accuracy"] for t, v in split["by_type"].items()},
-                     "by_depth": {d: v["accuracy"] for d, v in split["by_depth"].items()}})
-        write()
+        else:
+            epochs = args.lnmn_epochs if recipe_name == "lnmn" and args.lnmn_epochs else args.epochs
+            todo.append((recipe_name, seed, epochs, args.epochs, data_overrides, str(data.root), str(root)))
+    threads = max(1, (os.cpu_count() or 1) // args.parallel)
+    if args.parallel == 1:
+        for task in todo:
+            runs.append(train_one(*task))
+            write()
+    else:
+        say(f"{len(todo)} runs, {args.parallel} at once, {threads} thread(s) each")
+        with ProcessPoolExecutor(args.parallel, mp_context=get_context("spawn"), initializer=use_threads,
+                                 initargs=(threads,)) as pool:
+            futures = {pool.submit(train_one, *task): task[:2] for task in todo}
+            failed = []
+            for done in as_completed(futures):
+                if done.exception() is not None:  # the others go on; what finished is written
+                    failed.append(f"{futures[done][0]} seed {futures[done][1]}: {done.exception()!r}")
+                    say(f"== failed: {failed[-1]}")
+                    continue
+                runs.append(done.result())
+                runs[-1].update(parallel=args.parallel, threads=threads)
+                write()
+        if failed:
+            write()
+            raise SystemExit("runs that failed (rerun to retry them; the JSON keeps the others):\n" + "\n".join(failed))
     write()
 
 
