@@ -15,14 +15,24 @@ questions each (the recipes' data; LNMN holds out its search fraction): compute 
 loading or validation. A faster way is worth adopting only at equal accuracy (±1 point over 3
 seeds), which this script does not measure: it says so in the JSON.
 
+``--parallel`` measures instead how much work the machine does when several runs share it (the
+3 seeds of ``bench_snmn.py --parallel``): fp32 steps on all of torch's threads in one process,
+on one thread in one process, and in as many one-thread processes as there are cores at once
+(timed together, from a barrier). Each run's epoch is no shorter that way; the machine's work is
+its throughput: seconds of wall time per epoch of one run, the processes' epochs counted
+together. The same arithmetic, so its accuracy needs no check.
+
     python bench/bench_speed.py --out bench/results/speed.json
+    python bench/bench_speed.py --parallel --out bench/results/speed-parallel.json
 """
 from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
 import time
+from multiprocessing import get_context
 from pathlib import Path
 
 import torch
@@ -72,7 +82,15 @@ def step_fn(module, net, mode: str, device: torch.device):
     return step
 
 
-def measure(name: str, mode: str, device: torch.device, warmup: int, steps: int) -> dict:
+def epoch_steps(name: str) -> int:
+    """The weight steps of an epoch at 1000 training images (LNMN holds out its search fraction)."""
+    recipe = Recipe.load(SYSTEMS[name][0])
+    fraction = recipe.module_hparams(name).get("search_fraction", 0.0)
+    return math.ceil(QUESTIONS * (1 - fraction) / recipe.train_config(name).batch_size)
+
+
+def measure(name: str, mode: str, device: torch.device, warmup: int, steps: int, barrier=None) -> dict:
+    """``barrier``: waited on after the warm-up (processes timed together)."""
     recipe_name, target = SYSTEMS[name]
     recipe = Recipe.load(recipe_name)
     size = recipe.train_config(name).batch_size
@@ -90,15 +108,50 @@ def measure(name: str, mode: str, device: torch.device, warmup: int, steps: int)
     first = time.perf_counter() - start
     for _ in range(warmup):
         step(batches[0], search)
+    if barrier is not None:
+        barrier.wait()
     start = time.perf_counter()
     for _ in range(steps):
         step(batches[0], search)
-    per_step = (time.perf_counter() - start) / steps
-    fraction = recipe.module_hparams(name).get("search_fraction", 0.0)
-    epoch = per_step * math.ceil(QUESTIONS * (1 - fraction) / size)
+    end = time.perf_counter()
+    per_step = (end - start) / steps
+    epoch = per_step * epoch_steps(name)
     return {"mode": mode, "batch_size": size, "ms_per_step": round(1000 * per_step, 1),
             "first_step_seconds": round(first, 1), "seconds_per_epoch": round(epoch, 1), "target": target,
-            "meets_target": epoch <= target}
+            "meets_target": epoch <= target, "threads": torch.get_num_threads(), "timed": [start, end]}
+
+
+def _one_thread_measure(name, device, warmup, steps, barrier, results) -> None:
+    """A process of ``throughput``: one thread, timed from ``barrier``, its result put on ``results``."""
+    torch.set_num_threads(1)
+    results.put(measure(name, "fp32", torch.device(device), warmup, steps, barrier))
+
+
+def throughput(name: str, device: torch.device, warmup: int, steps: int) -> list[dict]:
+    """fp32 on every thread, on one, and in one one-thread process per core at once: for each, the
+    wall seconds per run-epoch (the processes' epochs counted together)."""
+    cores = os.cpu_count() or 1
+    ctx = get_context("spawn")
+    out = []
+    for processes, threads in ((1, torch.get_num_threads()), (1, 1), (cores, 1)):
+        barrier, results = ctx.Barrier(processes), ctx.Queue()
+        if processes == 1 and threads != 1:  # in this process, as the modes are measured
+            each = [measure(name, "fp32", device, warmup, steps)]
+        else:
+            args = (name, str(device), warmup, steps, barrier, results)
+            workers = [ctx.Process(target=_one_thread_measure, args=args) for _ in range(processes)]
+            for w in workers:
+                w.start()
+            each = [results.get() for _ in workers]
+            for w in workers:
+                w.join()
+        wall = max(r["timed"][1] for r in each) - min(r["timed"][0] for r in each)
+        epoch = wall / (steps * processes) * epoch_steps(name)
+        out.append({"processes": processes, "threads_each": threads,
+                    "ms_per_step_each": [r["ms_per_step"] for r in each],
+                    "seconds_per_run_epoch": round(epoch, 1)})
+        print(name, out[-1], file=sys.stderr, flush=True)
+    return out
 
 
 def main() -> None:
@@ -108,13 +161,22 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--parallel", action="store_true",
+                        help="the machine's work: fp32 on every thread, on one, and one one-thread process per core")
     args = parser.parse_args()
     device = torch.device(args.device)
+    if args.parallel:
+        write_result(args.out, {"benchmark": "speed-parallel", "device": str(device), "questions_per_epoch": QUESTIONS,
+                                "steps": args.steps, "warmup": args.warmup,
+                                "systems": {name: throughput(name, device, args.warmup, args.steps)
+                                            for name in SYSTEMS}})
+        return
     results = {}
     for name in SYSTEMS:
         results[name] = []
         for mode in args.modes:
             results[name].append(measure(name, mode, device, args.warmup, args.steps))
+            results[name][-1].pop("timed", None)  # clock readings: only throughput's processes compare them
             print(name, results[name][-1], file=sys.stderr, flush=True)
     write_result(args.out, {"benchmark": "speed", "device": str(device), "questions_per_epoch": QUESTIONS,
                             "accuracy_checked": False,
