@@ -58,9 +58,10 @@ bench-long: $(STAMP)
 	$(BIN)/python bench/bench_scale.py --features resnet-shape --images 7000 --out bench/results/scale.json
 	$(BIN)/python bench/bench_shuffle.py --seeds 0 1 2 3 4 5 6 7 --out bench/results/shuffle.json
 	$(BIN)/python bench/bench_assembler.py runs/bench-clevr runs/bench-modular --rounds 8 --out bench/results/assembler.json
-	$(BIN)/python bench/bench_snmn.py --lnmn-epochs 10 --out bench/results/snmn.json
+	$(BIN)/python bench/bench_snmn.py --images 2000 --parallel 2 --workdir runs/bench-snmn-2000 --out bench/results/snmn-2000.json
 	$(BIN)/python bench/bench_cell_find.py --out bench/results/cell-find.json
 	$(BIN)/python bench/bench_speed.py --out bench/results/speed.json
+	$(BIN)/python bench/bench_speed.py --parallel --out bench/results/speed-parallel.json
 	$(BIN)/python bench/bench_compile.py --recipe snmn-gt --out bench/results/compile.json
 	$(BIN)/python bench/bench_faults.py --out bench/results/faults.json
 	$(BIN)/python bench/bench_mutation.py --out bench/results/mutation.json

@@ -37,7 +37,8 @@ runs side by side finish about twice the work in the same time (``bench_speed.py
 measures it). Each run's seconds are then its own wall time beside the other: compare epoch
 seconds only between runs made the same way (the JSON records ``threads`` and ``parallel``).
 
-    python bench/bench_snmn.py --out bench/results/snmn.json
+    python bench/bench_snmn.py --images 2000 --parallel 2 --workdir runs/bench-snmn-2000 \
+        --out bench/results/snmn-2000.json
 """
 from __future__ import annotations
 
