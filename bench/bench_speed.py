@@ -18,9 +18,9 @@ seeds), which this script does not measure: it says so in the JSON.
 ``--parallel`` measures instead how much work the machine does when several runs share it (the
 3 seeds of ``bench_snmn.py --parallel``): fp32 steps on all of torch's threads in one process,
 on one thread in one process, and in as many one-thread processes as there are cores at once
-(timed together, from a barrier). Each run's epoch is no shorter that way; the machine's work is
-its throughput: seconds of wall time per epoch of one run, the processes' epochs counted
-together. The same arithmetic, so its accuracy needs no check.
+(timed together, from a barrier), the three in turn, ``--rounds`` times. Each run's epoch is no
+shorter that way; the machine's work is its throughput: seconds of wall time per epoch of one
+run, the processes' epochs counted together. The same arithmetic, so its accuracy needs no check.
 
     python bench/bench_speed.py --out bench/results/speed.json
     python bench/bench_speed.py --parallel --out bench/results/speed-parallel.json
@@ -127,9 +127,8 @@ def _one_thread_measure(name, device, warmup, steps, barrier, results) -> None:
     results.put(measure(name, "fp32", torch.device(device), warmup, steps, barrier))
 
 
-def throughput(name: str, device: torch.device, warmup: int, steps: int) -> list[dict]:
-    """fp32 on every thread, on one, and in one one-thread process per core at once: for each, the
-    wall seconds per run-epoch (the processes' epochs counted together)."""
+def _ways(name: str, device: torch.device, warmup: int, steps: int) -> list[dict]:
+    """One round of ``throughput``: the three ways in turn."""
     cores = os.cpu_count() or 1
     ctx = get_context("spawn")
     out = []
@@ -146,10 +145,31 @@ def throughput(name: str, device: torch.device, warmup: int, steps: int) -> list
             for w in workers:
                 w.join()
         wall = max(r["timed"][1] for r in each) - min(r["timed"][0] for r in each)
-        epoch = wall / (steps * processes) * epoch_steps(name)
         out.append({"processes": processes, "threads_each": threads,
                     "ms_per_step_each": [r["ms_per_step"] for r in each],
-                    "seconds_per_run_epoch": round(epoch, 1)})
+                    "seconds_per_run_epoch": wall / (steps * processes) * epoch_steps(name)})
+    return out
+
+
+def throughput(name: str, device: torch.device, warmup: int, steps: int, rounds: int) -> list[dict]:
+    """fp32 on every thread, on one, and in one one-thread process per core at once, ``rounds``
+    times in turn: for each way, the wall seconds per run-epoch (the processes' epochs counted
+    together) by round, and the work it does against the first way's (epochs an hour, as a
+    ratio) by round, with the mean ratio's 95% interval."""
+    from modtrain.reports.depth import interval
+
+    measured = [_ways(name, device, warmup, steps) for _ in range(rounds)]
+    out = []
+    for i, way in enumerate(measured[0]):
+        epochs = [r[i]["seconds_per_run_epoch"] for r in measured]
+        ratios = [r[0]["seconds_per_run_epoch"] / r[i]["seconds_per_run_epoch"] for r in measured]
+        stats = interval(ratios)
+        out.append({"processes": way["processes"], "threads_each": way["threads_each"],
+                    "ms_per_step_each": [r[i]["ms_per_step_each"] for r in measured],
+                    "seconds_per_run_epoch": [round(e, 1) for e in epochs],
+                    "work_against_the_first": [round(x, 2) for x in ratios],
+                    "work_mean": round(stats["mean"], 2),
+                    "work_interval": None if stats["interval"] is None else [round(b, 2) for b in stats["interval"]]})
         print(name, out[-1], file=sys.stderr, flush=True)
     return out
 
@@ -163,12 +183,13 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--parallel", action="store_true",
                         help="the machine's work: fp32 on every thread, on one, and one one-thread process per core")
+    parser.add_argument("--rounds", type=int, default=3, help="with --parallel: rounds of the three ways, in turn")
     args = parser.parse_args()
     device = torch.device(args.device)
     if args.parallel:
         write_result(args.out, {"benchmark": "speed-parallel", "device": str(device), "questions_per_epoch": QUESTIONS,
-                                "steps": args.steps, "warmup": args.warmup,
-                                "systems": {name: throughput(name, device, args.warmup, args.steps)
+                                "steps": args.steps, "warmup": args.warmup, "rounds": args.rounds,
+                                "systems": {name: throughput(name, device, args.warmup, args.steps, args.rounds)
                                             for name in SYSTEMS}})
         return
     results = {}
