@@ -1,7 +1,7 @@
 """Stack-NMN and LNMN against modtrain's NMN, on one all-family procedural dataset.
 
-Every system trains on the same data (nmn-clevr's: every CLEVR family, depth-balanced, 1000
-training images by default, as in compare-clevr.json), each with its own recipe's [train] table
+Every system trains on the same data (nmn-clevr's: every CLEVR family, depth-balanced, 2000
+training images by default; compare-clevr.json's are 1000), each with its own recipe's [train] table
 (the NMN's lr 0.002; Stack-NMN's and LNMN's papers' optimizers), the same epoch budget
 (``--epochs``, patience 4) and no tuning; the assembler evaluates them all on the test split
 (overall, per type, per depth). Each system's mean over its seeds has a 95% Student-t interval,
@@ -127,7 +127,8 @@ def targets(systems: dict) -> dict:
 
 def train_one(recipe_name: str, seed: int, epochs: int, budget: int, data_overrides: list[str], data_root: str,
               root: str) -> dict:
-    """One (system, seed) run on the shared data: trained end to end, scored on the test split.
+    """One (system, seed) run on the shared data: trained (end to end, or module by module for
+    nmn-clevr), scored on the test split.
     ``epochs`` is this run's budget, ``budget`` every other system's (LNMN's λ_w schedule is scaled
     when they differ). A top-level function, so that ``--parallel`` can run it in a process."""
     def say(message: str) -> None:
@@ -158,9 +159,9 @@ def train_one(recipe_name: str, seed: int, epochs: int, budget: int, data_overri
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default="bench/results/snmn.json")
-    parser.add_argument("--workdir", default="runs/bench-snmn")
-    parser.add_argument("--images", type=int, default=1000)
+    parser.add_argument("--out", default="bench/results/snmn-2000.json")
+    parser.add_argument("--workdir", default="runs/bench-snmn-2000")
+    parser.add_argument("--images", type=int, default=2000)
     parser.add_argument("--epochs", type=int, default=25)
     parser.add_argument("--lnmn-epochs", type=int, default=None,
                         help="LNMN's own epoch budget (default: --epochs), its λ_w schedule scaled to it")
