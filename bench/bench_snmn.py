@@ -87,7 +87,9 @@ def summary(runs: list[dict]) -> dict:
     return {"seeds": [r["seed"] for r in runs], "accuracy_mean": statistics.mean(accuracies),
             "accuracy_interval": stats["interval"],
             "accuracy_std": statistics.stdev(accuracies) if len(runs) > 1 else None,
-            "accuracy_best": best["accuracy"], "best_seed": best["seed"]}
+            "accuracy_best": best["accuracy"], "best_seed": best["seed"],
+            "by_type_mean": {t: statistics.fmean(r["by_type"][t] for r in runs) for t in runs[0]["by_type"]
+                             if all(t in r["by_type"] for r in runs)}}
 
 
 def best_val_within(run: dict, epochs: int) -> float:
