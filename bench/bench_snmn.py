@@ -35,8 +35,8 @@ resumes from its job's checkpoint.
 ``--parallel N`` trains N runs at once, each in a process of its own on cores / N of torch's
 threads (one each on this 2-core machine). Stack-NMN's and LNMN's steps are hundreds of small
 operations over 64-channel 8 × 8 maps: a second thread hardly shortens them, so two one-thread
-runs side by side finish about twice the work in the same time (``bench_speed.py --parallel``
-measures it). Each run's seconds are then its own wall time beside the other: compare epoch
+runs side by side do about 1.6 times the work of one run on two threads (``bench_speed.py
+--parallel``, speed-parallel.json). Each run's seconds are then its own wall time beside the other: compare epoch
 seconds only between runs made the same way (the JSON records ``threads`` and ``parallel``).
 
     python bench/bench_snmn.py --images 2000 --parallel 2 --workdir runs/bench-snmn-2000 \
