@@ -133,11 +133,11 @@ def _ways(name: str, device: torch.device, warmup: int, steps: int) -> list[dict
     ctx = get_context("spawn")
     out = []
     for processes, threads in ((1, torch.get_num_threads()), (1, 1), (cores, 1)):
-        barrier, results = ctx.Barrier(processes), ctx.Queue()
         if processes == 1 and threads != 1:  # in this process, as the modes are measured
             each = [measure(name, "fp32", device, warmup, steps)]
         else:
-            args = (name, str(device), warmup, steps, barrier, results)
+            results = ctx.Queue()
+            args = (name, str(device), warmup, steps, ctx.Barrier(processes), results)
             workers = [ctx.Process(target=_one_thread_measure, args=args) for _ in range(processes)]
             for w in workers:
                 w.start()
